@@ -1,0 +1,138 @@
+//! Command-line definitions (clap derive). One args struct per verb; no behaviour lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "audctl",
+    version,
+    about = "Take the Audit Trail service to production on Kubernetes, and keep it there.",
+    long_about = "audctl renders the Audit Trail release, checks the go-live checklist against the live \
+                  cluster and datastores, deploys with automatic rollback, verifies the running service \
+                  and protects its data.\n\nExit codes: 0 ok, 1 a check or threshold failed, 2 usage, \
+                  configuration or input error, 3 a dependency was unreachable.",
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every verb understands, in kubectl's spirit.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, global = true, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace of the release.
+    #[arg(short = 'n', long, global = true, default_value = "audit-trail", value_name = "NS")]
+    pub namespace: String,
+    /// Connection settings of the datastores and the service (YAML); see `targets` in the README.
+    #[arg(long, global = true, env = "AUDCTL_TARGETS", value_name = "FILE")]
+    pub targets: Option<PathBuf>,
+    /// Output format of results.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Disable colours (also honoured: the NO_COLOR environment variable).
+    #[arg(long, global = true, env = "NO_COLOR")]
+    pub no_color: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); AUDCTL_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// One JSON document on stdout.
+    Json,
+    /// One YAML document on stdout.
+    Yaml,
+    /// JUnit XML, for CI systems (check, smoke, load).
+    Junit,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render values files into Kubernetes manifests.
+    Render(PendingArgs),
+    /// Run the go-live checklist as live probes against cluster and datastores.
+    Check(PendingArgs),
+    /// Sign off a checklist item no probe can prove.
+    Attest(PendingArgs),
+    /// Apply the release to the cluster, wait for it, roll back on failure.
+    Deploy(PendingArgs),
+    /// Show what a deploy would change in the cluster.
+    Diff(PendingArgs),
+    /// List the releases deployed to the cluster.
+    History(PendingArgs),
+    /// Roll the release back to an earlier revision.
+    Rollback(PendingArgs),
+    /// Verify the running service end to end (D-Day smoke tests).
+    Smoke(PendingArgs),
+    /// Generate load against the service and enforce latency/error thresholds.
+    Load(PendingArgs),
+    /// Back up PostgreSQL, Elasticsearch, Redis and Kafka.
+    Backup(PendingArgs),
+    /// Restore the datastores from a backup and verify the result.
+    Restore(PendingArgs),
+    /// Rehearse the whole go-live on one machine and write the go-live report.
+    Rehearse(PendingArgs),
+    /// Print shell completions.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff); used by `cargo xtask man`.
+    #[command(hide = true)]
+    Man,
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Render(_) => "render",
+            Command::Check(_) => "check",
+            Command::Attest(_) => "attest",
+            Command::Deploy(_) => "deploy",
+            Command::Diff(_) => "diff",
+            Command::History(_) => "history",
+            Command::Rollback(_) => "rollback",
+            Command::Smoke(_) => "smoke",
+            Command::Load(_) => "load",
+            Command::Backup(_) => "backup",
+            Command::Restore(_) => "restore",
+            Command::Rehearse(_) => "rehearse",
+            Command::Completions(_) => "completions",
+            Command::Man => "man",
+        }
+    }
+}
+
+/// Arguments of a verb that is not built yet: none are accepted.
+#[derive(Debug, Args)]
+pub struct PendingArgs {}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,74 @@
+//! audctl: the go-live toolkit for the Audit Trail service.
+//!
+//! The binary is a thin shell over this library so integration tests and `xtask` can drive the same
+//! code paths. Dependencies point one way: `cli` -> verbs -> (render, values, output, ...); nothing
+//! below the verbs knows about clap.
+
+pub mod cli;
+pub mod error;
+pub mod output;
+
+mod completions;
+mod pending;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::Failure;
+
+/// Parse `args`, run the verb and map the result to the documented exit codes.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help/version to stdout with exit 0 and usage errors to stderr with exit 2.
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { error::EXIT_USAGE } else { 0 });
+        }
+    };
+    output::init_color(cli.global.no_color);
+    init_tracing(cli.global.verbose);
+
+    match dispatch(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let failure = Failure::classify(&err);
+            if !matches!(failure, Failure::CheckFailed) || cli.global.verbose > 0 {
+                eprintln!("{}: {}", output::paint_error("error"), error::chain(&err));
+            }
+            ExitCode::from(failure.code())
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Completions(args) => completions::run(args),
+        Command::Man => completions::man(),
+        other => pending::run(other.name()),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUDCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("audctl={level}")));
+    // Logs go to stderr so `-o json` on stdout stays machine-readable.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(output::color_enabled())
+        .try_init();
+}

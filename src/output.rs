@@ -1,0 +1,150 @@
+//! Output plumbing shared by every verb: result formats, colour policy and progress bars.
+//!
+//! Results go to stdout (table for people, json/yaml/junit for machines); logs, progress and errors
+//! go to stderr so a pipe always receives one clean document.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::cli::OutputFormat;
+use crate::error::usage;
+
+static COLOR: AtomicBool = AtomicBool::new(false);
+
+/// Colour only on a terminal, never when asked not to (`--no-color` or NO_COLOR).
+pub fn init_color(no_color: bool) {
+    COLOR.store(!no_color && std::io::stderr().is_terminal(), Ordering::Relaxed);
+}
+
+pub fn color_enabled() -> bool {
+    COLOR.load(Ordering::Relaxed)
+}
+
+pub fn paint_error(s: &str) -> String {
+    if color_enabled() { format!("\x1b[1;31m{s}\x1b[0m") } else { s.to_owned() }
+}
+
+/// A verb's result: serialisable for machines, with a table for people.
+pub trait Report: Serialize {
+    fn table(&self) -> Table;
+    /// JUnit XML for verbs whose results are pass/fail test cases; `None` where it makes no sense.
+    fn junit(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A table with the house style: condensed borders, wrapping to the terminal width.
+pub fn new_table<I, S>(header: I) -> Table
+where
+    I: IntoIterator<Item = S>,
+    S: Into<comfy_table::Cell>,
+{
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    if !color_enabled() {
+        table.force_no_tty();
+    }
+    table
+}
+
+/// Write `report` to stdout in `format`.
+pub fn emit<R: Report>(format: OutputFormat, report: &R) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    write_report(&mut out, format, report)?;
+    out.flush().context("writing to stdout")
+}
+
+pub fn write_report<R: Report>(out: &mut impl Write, format: OutputFormat, report: &R) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Table => writeln!(out, "{}", report.table())?,
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, report)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Yaml => out.write_all(serde_yaml::to_string(report)?.as_bytes())?,
+        OutputFormat::Junit => match report.junit() {
+            Some(xml) => out.write_all(xml.as_bytes())?,
+            None => return Err(usage("-o junit is only available for check, smoke and load; use table, json or yaml")),
+        },
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal (CI logs stay clean).
+pub fn progress(len: u64, message: impl Into<String>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), draw_target());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.into());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// A spinner for work of unknown length (waiting for a rollout, a snapshot...).
+pub fn spinner(message: impl Into<String>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, draw_target());
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_message(message.into());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn draw_target() -> ProgressDrawTarget {
+    if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Rows {
+        rows: Vec<(String, u32)>,
+    }
+
+    impl Report for Rows {
+        fn table(&self) -> Table {
+            let mut t = new_table(["name", "count"]);
+            for (n, c) in &self.rows {
+                t.add_row(vec![n.clone(), c.to_string()]);
+            }
+            t
+        }
+    }
+
+    fn render(format: OutputFormat) -> anyhow::Result<String> {
+        let mut buf = Vec::new();
+        let r = Rows { rows: vec![("pods".into(), 3)] };
+        write_report(&mut buf, format, &r)?;
+        Ok(String::from_utf8(buf)?)
+    }
+
+    #[test]
+    fn formats_render_the_same_data() -> anyhow::Result<()> {
+        let json: serde_json::Value = serde_json::from_str(&render(OutputFormat::Json)?)?;
+        assert_eq!(json["rows"][0][1], 3);
+        let yaml: serde_json::Value = serde_yaml::from_str(&render(OutputFormat::Yaml)?)?;
+        assert_eq!(yaml, json);
+        let table = render(OutputFormat::Table)?;
+        assert!(table.contains("pods") && table.contains('3'), "{table}");
+        Ok(())
+    }
+
+    #[test]
+    fn junit_unsupported_is_a_usage_error() {
+        let err = render(OutputFormat::Junit).unwrap_err();
+        assert_eq!(crate::error::Failure::classify(&err), crate::error::Failure::Usage);
+    }
+}

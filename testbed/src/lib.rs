@@ -1,0 +1,37 @@
+//! Real components for tests, started on loopback with random ports and stopped on drop.
+//!
+//! Components are installed once by `cargo xtask deps install` under [`cache_dir`]; this crate only
+//! starts instances. A missing component is an error that says how to install it, never a skip.
+
+pub mod process;
+
+use std::path::PathBuf;
+
+pub use process::{Process, free_port, wait_until};
+
+/// Where `cargo xtask deps install` puts binaries, jars and distributions: `$AUDCTL_CACHE`, else
+/// `$XDG_CACHE_HOME/audctl`, else `~/.cache/audctl`. Outside the clone so CI and new clones reuse it.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AUDCTL_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
+    });
+    base.join("audctl")
+}
+
+/// The unprivileged system user that runs components refusing root (PostgreSQL, Elasticsearch).
+pub const RUN_AS_USER: &str = "audctl-testbed";
+
+/// Fail with install instructions when `path` (a binary or distribution) is absent.
+pub fn require(component: &str, path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if path.exists() {
+        Ok(path.to_owned())
+    } else {
+        anyhow::bail!(
+            "{component} is not installed (expected {}): run `cargo xtask deps install` first",
+            path.display()
+        )
+    }
+}

@@ -1,0 +1,179 @@
+//! Child processes owned by a test: log captured to a file, stopped (whole process group) on drop.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// A running component process. Dropping it sends SIGTERM to its process group, then SIGKILL if it
+/// has not exited after a grace period, so no process outlives the test.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    grace: Duration,
+}
+
+impl Process {
+    /// Start `cmd` in its own process group with stdout and stderr appended to `log`.
+    pub fn spawn(name: impl Into<String>, mut cmd: Command, log: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let name = name.into();
+        let log = log.into();
+        let out = File::options().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Self { name, child, log, grace: Duration::from_secs(10) })
+    }
+
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Still running? (Reaps the child if it exited.)
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last `lines` lines of the log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+
+    /// Kill with SIGKILL, as a crash would (no graceful shutdown).
+    pub fn kill_hard(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM the group and wait up to the grace period, then SIGKILL.
+    pub fn stop(&mut self) {
+        if !self.is_running() {
+            return;
+        }
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                // The leader exited; make sure helpers it forked are gone too.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill_hard();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last `lines` lines of a log file (empty if unreadable).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A free TCP port on 127.0.0.1. The OS picks it; there is a small window before the component
+/// binds it, which retries in the starters cover.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Poll `probe` until it returns Ok(true), the process dies, or `timeout` passes. The error names
+/// the component and includes the tail of its log.
+pub async fn wait_until<F, Fut>(process: &mut Process, timeout: Duration, mut probe: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let start = Instant::now();
+    let mut last_err = String::new();
+    loop {
+        match probe().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = format!("{e:#}"),
+        }
+        if !process.is_running() {
+            bail!(
+                "{} exited during start-up (log {}):\n{}",
+                process.name(),
+                process.log_path().display(),
+                process.log_tail(40)
+            );
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{} not ready after {:?} (last probe error: {last_err}; log {}):\n{}",
+                process.name(),
+                timeout,
+                process.log_path().display(),
+                process.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stops_process_group_on_drop() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new("sh");
+        // The shell forks a grandchild; dropping must take both down.
+        cmd.args(["-c", "sleep 300 & echo started; wait"]);
+        let mut p = Process::spawn("sleeper", cmd, dir.path().join("log"))?;
+        let log = dir.path().join("log");
+        wait_until(&mut p, Duration::from_secs(5), || {
+            let log = log.clone();
+            async move { Ok(std::fs::read_to_string(log)?.contains("started")) }
+        })
+        .await?;
+        let pgid = p.pid() as i32;
+        drop(p);
+        // killpg with signal None probes for existence of any member of the group.
+        assert!(killpg(Pid::from_raw(pgid), None).is_err(), "process group {pgid} survived drop");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn reports_early_exit_with_log() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo boom-config-error; exit 3"]);
+        let mut p = Process::spawn("failing", cmd, dir.path().join("log"))?;
+        let err = wait_until(&mut p, Duration::from_secs(5), || async { Ok(false) }).await.unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("failing exited") && msg.contains("boom-config-error"), "{msg}");
+        Ok(())
+    }
+}
