@@ -1,7 +1,12 @@
 //! `cargo xtask deps install|up|down|status`: the real components the tests run against.
 //!
 //! Everything lands under the cache directory (`$AUDCTL_CACHE`, default ~/.cache/audctl), outside
-//! the clone, keyed by version, so re-runs are quick and a new clone reuses it.
+//! the clone, keyed by version, so re-runs are quick and a new clone reuses it. Each component
+//! module exposes `install(&Ctx)` and `status(&Ctx)`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
 
 use clap::Subcommand;
 
@@ -17,11 +22,55 @@ pub enum DepsCommand {
     Status,
 }
 
+/// Shared context of the install steps.
+pub struct Ctx {
+    /// Root of the cache (`~/.cache/audctl`).
+    pub cache: PathBuf,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Self { cache: cache_dir() }
+    }
+}
+
+/// Same rule as `testbed::cache_dir` (xtask stays free of the testbed's dependencies).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AUDCTL_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
+    });
+    base.join("audctl")
+}
+
+/// The unprivileged user that runs PostgreSQL and Elasticsearch, which refuse to run as root.
+/// Must match `testbed::RUN_AS_USER`.
+pub const RUN_AS_USER: &str = "audctl-testbed";
+
+/// Create [`RUN_AS_USER`] if missing (we run as root in CI and on dev machines).
+pub fn ensure_run_user() -> anyhow::Result<()> {
+    let exists = Command::new("id").arg("-u").arg(RUN_AS_USER).output()?.status.success();
+    if !exists {
+        crate::util::step(
+            &format!("create system user {RUN_AS_USER}"),
+            Command::new("useradd").args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_AS_USER]),
+        )?;
+    }
+    Ok(())
+}
+
 pub fn run(cmd: DepsCommand) -> anyhow::Result<()> {
+    let ctx = Ctx::new();
     match cmd {
-        DepsCommand::Install => Ok(()),
-        DepsCommand::Up | DepsCommand::Down | DepsCommand::Status => {
-            anyhow::bail!("not built yet")
+        DepsCommand::Install => {
+            let start = Instant::now();
+            std::fs::create_dir_all(&ctx.cache)?;
+            ensure_run_user()?;
+            eprintln!("deps install: done in {:.1}s (cache {})", start.elapsed().as_secs_f64(), ctx.cache.display());
+            Ok(())
         }
+        DepsCommand::Up | DepsCommand::Down | DepsCommand::Status => anyhow::bail!("not built yet"),
     }
 }
