@@ -4,6 +4,8 @@
 //! the clone, keyed by version, so re-runs are quick and a new clone reuses it. Each component
 //! module exposes `install(&Ctx)` and `status(&Ctx)`.
 
+mod debian;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -39,9 +41,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("AUDCTL_CACHE") {
         return PathBuf::from(dir);
     }
-    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
-    });
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache"));
     base.join("audctl")
 }
 
@@ -55,7 +57,14 @@ pub fn ensure_run_user() -> anyhow::Result<()> {
     if !exists {
         crate::util::step(
             &format!("create system user {RUN_AS_USER}"),
-            Command::new("useradd").args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_AS_USER]),
+            Command::new("useradd").args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                RUN_AS_USER,
+            ]),
         )?;
     }
     Ok(())
@@ -67,10 +76,12 @@ pub fn run(cmd: DepsCommand) -> anyhow::Result<()> {
         DepsCommand::Install => {
             let start = Instant::now();
             std::fs::create_dir_all(&ctx.cache)?;
-            ensure_run_user()?;
+            // First: the other components need Java, Maven, build headers and the run-as user.
+            debian::install(&ctx)?;
             eprintln!("deps install: done in {:.1}s (cache {})", start.elapsed().as_secs_f64(), ctx.cache.display());
             Ok(())
         }
-        DepsCommand::Up | DepsCommand::Down | DepsCommand::Status => anyhow::bail!("not built yet"),
+        DepsCommand::Status => debian::status(&ctx),
+        DepsCommand::Up | DepsCommand::Down => anyhow::bail!("not built yet"),
     }
 }
