@@ -1,0 +1,201 @@
+//! Checks across fields that types cannot express: requests within limits, replica bounds, TLS
+//! secrets, JVM heap within the memory limit, datastores either deployed or reachable.
+
+use super::model::{Resources, Values};
+use super::quantity::{Quantity, jvm_size};
+use super::source::Sources;
+use super::ValueError;
+
+struct Checker<'a> {
+    sources: &'a Sources,
+    errors: &'a mut Vec<ValueError>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, path: &str, message: String) {
+        let origin = self.sources.value_origin(path).cloned();
+        self.errors.push(ValueError { origin, path: path.to_owned(), message });
+    }
+
+    fn resources(&mut self, path: &str, r: &Resources) {
+        let pairs = [("cpu", &r.requests.cpu, &r.limits.cpu), ("memory", &r.requests.memory, &r.limits.memory)];
+        for (name, request, limit) in pairs {
+            if let (Some(request), Some(limit)) = (request, limit)
+                && request.value() > limit.value()
+            {
+                self.fail(
+                    &format!("{path}.requests.{name}"),
+                    format!("request {request} is above the limit {limit}; expected requests <= limits"),
+                );
+            }
+        }
+    }
+
+    fn dns_label(&mut self, path: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !ok {
+            self.fail(path, format!("{name:?} is not a DNS label; expected lowercase letters, digits and '-', at most 63"));
+        }
+    }
+}
+
+pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
+    let mut c = Checker { sources, errors };
+    c.dns_label("name", &v.name);
+    c.dns_label("namespace.name", &v.namespace.name);
+    if !["privileged", "baseline", "restricted"].contains(&v.namespace.pod_security.as_str()) {
+        c.fail("namespace.podSecurity", format!("{:?}: expected privileged, baseline or restricted", v.namespace.pod_security));
+    }
+    if v.image.tag.is_empty() && v.image.digest.is_none() {
+        c.fail("image.tag", "empty: expected an image tag (or image.digest)".into());
+    }
+
+    c.resources("resources", &v.resources);
+    c.resources("postgresql.primary.resources", &v.postgresql.primary.resources);
+    c.resources("postgresql.readReplicas.resources", &v.postgresql.read_replicas.resources);
+    c.resources("elasticsearch.resources", &v.elasticsearch.resources);
+    c.resources("redis.replica.resources", &v.redis.replica.resources);
+    c.resources("kafka.resources", &v.kafka.resources);
+
+    let a = &v.autoscaling;
+    if a.enabled {
+        if a.min_replicas == 0 {
+            c.fail("autoscaling.minReplicas", "0: expected at least 1".into());
+        }
+        if a.min_replicas > a.max_replicas {
+            c.fail(
+                "autoscaling.minReplicas",
+                format!("{} is above autoscaling.maxReplicas ({}); expected minReplicas <= maxReplicas", a.min_replicas, a.max_replicas),
+            );
+        }
+        for (key, target) in [
+            ("targetCPUUtilizationPercentage", a.target_cpu_utilization_percentage),
+            ("targetMemoryUtilizationPercentage", a.target_memory_utilization_percentage),
+        ] {
+            if let Some(t) = target
+                && !(1..=100).contains(&t)
+            {
+                c.fail(&format!("autoscaling.{key}"), format!("{t}: expected a percentage between 1 and 100"));
+            }
+        }
+        if a.target_cpu_utilization_percentage.is_none() && a.target_memory_utilization_percentage.is_none() {
+            c.fail("autoscaling", "no CPU or memory target: expected at least one".into());
+        }
+    } else if v.replica_count == 0 {
+        c.fail("replicaCount", "0: expected at least 1 (use autoscaling or scale to 0 with kubectl)".into());
+    }
+
+    let pdb = &v.pod_disruption_budget;
+    if pdb.enabled {
+        if pdb.min_available.is_some() == pdb.max_unavailable.is_some() {
+            c.fail("podDisruptionBudget", "expected exactly one of minAvailable and maxUnavailable".into());
+        }
+        let floor = if a.enabled { a.min_replicas } else { v.replica_count };
+        if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) = pdb.min_available
+            && i64::from(n) >= i64::from(floor)
+        {
+            c.fail(
+                "podDisruptionBudget.minAvailable",
+                format!("{n} leaves no pod evictable with {floor} replicas: node drains would block; expected fewer than {floor}"),
+            );
+        }
+    }
+
+    if v.ingress.enabled {
+        if v.ingress.hosts.is_empty() {
+            c.fail("ingress.hosts", "empty: expected at least one host when the ingress is enabled".into());
+        }
+        for (i, tls) in v.ingress.tls.iter().enumerate() {
+            if tls.secret_name.as_deref().is_none_or(str::is_empty) {
+                c.fail(
+                    &format!("ingress.tls[{i}]"),
+                    "no secretName: expected the Secret cert-manager writes the certificate to".into(),
+                );
+            }
+            for (j, host) in tls.hosts.iter().enumerate() {
+                if !v.ingress.hosts.iter().any(|h| &h.host == host) {
+                    c.fail(&format!("ingress.tls[{i}].hosts[{j}]"), format!("{host:?} is not one of ingress.hosts"));
+                }
+            }
+        }
+    }
+
+    heap_within_limit(&mut c, v);
+
+    if !v.postgresql.auth.postgres_password.is_empty() {
+        c.fail(
+            "postgresql.auth.postgresPassword",
+            "a password in a values file: expected \"\" and the password in auth.existingSecret".into(),
+        );
+    }
+    if v.postgresql.architecture == "standalone" && v.postgresql.read_replicas.replica_count > 0 && v.postgresql.enabled {
+        c.fail("postgresql.readReplicas.replicaCount", "read replicas with architecture standalone: expected 0 or architecture replication".into());
+    }
+    for (key, value) in &v.elasticsearch.es_config {
+        if key != "elasticsearch.yml" {
+            c.fail(&format!("elasticsearch.esConfig.{key}"), "expected only elasticsearch.yml".into());
+        } else if serde_yaml::from_str::<serde_yaml::Mapping>(value).is_err() {
+            c.fail(&format!("elasticsearch.esConfig.{key}"), "not a YAML mapping of settings".into());
+        }
+    }
+    for (key, _) in &v.elasticsearch.config {
+        if key.starts_with("index.") {
+            c.fail(
+                &format!("elasticsearch.config.{key}"),
+                "index-level setting: Elasticsearch refuses it in elasticsearch.yml; expected it under elasticsearch.indexSettings".into(),
+            );
+        }
+    }
+    if v.kafka.enabled && v.kafka.topic.replicas > v.kafka.replica_count {
+        c.fail("kafka.topic.replicas", format!("{} replicas with {} brokers: expected at most the broker count", v.kafka.topic.replicas, v.kafka.replica_count));
+    }
+    if v.kafka.topic.min_insync_replicas > v.kafka.topic.replicas {
+        c.fail("kafka.topic.minInsyncReplicas", "above kafka.topic.replicas: every write would fail".into());
+    }
+
+    for (name, enabled, host) in [
+        ("postgresql", v.postgresql.enabled, &v.postgresql.external.host),
+        ("elasticsearch", v.elasticsearch.enabled, &v.elasticsearch.external.host),
+        ("redis", v.redis.enabled, &v.redis.external.host),
+        ("kafka", v.kafka.enabled, &v.kafka.external.host),
+    ] {
+        if !enabled && host.as_deref().is_none_or(str::is_empty) {
+            c.fail(
+                &format!("{name}.external.host"),
+                format!("{name} is neither deployed ({name}.enabled: false) nor external: expected a host"),
+            );
+        }
+    }
+}
+
+/// `-Xmx` in JAVA_OPTS above the container memory limit gets the pod OOM-killed under load.
+fn heap_within_limit(c: &mut Checker<'_>, v: &Values) {
+    let limit = v.resources.limits.memory.as_ref();
+    for (i, env) in v.env.iter().enumerate() {
+        let Some(value) = env.value.as_deref().filter(|_| env.name.ends_with("JAVA_OPTS")) else { continue };
+        let path = format!("env[{i}].value");
+        for flag in value.split_whitespace() {
+            let Some(size) = flag.strip_prefix("-Xmx") else { continue };
+            match (jvm_size(size), limit) {
+                (None, _) => c.fail(&path, format!("{flag}: expected a JVM size like -Xmx2g")),
+                (Some(heap), Some(limit)) if heap > limit.value() => c.fail(
+                    &path,
+                    format!("{flag} is above the memory limit resources.limits.memory={limit}; expected a heap below the limit"),
+                ),
+                _ => {}
+            }
+        }
+    }
+    let es_limit = v.elasticsearch.resources.limits.memory.as_ref().map(Quantity::value);
+    for flag in v.elasticsearch.java_opts.split_whitespace() {
+        if let (Some(heap), Some(limit)) = (flag.strip_prefix("-Xmx").and_then(jvm_size), es_limit)
+            && heap > limit
+        {
+            c.fail("elasticsearch.javaOpts", format!("{flag} is above elasticsearch.resources.limits.memory"));
+        }
+    }
+}

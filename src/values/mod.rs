@@ -1,0 +1,327 @@
+//! Values: load, merge (defaults, each `-f` in order, then `--set`), type and check, with every error
+//! pointing at file:line:column and the key path, all reported at once.
+
+mod check;
+pub mod merge;
+pub mod model;
+pub mod quantity;
+pub mod source;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+pub use model::Values;
+use source::{Origin, Positions, Sources};
+
+/// The defaults, embedded so the binary works anywhere.
+pub const DEFAULTS: &str = include_str!("../../values/defaults.yaml");
+const DEFAULTS_NAME: &str = "values/defaults.yaml";
+
+/// One problem in the values: where, which key, what is expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueError {
+    pub origin: Option<Origin>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Some(origin) => write!(f, "{origin}: ")?,
+            None => f.write_str("(defaults): ")?,
+        }
+        if self.path.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+    }
+}
+
+/// All the problems found, shown one per line.
+#[derive(Debug)]
+pub struct ValueErrors(pub Vec<ValueError>);
+
+impl fmt::Display for ValueErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "invalid values ({n} error{}):", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Merge defaults, `files` and `sets`, then type and check the result.
+pub fn load(files: &[PathBuf], sets: &[String]) -> anyhow::Result<Values> {
+    let mut texts = Vec::with_capacity(files.len());
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| crate::error::usage(format!("cannot read values file {}: {e}", file.display())))?;
+        texts.push((file.clone(), text));
+    }
+    load_texts(&texts, sets).map_err(|errors| crate::error::usage(errors.to_string()))
+}
+
+/// `load` on texts already read, for tests and benchmarks: `(name shown in errors, content)`.
+pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values, ValueErrors> {
+    let mut errors = Vec::new();
+    let mut sources = Sources::default();
+    let defaults = parse_layer(Path::new(DEFAULTS_NAME), DEFAULTS, &mut sources, &mut errors);
+    let mut merged = defaults.clone();
+    for (path, text) in files {
+        let layer = parse_layer(path, text, &mut sources, &mut errors);
+        if !matches!(layer, Value::Null | Value::Mapping(_)) {
+            errors.push(ValueError {
+                origin: Some(Origin::File { path: path.clone(), line: 1, column: 1 }),
+                path: String::new(),
+                message: "expected a mapping of values at the top level".into(),
+            });
+            continue;
+        }
+        merge::merge(&mut merged, layer);
+    }
+    for arg in sets {
+        match merge::parse_set(arg) {
+            Ok((segments, display, value)) => {
+                let overlay = merge::set_overlay(&segments, value, &merged);
+                merge::merge(&mut merged, overlay);
+                let mut paths = vec![];
+                let mut p = display.as_str();
+                while !p.is_empty() {
+                    paths.push(p.to_owned());
+                    p = source::parent(p).unwrap_or("");
+                }
+                sources.layers.push(Positions::of_set(arg, paths));
+            }
+            Err(message) => errors.push(ValueError { origin: None, path: String::new(), message }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ValueErrors(errors));
+    }
+    let typed = deserialize_all(merged, &defaults, &sources, &mut errors);
+    if let Some((values, repaired)) = &typed {
+        unknown_nested_keys(repaired, values, &sources, &mut errors);
+        check::semantic(values, &sources, &mut errors);
+    }
+    match typed {
+        Some((values, _)) if errors.is_empty() => Ok(values),
+        _ => Err(ValueErrors(errors)),
+    }
+}
+
+fn parse_layer(path: &Path, text: &str, sources: &mut Sources, errors: &mut Vec<ValueError>) -> Value {
+    match Positions::of_file(path, text) {
+        Ok(positions) => sources.layers.push(positions),
+        Err((origin, message)) => {
+            errors.push(ValueError { origin: Some(origin), path: String::new(), message });
+            return Value::Null;
+        }
+    }
+    match serde_yaml::from_str::<Value>(text) {
+        Ok(value) => value,
+        Err(e) => {
+            let origin = e.location().map(|l| Origin::File { path: path.to_owned(), line: l.line(), column: l.column() });
+            errors.push(ValueError { origin, path: String::new(), message: format!("not valid YAML: {e}") });
+            Value::Null
+        }
+    }
+}
+
+/// Deserialize into `Values`; on an error, note it, put the default back at that path (or drop the
+/// key) and try again, so that one run reports every typing problem. Returns the typed values and
+/// the repaired tree they came from.
+fn deserialize_all(
+    mut tree: Value,
+    defaults: &Value,
+    sources: &Sources,
+    errors: &mut Vec<ValueError>,
+) -> Option<(Values, Value)> {
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        match serde_path_to_error::deserialize::<_, Values>(tree.clone()) {
+            Ok(values) => return Some((values, tree)),
+            Err(err) => {
+                let path = err.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                let inner = err.inner().to_string();
+                let (message, is_key) = explain(&inner);
+                let origin = if is_key { sources.key_origin(&path) } else { sources.value_origin(&path) };
+                errors.push(ValueError { origin: origin.cloned(), path: path.clone(), message });
+                if !seen.insert(path.clone()) || path.is_empty() {
+                    return None;
+                }
+                match lookup(defaults, &path) {
+                    Some(default) if !inner.starts_with("unknown field") => replace(&mut tree, &path, Some(default)),
+                    _ => replace(&mut tree, &path, None),
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Reword serde's messages: unknown keys get a did-you-mean; returns whether the key (not the value)
+/// is at fault.
+fn explain(inner: &str) -> (String, bool) {
+    if let Some(rest) = inner.strip_prefix("unknown field `") {
+        let (key, rest) = rest.split_once('`').unwrap_or((rest, ""));
+        let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+        return (unknown_key_message(key, &candidates), true);
+    }
+    if let Some(rest) = inner.strip_prefix("missing field `") {
+        let key = rest.split('`').next().unwrap_or(rest);
+        return (format!("missing key `{key}` (it has no default here: do not set its parent to null)"), false);
+    }
+    (inner.replace("invalid type: ", "wrong type: found "), false)
+}
+
+fn unknown_key_message(key: &str, candidates: &[&str]) -> String {
+    let best = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(key, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, name)) => format!("unknown key `{key}`; did you mean `{name}`?"),
+        None if candidates.is_empty() => format!("unknown key `{key}`"),
+        None => format!("unknown key `{key}`; expected one of: {}", candidates.join(", ")),
+    }
+}
+
+/// Keys inside the Kubernetes-typed values (probes, affinity, env, ...) that the types ignored:
+/// found by comparing the input with the typed values written back out.
+fn unknown_nested_keys(input: &Value, values: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
+    let Ok(typed) = serde_yaml::to_value(values) else { return };
+    fn walk(input: &Value, typed: &Value, path: &str, sources: &Sources, errors: &mut Vec<ValueError>) {
+        match (input, typed) {
+            (Value::Mapping(a), Value::Mapping(b)) => {
+                for (key, value) in a {
+                    let name = key.as_str().map(str::to_owned).unwrap_or_else(|| format!("{key:?}"));
+                    let child = source::join_key(path, &name);
+                    match b.get(key) {
+                        Some(other) => walk(value, other, &child, sources, errors),
+                        None if value.is_null() => {}
+                        None => {
+                            let candidates: Vec<&str> = b.keys().filter_map(Value::as_str).collect();
+                            errors.push(ValueError {
+                                origin: sources.key_origin(&child).cloned(),
+                                path: child.clone(),
+                                message: unknown_key_message(&name, &candidates),
+                            });
+                        }
+                    }
+                }
+            }
+            (Value::Sequence(a), Value::Sequence(b)) => {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    walk(x, y, &source::join_index(path, i), sources, errors);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(input, &typed, "", sources, errors);
+}
+
+/// Parse a display path (`a.b[0].c`) back into segments.
+fn segments(path: &str) -> Vec<merge::Segment> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (name, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !name.is_empty() {
+            out.push(merge::Segment::Key(name.to_owned()));
+        }
+        while let Some(open) = rest.strip_prefix('[') {
+            let Some((index, after)) = open.split_once(']') else { break };
+            if let Ok(i) = index.parse() {
+                out.push(merge::Segment::Index(i));
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+fn lookup(tree: &Value, path: &str) -> Option<Value> {
+    let mut node = tree;
+    for seg in segments(path) {
+        node = match seg {
+            merge::Segment::Key(k) => node.get(k.as_str())?,
+            merge::Segment::Index(i) => node.get(i)?,
+        };
+    }
+    Some(node.clone())
+}
+
+/// Replace the value at `path` (None: remove the key or item).
+fn replace(tree: &mut Value, path: &str, value: Option<Value>) {
+    let segs = segments(path);
+    let Some((last, parents)) = segs.split_last() else { return };
+    let mut node = tree;
+    for seg in parents {
+        let next = match seg {
+            merge::Segment::Key(k) => node.get_mut(k.as_str()),
+            merge::Segment::Index(i) => node.get_mut(*i),
+        };
+        match next {
+            Some(n) => node = n,
+            None => return,
+        }
+    }
+    match (last, node, value) {
+        (merge::Segment::Key(k), Value::Mapping(m), Some(v)) => {
+            m.insert(Value::String(k.clone()), v);
+        }
+        (merge::Segment::Key(k), Value::Mapping(m), None) => {
+            m.remove(k.as_str());
+        }
+        (merge::Segment::Index(i), Value::Sequence(s), v) if *i < s.len() => match v {
+            Some(v) => s[*i] = v,
+            None => {
+                s.remove(*i);
+            }
+        },
+        _ => {}
+    }
+}
+
+/// JSON Schema of the values (`audctl render --schema`).
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(Values);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str) -> (PathBuf, String) {
+        let path = PathBuf::from(format!("{}/values/{name}", env!("CARGO_MANIFEST_DIR")));
+        let text = std::fs::read_to_string(&path).unwrap();
+        (PathBuf::from(format!("values/{name}")), text)
+    }
+
+    #[test]
+    fn shipped_values_load() {
+        let prod = load_texts(&[file("values-prod.yaml")], &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(prod.autoscaling.max_replicas, 20);
+        load_texts(&[file("values-prod.yaml"), file("values-staging.yaml")], &[]).unwrap_or_else(|e| panic!("{e}"));
+        load_texts(&[file("values-local.yaml")], &[]).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn all_errors_at_once_with_positions() {
+        let text = "replicaCout: 3\nresources:\n  limits:\n    memory: 2Gb\nautoscaling:\n  enabled: true\n  minReplicas: 9\n  maxReplicas: 3\nimage:\n  tag: [1]\n";
+        let errs = load_texts(&[(PathBuf::from("bad.yaml"), text.into())], &["kafka.replicaCount=x".into()]).unwrap_err();
+        let all = errs.to_string();
+        eprintln!("{all}");
+        assert!(all.contains("bad.yaml:1:1: replicaCout: unknown key `replicaCout`; did you mean `replicaCount`?"), "{all}");
+        assert!(all.contains("bad.yaml:4:13: resources.limits.memory: \"2Gb\" is not a Kubernetes quantity"), "{all}");
+        assert!(all.contains("bad.yaml:7:16: autoscaling.minReplicas: 9 is above"), "{all}");
+        assert!(all.contains("bad.yaml:10:8: image.tag"), "{all}");
+        assert!(all.contains("--set kafka.replicaCount=x: kafka.replicaCount"), "{all}");
+    }
+}
