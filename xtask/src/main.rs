@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's automation, in Rust (the rust-analyzer pattern).
 
+mod bench;
 mod ci;
 mod deps;
 mod util;
@@ -17,6 +18,8 @@ struct Xtask {
 enum Task {
     /// What CI runs: install test dependencies, fmt check, clippy -D warnings, the whole test suite.
     Ci(ci::CiArgs),
+    /// Measured runs of the speed targets (render, server).
+    Bench(bench::BenchArgs),
     /// Install, start, stop and inspect the real components the tests use.
     #[command(subcommand)]
     Deps(deps::DepsCommand),
@@ -30,6 +33,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Xtask::parse().task {
         Task::Ci(args) => ci::run(args),
+        Task::Bench(args) => bench::run(args),
         Task::Deps(cmd) => deps::run(cmd),
         Task::Man { out_dir } => {
             let dir = out_dir.unwrap_or_else(|| util::target_dir().join("man"));
