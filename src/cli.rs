@@ -64,7 +64,7 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Render values files into Kubernetes manifests.
-    Render(PendingArgs),
+    Render(RenderArgs),
     /// Run the go-live checklist as live probes against cluster and datastores.
     Check(PendingArgs),
     /// Sign off a checklist item no probe can prove.
@@ -113,6 +113,26 @@ impl Command {
             Command::Man => "man",
         }
     }
+}
+
+/// `audctl render`: values files to Kubernetes manifests.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Values file, merged over the defaults; repeat to layer files (later files win).
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Set one value after the files, e.g. --set autoscaling.maxReplicas=10 or env[0].value=x; repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Use the *.j2 templates of this directory instead of the embedded ones.
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// Write one file per object into DIR (in apply order) instead of YAML on stdout.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Print the JSON Schema of the values and exit.
+    #[arg(long, conflicts_with_all = ["values", "set", "templates", "output_dir"])]
+    pub schema: bool,
 }
 
 /// Arguments of a verb that is not built yet: none are accepted.

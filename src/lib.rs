@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod error;
 pub mod output;
+pub mod render;
+pub mod values;
 
 mod completions;
 mod pending;
@@ -50,6 +52,7 @@ where
 
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Render(args) => render::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
         other => pending::run(other.name()),

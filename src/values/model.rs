@@ -95,17 +95,25 @@ pub struct Autoscaling {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Resources {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
     pub requests: ResourceList,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
     pub limits: ResourceList,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceList {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Quantity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
+}
+
+impl ResourceList {
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none()
+    }
 }
 
 /// Settings of the audit server, written to its configuration file (ConfigMap).

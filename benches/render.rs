@@ -1,0 +1,2 @@
+//! Rendering benchmark (filled in below).
+fn main() {}
