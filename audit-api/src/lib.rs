@@ -1,3 +1,215 @@
 //! Wire types of the Audit Trail events API (JSON, camelCase, under /api/v1).
 //!
-//! Filled in by the audit server work; audctl's smoke and load verbs use the same types.
+//! Shared by the server (which derives its OpenAPI document from them with the `openapi` feature)
+//! and audctl's smoke and load verbs. Serde only: identifiers and timestamps travel as strings
+//! (UUID and RFC 3339 with microseconds, UTC, `Z` suffix) so this crate pulls in nothing heavy.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Path prefix of every API route.
+pub const API_PREFIX: &str = "/api/v1";
+/// Header carrying the API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// Header making a POST safe to retry: the same key returns the original result.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Largest accepted request body (the seed's ingress `proxy-body-size: 10m`).
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Most events in one `POST /events/batch`.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+/// Largest page of `GET /events`.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+/// `previousHash` of the first event of every tenant's chain.
+pub const GENESIS: &str = "GENESIS";
+
+/// Who did it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Actor {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub attributes: Option<BTreeMap<String, Value>>,
+}
+
+/// What was done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Action {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+/// What it was done to, optionally with its state before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub before: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub after: Option<Value>,
+}
+
+/// Where the event comes from; `tenantId` selects the hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    pub source: String,
+    pub tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// Body of `POST /events` (and each element of a batch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct NewEvent {
+    pub actor: Actor,
+    pub action: Action,
+    pub resource: Resource,
+    pub metadata: Metadata,
+}
+
+/// Body of `POST /events/batch`: all events must carry the same `metadata.tenantId`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BatchRequest {
+    pub events: Vec<NewEvent>,
+}
+
+/// Answer to a stored event (201), also replayed for a retried `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct EventReceipt {
+    pub id: String,
+    pub sequence: i64,
+    pub timestamp: String,
+    pub hash: String,
+    pub previous_hash: String,
+    /// Always `STORED`: the event is committed.
+    pub status: String,
+}
+
+/// Answer to `POST /events/batch` (201): one receipt per event, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResponse {
+    pub count: usize,
+    pub results: Vec<EventReceipt>,
+}
+
+/// A stored event as read back. Without `hash` and `previousHash`, its canonical form is what was
+/// hashed (see the audit-server README).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEvent {
+    pub id: String,
+    pub sequence: i64,
+    pub timestamp: String,
+    pub actor: Actor,
+    pub action: Action,
+    pub resource: Resource,
+    pub metadata: Metadata,
+    pub hash: String,
+    pub previous_hash: String,
+}
+
+/// One page of `GET /events`; pass `nextCursor` as `cursor` for the next one (absent on the last).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Answer to `GET /integrity/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub tenant_id: String,
+    pub verified: bool,
+    /// Links checked and found intact before the first broken one (all of them when verified).
+    pub checked: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_broken_at: Option<BrokenLink>,
+}
+
+/// The first link of a chain that does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BrokenLink {
+    /// Position in the chain (1 = first event) where the chain breaks.
+    pub sequence: i64,
+    /// The stored event at that position, when there is one (absent for a deleted event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub reason: String,
+}
+
+/// Every error response: `error` is a stable machine code, `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<FieldError>>,
+}
+
+/// One invalid field of a request: `field` is a dotted path such as `metadata.tenantId`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Health answers (`UP`, `DOWN`, `OUT_OF_SERVICE`), Spring Boot actuator style.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<BTreeMap<String, String>>,
+}

@@ -1,4 +1,38 @@
-fn main() {
-    eprintln!("audit-server: not built yet");
-    std::process::exit(2);
+//! `audit-server`: configuration from the environment (see README), JSON logs, SIGTERM drain.
+
+use anyhow::Context;
+use audit_server::{Config, spawn};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("AUDIT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var("AUDIT_LOG_FORMAT").is_ok_and(|f| f == "text") {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).init();
+    }
+    let config = Config::from_env()?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let server = spawn(config).await?;
+    if let Some(path) = &server.local_key_file {
+        // Local runs only (SQLite, no key configured): say how to authenticate, without printing the key.
+        eprintln!(
+            "\naudit-server: no API key configured, generated a local key for all tenants in {path}\n  \
+             export AUDIT_API_KEY=$(cat {path})\n  \
+             curl -H \"X-API-Key: $AUDIT_API_KEY\" '{url}/api/v1/events?tenantId=demo'\n  \
+             OpenAPI document: {url}/api/v1/openapi.json\n",
+            path = path.display(),
+            url = server.base_url(),
+        );
+    }
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    server.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -1,0 +1,305 @@
+//! The events API: append (single and batch), read, list with keyset pagination, verify.
+
+use audit_api::{
+    BatchResponse, ErrorBody, EventPage, EventReceipt, MAX_PAGE_LIMIT, NewEvent, StoredEvent, VerifyReport,
+};
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Datelike, Utc};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use super::input::{self, JsonBody};
+use crate::chain;
+use crate::store::{AppendJob, Idempotency, JobOutcome, ListQuery};
+
+/// Append one event to its tenant's chain; 201 once committed.
+#[utoipa::path(
+    post, path = "/api/v1/events", tag = "events", request_body = NewEvent,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key: the same key returns the original result")),
+    responses(
+        (status = 201, description = "Committed", body = EventReceipt),
+        (status = 400, description = "Invalid fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "Key not allowed for the tenant", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused for a different request", body = ErrorBody),
+        (status = 413, description = "Body over 10 MiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn post_event(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let Some(event) = input::event(&body, "", &mut errors) else {
+        return Err(ApiError::invalid(errors));
+    };
+    let tenant = event.metadata.tenant_id.clone();
+    scope.require(&tenant)?;
+    let key = input::idempotency_key(&headers)?;
+    let events = vec![event];
+    let outcome = append(&state, &tenant, events, key, "single").await?;
+    let (receipts, replayed) = outcome;
+    let receipt = receipts.into_iter().next().ok_or_else(|| ApiError::bad_request("nothing stored"))?;
+    Ok(created(Json(receipt), replayed))
+}
+
+/// Append up to 1000 events of one tenant atomically; per-event receipts in request order.
+#[utoipa::path(
+    post, path = "/api/v1/events/batch", tag = "events", request_body = audit_api::BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key: the same key returns the original result")),
+    responses(
+        (status = 201, description = "Committed", body = BatchResponse),
+        (status = 400, description = "Invalid fields", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "Key not allowed for the tenant", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused for a different request", body = ErrorBody),
+        (status = 413, description = "Body over 10 MiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn post_batch(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let events = input::batch(&body)?;
+    let tenant = events[0].metadata.tenant_id.clone();
+    scope.require(&tenant)?;
+    let key = input::idempotency_key(&headers)?;
+    let (results, replayed) = append(&state, &tenant, events, key, "batch").await?;
+    Ok(created(Json(BatchResponse { count: results.len(), results }), replayed))
+}
+
+async fn append(
+    state: &AppState,
+    tenant: &str,
+    events: Vec<NewEvent>,
+    key: Option<String>,
+    kind: &str,
+) -> Result<(Vec<EventReceipt>, bool), ApiError> {
+    let idempotency = key.map(|key| {
+        // What was asked, independent of JSON formatting: a retry must ask the same thing.
+        let canonical = chain::canonical_json(&serde_json::to_value(&events).unwrap_or_default());
+        Idempotency { key, fingerprint: chain::link_hash(&canonical, kind) }
+    });
+    match state.appender.submit(tenant, AppendJob { events, idempotency }).await? {
+        JobOutcome::Stored(r) => Ok((r, false)),
+        JobOutcome::Replayed(r) => Ok((r, true)),
+        JobOutcome::KeyConflict => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used for a different request",
+        )),
+    }
+}
+
+fn created(body: impl IntoResponse, replayed: bool) -> Response {
+    let mut response = (StatusCode::CREATED, body).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// One stored event.
+#[utoipa::path(
+    get, path = "/api/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "Event id (UUID)")),
+    responses(
+        (status = 200, description = "The event", body = StoredEvent),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "Key not allowed for the event's tenant", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_event(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<StoredEvent>, ApiError> {
+    let Path(id) = path.map_err(|e| ApiError::field("id", e.body_text()))?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::field("id", "must be a UUID"))?;
+    let event = state.store.get(id).await?.ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
+    scope.require(&event.metadata.tenant_id)?;
+    Ok(Json(event))
+}
+
+/// Filters of `GET /events`. All optional except `tenantId`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct ListParams {
+    /// The tenant whose events to list (required).
+    tenant_id: Option<String>,
+    actor_id: Option<String>,
+    resource_id: Option<String>,
+    action_type: Option<String>,
+    /// RFC 3339, inclusive.
+    from: Option<String>,
+    /// RFC 3339, exclusive.
+    to: Option<String>,
+    /// 1 to 1000, default 100.
+    limit: Option<String>,
+    /// `nextCursor` of the previous page.
+    cursor: Option<String>,
+    /// `asc` (default: chain order, oldest first) or `desc`.
+    order: Option<String>,
+}
+
+/// List a tenant's events in chain order with keyset pagination: pages stay stable while events
+/// are appended (new events only ever come after the cursor in `asc` order, never before).
+#[utoipa::path(
+    get, path = "/api/v1/events", tag = "events", params(ListParams),
+    responses(
+        (status = 200, description = "A page", body = EventPage),
+        (status = 400, description = "Invalid filters", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "Key not allowed for the tenant", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_events(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<EventPage>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let tenant = required_tenant(p.tenant_id.as_deref())?;
+    let mut errors = Vec::new();
+    let mut field = |name: &str, message: String| errors.push(audit_api::FieldError { field: name.into(), message });
+    let limit = match p.limit.as_deref().map(str::parse::<u32>) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_PAGE_LIMIT).contains(&n) => n,
+        Some(_) => {
+            field("limit", format!("must be an integer from 1 to {MAX_PAGE_LIMIT}"));
+            0
+        }
+    };
+    let descending = match p.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => {
+            field("order", "must be asc or desc".into());
+            false
+        }
+    };
+    let from = p.from.as_deref().and_then(|v| time(v).map_err(|m| field("from", m)).ok());
+    let to = p.to.as_deref().and_then(|v| time(v).map_err(|m| field("to", m)).ok());
+    let after_sequence =
+        p.cursor.as_deref().and_then(|c| decode_cursor(c, descending).map_err(|m| field("cursor", m)).ok());
+    for (name, v) in [("actorId", &p.actor_id), ("resourceId", &p.resource_id), ("actionType", &p.action_type)] {
+        if v.as_ref().is_some_and(|v| v.is_empty() || v.chars().count() > 256 || v.chars().any(char::is_control)) {
+            field(name, "must be 1 to 256 characters without control characters".into());
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    scope.require(&tenant)?;
+    let q = ListQuery {
+        tenant_id: tenant,
+        actor_id: p.actor_id,
+        resource_id: p.resource_id,
+        action_type: p.action_type,
+        from,
+        to,
+        limit,
+        after_sequence,
+        descending,
+    };
+    let (events, more) = state.store.list(&q).await?;
+    let next_cursor = match events.last() {
+        Some(last) if more => Some(encode_cursor(last.sequence, descending)),
+        _ => None,
+    };
+    Ok(Json(EventPage { events, next_cursor }))
+}
+
+/// Query of `GET /integrity/verify`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyParams {
+    /// The tenant whose chain to walk (required).
+    tenant_id: Option<String>,
+}
+
+/// Walk a tenant's chain and report the first broken link, if any.
+#[utoipa::path(
+    get, path = "/api/v1/integrity/verify", tag = "integrity", params(VerifyParams),
+    responses(
+        (status = 200, description = "Verification result (verified may be false)", body = VerifyReport),
+        (status = 400, description = "Missing or invalid tenantId", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "Key not allowed for the tenant", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn verify(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    params: Result<Query<VerifyParams>, QueryRejection>,
+) -> Result<Json<VerifyReport>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let tenant = required_tenant(p.tenant_id.as_deref())?;
+    scope.require(&tenant)?;
+    Ok(Json(state.store.verify(&tenant).await?))
+}
+
+fn required_tenant(v: Option<&str>) -> Result<String, ApiError> {
+    match v {
+        None => Err(ApiError::field("tenantId", "is required")),
+        Some(t) if !input::valid_tenant(t) => {
+            Err(ApiError::field("tenantId", "must be 1 to 128 characters among letters, digits and . _ - : @"))
+        }
+        Some(t) => Ok(t.to_owned()),
+    }
+}
+
+/// RFC 3339 within years 1..=9999 (what both databases can compare).
+fn time(v: &str) -> Result<DateTime<Utc>, String> {
+    let t = DateTime::parse_from_rfc3339(v)
+        .map_err(|e| format!("must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z ({e})"))?
+        .with_timezone(&Utc);
+    if !(1..=9999).contains(&t.year()) {
+        return Err("must be between years 1 and 9999".into());
+    }
+    Ok(t)
+}
+
+/// Opaque to clients: base64url of `asc:<sequence>` / `desc:<sequence>`.
+fn encode_cursor(sequence: i64, descending: bool) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{sequence}", if descending { "desc" } else { "asc" }))
+}
+
+fn decode_cursor(cursor: &str, descending: bool) -> Result<i64, String> {
+    let bad = || "is not a cursor returned by this API".to_owned();
+    let text = URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+    let (order, seq) = text.split_once(':').ok_or_else(bad)?;
+    if order != if descending { "desc" } else { "asc" } {
+        return Err("was issued for the other order".into());
+    }
+    seq.parse().map_err(|_| bad())
+}

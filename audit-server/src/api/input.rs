@@ -1,0 +1,247 @@
+//! Request bodies: content type (415), size (413), JSON syntax and fields (400 with every invalid
+//! field listed). Validation runs on the raw JSON so all errors are reported at once, not just the
+//! first one serde would stop at.
+
+use audit_api::{FieldError, MAX_BATCH_EVENTS, MAX_BODY_BYTES, NewEvent};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// A JSON request body, parsed but not yet validated.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !(mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected Content-Type: application/json, got {content_type:?}"),
+            ));
+        }
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        // The router sets DefaultBodyLimit to MAX_BODY_BYTES; Bytes turns an overrun into a 413.
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?;
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        Ok(JsonBody(value))
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body exceeds {} MiB", MAX_BODY_BYTES / (1024 * 1024)),
+    )
+}
+
+/// Lengths that keep every indexed value well inside PostgreSQL's btree entry limit.
+const MAX_ID: usize = 256;
+const MAX_TEXT: usize = 4096;
+const MAX_TENANT: usize = 128;
+
+/// Validate one event; on success the typed event.
+pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Option<NewEvent> {
+    let before = errors.len();
+    let mut v = Check { prefix, errors };
+    let Some(obj) = value.as_object() else {
+        v.fail("", "must be a JSON object");
+        return None;
+    };
+    for part in ["actor", "action", "resource", "metadata"] {
+        match obj.get(part) {
+            Some(Value::Object(_)) => {}
+            None | Some(Value::Null) => v.fail(part, "is required"),
+            Some(_) => v.fail(part, "must be an object"),
+        }
+    }
+    let get = |part: &str, field: &str| obj.get(part).and_then(|p| p.get(field));
+    v.id(get("actor", "id"), "actor.id");
+    v.id(get("actor", "type"), "actor.type");
+    v.opt_text(get("actor", "name"), "actor.name");
+    v.opt_text(get("actor", "ip"), "actor.ip");
+    v.opt_text(get("actor", "userAgent"), "actor.userAgent");
+    v.opt_object(get("actor", "attributes"), "actor.attributes");
+    v.id(get("action", "type"), "action.type");
+    v.opt_text(get("action", "description"), "action.description");
+    v.opt_text(get("action", "category"), "action.category");
+    v.id(get("resource", "id"), "resource.id");
+    v.id(get("resource", "type"), "resource.type");
+    v.opt_text(get("resource", "name"), "resource.name");
+    v.id(get("metadata", "source"), "metadata.source");
+    v.tenant(get("metadata", "tenantId"), "metadata.tenantId");
+    v.opt_text(get("metadata", "correlationId"), "metadata.correlationId");
+    v.opt_text(get("metadata", "sessionId"), "metadata.sessionId");
+    if let Some(tags) = get("metadata", "tags").filter(|t| !t.is_null()) {
+        match tags.as_object() {
+            Some(map) if map.values().all(Value::is_string) => {}
+            _ => v.fail("metadata.tags", "must be an object of string values"),
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    match serde_json::from_value::<NewEvent>(value.clone()) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            errors.push(FieldError { field: prefix.trim_end_matches('.').to_owned(), message: e.to_string() });
+            None
+        }
+    }
+}
+
+/// Validate a batch body (`{"events": [...]}` or a bare array); all events must share a tenant.
+pub fn batch(value: &Value) -> Result<Vec<NewEvent>, ApiError> {
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Object(o) => match o.get("events") {
+            Some(Value::Array(items)) => items,
+            _ => return Err(ApiError::field("events", "is required and must be an array of events")),
+        },
+        _ => return Err(ApiError::field("events", "the body must be {\"events\": [...]}")),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::field(
+            "events",
+            format!("must hold 1 to {MAX_BATCH_EVENTS} events, got {}", items.len()),
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut events = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if let Some(e) = event(item, &format!("events[{i}]."), &mut errors) {
+            events.push(e);
+        }
+        if errors.len() >= 100 {
+            break;
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let tenant = &events[0].metadata.tenant_id;
+    if let Some(i) = events.iter().position(|e| &e.metadata.tenant_id != tenant) {
+        return Err(ApiError::field(
+            &format!("events[{i}].metadata.tenantId"),
+            format!("all events of a batch must have the same tenantId ({tenant:?})"),
+        ));
+    }
+    Ok(events)
+}
+
+struct Check<'a> {
+    prefix: &'a str,
+    errors: &'a mut Vec<FieldError>,
+}
+
+impl Check<'_> {
+    fn fail(&mut self, field: &str, message: &str) {
+        let field = format!("{}{field}", self.prefix);
+        self.errors.push(FieldError { field: field.trim_end_matches('.').to_owned(), message: message.to_owned() });
+    }
+
+    /// Required, 1..=256 characters, no control characters (these go into indexed columns).
+    fn id(&mut self, v: Option<&Value>, field: &str) {
+        match v {
+            None | Some(Value::Null) => self.fail(field, "is required"),
+            Some(Value::String(s)) if s.trim().is_empty() => self.fail(field, "must not be blank"),
+            Some(Value::String(s)) if s.chars().count() > MAX_ID => self.fail(field, "must be at most 256 characters"),
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                self.fail(field, "must not contain control characters")
+            }
+            Some(Value::String(_)) => {}
+            Some(_) => self.fail(field, "must be a string"),
+        }
+    }
+
+    fn tenant(&mut self, v: Option<&Value>, field: &str) {
+        match v {
+            Some(Value::String(s)) if !valid_tenant(s) => {
+                self.fail(field, "must be 1 to 128 characters among letters, digits and . _ - : @ (and not `*`)")
+            }
+            other => self.id(other, field),
+        }
+    }
+
+    fn opt_text(&mut self, v: Option<&Value>, field: &str) {
+        match v {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.chars().count() > MAX_TEXT => {
+                self.fail(field, "must be at most 4096 characters")
+            }
+            Some(Value::String(_)) => {}
+            Some(_) => self.fail(field, "must be a string"),
+        }
+    }
+
+    fn opt_object(&mut self, v: Option<&Value>, field: &str) {
+        if !matches!(v, None | Some(Value::Null) | Some(Value::Object(_))) {
+            self.fail(field, "must be an object");
+        }
+    }
+}
+
+pub fn valid_tenant(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_TENANT
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))
+}
+
+/// An `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(audit_api::IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(s.to_owned())),
+        _ => Err(ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lists_every_invalid_field() {
+        let mut errors = Vec::new();
+        let v = json!({"actor": {"id": "", "type": 3}, "action": {}, "metadata": {"source": "s", "tenantId": "a b"}});
+        assert!(event(&v, "", &mut errors).is_none());
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["resource", "actor.id", "actor.type", "action.type", "resource.id", "resource.type", "metadata.tenantId"]
+        );
+    }
+
+    #[test]
+    fn accepts_a_full_event() {
+        let mut errors = Vec::new();
+        let v = json!({
+            "actor": {"id": "u1", "type": "USER", "attributes": {"k": [1, 2]}},
+            "action": {"type": "LOGIN", "description": null},
+            "resource": {"id": "r1", "type": "DOC", "before": 1, "after": {"x": null}},
+            "metadata": {"source": "web", "tenantId": "acme", "tags": {"env": "prod"}},
+            "unknown": true
+        });
+        let e = event(&v, "", &mut errors).expect("valid");
+        assert!(errors.is_empty());
+        assert_eq!(e.metadata.tenant_id, "acme");
+    }
+}

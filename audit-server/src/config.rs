@@ -1,0 +1,280 @@
+//! Configuration: an optional YAML file (`AUDIT_CONFIG_FILE`) overridden by environment variables.
+//! Every variable is documented in the crate README.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// One API key: who may use it for which tenants. Give `sha256` (hex of the key) in configuration;
+/// `key` (the plain key, e.g. from a mounted Secret) is hashed on load and never kept.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Tenant ids this key may read and write; `*` allows every tenant.
+    pub tenants: Vec<String>,
+}
+
+impl ApiKeyConfig {
+    /// A key with its plain value (hashed when the server starts).
+    pub fn plain(key: &str, tenants: &[&str]) -> Self {
+        ApiKeyConfig {
+            name: None,
+            key: Some(key.to_owned()),
+            sha256: None,
+            tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
+
+    /// The SHA-256 digest the server matches `X-API-Key` against.
+    pub fn digest(&self) -> anyhow::Result<[u8; 32]> {
+        match (&self.key, &self.sha256) {
+            (Some(key), None) => Ok(Sha256::digest(key.as_bytes()).into()),
+            (None, Some(hex_digest)) => {
+                let bytes = hex::decode(hex_digest.trim())
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .with_context(|| format!("API key {:?}: sha256 must be 64 hex digits", self.label()))?;
+                let mut out = [0u8; 32];
+                out.copy_from_slice(&bytes);
+                Ok(out)
+            }
+            _ => bail!("API key {:?}: give exactly one of `key` and `sha256`", self.label()),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("for {}", self.tenants.join("|")))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `AUDIT_LISTEN_ADDR`, default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// `DATABASE_URL`: PostgreSQL. Unset: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// `AUDIT_DATA_DIR`: the only place the server writes (SQLite file, generated local key).
+    pub data_dir: PathBuf,
+    /// `AUDIT_API_KEYS` / `AUDIT_API_KEYS_FILE` / `apiKeys` in the file.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// `AUDIT_DB_MAX_CONNECTIONS`, default 10.
+    pub db_max_connections: u32,
+    /// `AUDIT_RATE_LIMIT_PER_SECOND` per API key, 0 (default) disables; `AUDIT_RATE_LIMIT_BURST`.
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: u32,
+    /// `AUDIT_SHUTDOWN_DELAY_SECONDS`: after SIGTERM, report not-ready this long before closing the
+    /// listener, so load balancers stop sending traffic first. Default 0.
+    pub shutdown_delay: Duration,
+    /// `AUDIT_REQUEST_TIMEOUT_SECONDS`, default 30 (503 after that).
+    pub request_timeout: Duration,
+    /// `AUDIT_GROUP_COMMIT_MAX_EVENTS`: most events in one append transaction, default 5000.
+    pub group_commit_max_events: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    api_keys: Option<Vec<ApiKeyConfig>>,
+    db_max_connections: Option<u32>,
+    rate_limit_per_second: Option<f64>,
+    rate_limit_burst: Option<u32>,
+    shutdown_delay_seconds: Option<f64>,
+    request_timeout_seconds: Option<f64>,
+    group_commit_max_events: Option<usize>,
+}
+
+impl Config {
+    /// Defaults for a local run: SQLite under `data_dir`, no keys (a local key gets generated).
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            database_url: None,
+            data_dir: data_dir.into(),
+            api_keys: Vec::new(),
+            db_max_connections: 10,
+            rate_limit_per_second: 0.0,
+            rate_limit_burst: 0,
+            shutdown_delay: Duration::ZERO,
+            request_timeout: Duration::from_secs(30),
+            group_commit_max_events: 5000,
+        }
+    }
+
+    /// Read the optional file, then the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let file = match env("AUDIT_CONFIG_FILE") {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| format!("reading AUDIT_CONFIG_FILE {path}"))?;
+                serde_yaml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing AUDIT_CONFIG_FILE {path}"))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut c = Config::local(file.data_dir.unwrap_or_else(default_data_dir));
+        c.listen = file.listen.unwrap_or(c.listen);
+        c.database_url = file.database_url;
+        c.api_keys = file.api_keys.unwrap_or_default();
+        c.db_max_connections = file.db_max_connections.unwrap_or(c.db_max_connections);
+        c.rate_limit_per_second = file.rate_limit_per_second.unwrap_or(0.0);
+        c.rate_limit_burst = file.rate_limit_burst.unwrap_or(0);
+        c.shutdown_delay = file.shutdown_delay_seconds.map(secs).transpose()?.unwrap_or(c.shutdown_delay);
+        c.request_timeout = file.request_timeout_seconds.map(secs).transpose()?.unwrap_or(c.request_timeout);
+        c.group_commit_max_events = file.group_commit_max_events.unwrap_or(c.group_commit_max_events);
+
+        if let Some(v) = env("AUDIT_LISTEN_ADDR") {
+            c.listen = v
+                .parse()
+                .with_context(|| format!("AUDIT_LISTEN_ADDR={v:?}: expected HOST:PORT such as 0.0.0.0:8080"))?;
+        }
+        if let Some(v) = env("DATABASE_URL").filter(|v| !v.is_empty()) {
+            c.database_url = Some(v);
+        }
+        if let Some(v) = env("AUDIT_DATA_DIR") {
+            c.data_dir = PathBuf::from(v);
+        }
+        if let Some(path) = env("AUDIT_API_KEYS_FILE") {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading AUDIT_API_KEYS_FILE {path}"))?;
+            let keys: Vec<ApiKeyConfig> = serde_yaml::from_str(&text).with_context(|| {
+                format!("parsing AUDIT_API_KEYS_FILE {path}: expected a list of {{name, sha256|key, tenants}}")
+            })?;
+            c.api_keys.extend(keys);
+        }
+        if let Some(v) = env("AUDIT_API_KEYS") {
+            c.api_keys.extend(parse_inline_keys(&v)?);
+        }
+        c.db_max_connections = number(&env, "AUDIT_DB_MAX_CONNECTIONS")?.unwrap_or(c.db_max_connections);
+        c.rate_limit_per_second = number(&env, "AUDIT_RATE_LIMIT_PER_SECOND")?.unwrap_or(c.rate_limit_per_second);
+        c.rate_limit_burst = number(&env, "AUDIT_RATE_LIMIT_BURST")?.unwrap_or(c.rate_limit_burst);
+        if let Some(s) = number::<f64>(&env, "AUDIT_SHUTDOWN_DELAY_SECONDS")? {
+            c.shutdown_delay = secs(s)?;
+        }
+        if let Some(s) = number::<f64>(&env, "AUDIT_REQUEST_TIMEOUT_SECONDS")? {
+            c.request_timeout = secs(s)?;
+        }
+        c.group_commit_max_events = number(&env, "AUDIT_GROUP_COMMIT_MAX_EVENTS")?.unwrap_or(c.group_commit_max_events);
+        if c.db_max_connections == 0 {
+            bail!("AUDIT_DB_MAX_CONNECTIONS must be at least 1");
+        }
+        Ok(c)
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("audit.db")
+    }
+
+    pub fn local_key_path(&self) -> PathBuf {
+        self.data_dir.join("local-api-key")
+    }
+}
+
+/// `$XDG_DATA_HOME/audit-server`, else `~/.local/share/audit-server`, else `./audit-data`.
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return Path::new(&d).join("audit-server");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Path::new(&home).join(".local/share/audit-server"),
+        None => PathBuf::from("audit-data"),
+    }
+}
+
+/// `AUDIT_API_KEYS`: entries separated by `;`, each `TENANTS=KEY` where TENANTS is `|`-separated
+/// (`*` for all) and KEY is `sha256:<64 hex>` or the plain key.
+pub fn parse_inline_keys(text: &str) -> anyhow::Result<Vec<ApiKeyConfig>> {
+    let mut out = Vec::new();
+    for (i, entry) in text.split(';').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        let Some((tenants, key)) = entry.split_once('=') else {
+            bail!("AUDIT_API_KEYS entry {}: expected TENANTS=KEY (e.g. acme|globex=sha256:<hex>)", i + 1);
+        };
+        let tenants: Vec<String> =
+            tenants.split('|').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        if tenants.is_empty() || key.is_empty() {
+            bail!("AUDIT_API_KEYS entry {}: tenants and key must not be empty", i + 1);
+        }
+        let mut k = ApiKeyConfig { name: Some(format!("AUDIT_API_KEYS#{}", i + 1)), tenants, ..Default::default() };
+        match key.strip_prefix("sha256:") {
+            Some(hex_digest) => k.sha256 = Some(hex_digest.to_owned()),
+            None => k.key = Some(key.to_owned()),
+        }
+        k.digest()?;
+        out.push(k);
+    }
+    Ok(out)
+}
+
+fn number<T: std::str::FromStr>(env: &impl Fn(&str) -> Option<String>, name: &str) -> anyhow::Result<Option<T>> {
+    env(name)
+        .map(|v| v.trim().parse::<T>().map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number")))
+        .transpose()
+}
+
+fn secs(s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("{s} is not a valid number of seconds"))
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_and_inline_keys() {
+        let env = |k: &str| match k {
+            "AUDIT_LISTEN_ADDR" => Some("127.0.0.1:9000".to_owned()),
+            "AUDIT_API_KEYS" => Some(format!("acme|globex=s3cret; *=sha256:{}", "ab".repeat(32))),
+            "AUDIT_DB_MAX_CONNECTIONS" => Some("4".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_lookup(env).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.db_max_connections, 4);
+        assert_eq!(c.api_keys.len(), 2);
+        assert_eq!(c.api_keys[0].tenants, ["acme", "globex"]);
+        assert_eq!(c.api_keys[1].digest().unwrap(), [0xab; 32]);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Config::from_lookup(|k| (k == "AUDIT_DB_MAX_CONNECTIONS").then(|| "many".to_owned())).unwrap_err();
+        assert!(err.to_string().contains("AUDIT_DB_MAX_CONNECTIONS"), "{err}");
+        let err = parse_inline_keys("nokey").unwrap_err();
+        assert!(err.to_string().contains("TENANTS=KEY"), "{err}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:p%40ss@h:5432/d"), "postgres://u:***@h:5432/d");
+        assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
+    }
+}

@@ -1,0 +1,155 @@
+//! The Audit Trail service as a library: [`spawn`] starts it in-process (tests, audctl's tests);
+//! `main.rs` adds configuration from the environment, JSON logs and signal handling.
+
+pub mod api;
+pub mod appender;
+pub mod chain;
+pub mod config;
+pub mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{ApiKeyConfig, Config};
+
+use api::auth::{KeyRing, RateLimiter};
+use api::{AppState, Inner};
+use store::{Store, postgres::PgStore, sqlite::SqliteStore};
+
+/// A started server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+    shutdown_delay: std::time::Duration,
+    /// Set when no key was configured and a local one was generated (SQLite only).
+    pub local_key_file: Option<PathBuf>,
+}
+
+impl RunningServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (loopback even when bound to 0.0.0.0).
+    pub fn base_url(&self) -> String {
+        let ip = if self.addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { self.addr.ip().to_string() };
+        format!("http://{ip}:{}", self.addr.port())
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.state.store.kind()
+    }
+
+    /// Graceful shutdown: readiness turns false, then (after the configured delay) the listener
+    /// closes and in-flight requests, including their group-commit runs, finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.draining.store(true, Ordering::SeqCst);
+        tokio::time::sleep(self.shutdown_delay).await;
+        let _ = self.stop.send(true);
+        let served = self.task.await.context("server task panicked")?;
+        self.state.store.close().await;
+        served.context("serving HTTP")
+    }
+}
+
+/// Open the store (migrating it), bind the listener and start serving.
+pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
+    let store = match &config.database_url {
+        Some(url) => Store::Postgres(
+            PgStore::connect(url, config.db_max_connections)
+                .await
+                .with_context(|| format!("connecting to PostgreSQL at {}", config::redact_url(url)))?,
+        ),
+        None => {
+            create_private_dir(&config.data_dir)?;
+            let path = config.sqlite_path();
+            Store::Sqlite(
+                SqliteStore::open(&path, config.db_max_connections)
+                    .await
+                    .with_context(|| format!("opening SQLite database {}", path.display()))?,
+            )
+        }
+    };
+    let mut key_configs = config.api_keys.clone();
+    let mut local_key_file = None;
+    if key_configs.is_empty() {
+        if config.database_url.is_some() {
+            anyhow::bail!(
+                "no API keys configured: set AUDIT_API_KEYS or AUDIT_API_KEYS_FILE (see the audit-server README)"
+            );
+        }
+        let (path, key) = local_key(&config)?;
+        key_configs.push(ApiKeyConfig { name: Some("local".into()), ..ApiKeyConfig::plain(&key, &["*"]) });
+        local_key_file = Some(path);
+    }
+    let keys = KeyRing::new(&key_configs)?;
+    let store = Arc::new(store);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let appender = appender::Appender::new(store.clone(), metrics.clone(), config.group_commit_max_events);
+    let state = AppState(Arc::new(Inner {
+        store,
+        appender,
+        keys,
+        limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+        metrics,
+        draining: AtomicBool::new(false),
+        request_timeout: config.request_timeout,
+    }));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {} (set AUDIT_LISTEN_ADDR)", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, mut stopped) = watch::channel(false);
+    let app = api::router(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, store = state.store.kind(), keys = state.keys.len(), "audit-server listening");
+    Ok(RunningServer { addr, state, stop, task, shutdown_delay: config.shutdown_delay, local_key_file })
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data directory {} (set AUDIT_DATA_DIR)", dir.display()))
+}
+
+/// The generated local key (kept across restarts in the data directory, readable by the owner only).
+fn local_key(config: &Config) -> anyhow::Result<(PathBuf, String)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config.local_key_path();
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let key = existing.trim().to_owned();
+        if !key.is_empty() {
+            return Ok((path, key));
+        }
+    }
+    // Two v4 UUIDs: 244 random bits from the OS generator.
+    let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing the local API key to {}", path.display()))?;
+    writeln!(file, "{key}")?;
+    Ok((path, key))
+}

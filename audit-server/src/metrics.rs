@@ -1,0 +1,121 @@
+//! Prometheus text exposition, hand-written (a few counters and one histogram do not need a
+//! metrics framework). The names are a contract with the PrometheusRule that render produces.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Every metric family this server exports (the PrometheusRule queries these names).
+pub const METRIC_NAMES: &[&str] = &[
+    "http_server_requests_seconds",
+    "audit_events_ingested_total",
+    "audit_group_commit_runs_total",
+    "audit_group_commit_jobs_total",
+    "audit_db_pool_connections_active",
+    "audit_db_pool_connections_max",
+];
+
+/// Upper bounds (seconds) of the request latency histogram.
+const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Default)]
+struct Series {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Keyed by (method, uri template, status): bounded because uri is a route template.
+    http: Mutex<BTreeMap<(String, String, u16), Series>>,
+    ingested: AtomicU64,
+    runs: AtomicU64,
+    jobs: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe_request(&self, method: &str, uri: &str, status: u16, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        let s = http.entry((method.to_owned(), uri.to_owned(), status)).or_default();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                s.buckets[i] += 1;
+            }
+        }
+        s.count += 1;
+        s.sum += secs;
+    }
+
+    /// One committed group-commit run that stored `events` new events for `jobs` requests.
+    pub fn events_ingested(&self, events: u64, jobs: u64) {
+        self.ingested.fetch_add(events, Ordering::Relaxed);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.jobs.fetch_add(jobs, Ordering::Relaxed);
+    }
+
+    /// The exposition text; `pool` is (connections in use, maximum).
+    pub fn render(&self, pool: (u64, u64)) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP http_server_requests_seconds Duration of HTTP requests.\n");
+        out.push_str("# TYPE http_server_requests_seconds histogram\n");
+        {
+            let http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+            for ((method, uri, status), s) in http.iter() {
+                let labels = format!("method=\"{}\",uri=\"{}\",status=\"{status}\"", escape(method), escape(uri));
+                for (i, le) in BUCKETS.iter().enumerate() {
+                    let _ =
+                        writeln!(out, "http_server_requests_seconds_bucket{{{labels},le=\"{le}\"}} {}", s.buckets[i]);
+                }
+                let _ = writeln!(out, "http_server_requests_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+                let _ = writeln!(out, "http_server_requests_seconds_sum{{{labels}}} {}", s.sum);
+                let _ = writeln!(out, "http_server_requests_seconds_count{{{labels}}} {}", s.count);
+            }
+        }
+        let counters = [
+            ("audit_events_ingested_total", "Events committed to a hash chain.", &self.ingested),
+            ("audit_group_commit_runs_total", "Append transactions committed (one per group-commit run).", &self.runs),
+            ("audit_group_commit_jobs_total", "Requests appended by those runs.", &self.jobs),
+        ];
+        for (name, help, value) in counters {
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let gauges = [
+            ("audit_db_pool_connections_active", "Database connections in use.", pool.0),
+            ("audit_db_pool_connections_max", "Maximum database connections of the pool.", pool.1),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_declared_family() {
+        let m = Metrics::default();
+        m.observe_request("POST", "/api/v1/events", 201, Duration::from_millis(3));
+        m.events_ingested(5, 2);
+        let text = m.render((1, 10));
+        for name in METRIC_NAMES {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from:\n{text}");
+        }
+        assert!(text.contains(
+            "http_server_requests_seconds_bucket{method=\"POST\",uri=\"/api/v1/events\",status=\"201\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains("audit_events_ingested_total 5"));
+        assert!(text.contains("audit_db_pool_connections_max 10"));
+    }
+}

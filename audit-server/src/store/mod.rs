@@ -1,0 +1,407 @@
+//! Storage: one implementation per database, same behaviour. Appends take the tenant's chain-head
+//! row lock inside the database, so any number of server processes share one consistent chain.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::HashMap;
+
+use audit_api::{BrokenLink, EventReceipt, NewEvent, StoredEvent, VerifyReport};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::chain;
+
+/// A storage failure. Bad input never gets here: handlers validate first.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database cannot be reached or timed out (503, the client may retry).
+    Unavailable(String),
+    /// Anything else (500: a bug or a broken database).
+    Internal(String),
+}
+
+impl std::error::Error for StoreError {}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unavailable(m) => write!(f, "database unavailable: {m}"),
+            StoreError::Internal(m) => write!(f, "database error: {m}"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(db) => {
+                // SQLite busy/locked and PostgreSQL admin shutdown, crash recovery, too many
+                // connections, serialization or deadlock: transient, worth a retry.
+                let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+                let transient = matches!(
+                    code.as_str(),
+                    "5" | "6" | "517" | "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                ) || code.starts_with("08");
+                if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Internal(e.to_string()) }
+            }
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The retry protection of one request: its key and a fingerprint of what was asked.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// One request's events, appended together (a single POST is a job of one).
+#[derive(Debug)]
+pub struct AppendJob {
+    pub events: Vec<NewEvent>,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// What happened to a job.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    Stored(Vec<EventReceipt>),
+    /// Same key and same request seen before: the original receipts.
+    Replayed(Vec<EventReceipt>),
+    /// Same key, different request.
+    KeyConflict,
+}
+
+/// A row to insert, computed while the chain head is locked.
+pub(crate) struct NewRow {
+    pub id: Uuid,
+    pub sequence: i64,
+    pub ts: DateTime<Utc>,
+    pub actor_id: String,
+    pub resource_id: String,
+    pub action_type: String,
+    pub body: String,
+    pub hash: String,
+    pub previous_hash: String,
+}
+
+/// A new idempotency record to insert with the rows.
+pub(crate) struct NewKey {
+    pub key: String,
+    pub fingerprint: String,
+    pub receipts: String,
+}
+
+/// The database-independent part of an append: given the locked head and the keys already stored,
+/// chain the jobs' events and decide every job's outcome.
+pub(crate) struct Plan {
+    pub rows: Vec<NewRow>,
+    pub keys: Vec<NewKey>,
+    pub outcomes: Vec<JobOutcome>,
+    pub head_sequence: i64,
+    pub head_hash: String,
+}
+
+pub(crate) fn plan(
+    mut head_sequence: i64,
+    mut head_hash: String,
+    jobs: &[AppendJob],
+    mut known: HashMap<String, (String, Vec<EventReceipt>)>,
+) -> Plan {
+    let ts = chain::now();
+    let timestamp = chain::format_timestamp(ts);
+    let mut rows = Vec::new();
+    let mut keys = Vec::new();
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Some(idem) = &job.idempotency
+            && let Some((fingerprint, receipts)) = known.get(&idem.key)
+        {
+            outcomes.push(if *fingerprint == idem.fingerprint {
+                JobOutcome::Replayed(receipts.clone())
+            } else {
+                JobOutcome::KeyConflict
+            });
+            continue;
+        }
+        let mut receipts = Vec::with_capacity(job.events.len());
+        for event in &job.events {
+            head_sequence += 1;
+            let id = Uuid::now_v7();
+            let id_text = id.to_string();
+            let body = chain::canonical_body(&id_text, head_sequence, &timestamp, event);
+            let hash = chain::link_hash(&body, &head_hash);
+            receipts.push(EventReceipt {
+                id: id_text,
+                sequence: head_sequence,
+                timestamp: timestamp.clone(),
+                hash: hash.clone(),
+                previous_hash: head_hash.clone(),
+                status: "STORED".into(),
+            });
+            rows.push(NewRow {
+                id,
+                sequence: head_sequence,
+                ts,
+                actor_id: event.actor.id.clone(),
+                resource_id: event.resource.id.clone(),
+                action_type: event.action.kind.clone(),
+                body,
+                previous_hash: std::mem::replace(&mut head_hash, hash.clone()),
+                hash,
+            });
+        }
+        if let Some(idem) = &job.idempotency {
+            keys.push(NewKey {
+                key: idem.key.clone(),
+                fingerprint: idem.fingerprint.clone(),
+                receipts: serde_json::to_string(&receipts).unwrap_or_default(),
+            });
+            known.insert(idem.key.clone(), (idem.fingerprint.clone(), receipts.clone()));
+        }
+        outcomes.push(JobOutcome::Stored(receipts));
+    }
+    Plan { rows, keys, outcomes, head_sequence, head_hash }
+}
+
+/// Filters of `GET /events`, already validated.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub tenant_id: String,
+    pub actor_id: Option<String>,
+    pub resource_id: Option<String>,
+    pub action_type: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub limit: u32,
+    /// Keyset position: the sequence of the last event of the previous page.
+    pub after_sequence: Option<i64>,
+    pub descending: bool,
+}
+
+/// An event row as stored, for reading and verifying.
+pub(crate) struct StoredRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub sequence: i64,
+    /// The `ts` column, formatted like event timestamps.
+    pub timestamp: String,
+    pub actor_id: String,
+    pub resource_id: String,
+    pub action_type: String,
+    pub body: String,
+    pub hash: String,
+    pub previous_hash: String,
+}
+
+impl StoredRow {
+    pub fn into_event(self) -> Result<StoredEvent, StoreError> {
+        let mut value: serde_json::Value = serde_json::from_str(&self.body)
+            .map_err(|e| StoreError::Internal(format!("event {} has an unreadable body: {e}", self.id)))?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("hash".into(), self.hash.into());
+            map.insert("previousHash".into(), self.previous_hash.into());
+        }
+        serde_json::from_value(value)
+            .map_err(|e| StoreError::Internal(format!("event {} has an unexpected body: {e}", self.id)))
+    }
+}
+
+/// Walks a chain in sequence order and remembers the first broken link.
+pub(crate) struct Verifier {
+    tenant_id: String,
+    expected_sequence: i64,
+    previous_hash: String,
+    checked: u64,
+    broken: Option<BrokenLink>,
+}
+
+impl Verifier {
+    pub fn new(tenant_id: &str) -> Self {
+        Verifier {
+            tenant_id: tenant_id.to_owned(),
+            expected_sequence: 1,
+            previous_hash: chain::genesis().to_owned(),
+            checked: 0,
+            broken: None,
+        }
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// Check the next row (rows must come in ascending sequence order).
+    pub fn check(&mut self, row: &StoredRow) {
+        if self.broken.is_some() {
+            return;
+        }
+        let at = self.expected_sequence;
+        let fail = |reason: String, event_id: Option<String>| BrokenLink { sequence: at, event_id, reason };
+        let id = Some(row.id.clone());
+        if row.sequence > at {
+            self.broken = Some(fail(format!("event {at} is missing (next stored event is {})", row.sequence), None));
+            return;
+        }
+        if row.sequence < at {
+            self.broken = Some(fail(format!("sequence {} appears out of order", row.sequence), id));
+            return;
+        }
+        if row.previous_hash != self.previous_hash {
+            self.broken = Some(fail("previousHash does not match the hash of the preceding event".into(), id));
+            return;
+        }
+        if chain::link_hash(&row.body, &self.previous_hash) != row.hash {
+            self.broken = Some(fail("hash does not match the event's content".into(), id));
+            return;
+        }
+        if let Some(reason) = columns_disagree(row) {
+            self.broken = Some(fail(reason, id));
+            return;
+        }
+        self.previous_hash = row.hash.clone();
+        self.expected_sequence += 1;
+        self.checked += 1;
+    }
+
+    /// Compare the end of the walk with the chain head (catches deleted or added trailing events).
+    pub fn finish(mut self, head: Option<(i64, String)>) -> VerifyReport {
+        if self.broken.is_none() {
+            let last = self.expected_sequence - 1;
+            let (head_seq, head_hash) = head.unwrap_or((0, chain::genesis().to_owned()));
+            if head_seq > last {
+                self.broken = Some(BrokenLink {
+                    sequence: last + 1,
+                    event_id: None,
+                    reason: format!("events {} to {head_seq} are missing (chain head is at {head_seq})", last + 1),
+                });
+            } else if head_seq < last {
+                self.broken = Some(BrokenLink {
+                    sequence: head_seq + 1,
+                    event_id: None,
+                    reason: format!("events after the chain head ({head_seq}) were added outside the service"),
+                });
+            } else if head_hash != self.previous_hash {
+                self.broken = Some(BrokenLink {
+                    sequence: last.max(1),
+                    event_id: None,
+                    reason: "the chain head's hash does not match the last event".into(),
+                });
+            }
+        }
+        VerifyReport {
+            tenant_id: self.tenant_id,
+            verified: self.broken.is_none(),
+            checked: self.checked,
+            first_broken_at: self.broken,
+        }
+    }
+}
+
+/// The indexed columns must say what the hashed body says (else queries would return tampered rows).
+fn columns_disagree(row: &StoredRow) -> Option<String> {
+    let event = match serde_json::from_str::<serde_json::Value>(&row.body) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("stored body is not JSON: {e}")),
+    };
+    let field = |path: &[&str]| -> Option<String> {
+        let mut v = &event;
+        for p in path {
+            v = v.get(p)?;
+        }
+        match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let checks: [(&str, Option<String>, &str); 7] = [
+        ("id", field(&["id"]), &row.id),
+        ("sequence", field(&["sequence"]), &row.sequence.to_string()),
+        ("timestamp", field(&["timestamp"]), &row.timestamp),
+        ("tenant", field(&["metadata", "tenantId"]), &row.tenant_id),
+        ("actor id", field(&["actor", "id"]), &row.actor_id),
+        ("resource id", field(&["resource", "id"]), &row.resource_id),
+        ("action type", field(&["action", "type"]), &row.action_type),
+    ];
+    checks
+        .iter()
+        .find(|(_, body, column)| body.as_deref() != Some(*column))
+        .map(|(name, _, _)| format!("the stored {name} column differs from the hashed event"))
+}
+
+/// The configured store.
+pub enum Store {
+    Postgres(postgres::PgStore),
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Store {
+    pub async fn append(&self, tenant_id: &str, jobs: &[AppendJob]) -> Result<Vec<JobOutcome>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.append(tenant_id, jobs).await,
+            Store::Sqlite(s) => s.append(tenant_id, jobs).await,
+        }
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.get(id).await,
+            Store::Sqlite(s) => s.get(id).await,
+        }
+    }
+
+    /// One page plus whether more follow.
+    pub async fn list(&self, q: &ListQuery) -> Result<(Vec<StoredEvent>, bool), StoreError> {
+        match self {
+            Store::Postgres(s) => s.list(q).await,
+            Store::Sqlite(s) => s.list(q).await,
+        }
+    }
+
+    pub async fn verify(&self, tenant_id: &str) -> Result<VerifyReport, StoreError> {
+        match self {
+            Store::Postgres(s) => s.verify(tenant_id).await,
+            Store::Sqlite(s) => s.verify(tenant_id).await,
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.ping().await,
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    /// (connections in use, maximum) of the pool.
+    pub fn pool_usage(&self) -> (u64, u64) {
+        match self {
+            Store::Postgres(s) => s.pool_usage(),
+            Store::Sqlite(s) => s.pool_usage(),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(s) => s.close().await,
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgresql",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Stored receipts of an idempotency key (written by `plan`).
+pub(crate) fn parse_receipts(text: &str) -> Result<Vec<EventReceipt>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("unreadable idempotency record: {e}")))
+}

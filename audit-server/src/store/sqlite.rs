@@ -1,0 +1,207 @@
+//! SQLite store (the default with no DATABASE_URL): one file in the data directory, WAL mode,
+//! `synchronous=FULL` so a 201 survives a crash. `BEGIN IMMEDIATE` takes the database write lock
+//! before reading the chain head, which serializes appends across processes sharing the file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use audit_api::{StoredEvent, VerifyReport};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use uuid::Uuid;
+
+use super::{AppendJob, JobOutcome, ListQuery, StoreError, StoredRow, Verifier, parse_receipts, plan};
+use crate::chain;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+const COLUMNS: &str = "id, tenant_id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash";
+/// Rows per INSERT statement: 10 parameters each stays far below SQLite's 32766 variables.
+const ROWS_PER_INSERT: usize = 500;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    max: u32,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path, max_connections: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
+        Ok(SqliteStore { pool, max: max_connections })
+    }
+
+    pub async fn append(&self, tenant_id: &str, jobs: &[AppendJob]) -> Result<Vec<JobOutcome>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (seq, hash): (i64, String) = match head {
+            Some(r) => (r.try_get(0)?, r.try_get(1)?),
+            None => (0, chain::genesis().to_owned()),
+        };
+        let mut known = HashMap::new();
+        for key in jobs.iter().filter_map(|j| j.idempotency.as_ref().map(|i| &i.key)) {
+            let row = sqlx::query("SELECT fingerprint, receipts FROM idempotency_keys WHERE tenant_id = ? AND key = ?")
+                .bind(tenant_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                let receipts: String = row.try_get(1)?;
+                known.insert(key.clone(), (row.try_get(0)?, parse_receipts(&receipts)?));
+            }
+        }
+        let plan = plan(seq, hash, jobs, known);
+        for chunk in plan.rows.chunks(ROWS_PER_INSERT) {
+            let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO events ({COLUMNS}) "));
+            b.push_values(chunk, |mut v, r| {
+                v.push_bind(r.id.to_string())
+                    .push_bind(tenant_id)
+                    .push_bind(r.sequence)
+                    .push_bind(chain::format_timestamp(r.ts))
+                    .push_bind(&r.actor_id)
+                    .push_bind(&r.resource_id)
+                    .push_bind(&r.action_type)
+                    .push_bind(&r.body)
+                    .push_bind(&r.hash)
+                    .push_bind(&r.previous_hash);
+            });
+            b.build().execute(&mut *tx).await?;
+        }
+        let now = chain::format_timestamp(chain::now());
+        for k in &plan.keys {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts, created_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(tenant_id)
+            .bind(&k.key)
+            .bind(&k.fingerprint)
+            .bind(&k.receipts)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !plan.rows.is_empty() {
+            sqlx::query(
+                "INSERT INTO chain_heads (tenant_id, last_sequence, last_hash) VALUES (?, ?, ?)
+                 ON CONFLICT (tenant_id) DO UPDATE SET last_sequence = excluded.last_sequence, last_hash = excluded.last_hash",
+            )
+            .bind(tenant_id)
+            .bind(plan.head_sequence)
+            .bind(&plan.head_hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(plan.outcomes)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&self.pool).await?;
+        row.map(|r| to_row(&r)?.into_event()).transpose()
+    }
+
+    pub async fn list(&self, q: &ListQuery) -> Result<(Vec<StoredEvent>, bool), StoreError> {
+        let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM events WHERE tenant_id = "));
+        b.push_bind(&q.tenant_id);
+        if let Some(v) = &q.actor_id {
+            b.push(" AND actor_id = ").push_bind(v);
+        }
+        if let Some(v) = &q.resource_id {
+            b.push(" AND resource_id = ").push_bind(v);
+        }
+        if let Some(v) = &q.action_type {
+            b.push(" AND action_type = ").push_bind(v);
+        }
+        if let Some(v) = q.from {
+            b.push(" AND ts >= ").push_bind(chain::format_timestamp(v));
+        }
+        if let Some(v) = q.to {
+            b.push(" AND ts < ").push_bind(chain::format_timestamp(v));
+        }
+        if let Some(after) = q.after_sequence {
+            b.push(if q.descending { " AND sequence < " } else { " AND sequence > " }).push_bind(after);
+        }
+        b.push(if q.descending { " ORDER BY sequence DESC LIMIT " } else { " ORDER BY sequence LIMIT " });
+        b.push_bind(i64::from(q.limit) + 1);
+        let rows = b.build().fetch_all(&self.pool).await?;
+        let more = rows.len() > q.limit as usize;
+        let events =
+            rows.iter().take(q.limit as usize).map(|r| to_row(r)?.into_event()).collect::<Result<Vec<_>, _>>()?;
+        Ok((events, more))
+    }
+
+    /// Walk the chain inside one read transaction (a WAL snapshot: head and rows agree).
+    pub async fn verify(&self, tenant_id: &str) -> Result<VerifyReport, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?;
+        let mut verifier = Verifier::new(tenant_id);
+        let mut after = 0i64;
+        let sql =
+            format!("SELECT {COLUMNS} FROM events WHERE tenant_id = ? AND sequence > ? ORDER BY sequence LIMIT 1000");
+        loop {
+            let rows =
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(tenant_id).bind(after).fetch_all(&mut *tx).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("sequence")?;
+            for r in &rows {
+                verifier.check(&to_row(r)?);
+            }
+            if verifier.is_broken() {
+                break;
+            }
+        }
+        tx.rollback().await?;
+        Ok(verifier.finish(head))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool_usage(&self) -> (u64, u64) {
+        let in_use = self.pool.size().saturating_sub(self.pool.num_idle() as u32);
+        (u64::from(in_use), u64::from(self.max))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, StoreError> {
+    Ok(StoredRow {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        sequence: r.try_get("sequence")?,
+        timestamp: r.try_get("ts")?,
+        actor_id: r.try_get("actor_id")?,
+        resource_id: r.try_get("resource_id")?,
+        action_type: r.try_get("action_type")?,
+        body: r.try_get("body")?,
+        hash: r.try_get("hash")?,
+        previous_hash: r.try_get("previous_hash")?,
+    })
+}

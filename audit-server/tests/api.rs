@@ -1,0 +1,456 @@
+//! The events API end to end over HTTP, each scenario on SQLite and on the testbed's PostgreSQL.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use common::{ADMIN_KEY, Api, Backend, Db, KEY_A, KEY_B, event};
+use serde_json::{Value, json};
+
+/// Each scenario as `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> anyhow::Result<()> {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    round_trip,
+    idempotency,
+    pagination_under_concurrent_inserts,
+    error_statuses,
+    tenant_isolation,
+    tamper_detection,
+    shutdown_and_metrics
+);
+
+async fn round_trip(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "round_trip").await?;
+    let server = audit_server::spawn(db.config()).await?;
+    let api = Api::of(&server);
+
+    let (status, first) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "alice", "LOGIN")).await?;
+    ensure!(status == 201, "POST answered {status}: {first}");
+    assert_eq!(first["status"], "STORED");
+    assert_eq!(first["previousHash"], "GENESIS");
+    assert_eq!(first["sequence"], 1);
+    let (status, second) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "bob", "LOGOUT")).await?;
+    ensure!(status == 201, "{second}");
+    assert_eq!(second["previousHash"], first["hash"], "the second link must point at the first");
+
+    let (status, got) = api.get(KEY_A, &format!("/api/v1/events/{}", first["id"].as_str().unwrap_or_default())).await?;
+    ensure!(status == 200, "GET answered {status}: {got}");
+    assert_eq!(got["actor"]["id"], "alice");
+    assert_eq!(got["resource"]["after"], json!({"v": 2}));
+    assert_eq!(got["metadata"]["tags"], json!({"env": "test"}));
+    assert_eq!(got["hash"], first["hash"]);
+    assert_eq!(got["timestamp"], first["timestamp"]);
+    // A third party can re-verify from what GET returns (the README's recipe).
+    let stored: audit_api::StoredEvent = serde_json::from_value(got.clone())?;
+    let body = audit_server::chain::canonical_body_of(&stored);
+    assert_eq!(audit_server::chain::link_hash(&body, "GENESIS"), stored.hash);
+
+    let batch = json!({"events": (0..5).map(|i| event("tenant-a", &format!("u{i}"), "READ")).collect::<Vec<_>>()});
+    let (status, res) = api.post(KEY_A, "/api/v1/events/batch", &batch).await?;
+    ensure!(status == 201, "batch answered {status}: {res}");
+    assert_eq!(res["count"], 5);
+    let results = res["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results[0]["previousHash"], second["hash"]);
+    for pair in results.windows(2) {
+        assert_eq!(pair[1]["previousHash"], pair[0]["hash"]);
+    }
+
+    let (_, page) = api.get(KEY_A, "/api/v1/events?tenantId=tenant-a&actorId=alice").await?;
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(1));
+    let (_, page) = api.get(KEY_A, "/api/v1/events?tenantId=tenant-a&actionType=READ&order=desc&limit=2").await?;
+    let seqs: Vec<i64> =
+        page["events"].as_array().into_iter().flatten().filter_map(|e| e["sequence"].as_i64()).collect();
+    assert_eq!(seqs, [7, 6]);
+    let (_, page) = api.get(KEY_A, "/api/v1/events?tenantId=tenant-a&resourceId=doc-u3").await?;
+    assert_eq!(page["events"][0]["actor"]["id"], "u3");
+    let ts = first["timestamp"].as_str().unwrap_or_default();
+    let (_, page) = api.get(KEY_A, &format!("/api/v1/events?tenantId=tenant-a&to={ts}")).await?;
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(0), "`to` is exclusive");
+
+    let report = api.verify("tenant-a").await?;
+    assert_eq!(report, json!({"tenantId": "tenant-a", "verified": true, "checked": 7}));
+    server.shutdown().await
+}
+
+async fn idempotency(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "idempotency").await?;
+    let server = audit_server::spawn(db.config()).await?;
+    let api = Api::of(&server);
+    let post = |key: &'static str, body: Value, path: &'static str| {
+        let api = api.clone();
+        async move {
+            let r = api
+                .http
+                .post(api.url(path))
+                .header("x-api-key", ADMIN_KEY)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await?;
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            anyhow::Ok((r.status().as_u16(), replayed, r.json::<Value>().await?))
+        }
+    };
+    let body = event("tenant-a", "alice", "LOGIN");
+    let (s1, replayed1, r1) = post("k-1", body.clone(), "/api/v1/events").await?;
+    let (s2, replayed2, r2) = post("k-1", body.clone(), "/api/v1/events").await?;
+    ensure!(s1 == 201 && s2 == 201, "{s1} {s2}");
+    assert!(!replayed1 && replayed2);
+    assert_eq!(r1, r2, "a retry returns the original receipt");
+    let (s3, _, r3) = post("k-1", event("tenant-a", "mallory", "LOGIN"), "/api/v1/events").await?;
+    assert_eq!(s3, 409, "same key, different body: {r3}");
+
+    // Concurrent retries with one key store one event.
+    let tasks: Vec<_> =
+        (0..8).map(|_| tokio::spawn(post("k-2", event("tenant-a", "carol", "X"), "/api/v1/events"))).collect();
+    let mut ids = HashSet::new();
+    for t in tasks {
+        let (s, _, r) = t.await??;
+        ensure!(s == 201, "{s}: {r}");
+        ids.insert(r["id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "concurrent retries got different events: {ids:?}");
+
+    let batch = json!({"events": [event("tenant-a", "d", "A"), event("tenant-a", "e", "B")]});
+    let (b1, _, br1) = post("k-3", batch.clone(), "/api/v1/events/batch").await?;
+    let (b2, replayed, br2) = post("k-3", batch, "/api/v1/events/batch").await?;
+    ensure!(b1 == 201 && b2 == 201 && replayed, "{b1} {b2} {br2}");
+    assert_eq!(br1, br2);
+    // Same key used on the other route is a different request.
+    let (s, _, _) = post("k-3", event("tenant-a", "d", "A"), "/api/v1/events").await?;
+    assert_eq!(s, 409);
+
+    assert_eq!(api.all_events("tenant-a").await?.len(), 4, "1 + 1 + 2 events stored");
+    assert_eq!(api.verify("tenant-a").await?["verified"], true);
+    server.shutdown().await
+}
+
+async fn pagination_under_concurrent_inserts(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "pagination").await?;
+    let server = audit_server::spawn(db.config()).await?;
+    let api = Api::of(&server);
+    let batch = json!({"events": (0..250).map(|i| event("tenant-a", &format!("u{i}"), "SEED")).collect::<Vec<_>>()});
+    let (status, _) = api.post(ADMIN_KEY, "/api/v1/events/batch", &batch).await?;
+    ensure!(status == 201);
+
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            for i in 0..150 {
+                let (s, body) =
+                    api.post(ADMIN_KEY, "/api/v1/events", &event("tenant-a", &format!("w{i}"), "LIVE")).await?;
+                ensure!(s == 201, "{s}: {body}");
+            }
+            anyhow::Ok(())
+        })
+    };
+    // Newest first while writes land: pages continue below the cursor, so nothing repeats or hides.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut first_top = None;
+    loop {
+        let mut path = "/api/v1/events?tenantId=tenant-a&order=desc&limit=17".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = api.get(ADMIN_KEY, &path).await?;
+        ensure!(status == 200, "{page}");
+        let seqs: Vec<i64> =
+            page["events"].as_array().into_iter().flatten().filter_map(|e| e["sequence"].as_i64()).collect();
+        first_top.get_or_insert(seqs[0]);
+        seen.extend(seqs);
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writer.await??;
+    let top = first_top.unwrap_or_default();
+    let expected: Vec<i64> = (1..=top).rev().collect();
+    assert_eq!(seen, expected, "descending pages under concurrent inserts");
+
+    // Ascending: everything once, in chain order, including what arrived meanwhile.
+    let all = api.all_events("tenant-a").await?;
+    let seqs: Vec<i64> = all.iter().filter_map(|e| e["sequence"].as_i64()).collect();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+    server.shutdown().await
+}
+
+async fn error_statuses(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "errors").await?;
+    let mut config = db.config();
+    config.api_keys.push(audit_server::ApiKeyConfig::plain("slow-key", &["tenant-a"]));
+    config.rate_limit_per_second = 2.0;
+    config.rate_limit_burst = 200;
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    let url = api.url("/api/v1/events");
+    let http = &api.http;
+    let expect_json_error = |status: u16, want: u16, body: &Value| -> Result<()> {
+        ensure!(status == want, "expected {want}, got {status}: {body}");
+        ensure!(body["error"].is_string() && body["message"].is_string(), "not a JSON error: {body}");
+        Ok(())
+    };
+
+    // 400: every invalid field listed.
+    let (s, b) =
+        api.post(KEY_A, "/api/v1/events", &json!({"actor": {"id": ""}, "metadata": {"tenantId": "tenant-a"}})).await?;
+    expect_json_error(s, 400, &b)?;
+    let fields: Vec<&str> = b["details"].as_array().into_iter().flatten().filter_map(|d| d["field"].as_str()).collect();
+    for f in ["action", "resource", "actor.id", "actor.type", "metadata.source"] {
+        ensure!(fields.contains(&f), "{f} missing from {fields:?}");
+    }
+    let r = http
+        .post(&url)
+        .header("x-api-key", KEY_A)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await?;
+    let s = r.status().as_u16();
+    expect_json_error(s, 400, &r.json().await?)?;
+    let (s, b) = api.get(KEY_A, "/api/v1/events/not-a-uuid").await?;
+    expect_json_error(s, 400, &b)?;
+    let (s, b) = api.get(KEY_A, "/api/v1/events?tenantId=tenant-a&limit=0").await?;
+    expect_json_error(s, 400, &b)?;
+    let (s, b) = api.get(KEY_A, "/api/v1/events?tenantId=tenant-a&cursor=%%%").await?;
+    expect_json_error(s, 400, &b)?;
+    let (s, b) = api.get(KEY_A, "/api/v1/events?tenantId=tenant-a&from=yesterday").await?;
+    expect_json_error(s, 400, &b)?;
+    let (s, b) = api.get(KEY_A, "/api/v1/events").await?;
+    expect_json_error(s, 400, &b)?;
+    let (s, b) = api.get(KEY_A, "/api/v1/integrity/verify").await?;
+    expect_json_error(s, 400, &b)?;
+    let many = json!({"events": (0..1001).map(|_| event("tenant-a", "x", "Y")).collect::<Vec<_>>()});
+    let (s, b) = api.post(KEY_A, "/api/v1/events/batch", &many).await?;
+    expect_json_error(s, 400, &b)?;
+    let mixed = json!({"events": [event("tenant-a", "x", "Y"), event("tenant-b", "x", "Y")]});
+    let (s, b) = api.post(ADMIN_KEY, "/api/v1/events/batch", &mixed).await?;
+    expect_json_error(s, 400, &b)?;
+    let mut nul = event("tenant-a", "x", "Y");
+    nul["actor"]["id"] = json!("a\u{0}b");
+    let (s, b) = api.post(KEY_A, "/api/v1/events", &nul).await?;
+    expect_json_error(s, 400, &b)?;
+    let mut long = event("tenant-a", "x", "Y");
+    long["resource"]["id"] = json!("r".repeat(5000));
+    let (s, b) = api.post(KEY_A, "/api/v1/events", &long).await?;
+    expect_json_error(s, 400, &b)?;
+
+    // 401: missing and wrong key.
+    let r = http.get(api.url("/api/v1/events?tenantId=tenant-a")).send().await?;
+    let s = r.status().as_u16();
+    expect_json_error(s, 401, &r.json().await?)?;
+    let (s, b) = api.get("wrong", "/api/v1/events?tenantId=tenant-a").await?;
+    expect_json_error(s, 401, &b)?;
+    // 404: unknown event, unknown route.
+    let (s, b) = api.get(KEY_A, &format!("/api/v1/events/{}", uuid::Uuid::new_v4())).await?;
+    expect_json_error(s, 404, &b)?;
+    let (s, b) = api.get(KEY_A, "/api/v1/nothing-here").await?;
+    expect_json_error(s, 404, &b)?;
+    // 405 on a known route.
+    let r = http.delete(api.url("/api/v1/events")).header("x-api-key", KEY_A).send().await?;
+    let s = r.status().as_u16();
+    expect_json_error(s, 405, &r.json().await?)?;
+    // 413: over 10 MiB, declared up front or streamed in chunks. Raw TCP, because the server
+    // answers without reading the rest and an HTTP client would fail on the broken pipe instead.
+    for chunked in [false, true] {
+        let (s, b) = post_oversized(server.addr(), chunked).await?;
+        expect_json_error(s, 413, &b)?;
+    }
+    // 415: not JSON.
+    let r = http.post(&url).header("x-api-key", KEY_A).header("content-type", "text/plain").body("{}").send().await?;
+    let s = r.status().as_u16();
+    expect_json_error(s, 415, &r.json().await?)?;
+    // 429: the rate-limited key, once its burst is spent.
+    let mut limited = None;
+    for _ in 0..400 {
+        let (s, b) = api.get("slow-key", "/api/v1/events?tenantId=tenant-a&limit=1").await?;
+        if s != 200 {
+            limited = Some((s, b));
+            break;
+        }
+    }
+    let (s, b) = limited.ok_or_else(|| anyhow::anyhow!("never rate limited"))?;
+    expect_json_error(s, 429, &b)?;
+    server.shutdown().await
+}
+
+async fn tenant_isolation(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "isolation").await?;
+    let server = audit_server::spawn(db.config()).await?;
+    let api = Api::of(&server);
+    let (s, mine) = api.post(KEY_B, "/api/v1/events", &event("tenant-b", "bob", "LOGIN")).await?;
+    ensure!(s == 201, "{mine}");
+    let id = mine["id"].as_str().unwrap_or_default().to_owned();
+    let forbidden = [
+        api.post(KEY_A, "/api/v1/events", &event("tenant-b", "eve", "FORGE")).await?,
+        api.post(KEY_A, "/api/v1/events/batch", &json!({"events": [event("tenant-b", "eve", "FORGE")]})).await?,
+        api.get(KEY_A, &format!("/api/v1/events/{id}")).await?,
+        api.get(KEY_A, "/api/v1/events?tenantId=tenant-b").await?,
+        api.get(KEY_A, "/api/v1/integrity/verify?tenantId=tenant-b").await?,
+    ];
+    for (i, (status, body)) in forbidden.iter().enumerate() {
+        ensure!(*status == 403 && body["error"] == "forbidden", "request {i}: {status} {body}");
+    }
+    assert_eq!(api.get(KEY_B, &format!("/api/v1/events/{id}")).await?.0, 200);
+    assert_eq!(api.all_events("tenant-b").await?.len(), 1, "the forged writes stored nothing");
+    server.shutdown().await
+}
+
+/// Edit, delete, insert and reorder rows behind the server's back; verify names the first broken link.
+async fn tamper_detection(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "tamper").await?;
+    let server = audit_server::spawn(db.config()).await?;
+    let api = Api::of(&server);
+    for tenant in ["t-edit", "t-delete", "t-insert", "t-reorder", "t-tail", "t-column"] {
+        let batch =
+            json!({"events": (1..=10).map(|i| event(tenant, &format!("user{i}"), "LOGIN")).collect::<Vec<_>>()});
+        let (s, b) = api.post(ADMIN_KEY, "/api/v1/events/batch", &batch).await?;
+        ensure!(s == 201, "{b}");
+        assert_eq!(api.verify(tenant).await?["verified"], true);
+    }
+    let uuid_cast = if backend == Backend::Postgres { "::uuid" } else { "" };
+    db.exec("UPDATE events SET body = replace(body, '\"user5\"', '\"someone\"') WHERE tenant_id = 't-edit' AND sequence = 5").await?;
+    db.exec("DELETE FROM events WHERE tenant_id = 't-delete' AND sequence = 4").await?;
+    db.exec("DELETE FROM events WHERE tenant_id = 't-tail' AND sequence = 10").await?;
+    db.exec("UPDATE events SET actor_id = 'someone' WHERE tenant_id = 't-column' AND sequence = 3").await?;
+    // Reorder: swap the positions of events 6 and 7.
+    db.exec(
+        "UPDATE events SET sequence = -1 WHERE tenant_id = 't-reorder' AND sequence = 6;
+         UPDATE events SET sequence = 6 WHERE tenant_id = 't-reorder' AND sequence = 7;
+         UPDATE events SET sequence = 7 WHERE tenant_id = 't-reorder' AND sequence = -1;",
+    )
+    .await?;
+    // Insert: a forger who knows the algorithm makes a valid-looking event 3 and shifts the rest up.
+    let all = api.all_events("t-insert").await?;
+    let prev = all[1]["hash"].as_str().unwrap_or_default().to_owned();
+    let mut forged: audit_api::StoredEvent = serde_json::from_value(all[2].clone())?;
+    forged.id = uuid::Uuid::now_v7().to_string();
+    forged.actor.id = "forged".into();
+    let body = audit_server::chain::canonical_body_of(&forged);
+    let hash = audit_server::chain::link_hash(&body, &prev);
+    let shift: String = (3..=10)
+        .rev()
+        .map(|s| format!("UPDATE events SET sequence = {} WHERE tenant_id = 't-insert' AND sequence = {s};", s + 1))
+        .collect();
+    db.exec(&shift).await?;
+    db.exec(&format!(
+        "INSERT INTO events (tenant_id, sequence, id, ts, actor_id, resource_id, action_type, body, hash, previous_hash)
+         SELECT tenant_id, 3, '{}'{uuid_cast}, ts, 'forged', '{}', action_type, '{}', '{hash}', '{prev}'
+         FROM events WHERE tenant_id = 't-insert' AND sequence = 2",
+        forged.id,
+        forged.resource.id,
+        body.replace('\'', "''"),
+    ))
+    .await?;
+
+    let cases = [("t-edit", 5), ("t-delete", 4), ("t-insert", 4), ("t-reorder", 6), ("t-tail", 10), ("t-column", 3)];
+    for (tenant, at) in cases {
+        let report = api.verify(tenant).await?;
+        ensure!(report["verified"] == false, "{tenant}: tampering not detected: {report}");
+        ensure!(report["firstBrokenAt"]["sequence"] == at, "{tenant}: expected the first break at {at}: {report}");
+        ensure!(report["checked"] == at - 1, "{tenant}: {report}");
+    }
+    server.shutdown().await
+}
+
+async fn shutdown_and_metrics(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "shutdown").await?;
+    let mut config = db.config();
+    config.shutdown_delay = Duration::from_millis(800);
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    for path in ["/actuator/health", "/actuator/health/liveness", "/actuator/health/readiness"] {
+        let r = api.http.get(api.url(path)).send().await?;
+        ensure!(r.status() == 200, "{path}: {}", r.status());
+    }
+    let (s, _) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "a", "B")).await?;
+    ensure!(s == 201);
+    let text = api.http.get(api.url("/actuator/prometheus")).send().await?.text().await?;
+    for name in audit_server::metrics::METRIC_NAMES {
+        ensure!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
+    }
+    ensure!(
+        text.contains(r#"http_server_requests_seconds_count{method="POST",uri="/api/v1/events",status="201"} 1"#),
+        "{text}"
+    );
+    ensure!(
+        text.contains(r#"uri="/api/v1/events/{id}""#) || !text.contains("/api/v1/events/0"),
+        "raw ids leak into labels"
+    );
+    ensure!(text.contains("audit_events_ingested_total 1"), "{text}");
+    let doc: Value = api.http.get(api.url("/api/v1/openapi.json")).send().await?.json().await?;
+    ensure!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
+    for p in ["/api/v1/events", "/api/v1/events/batch", "/api/v1/events/{id}", "/api/v1/integrity/verify"] {
+        ensure!(doc["paths"][p].is_object(), "{p} missing from the OpenAPI document");
+    }
+
+    // Readiness turns false as soon as shutdown starts, while requests are still served.
+    let base = api.clone();
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = base.http.get(base.url("/actuator/health/readiness")).send().await?;
+    ensure!(r.status() == 503, "readiness during shutdown: {}", r.status());
+    let (s, _) = base.post(KEY_A, "/api/v1/events", &event("tenant-a", "late", "B")).await?;
+    ensure!(s == 201, "requests are still served while draining: {s}");
+    stopping.await??;
+    ensure!(base.http.get(base.url("/actuator/health")).send().await.is_err(), "still listening after shutdown");
+    Ok(())
+}
+
+/// POST a body just over the limit over a raw connection and read the status and JSON answer.
+async fn post_oversized(addr: std::net::SocketAddr, chunked: bool) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let size = audit_api::MAX_BODY_BYTES + 1;
+    let framing = if chunked { "transfer-encoding: chunked".to_owned() } else { format!("content-length: {size}") };
+    let head = format!(
+        "POST /api/v1/events HTTP/1.1\r\nhost: test\r\nx-api-key: {KEY_A}\r\ncontent-type: application/json\r\n{framing}\r\nconnection: close\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            if chunked {
+                wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
+                wr.write_all(&chunk).await?;
+                wr.write_all(b"\r\n").await?;
+            } else {
+                wr.write_all(&chunk[..chunk.len().min(size - sent)]).await?;
+            }
+            sent += chunk.len();
+        }
+        std::io::Result::Ok(())
+    });
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut raw)).await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    // The answer may be chunk-framed: keep from the first brace to the last.
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b > a => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    Ok((status, json))
+}
