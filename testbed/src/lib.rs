@@ -3,10 +3,12 @@
 //! Components are installed once by `cargo xtask deps install` under [`cache_dir`]; this crate only
 //! starts instances. A missing component is an error that says how to install it, never a skip.
 
+pub mod postgres;
 pub mod process;
 
 use std::path::PathBuf;
 
+pub use postgres::{PgOptions, Postgres, postgres, postgres_with};
 pub use process::{Process, free_port, wait_until};
 
 /// Where `cargo xtask deps install` puts binaries, jars and distributions: `$AUDCTL_CACHE`, else

@@ -1,0 +1,399 @@
+//! PostgreSQL from Debian's packages: a primary, optionally a streaming replica and WAL archiving.
+//!
+//! Everything lives in one temp dir owned by [`crate::RUN_AS_USER`] (PostgreSQL refuses to run as
+//! root): the data directories, the unix sockets, the WAL archive and the logs. Servers listen on
+//! 127.0.0.1 with random ports and password (SCRAM) authentication, as in production; the unix
+//! socket (in the private temp dir) trusts local connections so the testbed itself needs no password.
+//! `fsync` stays on: the audit server's durability tests kill the primary and count what survived.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use audctl_targets::{PostgresTarget, Secret};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Gid, Pid, Uid, User, chown};
+
+use crate::process::{Process, free_port, wait_until};
+
+/// The superuser the testbed creates; tests connect with it (or create their own roles).
+pub const SUPERUSER: &str = "audctl";
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What to start besides the primary. The default (primary only) is the fastest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgOptions {
+    /// A streaming replica made with `pg_basebackup -R` and a replication slot.
+    pub replica: bool,
+    /// `archive_mode = on`, segments copied into [`Postgres::wal_archive_dir`].
+    pub archive: bool,
+}
+
+/// A running PostgreSQL primary (and optional replica). Stopped, and its files removed, on drop.
+pub struct Postgres {
+    // Field order matters: processes are stopped (in Drop) before the temp dir is deleted.
+    replica: Option<Instance>,
+    primary: Instance,
+    bin: PathBuf,
+    password: String,
+    sockets: PathBuf,
+    archive: Option<PathBuf>,
+    owner: (Uid, Gid),
+    _dir: tempfile::TempDir,
+}
+
+/// One postmaster: its data directory, port and process.
+struct Instance {
+    name: &'static str,
+    data: PathBuf,
+    port: u16,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+/// Start a primary only.
+pub async fn postgres() -> anyhow::Result<Postgres> {
+    postgres_with(PgOptions::default()).await
+}
+
+/// Start a primary and, as asked, a streaming replica and WAL archiving.
+pub async fn postgres_with(opts: PgOptions) -> anyhow::Result<Postgres> {
+    let bin = bin_dir()?;
+    let owner = run_as_user()?;
+    let dir = tempfile::Builder::new().prefix("audctl-pg-").tempdir().context("creating the PostgreSQL temp dir")?;
+    let base = dir.path().to_owned();
+    let sockets = base.join("sockets");
+    let archive = opts.archive.then(|| base.join("wal-archive"));
+    for d in [Some(&base), Some(&sockets), archive.as_ref()].into_iter().flatten() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        chown(d, Some(owner.0), Some(owner.1))
+            .with_context(|| format!("chown {} to {}", d.display(), crate::RUN_AS_USER))?;
+    }
+    let password = random_password()?;
+    let data = base.join("primary");
+    initdb(&bin, owner, &base, &data, &password).await?;
+    write_config(&data, archive.as_deref())?;
+
+    let mut pg = Postgres {
+        replica: None,
+        primary: Instance { name: "postgres-primary", data, port: 0, log: base.join("primary.log"), process: None },
+        bin,
+        password,
+        sockets,
+        archive,
+        owner,
+        _dir: dir,
+    };
+    pg.start_primary().await?;
+    if opts.replica {
+        pg.start_replica().await?;
+    }
+    Ok(pg)
+}
+
+impl Postgres {
+    /// `postgres://audctl:PASSWORD@127.0.0.1:PORT/postgres` on the primary.
+    pub fn url(&self) -> String {
+        self.url_for(self.primary.port, "postgres")
+    }
+
+    /// The replica's URL (read-only, hot standby), when one was asked for.
+    pub fn replica_url(&self) -> Option<String> {
+        self.replica.as_ref().map(|r| self.url_for(r.port, "postgres"))
+    }
+
+    /// The settings audctl reads, as an operator would write them: URLs without the password, the
+    /// password beside them.
+    pub fn target(&self) -> PostgresTarget {
+        PostgresTarget {
+            url: format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", self.primary.port),
+            password: Some(Secret::Inline(self.password.clone())),
+            replicas: self
+                .replica
+                .iter()
+                .map(|r| format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", r.port))
+                .collect(),
+            wal_archive: self.archive.clone(),
+        }
+    }
+
+    pub fn wal_archive_dir(&self) -> Option<&Path> {
+        self.archive.as_deref()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.primary.port
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The primary's data directory (for tests that inspect or corrupt files).
+    pub fn data_dir(&self) -> &Path {
+        &self.primary.data
+    }
+
+    /// The primary's server log.
+    pub fn log_path(&self) -> &Path {
+        &self.primary.log
+    }
+
+    /// Create a database owned by the superuser and return its URL: one per test keeps tests apart
+    /// on a shared server. `name` must be a plain identifier (`[a-z0-9_]`, not starting with a digit).
+    pub async fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        let plain = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !plain {
+            bail!("database name {name:?}: expected 1-63 characters of [a-z0-9_], not starting with a digit");
+        }
+        self.psql(self.primary.port, &format!("CREATE DATABASE {name}")).await?;
+        Ok(self.url_for(self.primary.port, name))
+    }
+
+    /// A PostgreSQL tool of the installed major version (`pg_dump`, `pgbench`, `psql`...).
+    pub fn bin(&self, tool: &str) -> PathBuf {
+        self.bin.join(tool)
+    }
+
+    /// Run one SQL statement on the primary through its unix socket; returns psql's unaligned output.
+    pub async fn sql(&self, sql: &str) -> anyhow::Result<String> {
+        self.psql(self.primary.port, sql).await
+    }
+
+    /// SIGKILL the primary's whole process group, as a machine crash would (no shutdown checkpoint).
+    pub fn kill_primary_hard(&mut self) {
+        if let Some(mut p) = self.primary.process.take() {
+            p.kill_hard();
+        }
+    }
+
+    /// Start the primary again on the same port and data (crash recovery replays the WAL).
+    pub async fn restart_primary(&mut self) -> anyhow::Result<()> {
+        if let Some(p) = self.primary.process.take() {
+            fast_shutdown(p);
+        }
+        self.start_primary().await
+    }
+
+    fn url_for(&self, port: u16, db: &str) -> String {
+        format!("postgres://{SUPERUSER}:{}@127.0.0.1:{port}/{db}", self.password)
+    }
+
+    async fn start_primary(&mut self) -> anyhow::Result<()> {
+        let keep_port = self.primary.port != 0;
+        // A random port can be taken between free_port() and bind(): retry with another one.
+        for attempt in 1..=3 {
+            if !keep_port {
+                self.primary.port = free_port()?;
+            }
+            match start(&self.bin, self.owner, &self.sockets, &mut self.primary).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 3 && !keep_port && format!("{e:#}").contains("could not bind") => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn start_replica(&mut self) -> anyhow::Result<()> {
+        let base = self.primary.data.parent().context("primary data dir has a parent")?.to_owned();
+        let data = base.join("replica");
+        let out = tokio::process::Command::new(self.bin.join("pg_basebackup"))
+            .args(["-h", "127.0.0.1", "-U", SUPERUSER, "-X", "stream", "-R", "-C", "-S", "replica1", "--no-sync"])
+            .arg("-p")
+            .arg(self.primary.port.to_string())
+            .arg("-D")
+            .arg(&data)
+            .env("PGPASSWORD", &self.password)
+            .uid(self.owner.0.as_raw())
+            .gid(self.owner.1.as_raw())
+            .current_dir(&base)
+            .output()
+            .await
+            .context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!("pg_basebackup from the primary failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        let mut replica = Instance {
+            name: "postgres-replica",
+            data,
+            port: free_port()?,
+            log: base.join("replica.log"),
+            process: None,
+        };
+        start(&self.bin, self.owner, &self.sockets, &mut replica).await?;
+        self.replica = Some(replica);
+        // Ready only once the primary sees it streaming: tests read pg_stat_replication right away.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let state = self.psql(self.primary.port, "SELECT state FROM pg_stat_replication").await?;
+            if state.lines().any(|l| l == "streaming") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let tail = self.replica.as_ref().map(|r| crate::process::log_tail(&r.log, 30)).unwrap_or_default();
+                bail!(
+                    "replica not streaming after {START_TIMEOUT:?} (pg_stat_replication: {state:?}); replica log:\n{tail}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn psql(&self, port: u16, sql: &str) -> anyhow::Result<String> {
+        psql(&self.bin, &self.sockets, port, "postgres", sql).await
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // The replica first, so it does not spin reconnecting to a primary that is going away.
+        if let Some(p) = self.replica.as_mut().and_then(|r| r.process.take()) {
+            fast_shutdown(p);
+        }
+        if let Some(p) = self.primary.process.take() {
+            fast_shutdown(p);
+        }
+    }
+}
+
+/// SIGINT to the postmaster is PostgreSQL's "fast" shutdown (sessions ended, checkpoint, exit);
+/// Process's own drop then sweeps the process group with SIGTERM/SIGKILL if anything is left.
+fn fast_shutdown(mut p: Process) {
+    let _ = kill(Pid::from_raw(p.pid() as i32), Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Spawn the postmaster of `inst` directly under the run-as uid (no runuser in between, so the
+/// process we hold is the postmaster and signals reach it), then wait for pg_isready.
+async fn start(bin: &Path, owner: (Uid, Gid), sockets: &Path, inst: &mut Instance) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin.join("postgres"));
+    cmd.arg("-D")
+        .arg(&inst.data)
+        .args(["-c", &format!("port={}", inst.port), "-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", sockets.display()))
+        .uid(owner.0.as_raw())
+        .gid(owner.1.as_raw())
+        .current_dir(sockets);
+    let mut process = Process::spawn(inst.name, cmd, &inst.log)?;
+    let isready = bin.join("pg_isready");
+    let port = inst.port.to_string();
+    wait_until(&mut process, START_TIMEOUT, || {
+        let mut probe = tokio::process::Command::new(&isready);
+        probe.args(["-q", "-h", "127.0.0.1", "-t", "1", "-p", &port]);
+        async move { Ok(probe.status().await.context("running pg_isready")?.success()) }
+    })
+    .await?;
+    inst.process = Some(process);
+    Ok(())
+}
+
+async fn initdb(bin: &Path, owner: (Uid, Gid), base: &Path, data: &Path, password: &str) -> anyhow::Result<()> {
+    let pwfile = base.join("initdb.pw");
+    std::fs::write(&pwfile, password).with_context(|| format!("writing {}", pwfile.display()))?;
+    chown(&pwfile, Some(owner.0), Some(owner.1))?;
+    // --no-sync only skips flushing initdb's own files; the running server keeps fsync on.
+    let out = tokio::process::Command::new(bin.join("initdb"))
+        .arg("-D")
+        .arg(data)
+        .args(["-U", SUPERUSER, "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"])
+        .args(["--locale=C.UTF-8", "--no-sync", "--no-instructions"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .uid(owner.0.as_raw())
+        .gid(owner.1.as_raw())
+        .current_dir(base)
+        .output()
+        .await
+        .context("running initdb")?;
+    let _ = std::fs::remove_file(&pwfile);
+    if !out.status.success() {
+        bail!(
+            "initdb {} failed ({}):\n{}{}",
+            data.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Settings shared by primary and replica (pg_basebackup copies this file); port and sockets are
+/// given on the command line because they differ per instance.
+fn write_config(data: &Path, archive: Option<&Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = data.join("postgresql.conf");
+    let mut conf =
+        std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // Small memory footprint; everything durability-related keeps PostgreSQL's defaults.
+    let mut text = String::from(
+        "\n# audctl testbed\nshared_buffers = 32MB\nmax_connections = 100\ntimezone = 'UTC'\nlog_timezone = 'UTC'\n\
+         max_wal_senders = 5\nmax_replication_slots = 5\nhot_standby = on\nwal_level = replica\n",
+    );
+    if let Some(dir) = archive {
+        // Refuse to overwrite an archived segment, as the documentation's example does.
+        text.push_str(&format!(
+            "archive_mode = on\narchive_command = 'test ! -f \"{0}/%f\" && cp \"%p\" \"{0}/%f\"'\n",
+            dir.display()
+        ));
+    }
+    conf.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn psql(bin: &Path, sockets: &Path, port: u16, db: &str, sql: &str) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(bin.join("psql"))
+        .arg("-h")
+        .arg(sockets)
+        .args(["-p", &port.to_string(), "-U", SUPERUSER, "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .await
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql on port {port} failed for {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+}
+
+/// `/usr/lib/postgresql/<highest major>/bin`.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    let majors = std::fs::read_dir(root).map(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+            .filter(|major| root.join(major.to_string()).join("bin/initdb").exists())
+            .max()
+    });
+    match majors {
+        Ok(Some(major)) => Ok(root.join(major.to_string()).join("bin")),
+        _ => bail!(
+            "PostgreSQL server binaries not found under {}/<major>/bin: run `cargo xtask deps install`",
+            root.display()
+        ),
+    }
+}
+
+fn run_as_user() -> anyhow::Result<(Uid, Gid)> {
+    match User::from_name(crate::RUN_AS_USER) {
+        Ok(Some(u)) => Ok((u.uid, u.gid)),
+        _ => bail!("system user {} is missing: run `cargo xtask deps install`", crate::RUN_AS_USER),
+    }
+}
+
+/// 32 hex characters from the kernel's CSPRNG: URL-safe, so no escaping in connection strings.
+pub(crate) fn random_password() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
