@@ -4,7 +4,8 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 fn main() {
-    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("templates");
+    let dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("templates");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("templates/ exists")
@@ -12,7 +13,9 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "j2"))
         .collect();
     names.sort();
-    let mut out = String::from("/// (file name, content) of every template, sorted by name.\npub static TEMPLATES: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// (file name, content) of every template, sorted by name.\npub static TEMPLATES: &[(&str, &str)] = &[\n",
+    );
     for path in names {
         let name = path.file_name().and_then(|n| n.to_str()).expect("UTF-8 template names");
         writeln!(out, "    ({name:?}, include_str!({:?})),", path.display().to_string()).expect("write to String");

@@ -89,9 +89,14 @@ pub fn release(v: &Values) -> Release {
     let mut datastores = BTreeMap::new();
     datastores.insert("POSTGRES_HOST".into(), postgresql.host.clone());
     datastores.insert("POSTGRES_PORT".into(), postgresql.port.to_string());
-    let database = if v.postgresql.enabled { Some(&v.postgresql.auth.database) } else { v.postgresql.external.database.as_ref() };
+    let database =
+        if v.postgresql.enabled { Some(&v.postgresql.auth.database) } else { v.postgresql.external.database.as_ref() };
     datastores.insert("POSTGRES_DATABASE".into(), database.cloned().unwrap_or_default());
-    let scheme = if v.elasticsearch.enabled { "https".to_owned() } else { v.elasticsearch.external.database.clone().unwrap_or("https".into()) };
+    let scheme = if v.elasticsearch.enabled {
+        "https".to_owned()
+    } else {
+        v.elasticsearch.external.database.clone().unwrap_or("https".into())
+    };
     datastores.insert("ELASTICSEARCH_URL".into(), format!("{scheme}://{}:{}", elasticsearch.host, elasticsearch.port));
     if v.redis.enabled && v.redis.sentinel.enabled {
         datastores.insert("REDIS_SENTINELS".into(), format!("{}:{}", redis.host, redis.port));
@@ -118,11 +123,7 @@ pub fn release(v: &Values) -> Release {
 }
 
 fn external_names(release: &str, what: &str, e: &crate::values::model::External, port: u16) -> Names {
-    Names {
-        name: format!("{release}-{what}"),
-        host: e.host.clone().unwrap_or_default(),
-        port: e.port.unwrap_or(port),
-    }
+    Names { name: format!("{release}-{what}"), host: e.host.clone().unwrap_or_default(), port: e.port.unwrap_or(port) }
 }
 
 /// The server's config file (audit-server's FileConfig keys). Rendered here, not in a template, so
@@ -174,7 +175,8 @@ fn elasticsearch(v: &Values, fqdn: &dyn Fn(&str) -> String) -> Elasticsearch {
     // No vm.max_map_count sysctl under the restricted Pod Security Standard (it needs a privileged
     // init container): use niofs instead of mmap.
     node_config.insert("node.store.allow_mmap".into(), Json::Bool(false));
-    let name = if es.enabled { cluster_name.unwrap_or_else(|| format!("{}-es", v.name)) } else { format!("{}-es", v.name) };
+    let name =
+        if es.enabled { cluster_name.unwrap_or_else(|| format!("{}-es", v.name)) } else { format!("{}-es", v.name) };
     let (host, port) = if es.enabled {
         (fqdn(&format!("{name}-es-http")), 9200)
     } else {

@@ -59,9 +59,17 @@ spec!(RemoteRef { key: String, property: String });
 
 // postgresql.cnpg.io/v1
 spec!(ClusterSpec {
-    instances: u32, image_name: String, inherited_metadata: InheritedMetadata, enable_superuser_access: bool,
-    bootstrap: Bootstrap, postgresql: PostgresConfig, storage: Storage, resources: ResourceRequirements,
-    affinity: CnpgAffinity, monitoring: CnpgMonitoring, backup: CnpgBackup
+    instances: u32,
+    image_name: String,
+    inherited_metadata: InheritedMetadata,
+    enable_superuser_access: bool,
+    bootstrap: Bootstrap,
+    postgresql: PostgresConfig,
+    storage: Storage,
+    resources: ResourceRequirements,
+    affinity: CnpgAffinity,
+    monitoring: CnpgMonitoring,
+    backup: CnpgBackup
 });
 spec!(InheritedMetadata { labels: BTreeMap<String, String>, annotations: BTreeMap<String, String> });
 spec!(Bootstrap { initdb: InitDb });
@@ -77,7 +85,11 @@ spec!(BarmanObjectStore { destination_path: String, s3_credentials: S3Credential
 spec!(S3Credentials { access_key_id: KeyRef, secret_access_key: KeyRef });
 spec!(WalConfig { compression: String });
 spec!(ScheduledBackupSpec {
-    schedule: String, immediate: bool, backup_owner_reference: String, method: String, cluster: NameRef
+    schedule: String,
+    immediate: bool,
+    backup_owner_reference: String,
+    method: String,
+    cluster: NameRef
 });
 
 // elasticsearch.k8s.elastic.co/v1
@@ -93,14 +105,30 @@ spec!(KafkaNodePoolSpec {
 });
 spec!(KafkaStorage { #[serde(rename = "type")] type_: String, volumes: Vec<KafkaVolume> });
 spec!(KafkaVolume {
-    id: u32, #[serde(rename = "type")] type_: String, size: String, class: String, delete_claim: bool, kraft_metadata: String
+    id: u32,
+    #[serde(rename = "type")]
+    type_: String,
+    size: String,
+    class: String,
+    delete_claim: bool,
+    kraft_metadata: String
 });
 spec!(PoolTemplate { pod: PodTemplateMeta });
 spec!(PodTemplateMeta { metadata: InheritedMetadata });
 spec!(KafkaSpec { kafka: KafkaCluster, entity_operator: EntityOperator, kafka_exporter: KafkaExporter });
 spec!(KafkaCluster { version: String, listeners: Vec<Listener>, config: BTreeMap<String, Json>, metrics_config: MetricsConfig });
-spec!(Listener { name: String, port: u16, #[serde(rename = "type")] type_: String, tls: bool });
-spec!(MetricsConfig { #[serde(rename = "type")] type_: String, value_from: MetricsValueFrom });
+spec!(Listener {
+    name: String,
+    port: u16,
+    #[serde(rename = "type")]
+    type_: String,
+    tls: bool
+});
+spec!(MetricsConfig {
+    #[serde(rename = "type")]
+    type_: String,
+    value_from: MetricsValueFrom
+});
 spec!(MetricsValueFrom { config_map_key_ref: KeyRef });
 spec!(EntityOperator { topic_operator: Json, user_operator: Json });
 spec!(KafkaExporter { topic_regex: String, group_regex: String });

@@ -75,12 +75,28 @@ fn sha256(value: Value) -> String {
 }
 
 fn b64(value: Value) -> String {
-    base64::engine::general_purpose::STANDARD.encode(value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string()))
+    base64::engine::general_purpose::STANDARD
+        .encode(value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string()))
+}
+
+/// A rendering error with the offending template line quoted.
+pub fn describe_in(e: &minijinja::Error, templates: &[Template]) -> String {
+    let mut text = describe(e);
+    let source = e.name().and_then(|n| templates.iter().find(|(name, _)| name == n)).map(|(_, s)| s);
+    if let (Some(source), Some(line)) = (source, e.line())
+        && let Some(code) = source.lines().nth(line.saturating_sub(1))
+    {
+        text.push_str(&format!("\n    {line} | {}", code.trim_end()));
+    }
+    text
 }
 
 /// minijinja's error with its template position and the cause.
 pub fn describe(e: &minijinja::Error) -> String {
-    let mut text = e.detail().map(|d| format!("{}: {d}", e.kind())).unwrap_or_else(|| e.to_string());
+    let mut text = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
     if let (Some(name), Some(line)) = (e.name(), e.line()) {
         text = format!("{name}:{line}: {text}");
     }

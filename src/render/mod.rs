@@ -20,8 +20,7 @@ use crate::values::{self, Values};
 
 pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
     if args.schema {
-        println!("{}", values::schema());
-        return Ok(());
+        return print(&format!("{}\n", values::schema()));
     }
     let values = values::load(&args.values, &args.set)?;
     let objects = render(&values, args.templates.as_deref())?;
@@ -30,12 +29,17 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             let written = write_dir(&objects, dir)?;
             eprintln!("wrote {} objects to {}", written.len(), dir.display());
         }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(to_stream(&objects).as_bytes()).context("writing to stdout")?;
-        }
+        None => print(&to_stream(&objects))?,
     }
     Ok(())
+}
+
+/// Write to stdout; a closed pipe (`audctl render | head`) is not an error.
+fn print(text: &str) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
 }
 
 /// Render every template with `values`; all template and object errors are reported together.
@@ -52,7 +56,7 @@ pub fn render(values: &Values, templates_dir: Option<&Path>) -> anyhow::Result<V
         let output = env.get_template(name).and_then(|t| t.render(&ctx));
         match output {
             Ok(text) => objects.extend(objects::parse(name, &text, &mut errors)),
-            Err(e) => errors.push(format!("template {name}: {}", engine::describe(&e))),
+            Err(e) => errors.push(format!("template {name}: {}", engine::describe_in(&e, &templates))),
         }
     }
     let mut seen = std::collections::BTreeSet::new();

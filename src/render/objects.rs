@@ -66,7 +66,8 @@ fn parse_one(template: &str, text: &str) -> Result<Object, String> {
     let field = |k: &str| value.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     let name = value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default();
-    let object = Object { api_version, kind, name: name.to_owned(), template: template.to_owned(), text: text.to_owned() };
+    let object =
+        Object { api_version, kind, name: name.to_owned(), template: template.to_owned(), text: text.to_owned() };
     if object.name.is_empty() || object.kind.is_empty() {
         return Err(format!("template {template}: a document without kind or metadata.name:\n{text}"));
     }
@@ -105,7 +106,8 @@ fn check_typed(api_version: &str, kind: &str, value: &Value) -> Result<(), Strin
 /// Deserialize into `T`, then serialize back: a key of the input missing from the output is a
 /// field `T` does not have (k8s-openapi ignores unknown fields; the API server would prune them).
 fn typed<T: DeserializeOwned + Serialize>(value: &Value) -> Result<(), String> {
-    let object: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+    let object: T =
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
     let back = serde_yaml::to_value(&object).map_err(|e| e.to_string())?;
     match dropped(value, &back, String::new()) {
         Some(path) => Err(format!("{path}: unknown field (not in the schema of this kind)")),

@@ -1,10 +1,10 @@
 //! Checks across fields that types cannot express: requests within limits, replica bounds, TLS
 //! secrets, JVM heap within the memory limit, datastores either deployed or reachable.
 
+use super::ValueError;
 use super::model::{Resources, Values};
 use super::quantity::{Quantity, jvm_size};
 use super::source::Sources;
-use super::ValueError;
 
 struct Checker<'a> {
     sources: &'a Sources,
@@ -38,7 +38,10 @@ impl Checker<'_> {
             && !name.starts_with('-')
             && !name.ends_with('-');
         if !ok {
-            self.fail(path, format!("{name:?} is not a DNS label; expected lowercase letters, digits and '-', at most 63"));
+            self.fail(
+                path,
+                format!("{name:?} is not a DNS label; expected lowercase letters, digits and '-', at most 63"),
+            );
         }
     }
 }
@@ -48,7 +51,10 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
     c.dns_label("name", &v.name);
     c.dns_label("namespace.name", &v.namespace.name);
     if !["privileged", "baseline", "restricted"].contains(&v.namespace.pod_security.as_str()) {
-        c.fail("namespace.podSecurity", format!("{:?}: expected privileged, baseline or restricted", v.namespace.pod_security));
+        c.fail(
+            "namespace.podSecurity",
+            format!("{:?}: expected privileged, baseline or restricted", v.namespace.pod_security),
+        );
     }
     if v.image.tag.is_empty() && v.image.digest.is_none() {
         c.fail("image.tag", "empty: expected an image tag (or image.digest)".into());
@@ -69,7 +75,10 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
         if a.min_replicas > a.max_replicas {
             c.fail(
                 "autoscaling.minReplicas",
-                format!("{} is above autoscaling.maxReplicas ({}); expected minReplicas <= maxReplicas", a.min_replicas, a.max_replicas),
+                format!(
+                    "{} is above autoscaling.maxReplicas ({}); expected minReplicas <= maxReplicas",
+                    a.min_replicas, a.max_replicas
+                ),
             );
         }
         for (key, target) in [
@@ -132,8 +141,12 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
             "a password in a values file: expected \"\" and the password in auth.existingSecret".into(),
         );
     }
-    if v.postgresql.architecture == "standalone" && v.postgresql.read_replicas.replica_count > 0 && v.postgresql.enabled {
-        c.fail("postgresql.readReplicas.replicaCount", "read replicas with architecture standalone: expected 0 or architecture replication".into());
+    if v.postgresql.architecture == "standalone" && v.postgresql.read_replicas.replica_count > 0 && v.postgresql.enabled
+    {
+        c.fail(
+            "postgresql.readReplicas.replicaCount",
+            "read replicas with architecture standalone: expected 0 or architecture replication".into(),
+        );
     }
     for (key, value) in &v.elasticsearch.es_config {
         if key != "elasticsearch.yml" {
@@ -142,7 +155,7 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
             c.fail(&format!("elasticsearch.esConfig.{key}"), "not a YAML mapping of settings".into());
         }
     }
-    for (key, _) in &v.elasticsearch.config {
+    for key in v.elasticsearch.config.keys() {
         if key.starts_with("index.") {
             c.fail(
                 &format!("elasticsearch.config.{key}"),
@@ -151,7 +164,13 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
         }
     }
     if v.kafka.enabled && v.kafka.topic.replicas > v.kafka.replica_count {
-        c.fail("kafka.topic.replicas", format!("{} replicas with {} brokers: expected at most the broker count", v.kafka.topic.replicas, v.kafka.replica_count));
+        c.fail(
+            "kafka.topic.replicas",
+            format!(
+                "{} replicas with {} brokers: expected at most the broker count",
+                v.kafka.topic.replicas, v.kafka.replica_count
+            ),
+        );
     }
     if v.kafka.topic.min_insync_replicas > v.kafka.topic.replicas {
         c.fail("kafka.topic.minInsyncReplicas", "above kafka.topic.replicas: every write would fail".into());

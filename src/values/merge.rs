@@ -35,7 +35,8 @@ pub enum Segment {
 
 /// Parse `a.b[0].c=value` into the path segments, the display path and the typed value.
 pub fn parse_set(arg: &str) -> Result<(Vec<Segment>, String, Value), String> {
-    let (path, raw) = arg.split_once('=').ok_or_else(|| format!("--set {arg:?}: expected PATH=VALUE, e.g. a.b[0].c=1"))?;
+    let (path, raw) =
+        arg.split_once('=').ok_or_else(|| format!("--set {arg:?}: expected PATH=VALUE, e.g. a.b[0].c=1"))?;
     let mut segments = Vec::new();
     let mut display = String::new();
     for part in path.split('.') {

@@ -108,8 +108,20 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
     }
     match typed {
         Some((values, _)) if errors.is_empty() => Ok(values),
-        _ => Err(ValueErrors(errors)),
+        _ => {
+            // In file order, then line and column; --set arguments last.
+            errors.sort_by_key(|e| match &e.origin {
+                Some(Origin::File { path, line, column }) => (0, layer_index(files, path), *line, *column),
+                Some(Origin::Set { .. }) => (1, 0, 0, 0),
+                None => (2, 0, 0, 0),
+            });
+            Err(ValueErrors(errors))
+        }
     }
+}
+
+fn layer_index(files: &[(PathBuf, String)], path: &Path) -> usize {
+    files.iter().position(|(p, _)| p == path).map_or(0, |i| i + 1)
 }
 
 fn parse_layer(path: &Path, text: &str, sources: &mut Sources, errors: &mut Vec<ValueError>) -> Value {
@@ -123,7 +135,8 @@ fn parse_layer(path: &Path, text: &str, sources: &mut Sources, errors: &mut Vec<
     match serde_yaml::from_str::<Value>(text) {
         Ok(value) => value,
         Err(e) => {
-            let origin = e.location().map(|l| Origin::File { path: path.to_owned(), line: l.line(), column: l.column() });
+            let origin =
+                e.location().map(|l| Origin::File { path: path.to_owned(), line: l.line(), column: l.column() });
             errors.push(ValueError { origin, path: String::new(), message: format!("not valid YAML: {e}") });
             Value::Null
         }
@@ -315,10 +328,14 @@ mod tests {
     #[test]
     fn all_errors_at_once_with_positions() {
         let text = "replicaCout: 3\nresources:\n  limits:\n    memory: 2Gb\nautoscaling:\n  enabled: true\n  minReplicas: 9\n  maxReplicas: 3\nimage:\n  tag: [1]\n";
-        let errs = load_texts(&[(PathBuf::from("bad.yaml"), text.into())], &["kafka.replicaCount=x".into()]).unwrap_err();
+        let errs =
+            load_texts(&[(PathBuf::from("bad.yaml"), text.into())], &["kafka.replicaCount=x".into()]).unwrap_err();
         let all = errs.to_string();
         eprintln!("{all}");
-        assert!(all.contains("bad.yaml:1:1: replicaCout: unknown key `replicaCout`; did you mean `replicaCount`?"), "{all}");
+        assert!(
+            all.contains("bad.yaml:1:1: replicaCout: unknown key `replicaCout`; did you mean `replicaCount`?"),
+            "{all}"
+        );
         assert!(all.contains("bad.yaml:4:13: resources.limits.memory: \"2Gb\" is not a Kubernetes quantity"), "{all}");
         assert!(all.contains("bad.yaml:7:16: autoscaling.minReplicas: 9 is above"), "{all}");
         assert!(all.contains("bad.yaml:10:8: image.tag"), "{all}");

@@ -1,0 +1,175 @@
+//! Bad values through the binary: exit code 2, and each message names file:line:column, the key
+//! path and what is expected. One file per kind of mistake, then all of them at once.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn audctl(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_audctl")).args(args).current_dir(dir).output().expect("run audctl")
+}
+
+/// Render `values` (written to bad.yaml) and return stderr; asserts exit code 2 and empty stdout.
+fn refused(values: &str, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("bad.yaml"), values).expect("write values");
+    let mut args = vec!["render", "-f", "bad.yaml"];
+    args.extend_from_slice(extra);
+    let out = audctl(&args, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "expected exit code 2, stderr:\n{stderr}");
+    assert!(out.stdout.is_empty(), "nothing may be rendered on error");
+    stderr
+}
+
+fn assert_has(stderr: &str, expected: &str) {
+    assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");
+}
+
+#[test]
+fn unknown_key_with_did_you_mean() {
+    let e = refused("autoscaling:\n  enabled: true\n  maxReplica: 5\n", &[]);
+    assert_has(&e, "bad.yaml:3:3: autoscaling.maxReplica: unknown key `maxReplica`; did you mean `maxReplicas`?");
+}
+
+#[test]
+fn unknown_key_inside_a_kubernetes_type() {
+    let e = refused("livenessProbe:\n  httpGet:\n    paht: /health\n    port: 8080\n", &[]);
+    assert_has(&e, "bad.yaml:3:5: livenessProbe.httpGet.paht: unknown key `paht`; did you mean `path`?");
+}
+
+#[test]
+fn wrong_type() {
+    let e = refused("replicaCount: three\n", &[]);
+    assert_has(&e, "bad.yaml:1:15: replicaCount: wrong type: found string \"three\", expected u32");
+}
+
+#[test]
+fn invalid_quantity() {
+    let e = refused("resources:\n  limits:\n    memory: 2Gb\n", &[]);
+    assert_has(&e, "bad.yaml:3:13: resources.limits.memory: \"2Gb\" is not a Kubernetes quantity");
+    assert_has(&e, "e.g. 500m, 2Gi");
+}
+
+#[test]
+fn requests_above_limits() {
+    let e = refused("resources:\n  requests:\n    cpu: 2\n  limits:\n    cpu: 1500m\n", &[]);
+    assert_has(
+        &e,
+        "bad.yaml:3:10: resources.requests.cpu: request 2 is above the limit 1500m; expected requests <= limits",
+    );
+}
+
+#[test]
+fn min_replicas_above_max() {
+    let e = refused("autoscaling:\n  enabled: true\n  minReplicas: 5\n  maxReplicas: 3\n", &[]);
+    assert_has(&e, "bad.yaml:3:16: autoscaling.minReplicas: 5 is above autoscaling.maxReplicas (3)");
+}
+
+#[test]
+fn ingress_tls_without_secret_name() {
+    let values = "ingress:\n  enabled: true\n  hosts:\n    - host: a.example.com\n      paths: [{path: /, pathType: Prefix}]\n  tls:\n    - hosts: [a.example.com]\n";
+    let e = refused(values, &[]);
+    assert_has(
+        &e,
+        "bad.yaml:7:7: ingress.tls[0]: no secretName: expected the Secret cert-manager writes the certificate to",
+    );
+}
+
+#[test]
+fn heap_above_memory_limit() {
+    let values = "resources:\n  limits:\n    memory: 4Gi\nenv:\n  - name: JAVA_OPTS\n    value: -Xms2g -Xmx6g\n";
+    let e = refused(values, &[]);
+    assert_has(&e, "bad.yaml:6:12: env[0].value: -Xmx6g is above the memory limit resources.limits.memory=4Gi");
+}
+
+#[test]
+fn inline_password_refused() {
+    let e = refused("postgresql:\n  auth:\n    postgresPassword: hunter2\n", &[]);
+    assert_has(&e, "bad.yaml:3:23: postgresql.auth.postgresPassword: a password in a values file");
+}
+
+#[test]
+fn bad_set_points_at_the_argument() {
+    let e = refused("{}\n", &["--set", "autoscaling.maxReplicas=many"]);
+    assert_has(&e, "--set autoscaling.maxReplicas=many: autoscaling.maxReplicas: wrong type: found string \"many\"");
+}
+
+#[test]
+fn every_error_at_once() {
+    let values = "replicaCout: 3\nresources:\n  limits:\n    memory: 2Gb\nautoscaling:\n  enabled: true\n  minReplicas: 9\n  maxReplicas: 3\n";
+    let e = refused(values, &[]);
+    assert_has(&e, "invalid values (3 errors)");
+    assert_has(&e, "bad.yaml:1:1: replicaCout");
+    assert_has(&e, "bad.yaml:4:13: resources.limits.memory");
+    assert_has(&e, "bad.yaml:7:16: autoscaling.minReplicas");
+}
+
+#[test]
+fn later_files_and_set_win() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a.yaml"), "replicaCount: 2\n").expect("write");
+    std::fs::write(dir.path().join("b.yaml"), "replicaCount: 3\n").expect("write");
+    let out = audctl(&["render", "-f", "a.yaml", "-f", "b.yaml", "--set", "replicaCount=4"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\n  replicas: 4\n"));
+}
+
+#[test]
+fn template_bug_names_template_and_object_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).expect("mkdir");
+    std::fs::write(
+        templates.join("svc.yaml.j2"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {{ release.name }}\nspec:\n  portz: []\n",
+    )
+    .expect("write template");
+    let out_dir = dir.path().join("out");
+    let out = audctl(&["render", "--templates", "templates", "--output-dir", "out"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_has(&stderr, "template svc.yaml.j2, object Service/audit-trail: spec.portz: unknown field");
+    assert!(!out_dir.exists(), "nothing may be written when rendering fails");
+
+    std::fs::write(templates.join("svc.yaml.j2"), "kind: Service\nmetadata:\n  name: {{ values.nmae }}\n")
+        .expect("write");
+    let out = audctl(&["render", "--templates", "templates"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_has(&stderr, "template svc.yaml.j2: svc.yaml.j2:3: undefined value");
+}
+
+#[test]
+fn output_dir_one_file_per_object_in_apply_order() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = audctl(&["render", "-f", "values/values-prod.yaml", "--output-dir"], root);
+    assert_eq!(out.status.code(), Some(2), "--output-dir needs a value");
+    let target = dir.path().join("manifests");
+    let target_arg = target.to_str().expect("UTF-8 temp path");
+    let out = audctl(&["render", "-f", "values/values-prod.yaml", "--output-dir", target_arg], root);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(&target)
+        .expect("output dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.first().map(String::as_str), Some("00-namespace-audit-trail.yaml"), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("-prometheusrule-audit-trail-alerts.yaml")), "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with('.')), "temporary files left: {names:?}");
+    // Rendering local into the same directory removes the objects local does not have.
+    let out = audctl(&["render", "-f", "values/values-local.yaml", "--output-dir", target_arg], root);
+    assert!(out.status.success());
+    let after = std::fs::read_dir(&target).expect("output dir").count();
+    assert!(after < names.len(), "stale files kept: {after} >= {}", names.len());
+}
+
+#[test]
+fn schema_is_json_schema_of_the_values() {
+    let out = audctl(&["render", "--schema"], Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(schema["title"], "Values");
+    assert!(schema["properties"]["autoscaling"].is_object(), "{schema}");
+    assert_eq!(schema["additionalProperties"], false);
+}
