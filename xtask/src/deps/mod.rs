@@ -5,6 +5,9 @@
 //! module exposes `install(&Ctx)` and `status(&Ctx)`.
 
 mod debian;
+mod kube;
+mod maven;
+mod stack;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,6 +25,9 @@ pub enum DepsCommand {
     Down,
     /// Show what is installed and what is running.
     Status,
+    /// The detached process behind `up` (internal).
+    #[command(hide = true)]
+    Serve,
 }
 
 /// Shared context of the install steps.
@@ -78,10 +84,19 @@ pub fn run(cmd: DepsCommand) -> anyhow::Result<()> {
             std::fs::create_dir_all(&ctx.cache)?;
             // First: the other components need Java, Maven, build headers and the run-as user.
             debian::install(&ctx)?;
+            kube::install(&ctx)?;
+            maven::install(&ctx)?;
             eprintln!("deps install: done in {:.1}s (cache {})", start.elapsed().as_secs_f64(), ctx.cache.display());
             Ok(())
         }
-        DepsCommand::Status => debian::status(&ctx),
-        DepsCommand::Up | DepsCommand::Down => anyhow::bail!("not built yet"),
+        DepsCommand::Status => {
+            debian::status(&ctx)?;
+            kube::status(&ctx)?;
+            maven::status(&ctx)?;
+            stack::status(&ctx)
+        }
+        DepsCommand::Up => stack::up(&ctx),
+        DepsCommand::Down => stack::down(&ctx),
+        DepsCommand::Serve => stack::serve(&ctx),
     }
 }
