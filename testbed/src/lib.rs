@@ -5,11 +5,13 @@
 
 pub mod postgres;
 pub mod process;
+pub mod redis;
 
 use std::path::PathBuf;
 
 pub use postgres::{PgOptions, Postgres, postgres, postgres_with};
 pub use process::{Process, free_port, wait_until};
+pub use redis::{RedisSentinel, redis_sentinel};
 
 /// Where `cargo xtask deps install` puts binaries, jars and distributions: `$AUDCTL_CACHE`, else
 /// `$XDG_CACHE_HOME/audctl`, else `~/.cache/audctl`. Outside the clone so CI and new clones reuse it.

@@ -71,7 +71,7 @@ pub async fn postgres_with(opts: PgOptions) -> anyhow::Result<Postgres> {
         chown(d, Some(owner.0), Some(owner.1))
             .with_context(|| format!("chown {} to {}", d.display(), crate::RUN_AS_USER))?;
     }
-    let password = random_password()?;
+    let password = random_hex(16)?;
     let data = base.join("primary");
     initdb(&bin, owner, &base, &data, &password).await?;
     write_config(&data, archive.as_deref())?;
@@ -390,10 +390,10 @@ fn run_as_user() -> anyhow::Result<(Uid, Gid)> {
     }
 }
 
-/// 32 hex characters from the kernel's CSPRNG: URL-safe, so no escaping in connection strings.
-pub(crate) fn random_password() -> anyhow::Result<String> {
+/// `2 * bytes` hex characters from the kernel's CSPRNG (passwords, ids): URL-safe, no escaping.
+pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
     use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).context("reading /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
