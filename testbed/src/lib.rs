@@ -3,15 +3,19 @@
 //! Components are installed once by `cargo xtask deps install` under [`cache_dir`]; this crate only
 //! starts instances. A missing component is an error that says how to install it, never a skip.
 
+pub mod kafka;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod search;
 
 use std::path::PathBuf;
 
+pub use kafka::{Kafka, kafka};
 pub use postgres::{PgOptions, Postgres, postgres, postgres_with};
 pub use process::{Process, free_port, wait_until};
 pub use redis::{RedisSentinel, redis_sentinel};
+pub use search::{Product, Search, search, search_with};
 
 /// Where `cargo xtask deps install` puts binaries, jars and distributions: `$AUDCTL_CACHE`, else
 /// `$XDG_CACHE_HOME/audctl`, else `~/.cache/audctl`. Outside the clone so CI and new clones reuse it.
