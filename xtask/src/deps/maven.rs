@@ -55,19 +55,24 @@ pub fn install(ctx: &Ctx) -> anyhow::Result<()> {
     require_tool("mvn", "maven")?;
     require_tool("java", "openjdk-17-jre-headless")?;
     require_tool("unzip", "unzip")?;
+    let start = std::time::Instant::now();
     install_kafka(ctx)?;
     for dist in &DISTRIBUTIONS {
         install_distribution(ctx, dist)?;
     }
+    eprintln!("maven: done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
 
 pub fn status(ctx: &Ctx) -> anyhow::Result<()> {
-    let mark = |ok: bool| if ok { "installed" } else { "MISSING (run `cargo xtask deps install`)" };
-    println!("kafka {KAFKA_VERSION}: {} ({})", mark(kafka_ready(ctx)), kafka_dir(ctx).display());
+    // Same columns as the other components' status lines.
+    let line = |what: &str, ok: bool, path: &Path| {
+        println!("maven   {what:<34} {:<8} {}", if ok { "ok" } else { "MISSING" }, path.display());
+    };
+    line(&format!("kafka {KAFKA_VERSION}"), kafka_ready(ctx), &kafka_dir(ctx));
     for dist in &DISTRIBUTIONS {
         let dir = ctx.cache.join(dist.name);
-        println!("{}: {} ({})", dist.name, mark(dir.join(dist.launcher).is_file()), dir.display());
+        line(dist.name, dir.join(dist.launcher).is_file(), &dir);
     }
     Ok(())
 }
@@ -75,7 +80,7 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<()> {
 fn install_kafka(ctx: &Ctx) -> anyhow::Result<()> {
     let dir = kafka_dir(ctx);
     if kafka_ready(ctx) {
-        eprintln!("==> kafka {KAFKA_VERSION}: cached in {}", dir.display());
+        eprintln!("maven: kafka {KAFKA_VERSION} cached in {}", dir.display());
         return Ok(());
     }
     let pom = crate::util::project_root().join("xtask/maven/kafka/pom.xml");
@@ -97,7 +102,7 @@ fn install_kafka(ctx: &Ctx) -> anyhow::Result<()> {
 fn install_distribution(ctx: &Ctx, dist: &Distribution) -> anyhow::Result<()> {
     let dir = ctx.cache.join(dist.name);
     if dir.join(dist.launcher).is_file() {
-        eprintln!("==> {}: cached in {}", dist.name, dir.display());
+        eprintln!("maven: {} cached in {}", dist.name, dir.display());
         return Ok(());
     }
     let partial = fresh_partial(&dir)?;
