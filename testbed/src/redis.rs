@@ -50,7 +50,10 @@ pub async fn redis_sentinel() -> anyhow::Result<RedisSentinel> {
     crate::require("redis-server", Path::new(REDIS_SERVER))?;
     crate::require("redis-sentinel", Path::new(REDIS_SENTINEL))?;
     crate::require("redis-cli", Path::new(REDIS_CLI))?;
-    let dir = tempfile::Builder::new().prefix("audctl-redis-").tempdir().context("creating the Redis temp dir")?;
+    let dir = tempfile::Builder::new()
+        .prefix("audctl-redis-")
+        .tempdir_in(crate::postgres::scratch_dir())
+        .context("creating the Redis temp dir")?;
     let base = dir.path().to_owned();
     let password = crate::postgres::random_hex(16)?;
 
