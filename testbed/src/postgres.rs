@@ -172,11 +172,35 @@ impl Postgres {
         self.psql(self.primary.port, sql).await
     }
 
-    /// SIGKILL the primary's whole process group, as a machine crash would (no shutdown checkpoint).
+    /// SIGKILL the postmaster and every backend at once, as a machine crash would (no shutdown
+    /// checkpoint). Backends are not in the postmaster's process group (each calls setsid), so
+    /// they are found by parent pid, with the postmaster stopped first so it cannot fork more.
     pub fn kill_primary_hard(&mut self) {
         if let Some(mut p) = self.primary.process.take() {
+            let postmaster = Pid::from_raw(p.pid() as i32);
+            let _ = kill(postmaster, Signal::SIGSTOP);
+            let backends = children(p.pid());
+            for &b in &backends {
+                let _ = kill(Pid::from_raw(b), Signal::SIGKILL);
+            }
             p.kill_hard();
+            // Restarting while an old backend still holds the shared memory would be refused.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while backends.iter().any(|&b| alive(b)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
+    }
+
+    /// Pids of the primary's postmaster and its current children (for tests and measurements).
+    pub fn primary_pids(&self) -> Vec<i32> {
+        self.primary.process.as_ref().map(|p| pids_with_children(p.pid())).unwrap_or_default()
+    }
+
+    /// Pids of the replica's postmaster and its current children.
+    pub fn replica_pids(&self) -> Vec<i32> {
+        let process = self.replica.as_ref().and_then(|r| r.process.as_ref());
+        process.map(|p| pids_with_children(p.pid())).unwrap_or_default()
     }
 
     /// Start the primary again on the same port and data (crash recovery replays the WAL).
@@ -280,6 +304,34 @@ fn shutdown(mut p: Process, mode: Signal) {
     while p.is_running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn pids_with_children(pid: u32) -> Vec<i32> {
+    let mut all = vec![pid as i32];
+    all.extend(children(pid));
+    all
+}
+
+/// Direct children of `parent`, from /proc (PostgreSQL's backends leave the postmaster's group).
+pub fn children(parent: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| stat_field(*pid, 1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent))
+        .collect()
+}
+
+/// Exists and is not a zombie (a zombie holds no resources; its reaper may be slow).
+pub fn alive(pid: i32) -> bool {
+    stat_field(pid, 0).is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Field `n` after the command name in /proc/PID/stat (0 = state, 1 = parent pid).
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n).map(str::to_owned)
 }
 
 /// Spawn the postmaster of `inst` directly under the run-as uid (no runuser in between, so the
