@@ -512,7 +512,12 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Root (CI, this VM) runs PostgreSQL as [`crate::RUN_AS_USER`]; anyone else runs it as themselves
+/// (switching to one's own uid is allowed, so the same code path serves both).
 fn run_as_user() -> anyhow::Result<(Uid, Gid)> {
+    if !Uid::effective().is_root() {
+        return Ok((Uid::effective(), Gid::effective()));
+    }
     match User::from_name(crate::RUN_AS_USER) {
         Ok(Some(u)) => Ok((u.uid, u.gid)),
         _ => bail!("system user {} is missing: run `cargo xtask deps install`", crate::RUN_AS_USER),
