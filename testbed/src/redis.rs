@@ -66,7 +66,14 @@ pub async fn redis_sentinel() -> anyhow::Result<RedisSentinel> {
     // Each sentinel is told the others' ids and the replica up front (lines sentinels write into
     // their own config once they learn them): agreement then takes ~1 s instead of several hello
     // rounds. wait_for_agreement still checks it for real.
-    let ports = (0..SENTINELS).map(|_| free_port()).collect::<anyhow::Result<Vec<u16>>>()?;
+    // Picked before any sentinel binds, so make sure the OS did not hand out one port twice.
+    let mut ports: Vec<u16> = Vec::with_capacity(SENTINELS);
+    while ports.len() < SENTINELS {
+        let port = free_port()?;
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
     let ids = (0..SENTINELS).map(|_| crate::postgres::random_hex(20)).collect::<anyhow::Result<Vec<String>>>()?;
     let mut sentinels = Vec::with_capacity(SENTINELS);
     for i in 0..SENTINELS {
