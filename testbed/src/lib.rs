@@ -4,6 +4,7 @@
 //! starts instances. A missing component is an error that says how to install it, never a skip.
 
 pub mod kafka;
+pub mod kube;
 pub mod postgres;
 pub mod process;
 pub mod redis;
@@ -12,6 +13,7 @@ pub mod search;
 use std::path::PathBuf;
 
 pub use kafka::{Kafka, kafka};
+pub use kube::{Kube, KubeOptions, kube, kube_with};
 pub use postgres::{PgOptions, Postgres, postgres, postgres_with};
 pub use process::{Process, free_port, wait_until};
 pub use redis::{RedisSentinel, redis_sentinel};
