@@ -22,7 +22,7 @@ pub const KAFKA_VERSION: &str = "4.4.0";
 const READY_LINE: &str = "Kafka Server started";
 
 /// Generous: a loaded 2-core CI machine starts three JVMs at once.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Broker logs at INFO on stdout (the node's log file); the chatty request/state loggers stay quiet.
 const BROKER_LOG4J: &str = "status = warn
