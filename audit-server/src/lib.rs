@@ -110,6 +110,10 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
     let app = api::router(state.clone());
+    // Small JSON answers: without TCP_NODELAY, Nagle plus delayed ACKs can add ~40 ms to a response.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

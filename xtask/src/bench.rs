@@ -34,6 +34,13 @@ fn render() -> anyhow::Result<()> {
     anyhow::bail!("bench render: not built yet")
 }
 
+/// The audit-server crate's `bench` example does the work (it starts PostgreSQL through the
+/// testbed, runs pgbench for the ceiling, then drives the server), so xtask stays light. For other
+/// durations or client counts run it directly:
+/// `cargo run --release -p audit-server --example bench -- --seconds 30 --clients 64 --batch-clients 16`.
 fn server() -> anyhow::Result<()> {
-    anyhow::bail!("bench server: not built yet")
+    crate::util::step(
+        "bench server (pgbench ceiling, then the audit server on PostgreSQL)",
+        crate::util::cargo().args(["run", "--release", "-p", "audit-server", "--example", "bench"]),
+    )
 }
