@@ -41,6 +41,9 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
+/// name, route, request bodies (cycled), clients, events per request.
+type Scenario = (String, String, Arc<Vec<Vec<u8>>>, usize, u64);
+
 /// One measured scenario.
 struct Figure {
     name: String,
@@ -108,7 +111,7 @@ async fn main() -> Result<()> {
             .map(|t| body_bytes(&json!({"events": (0..100).map(|_| event(&format!("batch-{t}"))).collect::<Vec<_>>()})))
             .collect::<Vec<_>>(),
     );
-    let scenarios: [(String, String, Arc<Vec<Vec<u8>>>, usize, u64); 3] = [
+    let scenarios: [Scenario; 3] = [
         (
             format!("server single events, 1 tenant, {} clients", args.clients),
             "/api/v1/events".into(),
