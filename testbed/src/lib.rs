@@ -8,6 +8,7 @@ pub mod kube;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod scratch;
 pub mod search;
 
 use std::path::PathBuf;

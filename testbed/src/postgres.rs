@@ -16,6 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, User, chown};
 
 use crate::process::{Process, free_port, wait_until};
+use crate::scratch::{self, alive, children, random_hex, scratch_dir};
 
 /// The superuser the testbed creates; tests connect with it (or create their own roles).
 pub const SUPERUSER: &str = "audctl";
@@ -62,10 +63,7 @@ pub async fn postgres() -> anyhow::Result<Postgres> {
 pub async fn postgres_with(opts: PgOptions) -> anyhow::Result<Postgres> {
     let bin = bin_dir()?;
     let owner = run_as_user()?;
-    let dir = tempfile::Builder::new()
-        .prefix("audctl-pg-")
-        .tempdir_in(scratch_dir())
-        .context("creating the PostgreSQL temp dir")?;
+    let dir = scratch::instance_dir("audctl-pg-")?;
     let base = dir.path().to_owned();
     let sockets = base.join("sockets");
     let archive = opts.archive.then(|| base.join("wal-archive"));
@@ -312,28 +310,6 @@ fn pids_with_children(pid: u32) -> Vec<i32> {
     all
 }
 
-/// Direct children of `parent`, from /proc (PostgreSQL's backends leave the postmaster's group).
-pub fn children(parent: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| stat_field(*pid, 1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent))
-        .collect()
-}
-
-/// Exists and is not a zombie (a zombie holds no resources; its reaper may be slow).
-pub fn alive(pid: i32) -> bool {
-    stat_field(pid, 0).is_some_and(|state| state != "Z" && state != "X")
-}
-
-/// Field `n` after the command name in /proc/PID/stat (0 = state, 1 = parent pid).
-fn stat_field(pid: i32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(n).map(str::to_owned)
-}
-
 /// Spawn the postmaster of `inst` directly under the run-as uid (no runuser in between, so the
 /// process we hold is the postmaster and signals reach it), then wait for pg_isready.
 async fn start(bin: &Path, owner: (Uid, Gid), sockets: &Path, inst: &mut Instance) -> anyhow::Result<()> {
@@ -358,20 +334,6 @@ async fn start(bin: &Path, owner: (Uid, Gid), sockets: &Path, inst: &mut Instanc
     .await?;
     inst.process = Some(process);
     Ok(())
-}
-
-/// Where instances keep their files: `$AUDCTL_TESTBED_TMP`, else /dev/shm when it is a writable
-/// tmpfs, else the system temp dir. On this project's VMs creating and deleting the ~1000 files of a
-/// cluster on ext4 costs 2-3 s each way, on tmpfs 0.2 s. fsync stays on and a killed process loses
-/// nothing either way (its writes are in the page cache); only a whole-machine crash differs, and
-/// no test simulates one.
-pub fn scratch_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AUDCTL_TESTBED_TMP") {
-        return PathBuf::from(dir);
-    }
-    let shm = Path::new("/dev/shm");
-    let writable = nix::unistd::access(shm, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_ok();
-    if shm.is_dir() && writable { shm.to_owned() } else { std::env::temp_dir() }
 }
 
 /// A pristine cluster made by initdb once per PostgreSQL build and copied for each instance
@@ -453,10 +415,13 @@ fn write_config(data: &Path, archive: Option<&Path>) -> anyhow::Result<()> {
     let path = data.join("postgresql.conf");
     let mut conf =
         std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // Small memory footprint; everything durability-related keeps PostgreSQL's defaults.
+    // Small memory footprint; everything durability-related keeps PostgreSQL's defaults. Dynamic
+    // shared memory as files in the data dir (pg_dynshmem) rather than /dev/shm/PostgreSQL.*, so an
+    // instance killed with its test run leaves nothing behind once its directory is swept.
     let mut text = String::from(
         "\n# audctl testbed\nshared_buffers = 32MB\nmax_connections = 100\ntimezone = 'UTC'\nlog_timezone = 'UTC'\n\
-         max_wal_senders = 5\nmax_replication_slots = 5\nhot_standby = on\nwal_level = replica\n",
+         max_wal_senders = 5\nmax_replication_slots = 5\nhot_standby = on\nwal_level = replica\n\
+         dynamic_shared_memory_type = mmap\n",
     );
     if let Some(dir) = archive {
         // Refuse to overwrite an archived segment, as the documentation's example does.
@@ -522,12 +487,4 @@ fn run_as_user() -> anyhow::Result<(Uid, Gid)> {
         Ok(Some(u)) => Ok((u.uid, u.gid)),
         _ => bail!("system user {} is missing: run `cargo xtask deps install`", crate::RUN_AS_USER),
     }
-}
-
-/// `2 * bytes` hex characters from the kernel's CSPRNG (passwords, ids): URL-safe, no escaping.
-pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).context("reading /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -50,12 +50,9 @@ pub async fn redis_sentinel() -> anyhow::Result<RedisSentinel> {
     crate::require("redis-server", Path::new(REDIS_SERVER))?;
     crate::require("redis-sentinel", Path::new(REDIS_SENTINEL))?;
     crate::require("redis-cli", Path::new(REDIS_CLI))?;
-    let dir = tempfile::Builder::new()
-        .prefix("audctl-redis-")
-        .tempdir_in(crate::postgres::scratch_dir())
-        .context("creating the Redis temp dir")?;
+    let dir = crate::scratch::instance_dir("audctl-redis-")?;
     let base = dir.path().to_owned();
-    let password = crate::postgres::random_hex(16)?;
+    let password = crate::scratch::random_hex(16)?;
 
     let primary_port = free_port()?;
     let mut primary = data_node(&base, "redis-primary", primary_port, None, &password)?;
@@ -74,7 +71,7 @@ pub async fn redis_sentinel() -> anyhow::Result<RedisSentinel> {
             ports.push(port);
         }
     }
-    let ids = (0..SENTINELS).map(|_| crate::postgres::random_hex(20)).collect::<anyhow::Result<Vec<String>>>()?;
+    let ids = (0..SENTINELS).map(|_| crate::scratch::random_hex(20)).collect::<anyhow::Result<Vec<String>>>()?;
     let mut sentinels = Vec::with_capacity(SENTINELS);
     for i in 0..SENTINELS {
         let peers: Vec<(u16, &str)> = (0..SENTINELS).filter(|&j| j != i).map(|j| (ports[j], ids[j].as_str())).collect();

@@ -104,7 +104,7 @@ async fn committed_rows_survive_a_hard_kill() -> anyhow::Result<()> {
 
     let before = pg.primary_pids();
     pg.kill_primary_hard();
-    let survivors: Vec<i32> = before.into_iter().filter(|&pid| testbed::postgres::alive(pid)).collect();
+    let survivors: Vec<i32> = before.into_iter().filter(|&pid| testbed::scratch::alive(pid)).collect();
     assert!(survivors.is_empty(), "processes survived the hard kill: {survivors:?}");
     // A plain TCP connect: a pool would retry until its acquire timeout.
     assert!(std::net::TcpStream::connect(("127.0.0.1", pg.port())).is_err(), "primary still listening after SIGKILL");
@@ -126,7 +126,7 @@ async fn processes_and_files_are_gone_after_drop() -> anyhow::Result<()> {
     let start = Instant::now();
     drop(pg);
     eprintln!("stopped in {:?}", start.elapsed());
-    let survivors: Vec<i32> = pids.into_iter().filter(|&pid| testbed::postgres::alive(pid)).collect();
+    let survivors: Vec<i32> = pids.into_iter().filter(|&pid| testbed::scratch::alive(pid)).collect();
     assert!(survivors.is_empty(), "processes survived drop: {survivors:?}");
     assert!(!data.exists(), "{} not removed", data.display());
     Ok(())
