@@ -99,7 +99,7 @@ spec!(NodeSet {
     volume_claim_templates: Vec<PersistentVolumeClaim>
 });
 
-// kafka.strimzi.io/v1beta2
+// kafka.strimzi.io/v1 (Strimzi 0.49 deprecates v1beta2)
 spec!(KafkaNodePoolSpec {
     replicas: u32, roles: Vec<String>, resources: ResourceRequirements, storage: KafkaStorage, template: PoolTemplate
 });

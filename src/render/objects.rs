@@ -96,9 +96,9 @@ fn check_typed(api_version: &str, kind: &str, value: &Value) -> Result<(), Strin
         ("postgresql.cnpg.io/v1", "Cluster") => typed::<Custom<ClusterSpec>>(value),
         ("postgresql.cnpg.io/v1", "ScheduledBackup") => typed::<Custom<ScheduledBackupSpec>>(value),
         ("elasticsearch.k8s.elastic.co/v1", "Elasticsearch") => typed::<Custom<ElasticsearchSpec>>(value),
-        ("kafka.strimzi.io/v1beta2", "Kafka") => typed::<Custom<KafkaSpec>>(value),
-        ("kafka.strimzi.io/v1beta2", "KafkaNodePool") => typed::<Custom<KafkaNodePoolSpec>>(value),
-        ("kafka.strimzi.io/v1beta2", "KafkaTopic") => typed::<Custom<KafkaTopicSpec>>(value),
+        ("kafka.strimzi.io/v1", "Kafka") => typed::<Custom<KafkaSpec>>(value),
+        ("kafka.strimzi.io/v1", "KafkaNodePool") => typed::<Custom<KafkaNodePoolSpec>>(value),
+        ("kafka.strimzi.io/v1", "KafkaTopic") => typed::<Custom<KafkaTopicSpec>>(value),
         _ => Err(format!("audctl has no type for apiVersion {api_version:?} kind {kind:?}")),
     }
 }
