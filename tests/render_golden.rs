@@ -55,7 +55,11 @@ fn golden_manifests() {
             failures.push(format!("{case} ({}): {line}", path.display()));
         }
     }
-    assert!(failures.is_empty(), "rendered manifests differ from the golden files (UPDATE_GOLDEN=1 to accept):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "rendered manifests differ from the golden files (UPDATE_GOLDEN=1 to accept):\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -70,11 +74,14 @@ fn apply_order_namespace_first_custom_resources_last() {
     let text = render(&["values/values-prod.yaml"]);
     let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
     assert_eq!(kinds.first(), Some(&"Namespace"), "{kinds:?}");
-    let builtin = ["ConfigMap", "Service", "Deployment", "StatefulSet", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy"];
+    let builtin =
+        ["ConfigMap", "Service", "Deployment", "StatefulSet", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy"];
     let last_builtin = kinds.iter().rposition(|k| builtin.contains(k)).expect("built-in kinds");
     let first_custom = kinds
         .iter()
-        .position(|k| ["ExternalSecret", "Cluster", "Elasticsearch", "Kafka", "ServiceMonitor", "PrometheusRule"].contains(k))
+        .position(|k| {
+            ["ExternalSecret", "Cluster", "Elasticsearch", "Kafka", "ServiceMonitor", "PrometheusRule"].contains(k)
+        })
         .expect("custom resources");
     assert!(last_builtin < first_custom, "custom resources must come after built-in kinds: {kinds:?}");
     // The HPA owns the replica count in prod: the Deployment must not carry one.
