@@ -4,7 +4,7 @@
 //! batches of 100, each a closed loop of concurrent clients for a fixed duration after a warm-up.
 //! Prints each figure and its ratio to the matching ceiling.
 //!
-//!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64] [--batch-clients 16]
+//!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64] [--batch-clients 16] [--pool N]
 
 use std::process::Command;
 use std::sync::Arc;
@@ -21,10 +21,12 @@ struct Args {
     seconds: u64,
     clients: usize,
     batch_clients: usize,
+    pool: u32,
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { seconds: 10, clients: 64, batch_clients: 16 };
+    // The server's pool defaults to as many connections as pgbench's clients: a like-for-like ceiling.
+    let mut a = Args { seconds: 10, clients: 64, batch_clients: 16, pool: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || -> Result<u64> {
@@ -35,8 +37,12 @@ fn args() -> Result<Args> {
             "--seconds" => a.seconds = value()?,
             "--clients" => a.clients = value()? as usize,
             "--batch-clients" => a.batch_clients = value()? as usize,
+            "--pool" => a.pool = value()? as u32,
             other => bail!("unknown argument {other}; expected --seconds N, --clients N, --batch-clients N"),
         }
+    }
+    if a.pool == 0 {
+        a.pool = a.clients as u32;
     }
     Ok(a)
 }
@@ -99,7 +105,7 @@ async fn main() -> Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.database_url = Some(url);
     config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
-    config.db_max_connections = 16;
+    config.db_max_connections = args.pool;
     let server = audit_server::spawn(config).await?;
     let base = server.base_url();
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
@@ -164,8 +170,9 @@ async fn main() -> Result<()> {
     server.shutdown().await?;
 
     println!(
-        "\naudit-server benchmark against PostgreSQL ({} s per scenario, this machine: {} cores)",
+        "\naudit-server benchmark against PostgreSQL ({} s per scenario, server pool {}, this machine: {} cores)",
         args.seconds,
+        args.pool,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!("{:<52} {:>12} {:>9} {:>9} {:>7} {:>9}", "scenario", "events/s", "p50 ms", "p99 ms", "errors", "ratio");
