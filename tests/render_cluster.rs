@@ -67,4 +67,15 @@ async fn rendered_objects_pass_server_side_strict_dry_run() {
         eprintln!("{case}: {accepted} objects accepted by the API server (dry run)");
     }
     assert!(failures.is_empty(), "the API server refused or warned:\n{}", failures.join("\n"));
+
+    // The check has teeth: a CRD schema violation is refused, and a non-restricted pod warned about.
+    let bad_monitor = "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: bad\n  namespace: audit-trail\nspec:\n  selector: {}\n  endpoints:\n    - port: 8080\n";
+    let dry_run =
+        ["apply", "--server-side", "--dry-run=server", "--validate=strict", "--field-manager=audctl", "-f", "-"];
+    let out = kubectl(&k, &dry_run, bad_monitor);
+    assert!(!out.status.success(), "an integer ServiceMonitor port was accepted: the CRD schemas are not enforced");
+    let root_pod = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\n  namespace: audit-trail\nspec:\n  selector:\n    matchLabels: {app: bad}\n  template:\n    metadata:\n      labels: {app: bad}\n    spec:\n      containers:\n        - name: c\n          image: busybox\n";
+    let out = kubectl(&k, &dry_run, root_pod);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PodSecurity"), "no Pod Security warning for a non-restricted pod: {stderr}");
 }
