@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::wait::await_condition;
@@ -113,14 +113,22 @@ async fn crd_objects_are_validated_by_their_schema() -> anyhow::Result<()> {
     let applied = monitors.patch("audit", &params, &Patch::Apply(monitor(json!("http"))?)).await?;
     assert_eq!(applied.data["spec"]["endpoints"][0]["port"], "http");
 
-    let rejected = monitors.patch("audit", &params, &Patch::Apply(monitor(json!(8080))?)).await;
-    match rejected {
+    // A plain create goes through the CRD's OpenAPI schema validation: 422 naming the field.
+    let mut invalid = monitor(json!(8080))?;
+    invalid.metadata.name = Some("audit-invalid".into());
+    match monitors.create(&PostParams::default(), &invalid).await {
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 422, "{status:?}");
-            assert!(status.message.contains("port"), "rejection does not name the field: {}", status.message);
+            assert!(status.message.contains("spec.endpoints[0].port"), "rejection does not name the field: {status:?}");
         }
         other => panic!("integer port accepted by the ServiceMonitor schema: {other:?}"),
     }
+    // Server-side apply refuses it too, earlier, when it builds the typed object from the schema.
+    let applied = monitors.patch("audit", &params, &Patch::Apply(monitor(json!(8080))?)).await;
+    assert!(
+        matches!(&applied, Err(kube::Error::Api(s)) if s.message.contains("expected string")),
+        "integer port applied: {applied:?}"
+    );
     Ok(())
 }
 
