@@ -46,10 +46,7 @@ where
     S: Into<comfy_table::Cell>,
 {
     let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(header);
+    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
     if !color_enabled() {
         table.force_no_tty();
     }
@@ -95,7 +92,9 @@ pub fn progress(len: u64, message: impl Into<String>) -> ProgressBar {
 /// A spinner for work of unknown length (waiting for a rollout, a snapshot...).
 pub fn spinner(message: impl Into<String>) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, draw_target());
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.set_message(message.into());
     bar.enable_steady_tick(Duration::from_millis(120));
     bar

@@ -17,8 +17,19 @@ fn text(out: &[u8]) -> String {
 }
 
 const VERBS: &[&str] = &[
-    "render", "check", "attest", "deploy", "diff", "history", "rollback", "smoke", "load", "backup", "restore",
-    "rehearse", "completions",
+    "render",
+    "check",
+    "attest",
+    "deploy",
+    "diff",
+    "history",
+    "rollback",
+    "smoke",
+    "load",
+    "backup",
+    "restore",
+    "rehearse",
+    "completions",
 ];
 
 #[test]

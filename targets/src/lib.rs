@@ -127,7 +127,8 @@ pub enum TargetsError {
 
 impl Targets {
     pub fn load(path: &Path) -> Result<Self, TargetsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TargetsError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TargetsError::Read { path: path.to_owned(), source })?;
         Self::from_yaml(&text).map_err(|e| TargetsError::Parse { path: path.to_owned(), message: e.to_string() })
     }
 

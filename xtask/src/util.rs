@@ -25,7 +25,11 @@ pub fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
     let start = Instant::now();
     eprintln!("==> {name}");
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    eprintln!("<== {name}: {} in {:.1}s", if status.success() { "ok" } else { "FAILED" }, start.elapsed().as_secs_f64());
+    eprintln!(
+        "<== {name}: {} in {:.1}s",
+        if status.success() { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
     if !status.success() {
         bail!("{name} failed ({status})");
     }
