@@ -319,12 +319,20 @@ async fn load_objects(bins: &Binaries, files: &Layout, nodes: &[String]) -> anyh
         apply.arg("-f").arg(crd_dir);
     }
     run(&mut apply).await?;
-    if !bins.crd_dirs.is_empty() {
+    if bins.crd_dirs.is_empty() {
+        return Ok(());
+    }
+    // `kubectl wait` fails at once on a CRD that has no status yet, so retry until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
         let mut wait = kubectl(&bins.kubectl, &files.kubeconfig);
         wait.args(["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
-        run(&mut wait).await?;
+        match run(&mut wait).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.context("CRDs not Established after 90s")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
-    Ok(())
 }
 
 /// Nodes Ready (kwok), the default ServiceAccount (controller-manager), the scheduler healthy.
