@@ -1,29 +1,31 @@
-//! Group commit. Each tenant has an in-process queue; the first request to find it idle becomes the
-//! leader and appends every pending job in one transaction, then the jobs that arrived meanwhile,
-//! until the queue is empty. A busy tenant thus costs one commit per run, not one per event.
-//! Correctness across processes does not depend on this: the store locks the chain head row.
+//! Group commit across tenants. Every append goes into one per-process queue; the first request to
+//! find it idle becomes the leader and appends every pending job, of any tenant, in one transaction,
+//! then the jobs that arrived meanwhile, until the queue is empty. With many tenants a per-tenant
+//! queue would commit about one request per transaction; a shared one commits them together.
+//! Correctness across processes does not depend on this: the store locks each chain head row, in
+//! tenant order so that two processes' transactions cannot deadlock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
-use crate::store::{AppendJob, JobOutcome, Store, StoreError};
+use crate::store::{AppendJob, JobOutcome, Run, Store, StoreError};
 
 type Reply = oneshot::Sender<Result<JobOutcome, StoreError>>;
 
 #[derive(Default)]
-struct TenantQueue {
-    pending: VecDeque<(AppendJob, Reply)>,
+struct Queue {
+    pending: VecDeque<(String, AppendJob, Reply)>,
     leader: bool,
 }
 
 pub struct Appender {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    tenants: Mutex<HashMap<String, Arc<Mutex<TenantQueue>>>>,
-    /// A run stops taking jobs once it holds this many events (bounds transaction size and latency).
+    queue: Mutex<Queue>,
+    /// A transaction stops taking jobs once it holds this many events (bounds its size and latency).
     max_run_events: usize,
 }
 
@@ -32,90 +34,89 @@ impl Appender {
         Arc::new(Appender {
             store,
             metrics,
-            tenants: Mutex::new(HashMap::new()),
+            queue: Mutex::new(Queue::default()),
             max_run_events: max_run_events.max(1),
         })
     }
 
-    /// Queue a job and wait until its run is committed (or failed).
+    /// Queue a job and wait until its transaction is committed (or failed).
     pub async fn submit(self: &Arc<Self>, tenant_id: &str, job: AppendJob) -> Result<JobOutcome, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let queue = lock(&self.tenants).entry(tenant_id.to_owned()).or_default().clone();
         let lead = {
-            let mut q = lock(&queue);
-            q.pending.push_back((job, tx));
+            let mut q = lock(&self.queue);
+            q.pending.push_back((tenant_id.to_owned(), job, tx));
             !std::mem::replace(&mut q.leader, true)
         };
         if lead {
-            // A task of its own: if this request is cancelled, the run still completes.
-            tokio::spawn(self.clone().lead(tenant_id.to_owned(), queue));
+            // A task of its own: if this request is cancelled, the transaction still completes.
+            tokio::spawn(self.clone().lead());
         }
         rx.await.unwrap_or_else(|_| Err(StoreError::Internal("the append task ended without an answer".into())))
     }
 
-    async fn lead(self: Arc<Self>, tenant_id: String, queue: Arc<Mutex<TenantQueue>>) {
-        loop {
-            let run = {
-                let mut q = lock(&queue);
-                let mut run = Vec::new();
-                let mut events = 0;
-                while let Some(front) = q.pending.front() {
-                    if !run.is_empty() && events + front.0.events.len() > self.max_run_events {
-                        break;
-                    }
-                    events += front.0.events.len();
-                    run.extend(q.pending.pop_front());
-                }
-                if run.is_empty() {
-                    q.leader = false;
-                    break;
-                }
-                run
-            };
-            let (jobs, replies): (Vec<AppendJob>, Vec<Reply>) = run.into_iter().unzip();
-            let job_count = jobs.len();
-            // In a task of its own so that a panic fails this run's requests, not the tenant's queue.
-            let (store, tenant) = (self.store.clone(), tenant_id.clone());
-            let result = tokio::spawn(async move { store.append(&tenant, &jobs).await })
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Internal(format!("append task failed: {e}"))));
-            match result {
-                Ok(outcomes) => {
-                    let stored: usize =
-                        outcomes.iter().map(|o| if let JobOutcome::Stored(r) = o { r.len() } else { 0 }).sum();
-                    self.metrics.events_ingested(stored as u64, job_count as u64);
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
-                    }
-                }
+    async fn lead(self: Arc<Self>) {
+        while let Some(batch) = self.take_batch() {
+            // Sorted by tenant (the store's lock order); each tenant's jobs keep their arrival order.
+            let (runs, replies): (Vec<Run>, Vec<Vec<Reply>>) = batch
+                .into_iter()
+                .map(|(tenant_id, entries)| {
+                    let (jobs, replies) = entries.into_iter().unzip();
+                    (Run { tenant_id, jobs }, replies)
+                })
+                .unzip();
+            // In a task of its own so that a panic fails this batch's requests, not the queue.
+            let store = self.store.clone();
+            let results = match tokio::spawn(async move { store.append_runs(&runs).await }).await {
+                Ok(results) => results,
                 Err(e) => {
-                    tracing::warn!(tenant = %tenant_id, jobs = job_count, error = %e, "append failed");
-                    for reply in replies {
-                        let _ = reply.send(Err(clone_error(&e)));
+                    replies.iter().map(|_| Err(StoreError::Internal(format!("append task failed: {e}")))).collect()
+                }
+            };
+            let (mut stored, mut committed_jobs) = (0, 0);
+            for (result, replies) in results.into_iter().zip(replies) {
+                match result {
+                    Ok(outcomes) => {
+                        committed_jobs += replies.len();
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            if let JobOutcome::Stored(r) = &outcome {
+                                stored += r.len();
+                            }
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(jobs = replies.len(), error = %e, "append failed");
+                        for reply in replies {
+                            let _ = reply.send(Err(e.duplicate()));
+                        }
                     }
                 }
             }
-        }
-        // Forget idle tenants so the map does not grow with every tenant ever seen.
-        let mut tenants = lock(&self.tenants);
-        if let Some(q) = tenants.get(&tenant_id)
-            && Arc::ptr_eq(q, &queue)
-        {
-            let idle = {
-                let q = lock(q);
-                q.pending.is_empty() && !q.leader
-            };
-            if idle {
-                tenants.remove(&tenant_id);
+            if committed_jobs > 0 {
+                self.metrics.events_ingested(stored as u64, committed_jobs as u64);
             }
         }
     }
-}
 
-fn clone_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
+    /// The next batch, grouped by tenant, or None (and leadership given up) when the queue is empty.
+    fn take_batch(&self) -> Option<BTreeMap<String, Vec<(AppendJob, Reply)>>> {
+        let mut q = lock(&self.queue);
+        let mut batch: BTreeMap<String, Vec<(AppendJob, Reply)>> = BTreeMap::new();
+        let mut events = 0;
+        while let Some(front) = q.pending.front() {
+            if !batch.is_empty() && events + front.1.events.len() > self.max_run_events {
+                break;
+            }
+            events += front.1.events.len();
+            if let Some((tenant_id, job, reply)) = q.pending.pop_front() {
+                batch.entry(tenant_id).or_default().push((job, reply));
+            }
+        }
+        if batch.is_empty() {
+            q.leader = false;
+            return None;
+        }
+        Some(batch)
     }
 }
 

@@ -31,6 +31,7 @@ on_both!(
     pagination_under_concurrent_inserts,
     error_statuses,
     tenant_isolation,
+    failing_tenant_spares_others,
     tamper_detection,
     shutdown_and_metrics
 );
@@ -311,6 +312,43 @@ async fn tenant_isolation(backend: Backend) -> Result<()> {
     }
     assert_eq!(api.get(KEY_B, &format!("/api/v1/events/{id}")).await?.0, 200);
     assert_eq!(api.all_events("tenant-b").await?.len(), 1, "the forged writes stored nothing");
+    server.shutdown().await
+}
+
+/// Group commit puts several tenants in one transaction: a tenant whose append fails in the
+/// database (here a squatted sequence number, a primary key violation) must not fail the others.
+async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "failing_tenant").await?;
+    let server = audit_server::spawn(db.config()).await?;
+    let api = Api::of(&server);
+    for (key, tenant) in [(KEY_A, "tenant-a"), (KEY_B, "tenant-b")] {
+        let (s, b) = api.post(key, "/api/v1/events", &event(tenant, "first", "LOGIN")).await?;
+        ensure!(s == 201, "{b}");
+    }
+    let uuid_cast = if backend == Backend::Postgres { "::uuid" } else { "" };
+    db.exec(&format!(
+        "INSERT INTO events (tenant_id, sequence, id, ts, actor_id, resource_id, action_type, body, hash, previous_hash)
+         SELECT tenant_id, 2, '{}'{uuid_cast}, ts, actor_id, resource_id, action_type, body, hash, previous_hash
+         FROM events WHERE tenant_id = 'tenant-a' AND sequence = 1",
+        uuid::Uuid::now_v7()
+    ))
+    .await?;
+    // Concurrent, so that the two tenants' requests share group-commit transactions.
+    let requests: Vec<_> = (0..40)
+        .map(|i| {
+            let (key, tenant) = if i % 2 == 0 { (KEY_A, "tenant-a") } else { (KEY_B, "tenant-b") };
+            let api = api.clone();
+            tokio::spawn(async move { (tenant, api.post(key, "/api/v1/events", &event(tenant, "u", "X")).await) })
+        })
+        .collect();
+    for request in requests {
+        let (tenant, answer) = request.await?;
+        let (status, body) = answer?;
+        let expected = if tenant == "tenant-a" { 500 } else { 201 };
+        ensure!(status == expected, "{tenant}: expected {expected}, got {status}: {body}");
+    }
+    assert_eq!(api.all_events("tenant-b").await?.len(), 21, "every tenant-b event is stored");
+    assert_eq!(api.verify("tenant-b").await?["verified"], true);
     server.shutdown().await
 }
 

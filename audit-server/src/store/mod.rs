@@ -23,6 +23,16 @@ pub enum StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl StoreError {
+    /// The same error for another waiter (sqlx errors are not Clone, so only the text is kept).
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Internal(m) => StoreError::Internal(m.clone()),
+        }
+    }
+}
+
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -341,11 +351,55 @@ pub enum Store {
     Sqlite(sqlite::SqliteStore),
 }
 
+/// One tenant's jobs, in arrival order.
+pub struct Run {
+    pub tenant_id: String,
+    pub jobs: Vec<AppendJob>,
+}
+
+/// Where a multi-tenant transaction failed: before COMMIT nothing was written, so each run can be
+/// retried alone; at COMMIT the outcome is unknown, so a retry could append the events twice.
+pub(crate) enum TxError {
+    BeforeCommit(StoreError),
+    AtCommit(StoreError),
+}
+
 impl Store {
-    pub async fn append(&self, tenant_id: &str, jobs: &[AppendJob]) -> Result<Vec<JobOutcome>, StoreError> {
+    /// Append several tenants' runs in one transaction (one commit for all), one result per run.
+    /// The chain heads are locked in tenant order, so concurrent processes cannot deadlock: the
+    /// runs must be sorted by tenant, each tenant once. If the shared transaction fails before
+    /// COMMIT (one run's error rolls back everyone's), each run is retried in a transaction of its
+    /// own so that one tenant's failure does not fail the others.
+    pub async fn append_runs(&self, runs: &[Run]) -> Vec<Result<Vec<JobOutcome>, StoreError>> {
+        if !runs.windows(2).all(|w| w[0].tenant_id < w[1].tenant_id) {
+            let e = "append runs are not sorted by distinct tenant (lock order)";
+            return runs.iter().map(|_| Err(StoreError::Internal(e.into()))).collect();
+        }
+        match self.append_tx(runs).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            // Only a database error (a constraint, a bug) may be one run's fault; unavailability
+            // is everyone's, and retrying each run against a down database would only stall.
+            Err(TxError::BeforeCommit(e @ StoreError::Internal(_))) if runs.len() > 1 => {
+                tracing::warn!(runs = runs.len(), error = %e, "shared append failed, retrying each tenant alone");
+                let mut results = Vec::with_capacity(runs.len());
+                for run in runs {
+                    results.push(match self.append_tx(std::slice::from_ref(run)).await {
+                        Ok(mut outcomes) => outcomes
+                            .pop()
+                            .ok_or_else(|| StoreError::Internal("a run came back without outcomes".into())),
+                        Err(TxError::BeforeCommit(e) | TxError::AtCommit(e)) => Err(e),
+                    });
+                }
+                results
+            }
+            Err(TxError::BeforeCommit(e) | TxError::AtCommit(e)) => runs.iter().map(|_| Err(e.duplicate())).collect(),
+        }
+    }
+
+    async fn append_tx(&self, runs: &[Run]) -> Result<Vec<Vec<JobOutcome>>, TxError> {
         match self {
-            Store::Postgres(s) => s.append(tenant_id, jobs).await,
-            Store::Sqlite(s) => s.append(tenant_id, jobs).await,
+            Store::Postgres(s) => s.append(runs).await,
+            Store::Sqlite(s) => s.append(runs).await,
         }
     }
 

@@ -1,5 +1,6 @@
-//! PostgreSQL store. The chain head row is locked for the whole append transaction; the events of
-//! a run go in with one multi-row INSERT (UNNEST of arrays) that also moves the head.
+//! PostgreSQL store. An append transaction locks the chain head row of each of its tenants, in
+//! tenant order, until commit; the events of a tenant's run go in with one multi-row INSERT (UNNEST
+//! of arrays) that also moves the head.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -7,10 +8,10 @@ use std::time::Duration;
 use audit_api::{StoredEvent, VerifyReport};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, QueryBuilder, Row};
+use sqlx::{PgConnection, PgPool, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{AppendJob, JobOutcome, ListQuery, StoreError, StoredRow, Verifier, parse_receipts, plan};
+use super::{AppendJob, JobOutcome, ListQuery, Run, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan};
 use crate::chain;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -40,71 +41,15 @@ impl PgStore {
         Ok(PgStore { pool, max: max_connections })
     }
 
-    pub async fn append(&self, tenant_id: &str, jobs: &[AppendJob]) -> Result<Vec<JobOutcome>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Creates the head on first use and row-locks it either way (DO UPDATE locks the row), in
-        // one round trip. Held until commit: this is what serializes a tenant across replicas.
-        let head = sqlx::query(
-            "INSERT INTO chain_heads (tenant_id, last_sequence, last_hash) VALUES ($1, 0, $2)
-             ON CONFLICT (tenant_id) DO UPDATE SET last_sequence = chain_heads.last_sequence
-             RETURNING last_sequence, last_hash",
-        )
-        .bind(tenant_id)
-        .bind(chain::genesis())
-        .fetch_one(&mut *tx)
-        .await?;
-        let (seq, hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
-
-        let wanted: Vec<String> = jobs.iter().filter_map(|j| j.idempotency.as_ref().map(|i| i.key.clone())).collect();
-        let mut known = HashMap::new();
-        if !wanted.is_empty() {
-            let rows = sqlx::query(
-                "SELECT key, fingerprint, receipts FROM idempotency_keys WHERE tenant_id = $1 AND key = ANY($2)",
-            )
-            .bind(tenant_id)
-            .bind(&wanted)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in rows {
-                let receipts: String = row.try_get(2)?;
-                known.insert(row.try_get(0)?, (row.try_get(1)?, parse_receipts(&receipts)?));
-            }
+    /// All runs in one transaction; the caller sorts them by tenant (the lock order).
+    pub(crate) async fn append(&self, runs: &[Run]) -> Result<Vec<Vec<JobOutcome>>, TxError> {
+        let mut tx = self.pool.begin().await.map_err(|e| TxError::BeforeCommit(e.into()))?;
+        let mut outcomes = Vec::with_capacity(runs.len());
+        for run in runs {
+            outcomes.push(append_run(&mut tx, &run.tenant_id, &run.jobs).await.map_err(TxError::BeforeCommit)?);
         }
-
-        let plan = plan(seq, hash, jobs, known);
-        if !plan.rows.is_empty() || !plan.keys.is_empty() {
-            let r = &plan.rows;
-            let k = &plan.keys;
-            sqlx::query(
-                "WITH e AS (
-                    INSERT INTO events (tenant_id, id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash)
-                    SELECT $1, * FROM UNNEST($2::uuid[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-                 ), k AS (
-                    INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts)
-                    SELECT $1, * FROM UNNEST($11::text[], $12::text[], $13::text[])
-                 )
-                 UPDATE chain_heads SET last_sequence = $14, last_hash = $15 WHERE tenant_id = $1",
-            )
-            .bind(tenant_id)
-            .bind(r.iter().map(|x| x.id).collect::<Vec<Uuid>>())
-            .bind(r.iter().map(|x| x.sequence).collect::<Vec<i64>>())
-            .bind(r.iter().map(|x| x.ts).collect::<Vec<DateTime<Utc>>>())
-            .bind(r.iter().map(|x| x.actor_id.as_str()).collect::<Vec<&str>>())
-            .bind(r.iter().map(|x| x.resource_id.as_str()).collect::<Vec<&str>>())
-            .bind(r.iter().map(|x| x.action_type.as_str()).collect::<Vec<&str>>())
-            .bind(r.iter().map(|x| x.body.as_str()).collect::<Vec<&str>>())
-            .bind(r.iter().map(|x| x.hash.as_str()).collect::<Vec<&str>>())
-            .bind(r.iter().map(|x| x.previous_hash.as_str()).collect::<Vec<&str>>())
-            .bind(k.iter().map(|x| x.key.as_str()).collect::<Vec<&str>>())
-            .bind(k.iter().map(|x| x.fingerprint.as_str()).collect::<Vec<&str>>())
-            .bind(k.iter().map(|x| x.receipts.as_str()).collect::<Vec<&str>>())
-            .bind(plan.head_sequence)
-            .bind(&plan.head_hash)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(plan.outcomes)
+        tx.commit().await.map_err(|e| TxError::AtCommit(e.into()))?;
+        Ok(outcomes)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
@@ -186,6 +131,72 @@ impl PgStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// One tenant's run inside the shared transaction.
+async fn append_run(tx: &mut PgConnection, tenant_id: &str, jobs: &[AppendJob]) -> Result<Vec<JobOutcome>, StoreError> {
+    // Creates the head on first use and row-locks it either way (DO UPDATE locks the row), in
+    // one round trip. Held until commit: this is what serializes a tenant across replicas.
+    let head = sqlx::query(
+        "INSERT INTO chain_heads (tenant_id, last_sequence, last_hash) VALUES ($1, 0, $2)
+         ON CONFLICT (tenant_id) DO UPDATE SET last_sequence = chain_heads.last_sequence
+         RETURNING last_sequence, last_hash",
+    )
+    .bind(tenant_id)
+    .bind(chain::genesis())
+    .fetch_one(&mut *tx)
+    .await?;
+    let (seq, hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
+
+    let wanted: Vec<String> = jobs.iter().filter_map(|j| j.idempotency.as_ref().map(|i| i.key.clone())).collect();
+    let mut known = HashMap::new();
+    if !wanted.is_empty() {
+        let rows = sqlx::query(
+            "SELECT key, fingerprint, receipts FROM idempotency_keys WHERE tenant_id = $1 AND key = ANY($2)",
+        )
+        .bind(tenant_id)
+        .bind(&wanted)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            let receipts: String = row.try_get(2)?;
+            known.insert(row.try_get(0)?, (row.try_get(1)?, parse_receipts(&receipts)?));
+        }
+    }
+
+    let plan = plan(seq, hash, jobs, known);
+    if !plan.rows.is_empty() || !plan.keys.is_empty() {
+        let r = &plan.rows;
+        let k = &plan.keys;
+        sqlx::query(
+            "WITH e AS (
+                INSERT INTO events (tenant_id, id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash)
+                SELECT $1, * FROM UNNEST($2::uuid[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+             ), k AS (
+                INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts)
+                SELECT $1, * FROM UNNEST($11::text[], $12::text[], $13::text[])
+             )
+             UPDATE chain_heads SET last_sequence = $14, last_hash = $15 WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .bind(r.iter().map(|x| x.id).collect::<Vec<Uuid>>())
+        .bind(r.iter().map(|x| x.sequence).collect::<Vec<i64>>())
+        .bind(r.iter().map(|x| x.ts).collect::<Vec<DateTime<Utc>>>())
+        .bind(r.iter().map(|x| x.actor_id.as_str()).collect::<Vec<&str>>())
+        .bind(r.iter().map(|x| x.resource_id.as_str()).collect::<Vec<&str>>())
+        .bind(r.iter().map(|x| x.action_type.as_str()).collect::<Vec<&str>>())
+        .bind(r.iter().map(|x| x.body.as_str()).collect::<Vec<&str>>())
+        .bind(r.iter().map(|x| x.hash.as_str()).collect::<Vec<&str>>())
+        .bind(r.iter().map(|x| x.previous_hash.as_str()).collect::<Vec<&str>>())
+        .bind(k.iter().map(|x| x.key.as_str()).collect::<Vec<&str>>())
+        .bind(k.iter().map(|x| x.fingerprint.as_str()).collect::<Vec<&str>>())
+        .bind(k.iter().map(|x| x.receipts.as_str()).collect::<Vec<&str>>())
+        .bind(plan.head_sequence)
+        .bind(&plan.head_hash)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(plan.outcomes)
 }
 
 fn to_row(r: &sqlx::postgres::PgRow) -> Result<StoredRow, StoreError> {

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use audit_api::{StoredEvent, VerifyReport};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{AppendJob, JobOutcome, ListQuery, StoreError, StoredRow, Verifier, parse_receipts, plan};
+use super::{AppendJob, JobOutcome, ListQuery, Run, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan};
 use crate::chain;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -44,71 +44,15 @@ impl SqliteStore {
         Ok(SqliteStore { pool, max: max_connections })
     }
 
-    pub async fn append(&self, tenant_id: &str, jobs: &[AppendJob]) -> Result<Vec<JobOutcome>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
-            .bind(tenant_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (seq, hash): (i64, String) = match head {
-            Some(r) => (r.try_get(0)?, r.try_get(1)?),
-            None => (0, chain::genesis().to_owned()),
-        };
-        let mut known = HashMap::new();
-        for key in jobs.iter().filter_map(|j| j.idempotency.as_ref().map(|i| &i.key)) {
-            let row = sqlx::query("SELECT fingerprint, receipts FROM idempotency_keys WHERE tenant_id = ? AND key = ?")
-                .bind(tenant_id)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = row {
-                let receipts: String = row.try_get(1)?;
-                known.insert(key.clone(), (row.try_get(0)?, parse_receipts(&receipts)?));
-            }
+    /// All runs in one transaction (BEGIN IMMEDIATE holds the database write lock throughout).
+    pub(crate) async fn append(&self, runs: &[Run]) -> Result<Vec<Vec<JobOutcome>>, TxError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| TxError::BeforeCommit(e.into()))?;
+        let mut outcomes = Vec::with_capacity(runs.len());
+        for run in runs {
+            outcomes.push(append_run(&mut tx, &run.tenant_id, &run.jobs).await.map_err(TxError::BeforeCommit)?);
         }
-        let plan = plan(seq, hash, jobs, known);
-        for chunk in plan.rows.chunks(ROWS_PER_INSERT) {
-            let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO events ({COLUMNS}) "));
-            b.push_values(chunk, |mut v, r| {
-                v.push_bind(r.id.to_string())
-                    .push_bind(tenant_id)
-                    .push_bind(r.sequence)
-                    .push_bind(chain::format_timestamp(r.ts))
-                    .push_bind(&r.actor_id)
-                    .push_bind(&r.resource_id)
-                    .push_bind(&r.action_type)
-                    .push_bind(&r.body)
-                    .push_bind(&r.hash)
-                    .push_bind(&r.previous_hash);
-            });
-            b.build().execute(&mut *tx).await?;
-        }
-        let now = chain::format_timestamp(chain::now());
-        for k in &plan.keys {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts, created_at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(tenant_id)
-            .bind(&k.key)
-            .bind(&k.fingerprint)
-            .bind(&k.receipts)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !plan.rows.is_empty() {
-            sqlx::query(
-                "INSERT INTO chain_heads (tenant_id, last_sequence, last_hash) VALUES (?, ?, ?)
-                 ON CONFLICT (tenant_id) DO UPDATE SET last_sequence = excluded.last_sequence, last_hash = excluded.last_hash",
-            )
-            .bind(tenant_id)
-            .bind(plan.head_sequence)
-            .bind(&plan.head_hash)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(plan.outcomes)
+        tx.commit().await.map_err(|e| TxError::AtCommit(e.into()))?;
+        Ok(outcomes)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
@@ -189,6 +133,76 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// One tenant's run inside the shared transaction.
+async fn append_run(
+    tx: &mut SqliteConnection,
+    tenant_id: &str,
+    jobs: &[AppendJob],
+) -> Result<Vec<JobOutcome>, StoreError> {
+    let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
+        .bind(tenant_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let (seq, hash): (i64, String) = match head {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+        None => (0, chain::genesis().to_owned()),
+    };
+    let mut known = HashMap::new();
+    for key in jobs.iter().filter_map(|j| j.idempotency.as_ref().map(|i| &i.key)) {
+        let row = sqlx::query("SELECT fingerprint, receipts FROM idempotency_keys WHERE tenant_id = ? AND key = ?")
+            .bind(tenant_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = row {
+            let receipts: String = row.try_get(1)?;
+            known.insert(key.clone(), (row.try_get(0)?, parse_receipts(&receipts)?));
+        }
+    }
+    let plan = plan(seq, hash, jobs, known);
+    for chunk in plan.rows.chunks(ROWS_PER_INSERT) {
+        let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO events ({COLUMNS}) "));
+        b.push_values(chunk, |mut v, r| {
+            v.push_bind(r.id.to_string())
+                .push_bind(tenant_id)
+                .push_bind(r.sequence)
+                .push_bind(chain::format_timestamp(r.ts))
+                .push_bind(&r.actor_id)
+                .push_bind(&r.resource_id)
+                .push_bind(&r.action_type)
+                .push_bind(&r.body)
+                .push_bind(&r.hash)
+                .push_bind(&r.previous_hash);
+        });
+        b.build().execute(&mut *tx).await?;
+    }
+    let now = chain::format_timestamp(chain::now());
+    for k in &plan.keys {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(tenant_id)
+        .bind(&k.key)
+        .bind(&k.fingerprint)
+        .bind(&k.receipts)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.rows.is_empty() {
+        sqlx::query(
+            "INSERT INTO chain_heads (tenant_id, last_sequence, last_hash) VALUES (?, ?, ?)
+             ON CONFLICT (tenant_id) DO UPDATE SET last_sequence = excluded.last_sequence, last_hash = excluded.last_hash",
+        )
+        .bind(tenant_id)
+        .bind(plan.head_sequence)
+        .bind(&plan.head_hash)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(plan.outcomes)
 }
 
 fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, StoreError> {
