@@ -42,20 +42,8 @@ impl Ctx {
     }
 }
 
-/// Same rule as `testbed::cache_dir` (xtask stays free of the testbed's dependencies).
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AUDCTL_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache"));
-    base.join("audctl")
-}
-
-/// The unprivileged user that runs PostgreSQL and Elasticsearch, which refuse to run as root.
-/// Must match `testbed::RUN_AS_USER`.
-pub const RUN_AS_USER: &str = "audctl-testbed";
+/// One rule for where components live, shared with the tests that start them.
+pub use testbed::{RUN_AS_USER, cache_dir};
 
 /// Create [`RUN_AS_USER`] if missing (we run as root in CI and on dev machines).
 pub fn ensure_run_user() -> anyhow::Result<()> {
