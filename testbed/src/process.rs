@@ -145,6 +145,37 @@ where
     }
 }
 
+/// Live (non-zombie) processes whose process group is one of `pgids`, read from /proc.
+pub fn live_group_members(pgids: &[u32]) -> Vec<u32> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the parenthesised command name: state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let in_group = fields.get(2).and_then(|g| g.parse::<u32>().ok()).is_some_and(|g| pgids.contains(&g));
+        if in_group && fields.first() != Some(&"Z") {
+            live.push(pid);
+        }
+    }
+    live
+}
+
+/// Resident memory of every live process in the process groups `pgids`, in MiB (for reports).
+pub fn rss_mib(pgids: &[u32]) -> f64 {
+    let kib: u64 = live_group_members(pgids)
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum();
+    kib as f64 / 1024.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,25 +197,9 @@ mod tests {
         drop(p);
         // A killed grandchild may stay a zombie until PID 1 reaps it (some sandboxes never do), and
         // killpg(None) counts zombies; what matters is that nothing in the group still runs.
-        let live = live_group_members(pgid);
+        let live = live_group_members(&[pgid as u32]);
         assert!(live.is_empty(), "process group {pgid} survived drop: {live:?}");
         Ok(())
-    }
-
-    /// PIDs whose process group is `pgid` and which are not zombies, from /proc/<pid>/stat.
-    fn live_group_members(pgid: i32) -> Vec<i32> {
-        let mut live = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-            // Fields after the parenthesised command: state, ppid, pgrp, ...
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && fields.first() != Some(&"Z") {
-                live.push(pid);
-            }
-        }
-        live
     }
 
     #[tokio::test]

@@ -42,29 +42,15 @@ fn partition0(producer: &FutureProducer, topic: &str) -> anyhow::Result<(i32, us
     Ok((p.leader(), p.replicas().len(), p.isr().len()))
 }
 
-/// Sum of VmRSS over every process in the process groups `pgids`, in MiB.
-fn rss_mib(pgids: &[u32]) -> f64 {
-    let mut kib = 0u64;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised command name: state, ppid, pgrp, ...
-        let pgrp = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok());
-        if pgrp.is_some_and(|g| pgids.contains(&g)) {
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-            kib += status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    kib as f64 / 1024.0
-}
-
 #[tokio::test]
 async fn single_node_produces_and_consumes() -> anyhow::Result<()> {
     let start = Instant::now();
     let kafka = kafka(1).await?;
-    eprintln!("kafka 1 node ready in {:.1}s, RSS {:.0} MiB", start.elapsed().as_secs_f64(), rss_mib(&kafka.pids()));
+    eprintln!(
+        "kafka 1 node ready in {:.1}s, RSS {:.0} MiB",
+        start.elapsed().as_secs_f64(),
+        testbed::process::rss_mib(&kafka.pids())
+    );
     let target = kafka.target();
     assert_eq!(target.bootstrap_servers.join(","), kafka.bootstrap_servers());
 
@@ -96,7 +82,11 @@ async fn single_node_produces_and_consumes() -> anyhow::Result<()> {
 async fn three_nodes_replicate_and_survive_one_broker_loss() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut kafka = kafka(3).await?;
-    eprintln!("kafka 3 nodes ready in {:.1}s, RSS {:.0} MiB", start.elapsed().as_secs_f64(), rss_mib(&kafka.pids()));
+    eprintln!(
+        "kafka 3 nodes ready in {:.1}s, RSS {:.0} MiB",
+        start.elapsed().as_secs_f64(),
+        testbed::process::rss_mib(&kafka.pids())
+    );
     assert_eq!(kafka.bootstrap_servers().split(',').count(), 3);
 
     let producer = producer(&kafka)?;

@@ -28,24 +28,6 @@ async fn ok_json(what: &str, response: Response) -> anyhow::Result<Value> {
     serde_json::from_str(&body).with_context(|| format!("{what}: not JSON: {body}"))
 }
 
-/// Sum of VmRSS over every process in the process group `pgid`, in MiB.
-fn rss_mib(pgid: u32) -> f64 {
-    let mut kib = 0u64;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised command name: state, ppid, pgrp, ...
-        let pgrp = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok());
-        if pgrp == Some(pgid) {
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-            kib += status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    kib as f64 / 1024.0
-}
-
 async fn health_index_snapshot_restore(node: &Search) -> anyhow::Result<()> {
     let target = node.target();
     assert_eq!(target.url, node.url());
@@ -116,7 +98,11 @@ async fn count(client: &Elasticsearch) -> anyhow::Result<usize> {
 async fn elasticsearch_snapshot_and_restore() -> anyhow::Result<()> {
     let start = Instant::now();
     let node = search().await?;
-    eprintln!("elasticsearch ready in {:.1}s, RSS {:.0} MiB", start.elapsed().as_secs_f64(), rss_mib(node.pid()));
+    eprintln!(
+        "elasticsearch ready in {:.1}s, RSS {:.0} MiB",
+        start.elapsed().as_secs_f64(),
+        testbed::process::rss_mib(&[node.pid()])
+    );
     assert_eq!(node.product(), Product::Elasticsearch);
     health_index_snapshot_restore(&node).await
 }
@@ -125,6 +111,10 @@ async fn elasticsearch_snapshot_and_restore() -> anyhow::Result<()> {
 async fn opensearch_snapshot_and_restore() -> anyhow::Result<()> {
     let start = Instant::now();
     let node = search_with(Product::OpenSearch).await?;
-    eprintln!("opensearch ready in {:.1}s, RSS {:.0} MiB", start.elapsed().as_secs_f64(), rss_mib(node.pid()));
+    eprintln!(
+        "opensearch ready in {:.1}s, RSS {:.0} MiB",
+        start.elapsed().as_secs_f64(),
+        testbed::process::rss_mib(&[node.pid()])
+    );
     health_index_snapshot_restore(&node).await
 }
