@@ -162,8 +162,16 @@ impl RedisSentinel {
     pub async fn wait_for_failover(&self, old_port: u16, timeout: Duration) -> anyhow::Result<u16> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(port) = self.master_addr().await
+            // Every sentinel must report the new master: a client may ask any of them, and one that
+            // has not caught up yet still names the dead node.
+            let mut ports = Vec::with_capacity(self.sentinels.len());
+            for s in &self.sentinels {
+                let out = cli(s.port, &self.password, &["SENTINEL", "get-master-addr-by-name", MASTER_SET]).await;
+                ports.push(out.ok().and_then(|o| parse_master_port(&o).ok()));
+            }
+            if let Some(Some(port)) = ports.first().copied()
                 && port != old_port
+                && ports.iter().all(|p| *p == Some(port))
                 && cli(port, &self.password, &["ROLE"]).await.is_ok_and(|r| r.starts_with("master"))
             {
                 return Ok(port);
