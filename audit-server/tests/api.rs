@@ -1,5 +1,6 @@
 //! The events API end to end over HTTP, each scenario on SQLite and on the testbed's PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
@@ -8,22 +9,6 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use common::{ADMIN_KEY, Api, Backend, Db, KEY_A, KEY_B, event};
 use serde_json::{Value, json};
-
-/// Each scenario as `<name>::sqlite` and `<name>::postgres`.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
 
 on_both!(
     round_trip,

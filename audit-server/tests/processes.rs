@@ -2,6 +2,7 @@
 //! unbroken chain per tenant; `kill -9` during ingest loses no event that got a 201; so does a
 //! PostgreSQL crash.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
@@ -13,21 +14,6 @@ use anyhow::{Result, ensure};
 use common::{ADMIN_KEY, Api, Backend, Db, event, wait_ready};
 use serde_json::json;
 use testbed::Process;
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
 
 on_both!(three_processes_one_chain, kill_9_during_ingest);
 

@@ -8,6 +8,23 @@ use anyhow::Context;
 use audit_server::{ApiKeyConfig, Config, RunningServer};
 use serde_json::{Value, json};
 
+/// Each scenario as `<name>::sqlite` and `<name>::postgres` (the caller imports `Backend`).
+#[allow(unused_macros)] // fuzz.rs shares this module without using the macro
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> anyhow::Result<()> {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
 pub const ADMIN_KEY: &str = "admin-key-for-tests";
 pub const KEY_A: &str = "key-for-tenant-a";
 pub const KEY_B: &str = "key-for-tenant-b";
