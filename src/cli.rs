@@ -66,9 +66,9 @@ pub enum Command {
     /// Render values files into Kubernetes manifests.
     Render(RenderArgs),
     /// Run the go-live checklist as live probes against cluster and datastores.
-    Check(PendingArgs),
+    Check(CheckArgs),
     /// Sign off a checklist item no probe can prove.
-    Attest(PendingArgs),
+    Attest(AttestArgs),
     /// Apply the release to the cluster, wait for it, roll back on failure.
     Deploy(PendingArgs),
     /// Show what a deploy would change in the cluster.
@@ -133,6 +133,73 @@ pub struct RenderArgs {
     /// Print the JSON Schema of the values and exit.
     #[arg(long, conflicts_with_all = ["values", "set", "templates", "output_dir"])]
     pub schema: bool,
+}
+
+/// `audctl check`: the go-live checklist proven live.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only the items of this phase (preprod, j-7, j-1, d-day, j+1); repeatable. Default: every phase.
+    #[arg(long, value_name = "PHASE", value_parser = ["preprod", "j-7", "j-1", "d-day", "j+1"])]
+    pub phase: Vec<String>,
+    /// Only these items (ids, comma-separated or repeated).
+    #[arg(long, value_name = "ID,..")]
+    pub only: Vec<String>,
+    /// Leave these items out (ids, comma-separated or repeated).
+    #[arg(long, value_name = "ID,..")]
+    pub skip: Vec<String>,
+    /// Values file, as for render (manifest probes check exactly what would be deployed); repeatable.
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Set one value after the files, as for render; repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Overall deadline of the run (each probe also has its own timeout), e.g. 60s, 2m.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub timeout: String,
+    /// Checklist file instead of the embedded checklists/go-live.yaml.
+    #[arg(long, value_name = "FILE")]
+    pub checklist: Option<PathBuf>,
+    /// Waivers file (item, reason, owner, expires); default: checklists/waivers.yaml when present.
+    #[arg(long, value_name = "FILE")]
+    pub waivers: Option<PathBuf>,
+    /// Oldest evidence record accepted by evidence items, overriding each item's maxAge (e.g. 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub evidence_max_age: Option<String>,
+    /// Do not write this run's evidence record to the cluster.
+    #[arg(long)]
+    pub no_record: bool,
+    /// List the registered probes and exit.
+    #[arg(long)]
+    pub list_probes: bool,
+}
+
+/// `audctl attest`: sign off a checklist item no probe can prove.
+#[derive(Debug, Args)]
+pub struct AttestArgs {
+    /// Checklist item id (see `audctl check -o json`).
+    #[arg(value_name = "ITEM", required_unless_present = "list")]
+    pub item: Option<String>,
+    /// Who signs off (name or e-mail).
+    #[arg(long, value_name = "NAME", required_unless_present_any = ["list", "revoke"])]
+    pub by: Option<String>,
+    /// What was checked, where the proof is.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    /// Link to the proof (runbook, ticket, report).
+    #[arg(long, value_name = "URL")]
+    pub link: Option<String>,
+    /// When the sign-off lapses: YYYY-MM-DD (valid through that day, UTC) or RFC 3339.
+    #[arg(long, value_name = "DATE")]
+    pub expires: Option<String>,
+    /// List the attestations of the namespace.
+    #[arg(long, conflicts_with_all = ["item", "by", "note", "link", "expires", "revoke"])]
+    pub list: bool,
+    /// Remove the attestation of ITEM.
+    #[arg(long, conflicts_with_all = ["by", "note", "link", "expires"])]
+    pub revoke: bool,
+    /// Checklist file instead of the embedded checklists/go-live.yaml.
+    #[arg(long, value_name = "FILE")]
+    pub checklist: Option<PathBuf>,
 }
 
 /// Arguments of a verb that is not built yet: none are accepted.

@@ -4,9 +4,13 @@
 //! code paths. Dependencies point one way: `cli` -> verbs -> (render, values, output, ...); nothing
 //! below the verbs knows about clap.
 
+pub mod check;
 pub mod cli;
 pub mod error;
+pub mod evidence;
+pub mod kube;
 pub mod output;
+pub mod probes;
 pub mod render;
 pub mod values;
 
@@ -53,6 +57,8 @@ where
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Render(args) => render::run(args),
+        Command::Check(args) => check::run(args, &cli.global),
+        Command::Attest(args) => check::attest::run(args, &cli.global),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
         other => pending::run(other.name()),
