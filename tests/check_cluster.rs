@@ -427,9 +427,10 @@ fn variants() -> Vec<Variant> {
     ]
 }
 
-/// Every probe-proven preprod item, without the datastores (issue 18's probes, their own tests).
+/// The preprod and J-7 items (alerting is J-7), without the datastores (their probes have their
+/// own tests against the testbed's datastores).
 fn preprod_args() -> Vec<&'static str> {
-    vec!["--phase", "preprod", "--skip", "postgres,search,redis,kafka,audit-service", "--no-record"]
+    vec!["--phase", "preprod", "--phase", "j-7", "--skip", "postgres,search,redis,kafka,audit-service", "--no-record"]
 }
 
 #[tokio::test(flavor = "multi_thread")]

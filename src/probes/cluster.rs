@@ -631,9 +631,9 @@ async fn network_policy(ctx: &Context) -> Probed {
         .collect();
     Ok(if picking.is_empty() {
         Finding::fail(format!(
-            "no NetworkPolicy in namespace {} selects the server's pods ({}); {} policies there",
+            "no NetworkPolicy in namespace {} selects the server's pods (app.kubernetes.io/name={}); {} policies there",
             ctx.namespace,
-            selector_text(&labels),
+            ctx.values.name,
             policies.len()
         ))
         .hint("deploy with networkPolicy.enabled=true (the release's NetworkPolicy)")
