@@ -125,6 +125,36 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
     if args.list_probes {
         return list_probes(global.output);
     }
+    let report = evaluate(args, global).await?;
+    output::emit(global.output, &report)?;
+    if global.output == OutputFormat::Table {
+        println!("{}", report.summary_line());
+    }
+    match report.exit_code {
+        0 => Ok(()),
+        crate::error::EXIT_UNREACHABLE => {
+            let what: Vec<String> = report
+                .items()
+                .filter(|i| {
+                    i.blocking
+                        && i.status == Status::Error
+                        && matches!(i.cause.as_deref(), Some("unreachable" | "timeout"))
+                })
+                .map(|i| i.id.clone())
+                .collect();
+            Err(Unreachable {
+                what: "the check's targets".into(),
+                detail: format!("items not evaluated: {}", what.join(", ")),
+            }
+            .into())
+        }
+        _ => Err(CheckFailed(report.summary_line()).into()),
+    }
+}
+
+/// Run the check and return its report (with the exit code it implies), writing the run's evidence
+/// record; printing is the caller's. Used by `audctl check` and `cargo xtask bench check`.
+pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<CheckReport> {
     let started_at = Utc::now();
     let started = Instant::now();
     let timeout = model::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
@@ -225,8 +255,10 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
             }
         }
     };
+    let probing = Instant::now();
     let (runs, attestations, evidence_records) =
         tokio::join!(engine::run_probes(&to_run, &ctx, deadline, on_probe), attest_fut, evidence_fut);
+    let probes_ms = probing.elapsed().as_millis() as u64;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -251,8 +283,9 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
 
     let mut report = build_report(&checklist, args, &namespace, started_at, &verdicts, &runs, waivers_file, code);
     report.wall_ms = started.elapsed().as_millis() as u64;
+    report.probes_ms = probes_ms;
 
-    // The run's own evidence record (not for partial runs: --only/--skip prove less than the checklist).
+    // The run's own evidence record; a partial run (--only/--skip) says so in its figures.
     if !args.no_record && client.is_some() {
         let outcome = match code {
             0 => Outcome::Success,
@@ -262,7 +295,9 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
         let mut ev = Evidence::new("check", outcome, report.summary_line(), started_at)
             .values_digest(evidence::digest_of(&values))
             .figure("wallMs", report.wall_ms)
-            .figure("exitCode", code);
+            .figure("exitCode", code)
+            .figure("only", &args.only)
+            .figure("skip", &args.skip);
         if !args.phase.is_empty() {
             ev = ev.subject(args.phase.join(","));
         }
@@ -272,30 +307,7 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
         report.evidence_record = evidence::record_best_effort(&settings, &namespace, &ev).await;
     }
 
-    output::emit(global.output, &report)?;
-    if global.output == OutputFormat::Table {
-        println!("{}", report.summary_line());
-    }
-    match code {
-        0 => Ok(()),
-        crate::error::EXIT_UNREACHABLE => {
-            let what: Vec<String> = report
-                .items()
-                .filter(|i| {
-                    i.blocking
-                        && i.status == Status::Error
-                        && matches!(i.cause.as_deref(), Some("unreachable" | "timeout"))
-                })
-                .map(|i| i.id.clone())
-                .collect();
-            Err(Unreachable {
-                what: "the check's targets".into(),
-                detail: format!("items not evaluated: {}", what.join(", ")),
-            }
-            .into())
-        }
-        _ => Err(CheckFailed(report.summary_line()).into()),
-    }
+    Ok(report)
 }
 
 fn kube_finding(e: kube::Error, doing: &str) -> Finding {
@@ -392,6 +404,7 @@ fn build_report(
         phases: if args.phase.is_empty() { PHASES.iter().map(|p| p.to_string()).collect() } else { args.phase.clone() },
         started,
         wall_ms: 0,
+        probes_ms: 0,
         slowest_probe,
         waivers_file: waivers_file.map(|p| p.display().to_string()),
         summary,

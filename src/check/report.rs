@@ -22,7 +22,10 @@ pub struct CheckReport {
     pub namespace: String,
     pub phases: Vec<String>,
     pub started: DateTime<Utc>,
+    /// Wall time of the whole run (values, render, probes, records).
     pub wall_ms: u64,
+    /// Wall time of the concurrent phase (probes, attestations and evidence read together).
+    pub probes_ms: u64,
     /// The slowest probe (id, ms): a full check should take about as long as it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slowest_probe: Option<SlowestProbe>,

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [server|render]`: measured runs (not timed tests) of the speed targets.
+//! `cargo xtask bench [server|render|check]`: measured runs (not timed tests) of the speed targets.
 //! Each target lives in its own module function; `all` runs them in turn.
 
 use clap::ValueEnum;
@@ -11,6 +11,8 @@ pub enum BenchTarget {
     Server,
     /// `audctl render` of values-prod.
     Render,
+    /// `audctl check` against the testbed cluster: wall time vs the slowest probe.
+    Check,
 }
 
 #[derive(clap::Args)]
@@ -26,6 +28,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.target == BenchTarget::Server {
         server()?;
+    }
+    if all || args.target == BenchTarget::Check {
+        check()?;
     }
     Ok(())
 }
@@ -47,5 +52,16 @@ fn server() -> anyhow::Result<()> {
     crate::util::step(
         "bench server (pgbench ceiling, then the audit server on PostgreSQL)",
         crate::util::cargo().args(["run", "--release", "-p", "audit-server", "--example", "bench"]),
+    )
+}
+
+/// audctl's `bench_check` example starts the testbed cluster, applies the production render and runs
+/// the check in-process several times: the ratio of a full check's wall time to its slowest probe
+/// shows that probes run concurrently (target <= 1.2). More runs: `cargo run --release -p audctl
+/// --example bench_check -- --runs 30`.
+fn check() -> anyhow::Result<()> {
+    crate::util::step(
+        "bench check (testbed cluster: full check wall time vs its slowest probe)",
+        crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_check"]),
     )
 }
