@@ -47,11 +47,10 @@ pub async fn run_probes(
                     ),
                 )
                 .hint("raise --timeout, or look at why the target answers slowly"),
-                Err(_) => Finding::error(
-                    ErrorCause::Timeout,
-                    format!("no answer within the probe's {}s timeout", own.as_secs()),
-                )
-                .hint("the target is slow or hangs; check its health and the network path"),
+                Err(_) => {
+                    Finding::error(ErrorCause::Timeout, format!("no answer within the probe's {} timeout", secs(own)))
+                        .hint("the target is slow or hangs; check its health and the network path")
+                }
             };
             ProbeRun { id: probe.id().to_owned(), finding, elapsed: started.elapsed() }
         })
@@ -62,6 +61,10 @@ pub async fn run_probes(
         out.push(run);
     }
     out
+}
+
+fn secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{:.1}s", d.as_secs_f64()) }
 }
 
 /// How bad a status is, to combine several into one (worst wins).
@@ -368,4 +371,73 @@ pub fn exit_code(verdicts: &[(bool, &Verdict)]) -> u8 {
 #[cfg(test)]
 pub fn judge_finding_for_test(f: &Finding) -> Verdict {
     Verdict::from_finding(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::{ProbeFuture, Target};
+
+    /// A probe that answers after `delay` with a pass.
+    struct Slow {
+        id: &'static str,
+        delay: Duration,
+        timeout: Duration,
+    }
+
+    impl Probe for Slow {
+        fn id(&self) -> &'static str {
+            self.id
+        }
+        fn target(&self) -> Target {
+            Target::Manifests
+        }
+        fn describe(&self) -> &'static str {
+            "test probe"
+        }
+        fn timeout(&self) -> Duration {
+            self.timeout
+        }
+        fn run<'a>(&'a self, _ctx: &'a Context) -> ProbeFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                Finding::pass("answered")
+            })
+        }
+    }
+
+    fn context() -> Context {
+        let values = crate::values::load(&[], &[]).expect("defaults");
+        Context {
+            namespace: "t".into(),
+            kube: None,
+            targets: Default::default(),
+            values,
+            objects: Vec::new(),
+            conns: Default::default(),
+            now: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn own_timeout_and_overall_deadline_are_errors_with_their_cause() {
+        let ctx = context();
+        let fast = Slow { id: "t.fast", delay: Duration::from_millis(10), timeout: Duration::from_secs(5) };
+        let hangs = Slow { id: "t.hangs", delay: Duration::from_secs(3600), timeout: Duration::from_millis(200) };
+        let long = Slow { id: "t.long", delay: Duration::from_secs(3600), timeout: Duration::from_secs(600) };
+        let probes: Vec<&dyn Probe> = vec![&fast, &hangs, &long];
+        let mut seen = Vec::new();
+        let runs =
+            run_probes(&probes, &ctx, Instant::now() + Duration::from_millis(600), |r| seen.push(r.id.clone())).await;
+        let by_id: BTreeMap<&str, &ProbeRun> = runs.iter().map(|r| (r.id.as_str(), r)).collect();
+        assert_eq!(by_id["t.fast"].finding.status, Status::Pass);
+        let own = &by_id["t.hangs"].finding;
+        assert_eq!((own.status, own.cause), (Status::Error, Some(ErrorCause::Timeout)));
+        assert!(own.message.contains("probe's 0.2s timeout"), "{}", own.message);
+        let overall = &by_id["t.long"].finding;
+        assert_eq!((overall.status, overall.cause), (Status::Error, Some(ErrorCause::Timeout)));
+        assert!(overall.message.contains("--timeout deadline"), "{}", overall.message);
+        // Reported as they finish, fastest first.
+        assert_eq!(seen, ["t.fast", "t.hangs", "t.long"]);
+    }
 }
