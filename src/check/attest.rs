@@ -199,7 +199,9 @@ async fn run_async(args: &AttestArgs, global: &GlobalArgs) -> anyhow::Result<()>
                 eprintln!("revoked the attestation of {id} in namespace {ns}");
                 Ok(())
             } else {
-                Err(CheckFailed(format!("no attestation of {id} in namespace {ns}")).into())
+                let msg = format!("no attestation of {id} in namespace {ns}: nothing to revoke");
+                eprintln!("{msg}");
+                Err(CheckFailed(msg).into())
             }
         }
         Some(id) => {
