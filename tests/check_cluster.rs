@@ -479,6 +479,7 @@ async fn check_against_a_real_cluster() {
     attestations(&bed);
     waivers(&bed);
     evidence(&bed).await;
+    forbidden(&bed);
     unreachable_apiserver(&bed);
 }
 
@@ -691,6 +692,38 @@ async fn record_at(
 ) -> String {
     ev.finished = at;
     audctl::evidence::record(client, ns, &ev).await.expect("record")
+}
+
+/// A user the API server knows but RBAC grants nothing: cluster items are ERROR (forbidden), exit 1.
+fn forbidden(bed: &Bed) {
+    bed.k(&["create", "serviceaccount", "nobody", "-n", "default"]);
+    let out = bed.kubectl(&["create", "token", "nobody", "-n", "default"], "");
+    assert!(out.status.success(), "create token: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let admin = std::fs::read_to_string(bed.kube.kubeconfig()).expect("kubeconfig");
+    let nobody: String = admin
+        .lines()
+        .map(|l| if l.trim_start().starts_with("token:") { format!("    token: {token}") } else { l.to_owned() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = bed.path("nobody.kubeconfig");
+    std::fs::write(&path, nobody).expect("write kubeconfig");
+    let mut args: Vec<String> =
+        ["check", "-n", NS, "-o", "json", "--only", "rbac,cluster-ha", "--no-record"].map(String::from).to_vec();
+    args.extend(bed.values_args());
+    let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .arg("--kubeconfig")
+        .arg(&path)
+        .args(&args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run audctl");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    for id in ["rbac", "cluster-ha"] {
+        let i = item(&report, id);
+        assert_eq!((i["status"].as_str(), i["cause"].as_str()), (Some("ERROR"), Some("forbidden")), "{id}: {i:#}");
+    }
+    assert_eq!(out.status.code(), Some(1), "forbidden is not unreachable: exit 1");
 }
 
 fn unreachable_apiserver(bed: &Bed) {
