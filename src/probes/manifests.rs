@@ -33,7 +33,11 @@ impl Probe for Static {
 pub fn probes() -> Vec<Box<dyn Probe>> {
     let p = |id, describe, check| Box::new(Static { id, describe, check }) as Box<dyn Probe>;
     vec![
-        p("manifests.probes", "liveness and readiness probes on every container of every workload", probes_defined),
+        p(
+            "manifests.probes",
+            "liveness and readiness probes on every container of the Deployments and StatefulSets",
+            probes_defined,
+        ),
         p(
             "manifests.resources",
             "CPU/memory requests and memory limits on every container, datastores included",
@@ -46,7 +50,11 @@ pub fn probes() -> Vec<Box<dyn Probe>> {
             "restricted security contexts (non-root, no escalation, drop ALL, seccomp)",
             security_context,
         ),
-        p("manifests.network-policy", "every pod of the release selected by a NetworkPolicy", network_policy),
+        p(
+            "manifests.network-policy",
+            "every Deployment/StatefulSet pod selected by a NetworkPolicy (operator-run pods: not yet)",
+            network_policy,
+        ),
         p("manifests.images", "images pinned by tag (a digest preferred), never latest", images),
         p(
             "manifests.no-inline-secrets",
