@@ -401,10 +401,11 @@ async fn storage_class(ctx: &Context) -> Probed {
     }
     let classes = list(&Api::<StorageClass>::all(c.clone()), &ListParams::default(), "listing StorageClasses").await?;
     let is_default = |s: &StorageClass| {
-        s.metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.get("storageclass.kubernetes.io/is-default-class").map(String::as_str) == Some("true"))
+        s.metadata.annotations.as_ref().is_some_and(|a| {
+            ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
+                .iter()
+                .any(|k| a.get(*k).map(String::as_str) == Some("true"))
+        })
     };
     let mut problems = Vec::new();
     let mut ok = Vec::new();
@@ -567,7 +568,21 @@ const LOG_SHIPPERS: &[&str] = &[
 async fn log_shipper(ctx: &Context) -> Probed {
     let c = client(ctx)?;
     let sets = list(&Api::<DaemonSet>::all(c.clone()), &ListParams::default(), "listing DaemonSets").await?;
-    let nodes = list(&Api::<Node>::all(c.clone()), &ListParams::default(), "listing nodes").await?;
+    let all_nodes = list(&Api::<Node>::all(c.clone()), &ListParams::default(), "listing nodes").await?;
+    // Nodes where workloads run: schedulable, without NoSchedule/NoExecute taints (a shipper that
+    // skips tainted control-plane nodes still covers every workload).
+    let nodes: Vec<&Node> = all_nodes
+        .iter()
+        .filter(|n| {
+            let spec = n.spec.clone().unwrap_or_default();
+            spec.unschedulable != Some(true)
+                && !spec
+                    .taints
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+        })
+        .collect();
     let shipper = |d: &DaemonSet| {
         let name = d.metadata.name.clone().unwrap_or_default();
         let app = d.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/name").cloned()).unwrap_or_default();
@@ -586,7 +601,7 @@ async fn log_shipper(ctx: &Context) -> Probed {
     );
     let rows = vec![cmp(
         "Ready shipper pods",
-        format!(">= {} (nodes)", nodes.len()),
+        format!(">= {} (workload nodes)", nodes.len()),
         st.number_ready,
         st.number_ready as usize >= nodes.len(),
     )];
