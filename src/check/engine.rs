@@ -160,13 +160,14 @@ impl Verdict {
 /// The probe ids an item needs (patterns expanded).
 pub fn probes_of(entry: &Entry, probe_ids: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for p in &entry.item.probes {
+    for p in entry.item.probes.iter().filter(|p| !p.starts_with('!')) {
         for id in model::expand(p, probe_ids) {
             if !out.iter().any(|o| o == id) {
                 out.push(id.to_owned());
             }
         }
     }
+    out.retain(|id| !entry.item.probes.iter().any(|p| p.strip_prefix('!') == Some(id.as_str())));
     out
 }
 

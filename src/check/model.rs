@@ -194,6 +194,18 @@ pub const PROBE_TARGETS: [&str; 8] =
     ["cluster", "manifests", "postgres", "search", "redis", "kafka", "service", "evidence"];
 
 fn check_probe_ref(probe: &str, probe_ids: &[&str]) -> Result<(), String> {
+    // `!id` takes a probe out of a `target.*` pattern; the probe may not exist in this build.
+    if let Some(excluded) = probe.strip_prefix('!') {
+        let target = excluded.split_once('.').map(|(t, _)| t).unwrap_or_default();
+        return if PROBE_TARGETS.contains(&target) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{probe:?}: an exclusion names a probe id `target.name` (targets: {})",
+                PROBE_TARGETS.join(", ")
+            ))
+        };
+    }
     if let Some(target) = probe.strip_suffix(".*") {
         return if PROBE_TARGETS.contains(&target) {
             Ok(())
@@ -317,6 +329,12 @@ mod tests {
         assert_eq!(expand("postgres.*", &ids), vec!["postgres.replication", "postgres.tuning"]);
         assert!(expand("kafka.*", &ids).is_empty());
         assert!(check_probe_ref("nosuch.*", &ids).is_err());
+    }
+
+    #[test]
+    fn exclusions_take_probes_out_of_patterns() {
+        assert!(check_probe_ref("!service.write", &["service.health"]).is_ok());
+        assert!(check_probe_ref("!nosuch.write", &["service.health"]).is_err());
     }
 
     #[test]
