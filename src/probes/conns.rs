@@ -456,7 +456,7 @@ pub struct SentinelInfo {
 pub struct SentinelView {
     pub addr: String,
     /// Err: unreachable or refused; Ok(None): the sentinel does not know the master set.
-    pub info: Result<Option<SentinelInfo>, String>,
+    pub info: Result<Option<SentinelInfo>, ConnError>,
     /// `SENTINEL CKQUORUM` answer ("OK 3 usable Sentinels..." or the error).
     pub ckquorum: Option<String>,
 }
@@ -530,7 +530,13 @@ async fn sentinel_view(addr: String, set: String, password: Option<String>) -> S
         Ok((host, port)) => {
             let info = match redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port)) {
                 Ok(i) => i,
-                Err(e) => return SentinelView { addr, info: Err(e.to_string()), ckquorum: None },
+                Err(e) => {
+                    return SentinelView {
+                        addr,
+                        info: Err(ConnError::new(ErrorCause::NotConfigured, e.to_string())),
+                        ckquorum: None,
+                    };
+                }
             };
             redis_connect(info, password.as_deref(), &what).await
         }
@@ -538,7 +544,7 @@ async fn sentinel_view(addr: String, set: String, password: Option<String>) -> S
     };
     let mut conn = match conn {
         Ok(c) => c,
-        Err(e) => return SentinelView { addr, info: Err(e.message), ckquorum: None },
+        Err(e) => return SentinelView { addr, info: Err(e), ckquorum: None },
     };
     let fields: redis::RedisResult<Vec<String>> =
         redis::cmd("SENTINEL").arg("master").arg(&set).query_async(&mut conn).await;
@@ -554,7 +560,7 @@ async fn sentinel_view(addr: String, set: String, password: Option<String>) -> S
             }))
         }
         Err(e) if e.to_string().contains("No such master") => Ok(None),
-        Err(e) => Err(redis_error(&what, &e).message),
+        Err(e) => Err(redis_error(&what, &e)),
     };
     let ckquorum = if matches!(info, Ok(Some(_))) {
         let r: redis::RedisResult<String> =
@@ -578,7 +584,24 @@ async fn open_sentinels(t: &audctl_targets::RedisTarget) -> Result<Vec<SentinelV
     }
     let mut views: Vec<(usize, SentinelView)> = set.join_all().await;
     views.sort_by_key(|(i, _)| *i);
-    Ok(views.into_iter().map(|(_, v)| v).collect())
+    let views: Vec<SentinelView> = views.into_iter().map(|(_, v)| v).collect();
+    // No sentinel answered: the target itself is unreachable (or refuses the credentials).
+    let errors: Vec<&ConnError> = views.iter().filter_map(|v| v.info.as_ref().err()).collect();
+    if !views.is_empty() && errors.len() == views.len() {
+        let cause =
+            errors.iter().map(|e| e.cause).find(|c| *c != ErrorCause::Unreachable).unwrap_or(ErrorCause::Unreachable);
+        let mut err = ConnError::new(
+            cause,
+            format!(
+                "no sentinel of {} answered: {}",
+                t.master_set,
+                errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ")
+            ),
+        );
+        err.hint = errors.iter().find_map(|e| e.hint.clone());
+        return Err(err);
+    }
+    Ok(views)
 }
 
 async fn open_master(t: &audctl_targets::RedisTarget, views: &[SentinelView]) -> Result<RedisMaster, ConnError> {
@@ -605,7 +628,7 @@ async fn open_master(t: &audctl_targets::RedisTarget, views: &[SentinelView]) ->
         let why: Vec<String> = views
             .iter()
             .map(|v| match &v.info {
-                Err(e) => e.clone(),
+                Err(e) => e.message.clone(),
                 Ok(_) => format!("sentinel {} does not know {}", v.addr, t.master_set),
             })
             .collect();

@@ -69,7 +69,7 @@ async fn sentinels(ctx: &Context) -> Outcome {
     let mut quorum = None;
     for v in views {
         let (actual, ok) = match &v.info {
-            Err(e) => (format!("unreachable ({e})"), false),
+            Err(e) => (format!("unreachable ({})", e.message), false),
             Ok(None) => {
                 disagree = true;
                 (format!("does not know {set}"), false)
