@@ -735,8 +735,9 @@ impl KafkaConn {
         Ok(KafkaMetadata { brokers, topics })
     }
 
-    /// Cluster metadata, fresh (brokers and every topic's partitions).
-    pub async fn metadata(&self, _topic: Option<&str>) -> Result<KafkaMetadata, Finding> {
+    /// Cluster metadata, fresh: brokers and every topic's partitions (all topics, so that asking
+    /// never auto-creates the audit topic on a broker with `auto.create.topics.enable`).
+    pub async fn metadata(&self) -> Result<KafkaMetadata, Finding> {
         self.fetch().await.map_err(|e| e.finding())
     }
 
@@ -829,5 +830,33 @@ impl HttpConn {
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| http_error(&what, &e).finding())?;
         Ok((status, text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_tls_is_verified_unless_loopback_or_the_url_says() {
+        let (remote, shown) = pg_options("postgres://audit@db.example:5432/audittrail", Some("pw")).expect("url");
+        assert!(matches!(remote.get_ssl_mode(), PgSslMode::VerifyFull));
+        assert_eq!(shown, "db.example:5432/audittrail");
+        let (local, _) = pg_options("postgres://audit@127.0.0.1:5432/audittrail", None).expect("url");
+        assert!(matches!(local.get_ssl_mode(), PgSslMode::Prefer));
+        let (explicit, _) = pg_options("postgres://audit@db.example/a?sslmode=require", None).expect("url");
+        assert!(matches!(explicit.get_ssl_mode(), PgSslMode::Require));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_not_shown() {
+        let (_, shown) = pg_options("postgres://audit:hunter2@db.example:5432/a", None).expect("url");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let err = match pg_options("postgres://audit:hunter2@db.example:notaport/a", None) {
+            Err(e) => e,
+            Ok(_) => panic!("a bad port must be refused"),
+        };
+        assert!(!err.message.contains("hunter2"), "{}", err.message);
+        assert_eq!(err.cause, ErrorCause::NotConfigured);
     }
 }

@@ -39,7 +39,7 @@ fn topic_name(ctx: &Context) -> String {
 
 async fn brokers(ctx: &Context) -> Outcome {
     let kafka = ctx.conns.kafka(&ctx.targets).await?;
-    let md = kafka.metadata(None).await?;
+    let md = kafka.metadata().await?;
     let wanted = ctx.values.kafka.replica_count;
     let ids: Vec<String> = md.brokers.iter().map(|(id, addr)| format!("{id}@{addr}")).collect();
     let rows = vec![row(
@@ -63,7 +63,7 @@ fn retention_text(ms: i64) -> String {
 async fn topic(ctx: &Context) -> Outcome {
     let kafka = ctx.conns.kafka(&ctx.targets).await?;
     let name = topic_name(ctx);
-    let md = kafka.metadata(Some(&name)).await?;
+    let md = kafka.metadata().await?;
     let Some(partitions) = md.topics.get(&name) else {
         return Ok(Finding::fail(format!("topic {name} does not exist"))
             .comparisons(vec![row("topic", &name, "absent", false)])
@@ -117,7 +117,7 @@ async fn topic(ctx: &Context) -> Outcome {
 async fn partitions(ctx: &Context) -> Outcome {
     let kafka = ctx.conns.kafka(&ctx.targets).await?;
     let name = topic_name(ctx);
-    let md: KafkaMetadata = kafka.metadata(None).await?;
+    let md: KafkaMetadata = kafka.metadata().await?;
     let min_isr: usize = match md.topics.contains_key(&name) {
         true => kafka.topic_config(&name).await?.get("min.insync.replicas").and_then(|v| v.parse().ok()).unwrap_or(1),
         false => 1,
