@@ -65,22 +65,27 @@ async fn sentinels(ctx: &Context) -> Outcome {
     }
     let agreed = votes.iter().max_by_key(|(_, n)| **n).map(|(m, _)| m.clone());
     let mut rows = Vec::new();
-    let mut disagree = false;
+    let mut problems = Vec::new();
     let mut quorum = None;
     for v in views {
         let (actual, ok) = match &v.info {
             Err(e) => (format!("unreachable ({})", e.message), false),
             Ok(None) => {
-                disagree = true;
+                problems.push(format!("sentinel {} does not know {set}", v.addr));
                 (format!("does not know {set}"), false)
             }
             Ok(Some(info)) => {
                 quorum = quorum.or(Some(info.quorum));
                 let same = Some(&info.master) == agreed.as_ref();
-                disagree |= !same;
-                let flags =
-                    if info.flags.contains("down") { format!(", master flags {}", info.flags) } else { String::new() };
-                (format!("master {}{flags}", info.master), same && !info.flags.contains("down"))
+                if !same {
+                    problems.push(format!("sentinel {} names master {}", v.addr, info.master));
+                }
+                let down = info.flags.contains("down");
+                if down {
+                    problems.push(format!("sentinel {} flags the master {}", v.addr, info.flags));
+                }
+                let flags = if down { format!(", master flags {}", info.flags) } else { String::new() };
+                (format!("master {}{flags}", info.master), same && !down)
             }
         };
         rows.push(row(
@@ -98,6 +103,9 @@ async fn sentinels(ctx: &Context) -> Outcome {
         quorum.to_string(),
         quorum == wanted_quorum,
     ));
+    if quorum != wanted_quorum {
+        problems.push(format!("quorum = {quorum} (expected {wanted_quorum} (redis.sentinel.quorum))"));
+    }
     // A failover needs `quorum` sentinels to agree the master is down and a majority of all
     // sentinels to authorise the leader.
     let majority = configured / 2 + 1;
@@ -109,22 +117,24 @@ async fn sentinels(ctx: &Context) -> Outcome {
         format!("{} of {configured}", reachable.len()),
         enough,
     ));
-    let ck = reachable.iter().find_map(|v| v.ckquorum.clone());
-    if let Some(ck) = &ck {
-        rows.push(row("SENTINEL CKQUORUM", "OK", ck, ck.starts_with("OK")));
+    if !enough {
+        problems.insert(
+            0,
+            format!("{} of {configured} sentinels reachable, {needed} needed to fail over", reachable.len()),
+        );
     }
-    let ck_ok = ck.as_deref().is_none_or(|c| c.starts_with("OK"));
+    if let Some(ck) = reachable.iter().find_map(|v| v.ckquorum.clone()) {
+        if !ck.starts_with("OK") {
+            problems.push(format!("SENTINEL CKQUORUM: {ck}"));
+        }
+        let ok = ck.starts_with("OK");
+        rows.push(row("SENTINEL CKQUORUM", "OK", ck, ok));
+    }
     let what = format!("Sentinel master set {set}");
-    let finding = if !enough || disagree || quorum != wanted_quorum || !ck_ok || reachable.is_empty() {
-        let mut f = Finding::fail(format!(
-            "{what}: {} of {configured} sentinels reachable, {needed} needed to fail over{}",
-            reachable.len(),
-            if disagree { "; sentinels disagree on the master" } else { "" }
-        ))
-        .comparisons(rows);
-        f = f
-            .hint("bring the sentinels back (they run beside each Redis pod); a master lost now would not be replaced");
-        f
+    let finding = if !problems.is_empty() {
+        Finding::fail(format!("{what}: {}", problems.join("; "))).comparisons(rows).hint(
+            "bring the sentinels back (they run beside each Redis pod) and make them agree; a master lost now might not be replaced",
+        )
     } else {
         let mut f = Finding::pass(format!(
             "{what}: {} of {configured} sentinels reachable and agree on {}; quorum {quorum} reachable",
