@@ -312,8 +312,7 @@ pub struct SearchConn {
 }
 
 fn es_client(url: &Url, credentials: Option<Credentials>) -> Result<Elasticsearch, ConnError> {
-    let mut builder =
-        TransportBuilder::new(SingleNodeConnectionPool::new(url.clone())).timeout(CONNECT_TIMEOUT).disable_proxy();
+    let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url.clone())).timeout(CONNECT_TIMEOUT);
     if let Some(c) = credentials {
         builder = builder.auth(c);
     }
@@ -775,6 +774,10 @@ pub struct HttpConn {
 }
 
 fn http_error(what: &str, e: &reqwest::Error) -> ConnError {
+    if e.is_builder() {
+        return ConnError::new(ErrorCause::NotConfigured, format!("{what}: {}", error_chain(e)))
+            .hint("audit.url must be an http(s) URL");
+    }
     if e.is_connect() || e.is_timeout() {
         ConnError::new(ErrorCause::Unreachable, format!("{what}: {}", error_chain(e)))
     } else {
