@@ -337,7 +337,32 @@ fn es_error(what: &str, e: &elasticsearch::Error) -> ConnError {
     ConnError::new(ErrorCause::Other, format!("{what}: {}", error_chain(e)))
 }
 
-/// "a: b: c" from an error and its sources.
+/// `scheme://user:secret@host` -> `scheme://user:***@host`, wherever URLs appear in `text` (client
+/// errors print the URL they failed on).
+pub fn scrub_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', ' ', ')', '?', '#']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &tail[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => out.push_str(&format!("{user}:***")),
+                    None => out.push_str(userinfo),
+                }
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// "a: b: c" from an error and its sources, URLs' passwords masked.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
@@ -348,7 +373,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    parts.join(": ")
+    scrub_userinfo(&parts.join(": "))
 }
 
 impl SearchConn {
@@ -849,6 +874,15 @@ mod tests {
         assert!(matches!(local.get_ssl_mode(), PgSslMode::Prefer));
         let (explicit, _) = pg_options("postgres://audit@db.example/a?sslmode=require", None).expect("url");
         assert!(matches!(explicit.get_ssl_mode(), PgSslMode::Require));
+    }
+
+    #[test]
+    fn userinfo_is_scrubbed_from_error_text() {
+        assert_eq!(
+            scrub_userinfo("error sending request for url (https://elastic:pa55@es:9200/_cluster/health)"),
+            "error sending request for url (https://elastic:***@es:9200/_cluster/health)"
+        );
+        assert_eq!(scrub_userinfo("http://h:1/a@b and x://u@h"), "http://h:1/a@b and x://u@h");
     }
 
     #[test]
