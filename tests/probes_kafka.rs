@@ -96,6 +96,13 @@ async fn unreachable_and_not_configured() -> anyhow::Result<()> {
         ..Default::default()
     };
     all_error(&context(t, values(&[])), "kafka.", ErrorCause::Unreachable, None).await;
+    // A broker that accepts and never answers.
+    let (_silent, port) = probes_common::silent_port();
+    let t = Targets {
+        kafka: Some(KafkaTarget { bootstrap_servers: vec![format!("127.0.0.1:{port}")], topic: "audit-events".into() }),
+        ..Default::default()
+    };
+    all_error(&context(t, values(&[])), "kafka.", ErrorCause::Unreachable, None).await;
     all_error(&context(Targets::default(), values(&[])), "kafka.", ErrorCause::NotConfigured, None).await;
     Ok(())
 }

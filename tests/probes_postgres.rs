@@ -164,6 +164,17 @@ async fn unreachable_and_not_configured() -> anyhow::Result<()> {
     all_error(&ctx, "postgres.", ErrorCause::Unreachable, Some("s3cret-xyz")).await;
     let f = run(&ctx, "postgres.replication").await;
     assert!(f.message.contains(&format!("127.0.0.1:{port}")), "{}", f.message);
+    // A server that accepts and never answers: ERROR unreachable within the connect timeout.
+    let (_silent, port) = probes_common::silent_port();
+    let t = targets(PostgresTarget {
+        url: format!("postgres://audit@127.0.0.1:{port}/audit"),
+        password: None,
+        replicas: vec![],
+        wal_archive: None,
+    });
+    let ctx = context(t, values(&[]));
+    all_error(&ctx, "postgres.", ErrorCause::Unreachable, None).await;
+    assert!(run(&ctx, "postgres.reachable").await.message.contains("no answer within 5s"));
     // No postgres entry in the targets file.
     all_error(&context(Targets::default(), values(&[])), "postgres.", ErrorCause::NotConfigured, None).await;
     Ok(())

@@ -103,6 +103,15 @@ async fn unreachable_and_not_configured() -> anyhow::Result<()> {
         password: Some(Secret::Inline("pw-abc".into())),
     });
     all_error(&context(t, values(&[])), "redis.", ErrorCause::Unreachable, Some("pw-abc")).await;
+    // Sentinels that accept and never answer.
+    let silent: Vec<_> = (0..3).map(|_| probes_common::silent_port()).collect();
+    let t = targets(RedisTarget {
+        sentinels: silent.iter().map(|(_, port)| format!("127.0.0.1:{port}")).collect(),
+        master_set: "mymaster".into(),
+        url: None,
+        password: None,
+    });
+    all_error(&context(t, values(&[])), "redis.", ErrorCause::Unreachable, None).await;
     all_error(&context(Targets::default(), values(&[])), "redis.", ErrorCause::NotConfigured, None).await;
     Ok(())
 }

@@ -145,6 +145,19 @@ async fn unreachable_and_not_configured() -> anyhow::Result<()> {
         ..Default::default()
     };
     all_error(&context(t, values(&[])), "search.", ErrorCause::Unreachable, Some("es-pw-777")).await;
+    // A node that accepts and never answers.
+    let (_silent, port) = probes_common::silent_port();
+    let t = Targets {
+        search: Some(SearchTarget {
+            url: format!("http://127.0.0.1:{port}"),
+            product: SearchProduct::Opensearch,
+            username: None,
+            password: None,
+            snapshot_repository: None,
+        }),
+        ..Default::default()
+    };
+    all_error(&context(t, values(&[])), "search.", ErrorCause::Unreachable, None).await;
     all_error(&context(Targets::default(), values(&[])), "search.", ErrorCause::NotConfigured, None).await;
     Ok(())
 }

@@ -110,5 +110,10 @@ async fn unreachable_and_not_configured() -> anyhow::Result<()> {
         let f = run(&ctx(&Targets::default(), true), probe).await;
         assert_eq!((f.status, f.cause), (Status::Error, Some(ErrorCause::NotConfigured)), "{probe}: {f:#?}");
     }
+    // A server that accepts and never answers (every service probe shares this connection).
+    let (_silent, port) = probes_common::silent_port();
+    let silent = targets(&format!("http://127.0.0.1:{port}"), "k-silent-2");
+    let f = run(&ctx(&silent, true), "service.health").await;
+    assert_eq!((f.status, f.cause), (Status::Error, Some(ErrorCause::Unreachable)), "{f:#?}");
     Ok(())
 }

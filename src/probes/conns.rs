@@ -537,8 +537,7 @@ async fn redis_connect(
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(CONNECT_TIMEOUT));
-    match tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_multiplexed_async_connection_with_config(&config)).await
-    {
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection_with_config(&config)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(redis_error(what, &e)),
         Err(_) => Err(ConnError::new(
@@ -817,7 +816,7 @@ impl HttpConn {
         // rustls with the webpki roots: certificates are verified.
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CONNECT_TIMEOUT * 2)
+            .timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| ConnError::new(ErrorCause::Other, format!("HTTP client: {e}")))?;
         let conn = HttpConn { client, base: t.url.trim_end_matches('/').to_owned(), api_key, display };

@@ -86,3 +86,11 @@ pub async fn all_error(ctx: &Context, prefix: &str, cause: ErrorCause, secret: O
         }
     }
 }
+
+/// A port that accepts TCP connections (the kernel completes the handshake) and never answers:
+/// a hung server or a black-holed route. Keep the listener alive for the test.
+pub fn silent_port() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local addr").port();
+    (listener, port)
+}
