@@ -51,7 +51,7 @@ pub fn build() -> anyhow::Result<Vec<TestBinary>> {
         let Some(exe) = msg["executable"].as_str() else { continue };
         let manifest = msg["manifest_path"].as_str().map(PathBuf::from).unwrap_or_default();
         let package_dir = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
-        let package = package_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let package = package_name(msg["package_id"].as_str().unwrap_or(""));
         let kind = msg["target"]["kind"][0].as_str().unwrap_or("");
         let target = msg["target"]["name"].as_str().unwrap_or("");
         let name = match kind {
@@ -65,6 +65,16 @@ pub fn build() -> anyhow::Result<Vec<TestBinary>> {
         bail!("building the tests failed ({status})");
     }
     Ok(binaries)
+}
+
+/// "path+file:///work/main#audctl@0.1.0" -> "audctl"; cargo leaves the name out when it is the
+/// folder's ("path+file:///work/main/testbed#0.1.0").
+fn package_name(id: &str) -> String {
+    let (path, fragment) = id.split_once('#').unwrap_or((id, ""));
+    match fragment.split_once('@') {
+        Some((name, _)) => name.to_owned(),
+        None => path.rsplit('/').next().unwrap_or(path).to_owned(),
+    }
 }
 
 /// Outcome of one binary.
@@ -260,6 +270,12 @@ mod tests {
                    test result: FAILED. 2 passed; 2 failed; 0 ignored;\n";
         assert_eq!(parse_totals(out), Totals { passed: 14, failed: 3, ignored: 3 });
         assert_eq!(parse_totals("no result line"), Totals::default());
+    }
+
+    #[test]
+    fn package_names_from_ids() {
+        assert_eq!(package_name("path+file:///work/main#audctl@0.1.0"), "audctl");
+        assert_eq!(package_name("path+file:///tmp/clone/testbed#0.1.0"), "testbed");
     }
 
     #[test]
