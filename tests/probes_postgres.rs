@@ -34,6 +34,13 @@ async fn replication_and_archiving() -> anyhow::Result<()> {
     // Good: one replica streaming, no lag.
     let f = wait_for(&t, &one_replica, "postgres.replication", 60, |f| f.status == Status::Pass).await;
     assert_eq!(row(&f, "streaming replicas").actual, "1", "{f:#?}");
+    // A user without pg_monitor cannot see replication: ERROR forbidden, never a false count.
+    pg.sql("CREATE ROLE plain_user LOGIN PASSWORD 'plain-pw-1'").await?;
+    let mut plain = pg.target();
+    plain.url = plain.url.replace("audctl@", "plain_user@");
+    plain.password = Some(Secret::Inline("plain-pw-1".into()));
+    let f = run(&context(targets(plain), one_replica.clone()), "postgres.replication").await;
+    assert_eq!((f.status, f.cause), (Status::Error, Some(ErrorCause::Forbidden)), "{f:#?}");
     // Values asking for two: FAIL naming both numbers.
     let f = run(&context(t.clone(), values(&["postgresql.readReplicas.replicaCount=2"])), "postgres.replication").await;
     assert_status(&f, Status::Fail);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::Row;
 
 use super::conns::{self, probe, row};
-use super::{Comparison, Context, Finding, Probe, Target};
+use super::{Comparison, Context, ErrorCause, Finding, Probe, Target};
 
 /// Replay lag above which a replica fails: one WAL segment, and ten seconds.
 pub const MAX_LAG_BYTES: i64 = 16 * 1024 * 1024;
@@ -110,7 +110,7 @@ async fn replication(ctx: &Context) -> Outcome {
     let v = &ctx.values.postgresql;
     let wanted = if v.architecture == "replication" { v.read_replicas.replica_count } else { 0 };
     let rows = sqlx::query(
-        "SELECT coalesce(application_name, ''), coalesce(client_addr::text, 'local'), state, \
+        "SELECT coalesce(application_name, ''), coalesce(client_addr::text, 'local'), coalesce(state, ''), \
                 coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint, \
                 coalesce(extract(epoch FROM replay_lag), 0)::float8 \
          FROM pg_stat_replication ORDER BY application_name",
@@ -118,6 +118,14 @@ async fn replication(ctx: &Context) -> Outcome {
     .fetch_all(&pg.pool)
     .await
     .map_err(|e| conns::pg_query_error(&pg.display, &e))?;
+    // Without pg_monitor (or superuser) the columns of other sessions read as NULL.
+    if rows.iter().any(|r| r.get::<String, _>(2).is_empty()) {
+        return Err(Finding::error(
+            ErrorCause::Forbidden,
+            format!("PostgreSQL {}: pg_stat_replication is hidden from this user", pg.display),
+        )
+        .hint("grant pg_monitor to the user in postgres.url"));
+    }
     let mut table = Vec::new();
     let streaming = rows.iter().filter(|r| r.get::<String, _>(2) == "streaming").count();
     table.push(row(
