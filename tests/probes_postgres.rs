@@ -52,6 +52,17 @@ async fn replication_and_archiving() -> anyhow::Result<()> {
     pg.sql("CREATE TABLE warmup AS SELECT 1 AS x; SELECT pg_switch_wal()").await?;
     let f = wait_for(&t, &one_replica, "postgres.archiving", 60, |f| f.status == Status::Pass).await;
     assert!(row(&f, "last archived segment").actual.contains("s old"), "{f:#?}");
+    // The archive directory is visible here: the reported segment must be in it.
+    let archive = pg.wal_archive_dir().expect("archive dir").to_owned();
+    let segment = f.comparisons.iter().find(|c| c.name.contains(" in ")).expect("a segment row").name.clone();
+    let file = archive.join(segment.split(' ').next().expect("segment name"));
+    assert!(file.is_file(), "{} missing", file.display());
+    let kept = std::fs::read(&file)?;
+    std::fs::remove_file(&file)?;
+    let f = run(&context(t.clone(), one_replica.clone()), "postgres.archiving").await;
+    assert_status(&f, Status::Fail);
+    assert!(f.message.contains(&format!("{segment} = absent (expected present)")), "{}", f.message);
+    std::fs::write(&file, kept)?;
 
     // Lagging replica: replay paused on the replica while the primary writes ~40 MB of WAL.
     let replica_url = pg.replica_url().expect("replica");
@@ -65,7 +76,6 @@ async fn replication_and_archiving() -> anyhow::Result<()> {
     wait_for(&t, &one_replica, "postgres.replication", 120, |f| f.status == Status::Pass).await;
 
     // Archiving failing: the archive directory stops being writable.
-    let archive = pg.wal_archive_dir().expect("archive dir").to_owned();
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o500))?;
     pg.sql("INSERT INTO warmup VALUES (2); SELECT pg_switch_wal()").await?;
     let f = wait_for(&t, &one_replica, "postgres.archiving", 90, |f| f.status == Status::Fail).await;

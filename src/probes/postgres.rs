@@ -213,6 +213,18 @@ async fn archiving(ctx: &Context) -> Outcome {
             None => ("never archived a segment".to_owned(), false),
         };
         rows.push(row("last archived segment", format!("<= {max_min} min old"), &actual, ok));
+        // When the archive is a directory audctl can see (targets postgres.walArchive), the
+        // segment the server reports archived must be there.
+        let dir = ctx.targets.postgres.as_ref().and_then(|t| t.wal_archive.as_ref()).filter(|d| d.is_dir());
+        if let Some(dir) = dir.filter(|_| !last_wal.is_empty()) {
+            let present = dir.join(&last_wal).is_file();
+            rows.push(row(
+                format!("{last_wal} in {}", dir.display()),
+                "present",
+                if present { "present" } else { "absent" },
+                present,
+            ));
+        }
     }
     let mut finding = Finding::from_comparisons("WAL archiving", rows);
     if failing {
