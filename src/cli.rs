@@ -171,6 +171,10 @@ pub struct CheckArgs {
     /// List the registered probes and exit.
     #[arg(long)]
     pub list_probes: bool,
+    /// Also write an event in a dedicated tenant, read it back and verify its chain (service.write).
+    /// Off by default: a check should not write to production unless asked.
+    #[arg(long)]
+    pub write_probe: bool,
 }
 
 /// `audctl attest`: sign off a checklist item no probe can prove.

@@ -193,7 +193,7 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
         targets,
         values: values.clone(),
         objects,
-        conns: Default::default(),
+        conns: crate::probes::conns::Connections::with_write_probe(args.write_probe),
         now: started_at,
     };
 
