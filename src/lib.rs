@@ -5,6 +5,7 @@
 //! below the verbs knows about clap.
 
 pub mod cli;
+pub mod deploy;
 pub mod error;
 pub mod evidence;
 pub mod kube;
@@ -56,6 +57,10 @@ where
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Render(args) => render::run(args),
+        Command::Deploy(args) => deploy::deploy(&cli.global, args),
+        Command::Diff(args) => deploy::diff(&cli.global, args),
+        Command::History(args) => deploy::history(&cli.global, args),
+        Command::Rollback(args) => deploy::rollback(&cli.global, args),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
         other => pending::run(other.name()),
