@@ -86,7 +86,7 @@ async fn audctl(k: &testbed::Kube, args: &[&str]) -> Output {
         .arg("--kubeconfig")
         .arg(k.kubeconfig())
         .args(args)
-        .env("NO_COLOR", "1")
+        .env_remove("NO_COLOR")
         .env_remove("AUDCTL_TARGETS")
         .stdin(Stdio::null())
         .output()
@@ -514,7 +514,7 @@ async fn killed_deploy_leaves_a_lock_the_next_deploy_recovers() {
             "--lock-lease",
             "8s",
         ])
-        .env("NO_COLOR", "1")
+        .env_remove("NO_COLOR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -590,7 +590,7 @@ async fn wrong_context_is_refused() {
                     "2m",
                 ])
                 .args(extra)
-                .env("NO_COLOR", "1")
+                .env_remove("NO_COLOR")
                 .output()
                 .await
                 .expect("audctl")
