@@ -477,7 +477,11 @@ async fn diff_exit_codes_and_secret_masking() {
     assert_eq!(code(&out), 1, "{}", text(&out));
     let diff = String::from_utf8_lossy(&out.stdout);
     assert!(diff.contains(&format!("--- live/Deployment/{ns}/audit-trail")), "{diff}");
-    assert!(diff.contains("+          image: registry.example.com/audit-trail/audit-server:0.2.0"), "{diff}");
+    assert!(
+        diff.lines().any(|l| l.starts_with('+')
+            && l.trim_start_matches('+').trim() == "image: registry.example.com/audit-trail/audit-server:0.2.0"),
+        "{diff}"
+    );
     assert!(diff.contains(&format!("+++ rendered/Secret/{ns}/audit-trail-test")), "{diff}");
     assert!(diff.contains("*** (before)") && diff.contains("*** (after)"), "changed secret value shown masked: {diff}");
     for leak in ["s3cr3t", "czNjcjN0", "managedFields"] {

@@ -40,9 +40,6 @@ pub async fn diff(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<()> {
         }
         plan::normalize(&mut after);
         plan::mask_secret(before.as_mut(), &mut after);
-        if let Some(b) = before.as_mut() {
-            mask_alone(b);
-        }
         let text = unified(&m.id, before.as_ref(), Some(&after))?;
         if !text.is_empty() {
             changed += 1;

@@ -445,7 +445,10 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     }
     output::emit(global.output, &report)?;
     match failure {
-        Some(msg) => Err(CheckFailed(msg).into()),
+        Some(msg) => {
+            eprintln!("{}: {msg}", output::paint_error("deploy failed"));
+            Err(CheckFailed(msg).into())
+        }
         None => Ok(()),
     }
 }
@@ -495,7 +498,7 @@ async fn finish(
             release::update(&run.client, rev).await?;
             eprintln!(
                 "{}: revision {} failed:\n  {}",
-                output::paint_error("deploy failed"),
+                output::paint_error("rollout failed"),
                 rev.revision,
                 what.join("\n  ")
             );

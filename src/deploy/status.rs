@@ -92,10 +92,9 @@ pub fn assess(kind: &str, obj: &Value) -> Readiness {
 pub fn pods(kind: &str, obj: &Value) -> Option<Pods> {
     let wanted = int(obj, &["spec", "replicas"]).unwrap_or(1);
     let ready = match kind {
-        // Ready pods of the new template only: old ones do not count toward this rollout.
-        "Deployment" => int(obj, &["status", "updatedReplicas"])
-            .unwrap_or(0)
-            .min(int(obj, &["status", "availableReplicas"]).unwrap_or(0)),
+        // Available pods (old and new: the status has no count of ready updated pods); the wait's
+        // message says how far the update is.
+        "Deployment" => int(obj, &["status", "availableReplicas"]).unwrap_or(0).min(wanted),
         "StatefulSet" => int(obj, &["status", "readyReplicas"]).unwrap_or(0),
         _ => return None,
     };
