@@ -19,14 +19,23 @@ pub struct Resources {
 /// Look up every apiVersion the objects use. Kinds the cluster does not serve (a CRD not installed)
 /// are all reported together, as a usage error (exit 2), before anything is applied.
 pub async fn resolve(client: &kube::Client, ids: &[&ObjectRef]) -> anyhow::Result<Resources> {
-    let versions: BTreeSet<&str> = ids.iter().map(|r| r.api_version.as_str()).collect();
-    let mut served: BTreeMap<&str, BTreeMap<String, (String, bool)>> = BTreeMap::new();
+    let versions: BTreeSet<String> = ids.iter().map(|r| r.api_version.clone()).collect();
+    // One discovery request per apiVersion, all at once.
+    let mut tasks = tokio::task::JoinSet::new();
     for av in versions {
-        let list = if av.contains('/') {
-            client.list_api_group_resources(av).await
-        } else {
-            client.list_core_api_resources(av).await
-        };
+        let client = client.clone();
+        tasks.spawn(async move {
+            let list = if av.contains('/') {
+                client.list_api_group_resources(&av).await
+            } else {
+                client.list_core_api_resources(&av).await
+            };
+            (av, list)
+        });
+    }
+    let mut served: BTreeMap<String, BTreeMap<String, (String, bool)>> = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (av, list) = joined?;
         let kinds = match list {
             Ok(l) => l
                 .resources
@@ -94,6 +103,10 @@ impl Resources {
             (true, None) => Api::default_namespaced_with(client.clone(), ar),
             (false, _) => Api::all_with(client.clone(), ar),
         })
+    }
+
+    pub fn knows(&self, r: &ObjectRef) -> bool {
+        self.found.contains_key(&(r.api_version.clone(), r.kind.clone()))
     }
 
     pub fn namespaced(&self, r: &ObjectRef) -> bool {

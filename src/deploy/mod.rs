@@ -234,6 +234,7 @@ impl Run<'_> {
             );
             return Ok(Applied::Failed { what: conflicts });
         }
+        tracing::info!("applied {} objects", manifests.len());
         let ids = plan::inventory(manifests);
         let abort = || lock.lost().then(|| "the release lock was taken by another run (--force-unlock)".to_owned());
         match wait::wait(&self.client, &self.resources, &ids, timeout, &abort).await? {
@@ -400,8 +401,15 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
         let mut revs = release::list(&client, &ns, &name).await?;
         settle_interrupted(&client, &mut revs).await?;
         let previous = live_inventory(&revs);
-        let resources = resolve_all(&client, &manifests, &previous).await?;
+        // Kinds only in earlier inventories (a CRD since removed...) need a second look.
+        let resources = if previous.iter().all(|r| resources.knows(r)) {
+            resources
+        } else {
+            resolve_all(&client, &manifests, &previous).await?
+        };
+        let t = Instant::now();
         preflight(&client, &resources, &manifests, args.apply.force_conflicts).await?;
+        tracing::info!("preflight dry run of {} objects: {:.2}s", manifests.len(), t.elapsed().as_secs_f64());
         let number = revs.first().map(|r| r.revision + 1).unwrap_or(1);
         let mut rev = Revision {
             release: name.clone(),

@@ -176,13 +176,13 @@ fn pdb(obj: &Value) -> Readiness {
 }
 
 fn hpa(obj: &Value) -> Readiness {
-    // Accepted once the HPA controller has looked at it (AbleToScale set). ScalingActive=False without
-    // a metrics server is not a rollout failure: minReplicas is still enforced.
+    // Accepted once stored (kstatus: an HPA has no rollout of its own). The controller reports on
+    // its first sync (up to --horizontal-pod-autoscaler-sync-period, 15 s by default), so waiting
+    // for that would only add latency; a target it cannot scale (AbleToScale=False) is waited on.
+    // ScalingActive=False without a metrics server is not a rollout failure: minReplicas still holds.
     match cond_status(obj, "AbleToScale") {
-        Some("True") => Readiness::Ready,
-        Some(_) => Readiness::InProgress(cond_text(obj, "AbleToScale")),
-        None if obj.pointer("/status/currentReplicas").is_some() => Readiness::Ready,
-        None => Readiness::InProgress("HPA controller has not reported yet".into()),
+        Some("False") => Readiness::InProgress(cond_text(obj, "AbleToScale")),
+        _ => Readiness::Ready,
     }
 }
 

@@ -24,7 +24,7 @@ pub enum Outcome {
     Failed(Vec<String>),
 }
 
-const POLL: Duration = Duration::from_millis(400);
+const POLL: Duration = Duration::from_millis(250);
 
 pub async fn wait(
     client: &kube::Client,

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [server|render]`: measured runs (not timed tests) of the speed targets.
+//! `cargo xtask bench [server|render|deploy]`: measured runs (not timed tests) of the speed targets.
 //! Each target lives in its own module function; `all` runs them in turn.
 
 use clap::ValueEnum;
@@ -11,6 +11,8 @@ pub enum BenchTarget {
     Server,
     /// `audctl render` of values-prod.
     Render,
+    /// `audctl deploy` of values-prod on the testbed vs `kubectl apply --server-side` + `rollout status`.
+    Deploy,
 }
 
 #[derive(clap::Args)]
@@ -26,6 +28,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.target == BenchTarget::Server {
         server()?;
+    }
+    if all || args.target == BenchTarget::Deploy {
+        deploy()?;
     }
     Ok(())
 }
@@ -47,5 +52,15 @@ fn server() -> anyhow::Result<()> {
     crate::util::step(
         "bench server (pgbench ceiling, then the audit server on PostgreSQL)",
         crate::util::cargo().args(["run", "--release", "-p", "audit-server", "--example", "bench"]),
+    )
+}
+
+/// audctl's `bench_deploy` example starts the testbed cluster and times, in the same run and on the
+/// same objects, `audctl deploy` of values-prod against `kubectl apply --server-side` followed by
+/// `kubectl rollout status` (median of 3 rounds, fresh namespaces). Aim: audctl no slower.
+fn deploy() -> anyhow::Result<()> {
+    crate::util::step(
+        "bench deploy (values-prod on the testbed: audctl deploy vs kubectl apply --server-side + rollout status)",
+        crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_deploy"]),
     )
 }
