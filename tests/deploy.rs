@@ -362,7 +362,24 @@ async fn failed_rollout_is_rolled_back_automatically() {
     assert_eq!(states(&h), vec![(3, "deployed".into()), (2, "failed".into()), (1, "superseded".into())]);
     assert!(h[0]["action"].as_str().is_some_and(|a| a.contains("automatic rollback to 1")), "{}", h[0]);
 
-    // A crash-looping rollout with --no-rollback: the reason is CrashLoopBackOff and it is left as is.
+    // A crash-looping rollout with --no-rollback, its Deployment given a 5 s progress deadline (the
+    // templates with one line added): the controller-manager declares ProgressDeadlineExceeded, long
+    // before --timeout; the reason is CrashLoopBackOff and the rollout is left as it is.
+    let templates = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(root().join("templates")).expect("templates") {
+        let path = entry.expect("entry").path();
+        let mut text = std::fs::read_to_string(&path).expect("template");
+        if path.ends_with("deployment.yaml.j2") {
+            text = text.replacen(
+                "  revisionHistoryLimit: 5\n",
+                "  revisionHistoryLimit: 5\n  progressDeadlineSeconds: 5\n",
+                1,
+            );
+            assert!(text.contains("progressDeadlineSeconds: 5"), "deployment template changed shape");
+        }
+        std::fs::write(templates.path().join(path.file_name().expect("name")), text).expect("copy");
+    }
+    let tdir = templates.path().display().to_string();
     let out = audctl(
         k,
         &[
@@ -375,14 +392,19 @@ async fn failed_rollout_is_rolled_back_automatically() {
             "replicaCount=2",
             "--set",
             "image.tag=crashloop",
+            "--templates",
+            &tdir,
             "--timeout",
-            "20s",
+            "10m",
             "--no-rollback",
         ],
     )
     .await;
     assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(!stderr(&out).contains("not ready after"), "failed by the deadline, not the timeout: {}", text(&out));
+    assert!(stderr(&out).contains("ProgressDeadlineExceeded"), "{}", text(&out));
     assert!(stderr(&out).contains("CrashLoopBackOff"), "{}", text(&out));
+    assert!(stderr(&out).contains("BackOff"), "the failing pod's event: {}", text(&out));
     assert!(stderr(&out).contains("--no-rollback"), "{}", text(&out));
     assert!(image_of(&deployment(&c, ns).await).ends_with(":crashloop"));
     assert_eq!(history(k, ns).await[0]["state"], "failed");
