@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         ours.push(start.elapsed().as_secs_f64());
 
         let ns = format!("bench-kubectl-{round}");
-        let values = audctl::values::load(&[prod.clone()], &[format!("namespace.name={ns}")])?;
+        let values = audctl::values::load(std::slice::from_ref(&prod), &[format!("namespace.name={ns}")])?;
         let stream = audctl::render::to_stream(&audctl::render::render(&values, None)?);
         let start = Instant::now();
         let mut apply = k

@@ -188,3 +188,18 @@ impl Drop for Held {
         self.renewer.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_expiry_from_renew_time_and_duration() {
+        let ago = |s: i64| MicroTime(Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(s));
+        let live = LeaseSpec { renew_time: Some(ago(2)), lease_duration_seconds: Some(30), ..Default::default() };
+        assert!(remaining(&live) > 20.0);
+        let dead = LeaseSpec { renew_time: Some(ago(60)), lease_duration_seconds: Some(30), ..Default::default() };
+        assert!(remaining(&dead) < 0.0);
+        assert!(remaining(&LeaseSpec::default()) < 0.0, "a lease never renewed is free");
+    }
+}

@@ -236,3 +236,28 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
         None => Some(format!("phase {}", status.phase.clone().unwrap_or_else(|| "Pending".into()))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status})).expect("pod")
+    }
+
+    #[test]
+    fn pod_problems_name_the_reason() {
+        let ready = pod(serde_json::json!({"conditions": [{"type": "Ready", "status": "True"}]}));
+        assert_eq!(pod_problem(&ready), None);
+        let crash = pod(serde_json::json!({"conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}]}));
+        assert_eq!(pod_problem(&crash).as_deref(), Some("container server CrashLoopBackOff (restarts 4) back-off 40s"));
+        let pull = pod(serde_json::json!({"containerStatuses": [{"name": "server", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}));
+        assert!(pod_problem(&pull).is_some_and(|p| p.contains("ImagePullBackOff")));
+        let unschedulable = pod(serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}));
+        assert_eq!(pod_problem(&unschedulable).as_deref(), Some("Unschedulable: 0/3 nodes are available"));
+    }
+}
