@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod deploy;
 pub mod error;
 pub mod evidence;
 pub mod kube;
@@ -59,6 +60,10 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::run(args),
         Command::Check(args) => check::run(args, &cli.global),
         Command::Attest(args) => check::attest::run(args, &cli.global),
+        Command::Deploy(args) => deploy::deploy(&cli.global, args),
+        Command::Diff(args) => deploy::diff(&cli.global, args),
+        Command::History(args) => deploy::history(&cli.global, args),
+        Command::Rollback(args) => deploy::rollback(&cli.global, args),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
         other => pending::run(other.name()),

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [server|render|check]`: measured runs (not timed tests) of the speed targets.
+//! `cargo xtask bench [server|render|check|deploy]`: measured runs (not timed tests) of the speed targets.
 //! Each target lives in its own module function; `all` runs them in turn.
 
 use clap::ValueEnum;
@@ -13,6 +13,8 @@ pub enum BenchTarget {
     Render,
     /// `audctl check` against the testbed cluster: wall time vs the slowest probe.
     Check,
+    /// `audctl deploy` of values-prod on the testbed vs `kubectl apply --server-side` + `rollout status`.
+    Deploy,
 }
 
 #[derive(clap::Args)]
@@ -31,6 +33,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.target == BenchTarget::Check {
         check()?;
+    }
+    if all || args.target == BenchTarget::Deploy {
+        deploy()?;
     }
     Ok(())
 }
@@ -63,5 +68,15 @@ fn check() -> anyhow::Result<()> {
     crate::util::step(
         "bench check (testbed cluster: full check wall time vs its slowest probe)",
         crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_check"]),
+    )
+}
+
+/// audctl's `bench_deploy` example starts the testbed cluster and times, in the same run and on the
+/// same objects, `audctl deploy` of values-prod against `kubectl apply --server-side` followed by
+/// `kubectl rollout status` (median of 3 rounds, fresh namespaces). Aim: audctl no slower.
+fn deploy() -> anyhow::Result<()> {
+    crate::util::step(
+        "bench deploy (values-prod on the testbed: audctl deploy vs kubectl apply --server-side + rollout status)",
+        crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_deploy"]),
     )
 }
