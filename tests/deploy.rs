@@ -194,7 +194,8 @@ async fn local_install_dry_run_upgrade_prune_and_explicit_rollback() {
     let d = deployment(&c, ns).await;
     assert_eq!(d.status.as_ref().and_then(|s| s.ready_replicas), Some(1), "one replica ready");
     assert_eq!(states(&history(k, ns).await), vec![(1, "deployed".into())]);
-    // The evidence record of the deploy (verb deploy, subject environment/namespace).
+    // The evidence record of the deploy (verb deploy, subject the values' environment, as the
+    // checklist's staging-deploy/prod-deploy items look it up).
     let cms = Api::<ConfigMap>::namespaced(c.clone(), ns)
         .list(&ListParams::default().labels("audctl.io/kind=evidence,audctl.io/verb=deploy"))
         .await
@@ -202,6 +203,7 @@ async fn local_install_dry_run_upgrade_prune_and_explicit_rollback() {
     assert_eq!(cms.items.len(), 1, "one deploy evidence record");
     let labels = cms.items[0].metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("audctl.io/outcome").map(String::as_str), Some("success"), "{labels:?}");
+    assert_eq!(labels.get("audctl.io/subject").map(String::as_str), Some("local"), "{labels:?}");
 
     // A ConfigMap audctl did not create, in the same namespace: never touched.
     let manual =

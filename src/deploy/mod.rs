@@ -144,14 +144,14 @@ fn current_cluster(settings: &KubeSettings) -> anyhow::Result<(Option<String>, O
     Ok((context, server))
 }
 
-/// Evidence subject: `environment/namespace` (environment: values cluster.environment, else the
-/// context, else "cluster").
-fn subject(values_env: Option<&str>, settings: &KubeSettings, ns: &str) -> String {
-    let env = values_env
+/// Evidence subject: the environment (values cluster.environment, else the context, else "cluster"),
+/// as the checklist's evidence items name it ("staging", "production"). The namespace needs no
+/// mention: the record lives in it.
+fn subject(values_env: Option<&str>, settings: &KubeSettings) -> String {
+    values_env
         .map(str::to_owned)
         .or_else(|| current_cluster(settings).ok().and_then(|(c, _)| c))
-        .unwrap_or_else(|| "cluster".into());
-    format!("{env}/{ns}")
+        .unwrap_or_else(|| "cluster".into())
 }
 
 /// Result of a deploy or rollback, as printed on stdout.
@@ -443,7 +443,7 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     let (report, failure) = result?;
     let ev_outcome = if failure.is_some() { EvOutcome::Failure } else { EvOutcome::Success };
     let ev = Evidence::new("deploy", ev_outcome, report.outcome.clone(), started_wall)
-        .subject(subject(values.cluster.environment.as_deref(), &settings, &ns))
+        .subject(subject(values.cluster.environment.as_deref(), &settings))
         .values_digest(evidence::digest_of(&values))
         .figure("revision", report.revision.unwrap_or(0))
         .figure("seconds", report.seconds)
@@ -789,7 +789,7 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
         summary.clone(),
         started_wall,
     )
-    .subject(subject(env.as_deref(), &settings, &ns))
+    .subject(subject(env.as_deref(), &settings))
     .figure("revision", number.unwrap_or(0))
     .figure("target", target.revision);
     let ev = match &target.values_digest {
