@@ -1,7 +1,8 @@
 //! The PrometheusRule's expressions must query series the audit server really exports: start the
 //! server in-process (SQLite), scrape /actuator/prometheus as Prometheus would, and check every metric
 //! of the rendered alerts against the scrape (kube_* series come from kube-state-metrics, not the
-//! server). The server's declared list, audit_server::metrics::METRIC_NAMES, is checked as well.
+//! server). The server's declared list, audit_server::metrics::METRIC_NAMES, is checked as well, and
+//! the rendered server configuration is read by the server's own `Config`.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -24,21 +25,105 @@ fn alert_metrics() -> BTreeSet<String> {
     names
 }
 
-/// Identifiers directly followed by a label matcher: `name{...}` (every series in the seed's
-/// expressions carries one).
+/// Every metric name (selector) of a PromQL expression, with or without label matchers: the
+/// identifiers left once string literals, `{...}` matchers, `[...]` ranges, numbers and durations,
+/// keywords, function and aggregation names and the label lists of `by`/`without`/`on`/`ignoring`/
+/// `group_left`/`group_right` are set aside.
 fn metric_names(expr: &str) -> Vec<String> {
+    const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+    const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "atan2", "inf", "nan", "Inf", "NaN"];
+    const AGGREGATIONS: &[&str] = &[
+        "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
+        "quantile", "limitk", "limit_ratio",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let next_non_space = |mut i: usize| {
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    // Index just past the quote, bracket or parenthesis closing the one at `i`.
+    let skip = |i: usize| -> usize {
+        let open = chars[i];
+        if matches!(open, '"' | '\'' | '`') {
+            let mut j = i + 1;
+            while j < chars.len() && chars[j] != open {
+                j += if chars[j] == '\\' && open != '`' { 2 } else { 1 };
+            }
+            return j + 1;
+        }
+        let close = match open {
+            '{' => '}',
+            '[' => ']',
+            _ => ')',
+        };
+        let mut j = i + 1;
+        while j < chars.len() && chars[j] != close {
+            if matches!(chars[j], '"' | '\'' | '`') {
+                let mut k = j + 1;
+                while k < chars.len() && chars[k] != chars[j] {
+                    k += if chars[k] == '\\' { 2 } else { 1 };
+                }
+                j = k;
+            }
+            j += 1;
+        }
+        j + 1
+    };
     let mut out = Vec::new();
-    let bytes = expr.as_bytes();
-    for (i, _) in expr.match_indices('{') {
-        let start = bytes[..i]
-            .iter()
-            .rposition(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b':'))
-            .map_or(0, |p| p + 1);
-        if start < i {
-            out.push(expr[start..i].to_owned());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if matches!(c, '"' | '\'' | '`' | '{' | '[') {
+            i = skip(i);
+        } else if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+            // Numbers (0.99, 1e3, 0x1f) and durations (5m, 1h30m).
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '_') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let after = next_non_space(i);
+            let next = chars.get(after).copied();
+            let next_word: String = chars[after..].iter().take_while(|c| c.is_ascii_alphabetic()).collect();
+            if LABEL_LISTS.contains(&word.as_str()) {
+                if next == Some('(') {
+                    i = skip(after);
+                }
+            } else if KEYWORDS.contains(&word.as_str()) || next == Some('(') {
+                // A keyword, or a function or aggregation applied to its arguments.
+            } else if AGGREGATIONS.contains(&word.as_str()) && (next_word == "by" || next_word == "without") {
+                // `sum by (x) (...)`: the clause comes before the arguments.
+            } else {
+                out.push(word);
+            }
+        } else {
+            i += 1;
         }
     }
     out
+}
+
+#[test]
+fn promql_metric_names_with_and_without_labels() {
+    let expr = r#"sum by (le) (rate(http_server_requests_seconds_bucket{uri!~"/actuator.*",x='a}b'}[5m] offset 1h))
+        / on (app) group_left(team) up > 0.99 and audit_db_pool_connections_max
+        unless count without (pod) (kube_pod_info{namespace="x"}) > bool 1e3 or topk(3, foo:bar_ratio)"#;
+    assert_eq!(
+        metric_names(expr),
+        [
+            "http_server_requests_seconds_bucket",
+            "up",
+            "audit_db_pool_connections_max",
+            "kube_pod_info",
+            "foo:bar_ratio"
+        ]
+    );
 }
 
 /// The metric family a series belongs to (histogram series carry _bucket/_count/_sum).
@@ -106,4 +191,65 @@ fn servicemonitor_attaches_the_app_label_the_alerts_filter_on() {
     assert_eq!(relabel["replacement"], "audit-trail");
     let rule = objects.iter().find(|o| o.kind == "PrometheusRule").expect("a PrometheusRule");
     assert!(rule.text.contains("app=\"audit-trail\""));
+}
+
+/// The rendered server configuration, read by audit_server's own `Config` (which refuses unknown
+/// fields) through the environment the rendered Deployment gives the pod: the ConfigMap's
+/// config.yaml at AUDIT_CONFIG_FILE and an API keys file, in the format the audit-server README
+/// documents for the Secret, at AUDIT_API_KEYS_FILE. Render and server cannot drift apart unseen.
+#[test]
+fn rendered_server_config_is_read_by_the_server() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["values/values-prod.yaml", "values/values-local.yaml"] {
+        let values = audctl::values::load(&[root.join(file)], &[]).expect("values");
+        let objects = audctl::render::render(&values, None).expect("render");
+        let config_map = objects
+            .iter()
+            .filter(|o| o.kind == "ConfigMap")
+            .map(|o| serde_yaml::from_str::<serde_yaml::Value>(&o.text).expect("ConfigMap YAML"))
+            .find(|doc| doc["data"]["config.yaml"].is_string())
+            .unwrap_or_else(|| panic!("{file}: no ConfigMap with config.yaml"));
+        let deployment = objects.iter().find(|o| o.kind == "Deployment").expect("a Deployment");
+        let deployment: serde_yaml::Value = serde_yaml::from_str(&deployment.text).expect("Deployment YAML");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let mut env = std::collections::BTreeMap::new();
+        for var in container["env"].as_sequence().expect("container env") {
+            let name = var["name"].as_str().expect("env name").to_owned();
+            let value = match var["value"].as_str() {
+                Some(v) => v.to_owned(),
+                // From the Secret: a stand-in of the right form.
+                None => "postgres://audit@db.example:5432/audit".to_owned(),
+            };
+            env.insert(name, value);
+        }
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config_map["data"]["config.yaml"].as_str().unwrap_or_default()).expect("write");
+        let keys_path = dir.path().join("api-keys.yaml");
+        let keys = format!(
+            "- name: ingest-acme\n  sha256: {}\n  tenants: [acme, globex]\n- name: auditors\n  key: plain-key\n  tenants: [\"*\"]\n",
+            "ab".repeat(32)
+        );
+        std::fs::write(&keys_path, keys).expect("write");
+        assert_eq!(env.get("AUDIT_CONFIG_FILE").map(String::as_str), Some("/etc/audit-trail/config/config.yaml"));
+        assert_eq!(env.get("AUDIT_API_KEYS_FILE").map(String::as_str), Some("/etc/audit-trail/secrets/api-keys.yaml"));
+        env.insert("AUDIT_CONFIG_FILE".into(), config_path.display().to_string());
+        env.insert("AUDIT_API_KEYS_FILE".into(), keys_path.display().to_string());
+
+        let config = audit_server::Config::from_lookup(|name| env.get(name).cloned())
+            .unwrap_or_else(|e| panic!("{file}: the server refuses the rendered configuration: {e:#}"));
+        let s = &values.server;
+        assert_eq!(config.listen.port(), s.port, "{file}");
+        assert_eq!(config.data_dir, Path::new(&s.data_dir), "{file}");
+        assert_eq!(config.db_max_connections, s.db_max_connections, "{file}");
+        assert_eq!(config.rate_limit_per_second, s.rate_limit_per_second, "{file}");
+        assert_eq!(config.rate_limit_burst, s.rate_limit_burst, "{file}");
+        assert_eq!(config.shutdown_delay.as_secs_f64(), s.shutdown_delay_seconds, "{file}");
+        assert_eq!(config.request_timeout.as_secs_f64(), s.request_timeout_seconds, "{file}");
+        assert_eq!(config.group_commit_max_events, s.group_commit_max_events as usize, "{file}");
+        assert!(config.database_url.is_some(), "{file}: DATABASE_URL not passed");
+        let tenants: Vec<Vec<String>> = config.api_keys.iter().map(|k| k.tenants.clone()).collect();
+        assert_eq!(tenants, [vec!["acme".to_owned(), "globex".to_owned()], vec!["*".to_owned()]], "{file}");
+    }
 }
