@@ -33,8 +33,20 @@ fn metric_names(expr: &str) -> Vec<String> {
     const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
     const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "atan2", "inf", "nan", "Inf", "NaN"];
     const AGGREGATIONS: &[&str] = &[
-        "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-        "quantile", "limitk", "limit_ratio",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
     ];
     let chars: Vec<char> = expr.chars().collect();
     let next_non_space = |mut i: usize| {

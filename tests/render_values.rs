@@ -79,7 +79,10 @@ fn ingress_tls_without_secret_name() {
 fn jvm_options_for_the_rust_server_refused() {
     let values = "resources:\n  limits:\n    memory: 4Gi\nenv:\n  - name: JAVA_OPTS\n    value: -Xms2g -Xmx6g\n";
     let e = refused(values, &[]);
-    assert_has(&e, "bad.yaml:5:11: env[0].name: JAVA_OPTS: JVM options have no effect, the audit server is a Rust binary");
+    assert_has(
+        &e,
+        "bad.yaml:5:11: env[0].name: JAVA_OPTS: JVM options have no effect, the audit server is a Rust binary",
+    );
 }
 
 #[test]

@@ -489,7 +489,9 @@ async fn shutdown_and_metrics(backend: Backend) -> Result<()> {
         "{text}"
     );
     for status in ["200", "404"] {
-        let series = format!(r#"http_server_requests_seconds_count{{method="GET",uri="/api/v1/events/{{id}}",status="{status}"}} 1"#);
+        let series = format!(
+            r#"http_server_requests_seconds_count{{method="GET",uri="/api/v1/events/{{id}}",status="{status}"}} 1"#
+        );
         ensure!(text.contains(&series), "no {series} in:\n{text}");
     }
     ensure!(!text.contains(&id) && !text.contains(&unknown), "raw ids leak into labels:\n{text}");

@@ -114,7 +114,8 @@ fn stop_default_services() {
         let running = Command::new("service").args([service, "status"]).output().is_ok_and(|o| o.status.success());
         if running {
             // Best effort: failing to stop only wastes memory, the testbed never uses default ports.
-            if let Err(e) = step(&format!("stop Debian's default {service}"), as_root("service").args([service, "stop"]))
+            if let Err(e) =
+                step(&format!("stop Debian's default {service}"), as_root("service").args([service, "stop"]))
             {
                 eprintln!("debian: {e:#}");
             }

@@ -39,7 +39,9 @@ fn distributions() -> [Distribution; 2] {
     [
         Distribution {
             name: format!("elasticsearch-{ELASTICSEARCH_VERSION}"),
-            artifact: format!("org.elasticsearch.distribution.integ-test-zip:elasticsearch:{ELASTICSEARCH_VERSION}:zip"),
+            artifact: format!(
+                "org.elasticsearch.distribution.integ-test-zip:elasticsearch:{ELASTICSEARCH_VERSION}:zip"
+            ),
             launcher: "bin/elasticsearch",
             sha512: "cf6b0a93860d329937ae7f913ec5073b0c726c77639764b93fc83a304aa1dd9d4defcfa2849948eea3b0b47c2065f994908603939fc2a4774c9c4d868c5ec1dd",
         },

@@ -74,7 +74,8 @@ pub fn run(cmd: DepsCommand) -> anyhow::Result<()> {
             // One install at a time per cache (two clones, CI next to a developer): they would race
             // on the same folders and on Maven's local repository.
             let lock_path = ctx.cache.join(".install.lock");
-            let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+            let lock =
+                std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
             if lock.try_lock().is_err() {
                 eprintln!("deps install: waiting for another install holding {}", lock_path.display());
                 lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
