@@ -394,8 +394,12 @@ impl WriteLock {
 
     async fn release(self) -> Result<()> {
         match self {
-            WriteLock::Postgres(mut c) => drop(sqlx::raw_sql("ROLLBACK").execute(&mut c).await?),
-            WriteLock::Sqlite(mut c) => drop(sqlx::raw_sql("ROLLBACK").execute(&mut c).await?),
+            WriteLock::Postgres(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await?;
+            }
+            WriteLock::Sqlite(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await?;
+            }
         }
         Ok(())
     }
