@@ -1,20 +1,28 @@
 //! `cargo xtask ci`: exactly what `.ci/run` runs.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::util::{cargo, step};
+use crate::testrun;
+use crate::util::{self, cargo, step};
+
+/// A test binary still running after this long is killed and counted as failed: one hung test must
+/// not eat CI's whole budget.
+const BINARY_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 #[derive(clap::Args)]
 pub struct CiArgs {
     /// Skip `deps install` (the components are already installed).
     #[arg(long)]
     pub no_install: bool,
-    /// Not CI: skip fmt and clippy and run `cargo test ARGS...` instead of the whole workspace, with
-    /// the same totals and left-over process check (e.g. `--only -p testbed --lib`).
+    /// Test binaries run at once (most of their time is spent waiting on started components).
+    #[arg(long, env = "AUDCTL_CI_JOBS", default_value_t = 3)]
+    pub jobs: usize,
+    /// Not CI: skip fmt, clippy and the doc tests, and build and run only the test binaries these
+    /// `cargo test` arguments select (e.g. `--only -p testbed --lib`), with the same totals and
+    /// left-over process check.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARGS")]
     pub only: Option<Vec<String>>,
 }
@@ -23,59 +31,47 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     if !args.no_install {
         crate::deps::run(crate::deps::DepsCommand::Install)?;
     }
-    let test_args = match args.only {
-        Some(only) => only,
-        None => {
-            step("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
-            step("cargo clippy", cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-            vec!["--workspace".to_owned()]
-        }
-    };
-    test(&test_args)
+    if args.only.is_none() {
+        step("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
+        step("cargo clippy", cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    test(args.jobs, args.only)
 }
 
-/// `cargo test`, passing its output through and ending with one total over all test binaries
-/// (cargo prints a `test result:` line per binary, the last often a doc-test run of zero), then
-/// the check that no process the tests started outlived them.
-fn test(args: &[String]) -> anyhow::Result<()> {
-    // Built first, without the run id: build helpers (a compiler cache server, say) may outlive the
-    // build legitimately and must not count as left behind.
-    step("cargo test --no-run", cargo().args(["test", "--no-run"]).args(args))?;
-    let run_id = run_id();
+/// Every test binary of the workspace (several at once, see testrun.rs), then the doc tests, ending
+/// with one total line that CI reads, then the check that no process the tests started outlived
+/// them.
+fn test(jobs: usize, only: Option<Vec<String>>) -> anyhow::Result<()> {
     let start = Instant::now();
-    eprintln!("==> cargo test ({}={run_id})", testbed::scratch::RUN_ID_ENV);
-    let mut child = cargo()
-        .args(["test", "--no-fail-fast"])
-        .args(args)
-        .env(testbed::scratch::RUN_ID_ENV, &run_id)
-        // Tests that could rewrite their own expectations (UPDATE_GOLDEN) refuse to under CI.
-        .env("CI", "true")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
-    let stdout = child.stdout.take().context("cargo test stdout")?;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(counts) = line.strip_prefix("test result: ") {
-            passed += count(counts, "passed");
-            failed += count(counts, "failed");
-            ignored += count(counts, "ignored");
-        }
+    eprintln!("==> cargo test (build)");
+    // Built without the run id: build helpers (a compiler cache server, say) may outlive the build
+    // legitimately and must not count as left behind.
+    let selection = only.clone().unwrap_or_else(|| vec!["--workspace".to_owned()]);
+    let binaries = testrun::build(&selection)?;
+    let run_id = run_id();
+    // Every test process gets the run id (testbed passes it on to what it starts), and CI=true:
+    // tests that could rewrite their own expectations (UPDATE_GOLDEN) refuse to.
+    let env = [(testbed::scratch::RUN_ID_ENV.to_owned(), run_id.clone()), ("CI".to_owned(), "true".to_owned())];
+    eprintln!("==> {} test binaries, {jobs} at a time ({}={run_id})", binaries.len(), testbed::scratch::RUN_ID_ENV);
+    let mut totals = testrun::run(binaries, jobs, BINARY_TIMEOUT, &env)?;
+    if only.is_none() {
+        let mut doc = cargo();
+        doc.args(["test", "--workspace", "--doc"]).envs(env.iter().map(|(k, v)| (k, v)));
+        let (doc_ok, doc_out) = util::capture_all(&mut doc)?;
+        print!("{doc_out}");
+        let doc = testrun::parse_totals(&doc_out);
+        totals.passed += doc.passed;
+        totals.failed += doc.failed + u64::from(!doc_ok && doc.failed == 0);
+        totals.ignored += doc.ignored;
     }
-    let status = child.wait()?;
-    eprintln!(
-        "<== cargo test: {} in {:.1}s",
-        if status.success() { "ok" } else { "FAILED" },
-        start.elapsed().as_secs_f64()
-    );
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    let verdict = if totals.failed == 0 { "ok" } else { "FAILED" };
+    eprintln!("<== cargo test: {verdict} in {:.1}s", start.elapsed().as_secs_f64());
+    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     let left_behind = left_behind(&run_id);
-    if !status.success() || failed > 0 {
-        bail!("cargo test failed ({status})");
+    if totals.failed > 0 {
+        bail!("{} test(s) failed", totals.failed);
     }
-    if passed == 0 {
+    if totals.passed == 0 {
         bail!("cargo test ran no test");
     }
     left_behind
@@ -106,27 +102,4 @@ fn left_behind(run_id: &str) -> anyhow::Result<()> {
         let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     }
     bail!("{} process(es) started by the tests outlived them (listed above, now killed)", left.len())
-}
-
-/// The number before `word` in "ok. 12 passed; 0 failed; 1 ignored; ...".
-fn count(counts: &str, word: &str) -> u64 {
-    counts
-        .split(';')
-        .find_map(|part| {
-            let mut it = part.split_whitespace().rev();
-            (it.next() == Some(word)).then(|| it.next()?.parse().ok()).flatten()
-        })
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::count;
-
-    #[test]
-    fn counts_are_read_from_a_result_line() {
-        let line = "ok. 12 passed; 1 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.07s";
-        assert_eq!((count(line, "passed"), count(line, "failed"), count(line, "ignored")), (12, 1, 3));
-        assert_eq!(count("FAILED. 0 passed; 2 failed;", "passed"), 0);
-    }
 }

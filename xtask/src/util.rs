@@ -90,3 +90,9 @@ impl Stamp {
         std::fs::write(&path, &self.0).with_context(|| format!("writing {}", path.display()))
     }
 }
+
+/// Run a command; whether it succeeded, and its stdout (stderr passes through).
+pub fn capture_all(cmd: &mut Command) -> anyhow::Result<(bool, String)> {
+    let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {cmd:?}"))?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+}
