@@ -90,6 +90,15 @@ pub fn install(_ctx: &super::Ctx) -> anyhow::Result<()> {
     } else {
         eprintln!("debian: missing {}", missing.join(" "));
         if !is_root() {
+            let sudo =
+                std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("sudo").is_file()));
+            if !sudo {
+                anyhow::bail!(
+                    "missing Debian packages {}: installing them needs root, and there is no sudo; run \
+                     `cargo xtask deps install` as root once, or install them yourself",
+                    missing.join(" ")
+                );
+            }
             eprintln!("debian: not root: apt-get runs through sudo");
         }
         // `sudo VAR=value cmd` passes the variable on where `sudo` would drop an inherited one.
