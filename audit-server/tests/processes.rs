@@ -51,6 +51,8 @@ async fn try_start_process(db: &Db, name: &str) -> Result<(Process, Api)> {
         async move { Ok(wait_ready(&probe, Duration::from_millis(1)).await.is_ok()) }
     })
     .await?;
+    // A killed test run's server would be found and swept by the next start.
+    testbed::scratch::check_swept_if_abandoned(&[process.pid()])?;
     Ok((process, api))
 }
 

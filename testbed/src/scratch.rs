@@ -110,12 +110,55 @@ pub fn processes_of_run(run_id: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// Processes whose current directory is `dir` or below it.
+/// The instance directory `pid` works in and the pid its owner file names: how the sweep of a later
+/// run finds the process once that owner is gone (tests check every component's processes have one).
+pub fn instance_of(pid: u32) -> Option<(PathBuf, i32)> {
+    working_paths(pid as i32).into_iter().find_map(|path| {
+        path.ancestors().find_map(|dir| {
+            let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?.trim().parse().ok()?;
+            Some((dir.to_owned(), owner))
+        })
+    })
+}
+
+/// Where a process works: its current directory, then the absolute paths on its command line (a
+/// JVM may run from `/` and name its config and data directories only there: Elasticsearch does).
+fn working_paths(pid: i32) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_link(format!("/proc/{pid}/cwd")).into_iter().collect();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    for arg in cmdline.split(|b| *b == 0).filter_map(|a| std::str::from_utf8(a).ok()) {
+        // `--data-dir=/x`, `-Des.path.conf=/x`, `/x`
+        let value = arg.rsplit_once('=').map_or(arg, |(_, v)| v);
+        if value.starts_with('/') && value.len() > 1 {
+            paths.push(PathBuf::from(value));
+        }
+    }
+    paths
+}
+
+/// Fails unless every live process in the process groups `pgids` works inside an instance
+/// directory owned by this process (see [`instance_of`]).
+pub fn check_swept_if_abandoned(pgids: &[u32]) -> anyhow::Result<()> {
+    let members = crate::process::live_group_members(pgids);
+    anyhow::ensure!(!members.is_empty(), "no live process in groups {pgids:?}");
+    for pid in members {
+        match instance_of(pid) {
+            Some((_, owner)) if owner == std::process::id() as i32 => {}
+            other => anyhow::bail!(
+                "process {pid} ({:?}) is not inside an instance dir owned by this process: {other:?}",
+                std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Processes working in `dir` or below it: current directory, or a path on the command line.
 fn processes_under(dir: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .filter(|pid| working_paths(*pid).iter().any(|p| p.starts_with(dir)))
         .collect()
 }
 

@@ -136,6 +136,8 @@ async fn dropping_the_cluster_stops_every_process() -> anyhow::Result<()> {
     let pids = kube.pids();
     let kubeconfig = kube.kubeconfig().to_owned();
     assert_eq!(pids.len(), 5, "etcd, apiserver, controller-manager, scheduler, kwok");
+    // A killed test run's control plane would be found and swept by the next start.
+    testbed::scratch::check_swept_if_abandoned(&pids)?;
     drop(kube);
     // Not killpg(pid, None): it also counts zombies, which a slow reaper may leave for a while.
     let live = testbed::process::live_group_members(&pids);

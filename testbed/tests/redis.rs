@@ -116,6 +116,7 @@ async fn processes_and_files_are_gone_after_drop() -> anyhow::Result<()> {
     let rs = redis_sentinel().await?;
     let pids = rs.pids();
     assert_eq!(pids.len(), 5, "primary, replica and three sentinels");
+    testbed::scratch::check_swept_if_abandoned(&pids)?;
     let conf_dir = std::path::PathBuf::from(format!("/proc/{}/cwd", pids[0])).read_link()?;
     let start = Instant::now();
     drop(rs);
