@@ -1,6 +1,6 @@
 //! Golden tests: the manifests of the shipped values files, byte for byte.
 //! `UPDATE_GOLDEN=1 cargo test -p audctl --test render_golden` rewrites tests/golden/*.yaml; review
-//! the diff before committing it.
+//! the diff before committing it. Refused when `CI` is set.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +30,11 @@ fn render(files: &[&str]) -> String {
 #[test]
 fn golden_manifests() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    // In CI a rewrite would make this test pass whatever the render produced.
+    assert!(
+        !(update && std::env::var_os("CI").is_some()),
+        "UPDATE_GOLDEN is set in CI (CI is set): refusing to rewrite the golden files; unset it"
+    );
     let mut failures = Vec::new();
     for (case, files) in CASES {
         let actual = render(files);

@@ -1,7 +1,8 @@
 //! The PrometheusRule's expressions must query series the audit server really exports: start the
 //! server in-process (SQLite), scrape /actuator/prometheus as Prometheus would, and check every metric
 //! of the rendered alerts against the scrape (kube_* series come from kube-state-metrics, not the
-//! server). The server's declared list, audit_server::metrics::METRIC_NAMES, is checked as well.
+//! server). The server's declared list, audit_server::metrics::METRIC_NAMES, is checked as well, and
+//! the rendered server configuration is read by the server's own `Config`.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -15,6 +16,23 @@ fn alert_metrics() -> BTreeSet<String> {
     let objects = audctl::render::render(&values, None).expect("render prod");
     let rule = objects.iter().find(|o| o.kind == "PrometheusRule").expect("a PrometheusRule");
     audctl::probes::service::rule_metrics(&rule.text).expect("PrometheusRule expressions")
+}
+
+#[test]
+fn promql_metric_names_with_and_without_labels() {
+    let expr = r#"sum by (le) (rate(http_server_requests_seconds_bucket{uri!~"/actuator.*",x='a}b'}[5m] offset 1h))
+        / on (app) group_left(team) up > 0.99 and audit_db_pool_connections_max
+        unless count without (pod) (kube_pod_info{namespace="x"}) > bool 1e3 or topk(3, foo:bar_ratio)"#;
+    assert_eq!(
+        audctl::probes::service::metric_names(expr),
+        [
+            "http_server_requests_seconds_bucket",
+            "up",
+            "audit_db_pool_connections_max",
+            "kube_pod_info",
+            "foo:bar_ratio"
+        ]
+    );
 }
 
 /// The metric family a series belongs to (histogram series carry _bucket/_count/_sum).
@@ -78,4 +96,65 @@ fn servicemonitor_attaches_the_app_label_the_alerts_filter_on() {
     assert_eq!(relabel["replacement"], "audit-trail");
     let rule = objects.iter().find(|o| o.kind == "PrometheusRule").expect("a PrometheusRule");
     assert!(rule.text.contains("app=\"audit-trail\""));
+}
+
+/// The rendered server configuration, read by audit_server's own `Config` (which refuses unknown
+/// fields) through the environment the rendered Deployment gives the pod: the ConfigMap's
+/// config.yaml at AUDIT_CONFIG_FILE and an API keys file, in the format the audit-server README
+/// documents for the Secret, at AUDIT_API_KEYS_FILE. Render and server cannot drift apart unseen.
+#[test]
+fn rendered_server_config_is_read_by_the_server() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["values/values-prod.yaml", "values/values-local.yaml"] {
+        let values = audctl::values::load(&[root.join(file)], &[]).expect("values");
+        let objects = audctl::render::render(&values, None).expect("render");
+        let config_map = objects
+            .iter()
+            .filter(|o| o.kind == "ConfigMap")
+            .map(|o| serde_yaml::from_str::<serde_yaml::Value>(&o.text).expect("ConfigMap YAML"))
+            .find(|doc| doc["data"]["config.yaml"].is_string())
+            .unwrap_or_else(|| panic!("{file}: no ConfigMap with config.yaml"));
+        let deployment = objects.iter().find(|o| o.kind == "Deployment").expect("a Deployment");
+        let deployment: serde_yaml::Value = serde_yaml::from_str(&deployment.text).expect("Deployment YAML");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let mut env = std::collections::BTreeMap::new();
+        for var in container["env"].as_sequence().expect("container env") {
+            let name = var["name"].as_str().expect("env name").to_owned();
+            let value = match var["value"].as_str() {
+                Some(v) => v.to_owned(),
+                // From the Secret: a stand-in of the right form.
+                None => "postgres://audit@db.example:5432/audit".to_owned(),
+            };
+            env.insert(name, value);
+        }
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config_map["data"]["config.yaml"].as_str().unwrap_or_default()).expect("write");
+        let keys_path = dir.path().join("api-keys.yaml");
+        let keys = format!(
+            "- name: ingest-acme\n  sha256: {}\n  tenants: [acme, globex]\n- name: auditors\n  key: plain-key\n  tenants: [\"*\"]\n",
+            "ab".repeat(32)
+        );
+        std::fs::write(&keys_path, keys).expect("write");
+        assert_eq!(env.get("AUDIT_CONFIG_FILE").map(String::as_str), Some("/etc/audit-trail/config/config.yaml"));
+        assert_eq!(env.get("AUDIT_API_KEYS_FILE").map(String::as_str), Some("/etc/audit-trail/secrets/api-keys.yaml"));
+        env.insert("AUDIT_CONFIG_FILE".into(), config_path.display().to_string());
+        env.insert("AUDIT_API_KEYS_FILE".into(), keys_path.display().to_string());
+
+        let config = audit_server::Config::from_lookup(|name| env.get(name).cloned())
+            .unwrap_or_else(|e| panic!("{file}: the server refuses the rendered configuration: {e:#}"));
+        let s = &values.server;
+        assert_eq!(config.listen.port(), s.port, "{file}");
+        assert_eq!(config.data_dir, Path::new(&s.data_dir), "{file}");
+        assert_eq!(config.db_max_connections, s.db_max_connections, "{file}");
+        assert_eq!(config.rate_limit_per_second, s.rate_limit_per_second, "{file}");
+        assert_eq!(config.rate_limit_burst, s.rate_limit_burst, "{file}");
+        assert_eq!(config.shutdown_delay.as_secs_f64(), s.shutdown_delay_seconds, "{file}");
+        assert_eq!(config.request_timeout.as_secs_f64(), s.request_timeout_seconds, "{file}");
+        assert_eq!(config.group_commit_max_events, s.group_commit_max_events as usize, "{file}");
+        assert!(config.database_url.is_some(), "{file}: DATABASE_URL not passed");
+        let tenants: Vec<Vec<String>> = config.api_keys.iter().map(|k| k.tenants.clone()).collect();
+        assert_eq!(tenants, [vec!["acme".to_owned(), "globex".to_owned()], vec!["*".to_owned()]], "{file}");
+    }
 }

@@ -76,10 +76,13 @@ fn ingress_tls_without_secret_name() {
 }
 
 #[test]
-fn heap_above_memory_limit() {
+fn jvm_options_for_the_rust_server_refused() {
     let values = "resources:\n  limits:\n    memory: 4Gi\nenv:\n  - name: JAVA_OPTS\n    value: -Xms2g -Xmx6g\n";
     let e = refused(values, &[]);
-    assert_has(&e, "bad.yaml:6:12: env[0].value: -Xmx6g is above the memory limit resources.limits.memory=4Gi");
+    assert_has(
+        &e,
+        "bad.yaml:5:11: env[0].name: JAVA_OPTS: JVM options have no effect, the audit server is a Rust binary",
+    );
 }
 
 #[test]
@@ -92,6 +95,13 @@ fn inline_password_refused() {
 fn bad_set_points_at_the_argument() {
     let e = refused("{}\n", &["--set", "autoscaling.maxReplicas=many"]);
     assert_has(&e, "--set autoscaling.maxReplicas=many: autoscaling.maxReplicas: wrong type: found string \"many\"");
+}
+
+#[test]
+fn huge_set_index_is_refused_not_a_panic() {
+    let e = refused("{}\n", &["--set", "env[18446744073709551615]=x"]);
+    assert_has(&e, "list index 18446744073709551615 is too large (at most 9999)");
+    assert!(!e.contains("panicked"), "{e}");
 }
 
 #[test]

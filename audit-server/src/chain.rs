@@ -125,10 +125,28 @@ mod tests {
     #[test]
     fn hash_covers_previous_link() {
         let a = link_hash("{}", GENESIS);
-        assert_eq!(a.len(), 64);
+        // Computed outside this code: `printf '{}GENESIS' | sha256sum`.
+        assert_eq!(a, "0455d68d75d77a703656a69b594bad21935c852814b7e729ad69c3db2d1a2ae6");
         assert_ne!(a, link_hash("{}", &a));
-        // SHA-256("{}GENESIS"), computed independently with `printf '{}GENESIS' | sha256sum`.
-        assert_eq!(a, hex::encode(Sha256::digest(b"{}GENESIS")));
+    }
+
+    /// The canonical body and both links of a fixed event, as literals computed by the README's
+    /// Python recipe (json.dumps sort_keys, ensure_ascii=False; hashlib.sha256), not by this code.
+    #[test]
+    fn canonical_form_and_hash_match_the_readme_recipe() {
+        let event: NewEvent = serde_json::from_value(serde_json::json!({
+            "actor": {"id": "alice", "type": "USER", "name": "Zoë/Ops"},
+            "action": {"type": "LOGIN", "description": "line1\nline2 \"quoted\""},
+            "resource": {"id": "doc-1", "type": "DOCUMENT", "after": {"v": 2, "a": [1, "x"]}},
+            "metadata": {"source": "tests", "tenantId": "tenant-a", "tags": {"b": "2", "a": "1"}}
+        }))
+        .unwrap();
+        let body = canonical_body("01900000-0000-7000-8000-000000000001", 1, "2026-01-01T00:00:00.000000Z", &event);
+        let expected = r#"{"action":{"description":"line1\nline2 \"quoted\"","type":"LOGIN"},"actor":{"id":"alice","name":"Zoë/Ops","type":"USER"},"id":"01900000-0000-7000-8000-000000000001","metadata":{"source":"tests","tags":{"a":"1","b":"2"},"tenantId":"tenant-a"},"resource":{"after":{"a":[1,"x"],"v":2},"id":"doc-1","type":"DOCUMENT"},"sequence":1,"timestamp":"2026-01-01T00:00:00.000000Z"}"#;
+        assert_eq!(body, expected);
+        let first = link_hash(&body, GENESIS);
+        assert_eq!(first, "a76860fff7430541267ff9df01b318ce7bd6293f9e77ace332fa615c66528f65");
+        assert_eq!(link_hash(&body, &first), "55a663be25af323dc0b989e294589ce5da45cbfaa18b5050e0a911e9b2332b40");
     }
 
     #[test]

@@ -4,9 +4,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use common::{ADMIN_KEY, Api, Backend, Db, KEY_A, KEY_B, event};
 use serde_json::{Value, json};
 
@@ -42,10 +42,8 @@ async fn round_trip(backend: Backend) -> Result<()> {
     assert_eq!(got["metadata"]["tags"], json!({"env": "test"}));
     assert_eq!(got["hash"], first["hash"]);
     assert_eq!(got["timestamp"], first["timestamp"]);
-    // A third party can re-verify from what GET returns (the README's recipe).
-    let stored: audit_api::StoredEvent = serde_json::from_value(got.clone())?;
-    let body = audit_server::chain::canonical_body_of(&stored);
-    assert_eq!(audit_server::chain::link_hash(&body, "GENESIS"), stored.hash);
+    // A third party can re-verify from what GET returns: the README's recipe, run by python3.
+    readme_recipe_verifies(std::slice::from_ref(&got)).await?;
 
     let batch = json!({"events": (0..5).map(|i| event("tenant-a", &format!("u{i}"), "READ")).collect::<Vec<_>>()});
     let (status, res) = api.post(KEY_A, "/api/v1/events/batch", &batch).await?;
@@ -71,6 +69,12 @@ async fn round_trip(backend: Backend) -> Result<()> {
 
     let report = api.verify("tenant-a").await?;
     assert_eq!(report, json!({"tenantId": "tenant-a", "verified": true, "checked": 7}));
+    // The whole export verifies with the README's recipe, and an edited copy does not.
+    let mut export = api.all_events("tenant-a").await?;
+    ensure!(export.len() == 7, "{} events exported", export.len());
+    readme_recipe_verifies(&export).await?;
+    export[3]["actor"]["name"] = json!("Someone Else");
+    ensure!(readme_recipe_verifies(&export).await.is_err(), "the README's recipe accepted an edited event");
     server.shutdown().await
 }
 
@@ -302,6 +306,8 @@ async fn tenant_isolation(backend: Backend) -> Result<()> {
 
 /// Group commit puts several tenants in one transaction: a tenant whose append fails in the
 /// database (here a squatted sequence number, a primary key violation) must not fail the others.
+/// The requests are made to queue behind a held write lock, and the group-commit counters show
+/// that they then shared transactions.
 async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
     let db = Db::new(backend, "failing_tenant").await?;
     let server = audit_server::spawn(db.config()).await?;
@@ -318,7 +324,12 @@ async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
         uuid::Uuid::now_v7()
     ))
     .await?;
-    // Concurrent, so that the two tenants' requests share group-commit transactions.
+    let (runs_before, jobs_before) =
+        (metric(&api, "audit_group_commit_runs_total").await?, metric(&api, "audit_group_commit_jobs_total").await?);
+
+    // The first append transaction waits for the held lock; the requests arriving meanwhile queue
+    // behind it and go into the next transaction together, both tenants mixed.
+    let lock = WriteLock::hold(&db).await?;
     let requests: Vec<_> = (0..40)
         .map(|i| {
             let (key, tenant) = if i % 2 == 0 { (KEY_A, "tenant-a") } else { (KEY_B, "tenant-b") };
@@ -326,6 +337,13 @@ async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
             tokio::spawn(async move { (tenant, api.post(key, "/api/v1/events", &event(tenant, "u", "X")).await) })
         })
         .collect();
+    // The leader is inside its transaction (holding a pool connection), blocked on the lock.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&api, "audit_db_pool_connections_active").await? < 1.0 {
+        ensure!(Instant::now() < deadline, "no append transaction started within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lock.release().await?;
     for request in requests {
         let (tenant, answer) = request.await?;
         let (status, body) = answer?;
@@ -334,7 +352,57 @@ async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
     }
     assert_eq!(api.all_events("tenant-b").await?.len(), 21, "every tenant-b event is stored");
     assert_eq!(api.verify("tenant-b").await?["verified"], true);
+    let runs = metric(&api, "audit_group_commit_runs_total").await? - runs_before;
+    let jobs = metric(&api, "audit_group_commit_jobs_total").await? - jobs_before;
+    ensure!(jobs == 20.0, "{jobs} committed requests counted, expected tenant-b's 20");
+    ensure!(runs < jobs, "tenant-b's {jobs} requests took {runs} group-commit runs: no transaction was shared");
     server.shutdown().await
+}
+
+/// The value of an unlabelled series in the server's scrape.
+async fn metric(api: &Api, name: &str) -> Result<f64> {
+    let text = api.http.get(api.url("/actuator/prometheus")).send().await?.text().await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {name} in the scrape:\n{text}"))
+}
+
+/// An open transaction, on a connection of its own, holding the lock every append needs
+/// (PostgreSQL: the chain heads table; SQLite: the database write lock).
+enum WriteLock {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl WriteLock {
+    async fn hold(db: &Db) -> Result<WriteLock> {
+        use sqlx::Connection;
+        Ok(match &db.url {
+            Some(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                sqlx::raw_sql("BEGIN; LOCK TABLE chain_heads IN EXCLUSIVE MODE").execute(&mut conn).await?;
+                WriteLock::Postgres(conn)
+            }
+            None => {
+                let url = format!("sqlite://{}", db.dir.path().join("data/audit.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+                sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await?;
+                WriteLock::Sqlite(conn)
+            }
+        })
+    }
+
+    async fn release(self) -> Result<()> {
+        match self {
+            WriteLock::Postgres(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await?;
+            }
+            WriteLock::Sqlite(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Edit, delete, insert and reorder rows behind the server's back; verify names the first broken link.
@@ -364,11 +432,13 @@ async fn tamper_detection(backend: Backend) -> Result<()> {
     // Insert: a forger who knows the algorithm makes a valid-looking event 3 and shifts the rest up.
     let all = api.all_events("t-insert").await?;
     let prev = all[1]["hash"].as_str().unwrap_or_default().to_owned();
-    let mut forged: audit_api::StoredEvent = serde_json::from_value(all[2].clone())?;
-    forged.id = uuid::Uuid::now_v7().to_string();
-    forged.actor.id = "forged".into();
-    let body = audit_server::chain::canonical_body_of(&forged);
-    let hash = audit_server::chain::link_hash(&body, &prev);
+    // The forger follows the README (in Python), not the server's code.
+    let mut forged = all[2].clone();
+    let forged_id = uuid::Uuid::now_v7().to_string();
+    forged["id"] = json!(forged_id);
+    forged["actor"]["id"] = json!("forged");
+    let (body, hash) = readme_link(&forged, &prev).await?;
+    let forged_resource = forged["resource"]["id"].as_str().unwrap_or_default().to_owned();
     let shift: String = (3..=10)
         .rev()
         .map(|s| format!("UPDATE events SET sequence = {} WHERE tenant_id = 't-insert' AND sequence = {s};", s + 1))
@@ -378,8 +448,8 @@ async fn tamper_detection(backend: Backend) -> Result<()> {
         "INSERT INTO events (tenant_id, sequence, id, ts, actor_id, resource_id, action_type, body, hash, previous_hash)
          SELECT tenant_id, 3, '{}'{uuid_cast}, ts, 'forged', '{}', action_type, '{}', '{hash}', '{prev}'
          FROM events WHERE tenant_id = 't-insert' AND sequence = 2",
-        forged.id,
-        forged.resource.id,
+        forged_id,
+        forged_resource,
         body.replace('\'', "''"),
     ))
     .await?;
@@ -397,15 +467,23 @@ async fn tamper_detection(backend: Backend) -> Result<()> {
 async fn shutdown_and_metrics(backend: Backend) -> Result<()> {
     let db = Db::new(backend, "shutdown").await?;
     let mut config = db.config();
-    config.shutdown_delay = Duration::from_millis(800);
+    // The drain window the checks below must fit in: generous for a loaded machine.
+    config.shutdown_delay = Duration::from_secs(5);
     let server = audit_server::spawn(config).await?;
     let api = Api::of(&server);
     for path in ["/actuator/health", "/actuator/health/liveness", "/actuator/health/readiness"] {
         let r = api.http.get(api.url(path)).send().await?;
         ensure!(r.status() == 200, "{path}: {}", r.status());
     }
-    let (s, _) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "a", "B")).await?;
+    let (s, stored) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "a", "B")).await?;
     ensure!(s == 201);
+    // Reads by id, found and not found: their raw ids must not become label values.
+    let id = stored["id"].as_str().unwrap_or_default().to_owned();
+    let (s, _) = api.get(KEY_A, &format!("/api/v1/events/{id}")).await?;
+    ensure!(s == 200, "GET by id: {s}");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (s, _) = api.get(KEY_A, &format!("/api/v1/events/{unknown}")).await?;
+    ensure!(s == 404, "GET of an unknown id: {s}");
     let text = api.http.get(api.url("/actuator/prometheus")).send().await?.text().await?;
     for name in audit_server::metrics::METRIC_NAMES {
         ensure!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
@@ -414,10 +492,13 @@ async fn shutdown_and_metrics(backend: Backend) -> Result<()> {
         text.contains(r#"http_server_requests_seconds_count{method="POST",uri="/api/v1/events",status="201"} 1"#),
         "{text}"
     );
-    ensure!(
-        text.contains(r#"uri="/api/v1/events/{id}""#) || !text.contains("/api/v1/events/0"),
-        "raw ids leak into labels"
-    );
+    for status in ["200", "404"] {
+        let series = format!(
+            r#"http_server_requests_seconds_count{{method="GET",uri="/api/v1/events/{{id}}",status="{status}"}} 1"#
+        );
+        ensure!(text.contains(&series), "no {series} in:\n{text}");
+    }
+    ensure!(!text.contains(&id) && !text.contains(&unknown), "raw ids leak into labels:\n{text}");
     ensure!(text.contains("audit_events_ingested_total 1"), "{text}");
     let doc: Value = api.http.get(api.url("/api/v1/openapi.json")).send().await?.json().await?;
     ensure!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
@@ -428,9 +509,15 @@ async fn shutdown_and_metrics(backend: Backend) -> Result<()> {
     // Readiness turns false as soon as shutdown starts, while requests are still served.
     let base = api.clone();
     let stopping = tokio::spawn(server.shutdown());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = base.http.get(base.url("/actuator/health/readiness")).send().await?;
-    ensure!(r.status() == 503, "readiness during shutdown: {}", r.status());
+    loop {
+        let r = base.http.get(base.url("/actuator/health/readiness")).send().await?;
+        if r.status() == 503 {
+            break;
+        }
+        ensure!(r.status() == 200, "readiness while shutdown starts: {}", r.status());
+        ensure!(!stopping.is_finished(), "shut down without readiness ever turning 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (s, _) = base.post(KEY_A, "/api/v1/events", &event("tenant-a", "late", "B")).await?;
     ensure!(s == 201, "requests are still served while draining: {s}");
     stopping.await??;
@@ -476,4 +563,52 @@ async fn post_oversized(addr: std::net::SocketAddr, chunked: bool) -> Result<(u1
         _ => Value::Null,
     };
     Ok((status, json))
+}
+
+/// The re-verification recipe of the audit-server README (its ```python block), verbatim.
+fn readme_recipe() -> Result<&'static str> {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```python\n").context("no ```python block in audit-server/README.md")? + 10;
+    let len = readme[start..].find("```").context("unterminated ```python block in audit-server/README.md")?;
+    Ok(&readme[start..start + len])
+}
+
+/// Run a Python script with `input` as JSON on stdin; its stdout. python3 is an independent
+/// implementation of the canonical form and the hash (json.dumps, hashlib), not the server's code.
+async fn python(script: &str, input: &Value) -> Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .env("PYTHONIOENCODING", "utf-8")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running python3 (installed by `cargo xtask deps install`)")?;
+    let mut stdin = child.stdin.take().context("python3 stdin")?;
+    stdin.write_all(&serde_json::to_vec(input)?).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    ensure!(out.status.success(), "python3 failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The README's recipe accepts `events` (one tenant's chain from its start, ascending).
+async fn readme_recipe_verifies(events: &[Value]) -> Result<()> {
+    let script = format!("import json, sys\nevents = json.load(sys.stdin)\n{}print(len(events))\n", readme_recipe()?);
+    let out = python(&script, &Value::Array(events.to_vec())).await?;
+    ensure!(out.trim() == events.len().to_string(), "the recipe checked {out:?} of {} events", events.len());
+    Ok(())
+}
+
+/// Canonical body and link hash of `event` after `prev`, computed as the README describes.
+async fn readme_link(event: &Value, prev: &str) -> Result<(String, String)> {
+    let script = r#"import hashlib, json, sys
+e, prev = json.load(sys.stdin)
+body = {k: v for k, v in e.items() if k not in ("hash", "previousHash")}
+canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+print(json.dumps([canon, hashlib.sha256((canon + prev).encode()).hexdigest()]))
+"#;
+    let out = python(script, &json!([event, prev])).await?;
+    Ok(serde_json::from_str(out.trim())?)
 }

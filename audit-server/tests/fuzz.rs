@@ -11,19 +11,43 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use common::{ADMIN_KEY, Api, Backend, Db, KEY_A, event};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
+use proptest::test_runner::{
+    Config as PropConfig, FileFailurePersistence, RngAlgorithm, TestCaseError, TestRng, TestRunner,
+};
 use serde_json::Value;
 
 const CASES: u32 = 400;
 
+/// Failing cases are saved here (one seed per line, proptest's format) and replayed first on every
+/// later run until the bug is fixed; commit the file with the fix.
+const REGRESSIONS_SQLITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-sqlite.proptest-regressions");
+const REGRESSIONS_POSTGRES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-postgres.proptest-regressions");
+
 #[test]
 fn no_5xx_sqlite() -> Result<()> {
-    fuzz(Backend::Sqlite)
+    fuzz(Backend::Sqlite, REGRESSIONS_SQLITE)
 }
 
 #[test]
 fn no_5xx_postgres() -> Result<()> {
-    fuzz(Backend::Postgres)
+    fuzz(Backend::Postgres, REGRESSIONS_POSTGRES)
+}
+
+/// The run's seed: `FUZZ_SEED` (64 hex digits, printed by an earlier run) replays that run's cases
+/// in order; otherwise a fresh random one.
+fn run_seed() -> Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    match std::env::var("FUZZ_SEED") {
+        Ok(hex_seed) => {
+            let bytes = hex::decode(hex_seed.trim()).ok().filter(|b| b.len() == 32);
+            seed.copy_from_slice(&bytes.context("FUZZ_SEED: expected 64 hex digits")?);
+        }
+        Err(_) => {
+            seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        }
+    }
+    Ok(seed)
 }
 
 /// One operation of the document: method, path template, declared query parameters.
@@ -132,7 +156,10 @@ struct Case {
     body: Body,
 }
 
-fn fuzz(backend: Backend) -> Result<()> {
+fn fuzz(backend: Backend, regressions: &'static str) -> Result<()> {
+    let seed = run_seed()?;
+    let replay = format!("FUZZ_SEED={} cargo test -p audit-server --test fuzz", hex::encode(seed));
+    eprintln!("{backend:?}: fuzz seed {} (replay the run: {replay})", hex::encode(seed));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let db = rt.block_on(Db::new(backend, "fuzz"))?;
     let server = rt.block_on(audit_server::spawn(db.config()))?;
@@ -176,7 +203,12 @@ fn fuzz(backend: Backend) -> Result<()> {
         });
 
     let tally = std::sync::Mutex::new(std::collections::BTreeMap::<u16, u32>::new());
-    let mut runner = TestRunner::new(PropConfig { cases: CASES, failure_persistence: None, ..PropConfig::default() });
+    let config = PropConfig {
+        cases: CASES,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
+        ..PropConfig::default()
+    };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
     let result = runner.run(&strategy, |case| {
         let (status, text) = rt.block_on(send(&api, &ops, &case)).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
         *tally.lock().unwrap_or_else(|p| p.into_inner()).entry(status).or_default() += 1;
@@ -191,7 +223,7 @@ fn fuzz(backend: Backend) -> Result<()> {
     // The chain stayed intact through whatever the fuzz managed to store.
     let report = rt.block_on(api.verify("tenant-a"))?;
     rt.block_on(server.shutdown())?;
-    result.map_err(|e| anyhow::anyhow!("{e}"))?;
+    result.map_err(|e| anyhow::anyhow!("{e}\n(case saved to {regressions}; replay the run: {replay})"))?;
     anyhow::ensure!(report["verified"] == true, "{report}");
     // The fuzz must get past authentication and validation often enough to mean something.
     let tally = tally.into_inner().unwrap_or_else(|p| p.into_inner());

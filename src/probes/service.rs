@@ -78,18 +78,97 @@ pub fn rule_metrics(rule_text: &str) -> anyhow::Result<BTreeSet<String>> {
     Ok(names)
 }
 
-/// Identifiers directly followed by a label matcher: `name{...}` (every series in the chart's
-/// expressions carries one).
+/// Every metric name (selector) of a PromQL expression, with or without label matchers: the
+/// identifiers left once string literals, `{...}` matchers, `[...]` ranges, numbers and durations,
+/// keywords, function and aggregation names and the label lists of `by`/`without`/`on`/`ignoring`/
+/// `group_left`/`group_right` are set aside.
 pub fn metric_names(expr: &str) -> Vec<String> {
+    const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+    const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "atan2", "inf", "nan", "Inf", "NaN"];
+    const AGGREGATIONS: &[&str] = &[
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let next_non_space = |mut i: usize| {
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    // Index just past the quote, bracket or parenthesis closing the one at `i`.
+    let skip = |i: usize| -> usize {
+        let open = chars[i];
+        if matches!(open, '"' | '\'' | '`') {
+            let mut j = i + 1;
+            while j < chars.len() && chars[j] != open {
+                j += if chars[j] == '\\' && open != '`' { 2 } else { 1 };
+            }
+            return j + 1;
+        }
+        let close = match open {
+            '{' => '}',
+            '[' => ']',
+            _ => ')',
+        };
+        let mut j = i + 1;
+        while j < chars.len() && chars[j] != close {
+            if matches!(chars[j], '"' | '\'' | '`') {
+                let mut k = j + 1;
+                while k < chars.len() && chars[k] != chars[j] {
+                    k += if chars[k] == '\\' { 2 } else { 1 };
+                }
+                j = k;
+            }
+            j += 1;
+        }
+        j + 1
+    };
     let mut out = Vec::new();
-    let bytes = expr.as_bytes();
-    for (i, _) in expr.match_indices('{') {
-        let start = bytes[..i]
-            .iter()
-            .rposition(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b':'))
-            .map_or(0, |p| p + 1);
-        if start < i {
-            out.push(expr[start..i].to_owned());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if matches!(c, '"' | '\'' | '`' | '{' | '[') {
+            i = skip(i);
+        } else if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+            // Numbers (0.99, 1e3, 0x1f) and durations (5m, 1h30m).
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '_') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let after = next_non_space(i);
+            let next = chars.get(after).copied();
+            let next_word: String = chars[after..].iter().take_while(|c| c.is_ascii_alphabetic()).collect();
+            if LABEL_LISTS.contains(&word.as_str()) {
+                if next == Some('(') {
+                    i = skip(after);
+                }
+            } else if KEYWORDS.contains(&word.as_str()) || next == Some('(') {
+                // A keyword, or a function or aggregation applied to its arguments.
+            } else if AGGREGATIONS.contains(&word.as_str()) && (next_word == "by" || next_word == "without") {
+                // `sum by (x) (...)`: the clause comes before the arguments.
+            } else {
+                out.push(word);
+            }
+        } else {
+            i += 1;
         }
     }
     out

@@ -191,22 +191,21 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
     }
 }
 
-/// `-Xmx` in JAVA_OPTS above the container memory limit gets the pod OOM-killed under load.
+/// The audit server is a Rust binary: JVM options in its environment (the guide's JAVA_OPTS) would be
+/// silently ignored, so they are refused. Elasticsearch is a JVM: `-Xmx` above its container memory
+/// limit gets the pod OOM-killed under load.
 fn heap_within_limit(c: &mut Checker<'_>, v: &Values) {
-    let limit = v.resources.limits.memory.as_ref();
     for (i, env) in v.env.iter().enumerate() {
-        let Some(value) = env.value.as_deref().filter(|_| env.name.ends_with("JAVA_OPTS")) else { continue };
-        let path = format!("env[{i}].value");
-        for flag in value.split_whitespace() {
-            let Some(size) = flag.strip_prefix("-Xmx") else { continue };
-            match (jvm_size(size), limit) {
-                (None, _) => c.fail(&path, format!("{flag}: expected a JVM size like -Xmx2g")),
-                (Some(heap), Some(limit)) if heap > limit.value() => c.fail(
-                    &path,
-                    format!("{flag} is above the memory limit resources.limits.memory={limit}; expected a heap below the limit"),
+        let jvm_flags = env.value.as_deref().is_some_and(|v| v.split_whitespace().any(|f| f.starts_with("-X")));
+        if env.name.ends_with("JAVA_OPTS") || env.name == "JAVA_TOOL_OPTIONS" || jvm_flags {
+            c.fail(
+                &format!("env[{i}].name"),
+                format!(
+                    "{}: JVM options have no effect, the audit server is a Rust binary; its memory is bounded by \
+                     resources.limits.memory (sized with server.dbMaxConnections and server.groupCommitMaxEvents)",
+                    env.name
                 ),
-                _ => {}
-            }
+            );
         }
     }
     let es_limit = v.elasticsearch.resources.limits.memory.as_ref().map(Quantity::value);

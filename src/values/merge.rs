@@ -33,6 +33,9 @@ pub enum Segment {
     Index(usize),
 }
 
+/// Largest list index `--set` accepts (no values list comes near it).
+pub const MAX_LIST_INDEX: usize = 9999;
+
 /// Parse `a.b[0].c=value` into the path segments, the display path and the typed value.
 pub fn parse_set(arg: &str) -> Result<(Vec<Segment>, String, Value), String> {
     let (path, raw) =
@@ -52,6 +55,10 @@ pub fn parse_set(arg: &str) -> Result<(Vec<Segment>, String, Value), String> {
             let (index, after) = open.split_once(']').ok_or_else(|| format!("--set {arg:?}: missing `]`"))?;
             let index: usize =
                 index.parse().map_err(|_| format!("--set {arg:?}: list index {index:?} is not a number"))?;
+            // A list is filled with nulls up to the index: a huge one would overflow or exhaust memory.
+            if index > MAX_LIST_INDEX {
+                return Err(format!("--set {arg:?}: list index {index} is too large (at most {MAX_LIST_INDEX})"));
+            }
             display = join_index(&display, index);
             segments.push(Segment::Index(index));
             rest = after;
@@ -132,5 +139,8 @@ mod tests {
         assert_eq!(parse_set("a=true").unwrap().2, Value::Bool(true));
         assert!(parse_set("a.b").is_err());
         assert!(parse_set("a[x]=1").is_err());
+        let huge = parse_set("env[18446744073709551615]=x").unwrap_err();
+        assert!(huge.contains("list index 18446744073709551615 is too large"), "{huge}");
+        assert!(parse_set("env[10000]=x").is_err() && parse_set("env[9999]=x").is_ok());
     }
 }

@@ -15,7 +15,7 @@ use tempfile::TempDir;
 
 use crate::process::{Process, free_port, wait_until};
 
-/// Must match `KAFKA_VERSION` in xtask/src/deps/maven.rs.
+/// The Kafka the testbed runs; the one place it is kept (`cargo xtask deps install` fetches it).
 pub const KAFKA_VERSION: &str = "4.4.0";
 
 /// Logged by `KafkaRaftServer` once the broker and controller of a node are serving.
@@ -76,14 +76,14 @@ pub async fn kafka(brokers: usize) -> anyhow::Result<Kafka> {
     let mut attempt = 1;
     loop {
         match start(brokers, &lib).await {
-            Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => attempt += 1,
+            Err(e) if attempt < 3 && crate::process::is_port_clash(&e) => attempt += 1,
             other => return other,
         }
     }
 }
 
 async fn start(brokers: usize, lib: &Path) -> anyhow::Result<Kafka> {
-    let dir = tempfile::Builder::new().prefix("audctl-kafka-").tempdir().context("creating Kafka temp dir")?;
+    let dir = crate::scratch::instance_dir_on_disk("audctl-kafka-")?;
     std::fs::write(dir.path().join("log4j2-broker.properties"), BROKER_LOG4J)?;
     std::fs::write(dir.path().join("log4j2-tool.properties"), TOOL_LOG4J)?;
 
@@ -111,6 +111,7 @@ async fn start(brokers: usize, lib: &Path) -> anyhow::Result<Kafka> {
             .arg(lib.join("*"))
             .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
             .arg(&node.config)
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -152,19 +153,9 @@ impl Kafka {
         audctl_targets::KafkaTarget { bootstrap_servers: self.addresses(), topic: "audit-events".to_owned() }
     }
 
-    /// Number of nodes, running or not.
-    pub fn brokers(&self) -> usize {
-        self.nodes.len()
-    }
-
     /// Process ids (= process group ids) of the running nodes, e.g. to measure memory.
     pub fn pids(&self) -> Vec<u32> {
         self.nodes.iter().filter_map(|n| n.process.as_ref().map(Process::pid)).collect()
-    }
-
-    /// The log file of node `i` (0-based), kept until the cluster is dropped.
-    pub fn log_path(&self, i: usize) -> &Path {
-        &self.node(i).log
     }
 
     /// Crash node `i` (0-based index; Kafka `node.id` is `i + 1`) with SIGKILL: no controlled
@@ -181,17 +172,25 @@ impl Kafka {
         if let Some(mut process) = self.node_mut(i).process.take() {
             process.stop();
         }
-        let offset = self.spawn_node(i)?;
-        self.wait_ready(i, offset).await
+        // Same ports (the other nodes know them): if another process took one meanwhile, retry
+        // until it is free again.
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let offset = self.spawn_node(i)?;
+            match self.wait_ready(i, offset).await {
+                Err(e) if std::time::Instant::now() < deadline && crate::process::is_port_clash(&e) => {
+                    if let Some(mut process) = self.node_mut(i).process.take() {
+                        process.stop();
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn addresses(&self) -> Vec<String> {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect()
-    }
-
-    fn node(&self, i: usize) -> &Node {
-        let count = self.nodes.len();
-        self.nodes.get(i).unwrap_or_else(|| panic!("Kafka node index {i} out of range (cluster has {count} nodes)"))
     }
 
     fn node_mut(&mut self, i: usize) -> &mut Node {
@@ -201,7 +200,8 @@ impl Kafka {
 
     /// Launch node `i`; returns the log length before launch, where its ready line must appear after.
     fn spawn_node(&mut self, i: usize) -> anyhow::Result<u64> {
-        let log4j = self.dir.path().join("log4j2-broker.properties");
+        let root = self.dir.path().to_owned();
+        let log4j = root.join("log4j2-broker.properties");
         let lib = self.lib.join("*");
         let node = self.node_mut(i);
         let offset = std::fs::metadata(&node.log).map(|m| m.len()).unwrap_or(0);
@@ -212,7 +212,9 @@ impl Kafka {
             .arg("-cp")
             .arg(lib)
             .arg("kafka.Kafka")
-            .arg(&node.config);
+            .arg(&node.config)
+            // Inside the instance dir: what identifies a node left behind by a killed test run.
+            .current_dir(&root);
         let process = Process::spawn(format!("kafka node {}", node.id), cmd, &node.log)?;
         node.process = Some(process);
         Ok(offset)

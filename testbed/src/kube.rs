@@ -60,7 +60,7 @@ pub async fn kube_with(opts: KubeOptions) -> anyhow::Result<Kube> {
     let mut attempt = 1;
     loop {
         match start(&bins, &opts).await {
-            Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+            Err(e) if attempt < 3 && crate::process::is_port_clash(&e) => {
                 eprintln!("testbed kube: port clash, retrying: {e:#}");
                 attempt += 1;
             }
@@ -173,7 +173,7 @@ struct Layout {
 
 async fn start(bins: &Binaries, opts: &KubeOptions) -> anyhow::Result<Kube> {
     let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("testbed-kube-").tempdir()?;
+    let dir = crate::scratch::instance_dir_on_disk("audctl-kube-")?;
     let root = dir.path().to_owned();
     let files = Layout {
         logs: root.join("logs"),
@@ -253,7 +253,8 @@ fn spawn_etcd(bins: &Binaries, files: &Layout, port: u16) -> anyhow::Result<Proc
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster=testbed={peer_url}"))
         // Test data is disposable; fsync dominates etcd latency on a shared disk.
-        .args(["--unsafe-no-fsync", "--log-level=warn"]);
+        .args(["--unsafe-no-fsync", "--log-level=warn"])
+        .current_dir(&files.root);
     Ok(Process::spawn("etcd", cmd, files.logs.join("etcd.log"))?.with_grace(Duration::from_secs(5)))
 }
 
@@ -274,7 +275,8 @@ fn spawn_apiserver(bins: &Binaries, files: &Layout, etcd_port: u16, port: u16, t
         .arg("--service-cluster-ip-range=10.96.0.0/16")
         // The default reconciler rejects a loopback address for the `kubernetes` Service endpoints.
         .arg("--endpoint-reconciler-type=none")
-        .args(["--allow-privileged=true", "--profiling=false"]);
+        .args(["--allow-privileged=true", "--profiling=false"])
+        .current_dir(&files.root);
     Ok(Process::spawn("kube-apiserver", cmd, files.logs.join("kube-apiserver.log"))?.with_grace(Duration::from_secs(5)))
 }
 
@@ -288,7 +290,8 @@ fn spawn_client(bins: &Binaries, files: &Layout, name: &str, port: u16) -> anyho
         .arg(format!("--authorization-kubeconfig={kubeconfig}"))
         .args(["--authentication-skip-lookup=true", "--leader-elect=false", "--bind-address=127.0.0.1"])
         .arg(format!("--secure-port={port}"))
-        .arg(format!("--cert-dir={}", files.root.join(name).display()));
+        .arg(format!("--cert-dir={}", files.root.join(name).display()))
+        .current_dir(&files.root);
     if name == "kube-controller-manager" {
         cmd.arg(format!("--service-account-private-key-file={}", files.sa_key.display()))
             .arg(format!("--root-ca-file={}", files.serving_cert.display()));
@@ -306,7 +309,8 @@ fn spawn_kwok(bins: &Binaries, files: &Layout) -> anyhow::Result<Process> {
         .arg(format!("--config={}", config.display()))
         .args(["--manage-all-nodes=true", "--node-ip=127.0.0.1", "--cidr=10.244.0.1/16"])
         .arg(format!("--server-address=127.0.0.1:{}", free_port()?))
-        .arg("--node-lease-duration-seconds=40");
+        .arg("--node-lease-duration-seconds=40")
+        .current_dir(&files.root);
     Process::spawn("kwok", cmd, files.logs.join("kwok.log"))
 }
 
@@ -441,14 +445,17 @@ status:
     out
 }
 
-/// etcd's /health over plain HTTP/1.0 (no client library needed).
+/// etcd's /health over plain HTTP/1.0 (no client library needed), within 5 s like the other probes.
 async fn etcd_healthy(port: u16) -> anyhow::Result<bool> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    conn.write_all(b"GET /health HTTP/1.0\r\n\r\n").await?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await?;
-    Ok(response.contains("\"health\":\"true\""))
+    let probe = async {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        conn.write_all(b"GET /health HTTP/1.0\r\n\r\n").await?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await?;
+        anyhow::Ok(response.contains("\"health\":\"true\""))
+    };
+    tokio::time::timeout(Duration::from_secs(5), probe).await.context("etcd /health: no answer within 5 s")?
 }
 
 /// /readyz, anonymous (allowed by the default RBAC), verifying the serving certificate.

@@ -141,11 +141,6 @@ impl Postgres {
         &self.primary.data
     }
 
-    /// The primary's server log.
-    pub fn log_path(&self) -> &Path {
-        &self.primary.log
-    }
-
     /// Create a database owned by the superuser and return its URL: one per test keeps tests apart
     /// on a shared server. `name` must be a plain identifier (`[a-z0-9_]`, not starting with a digit).
     pub async fn create_database(&self, name: &str) -> anyhow::Result<String> {
@@ -215,18 +210,20 @@ impl Postgres {
 
     async fn start_primary(&mut self) -> anyhow::Result<()> {
         let keep_port = self.primary.port != 0;
-        // A random port can be taken between free_port() and bind(): retry with another one.
-        for attempt in 1..=3 {
-            if !keep_port {
-                self.primary.port = free_port()?;
-            }
-            match start(&self.bin, self.owner, &self.sockets, &mut self.primary).await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < 3 && !keep_port && format!("{e:#}").contains("could not bind") => continue,
-                Err(e) => return Err(e),
+        if keep_port {
+            // A restart keeps its port (clients and the replica know it): if something took it
+            // meanwhile, wait for it to be free again.
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                match start(&self.bin, self.owner, &self.sockets, &mut self.primary).await {
+                    Err(e) if Instant::now() < deadline && crate::process::is_port_clash(&e) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => return other,
+                }
             }
         }
-        unreachable!("the last attempt returns")
+        start_on_free_port(&self.bin, self.owner, &self.sockets, &mut self.primary).await
     }
 
     async fn start_replica(&mut self) -> anyhow::Result<()> {
@@ -250,14 +247,9 @@ impl Postgres {
         if !out.status.success() {
             bail!("pg_basebackup from the primary failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
         }
-        let mut replica = Instance {
-            name: "postgres-replica",
-            data,
-            port: free_port()?,
-            log: base.join("replica.log"),
-            process: None,
-        };
-        start(&self.bin, self.owner, &self.sockets, &mut replica).await?;
+        let mut replica =
+            Instance { name: "postgres-replica", data, port: 0, log: base.join("replica.log"), process: None };
+        start_on_free_port(&self.bin, self.owner, &self.sockets, &mut replica).await?;
         self.replica = Some(replica);
         // Ready only once the primary sees it streaming: tests read pg_stat_replication right away.
         let deadline = Instant::now() + START_TIMEOUT;
@@ -308,6 +300,19 @@ fn pids_with_children(pid: u32) -> Vec<i32> {
     let mut all = vec![pid as i32];
     all.extend(children(pid));
     all
+}
+
+/// [`start`] on a port from free_port(); it can be taken before the postmaster binds it: then again
+/// with another one.
+async fn start_on_free_port(bin: &Path, owner: (Uid, Gid), sockets: &Path, inst: &mut Instance) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        inst.port = free_port()?;
+        match start(bin, owner, sockets, inst).await {
+            Err(e) if attempt < 3 && crate::process::is_port_clash(&e) => attempt += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Spawn the postmaster of `inst` directly under the run-as uid (no runuser in between, so the
@@ -458,23 +463,37 @@ async fn psql(bin: &Path, sockets: &Path, port: u16, db: &str, sql: &str) -> any
     Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
 }
 
-/// `/usr/lib/postgresql/<highest major>/bin`.
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    let root = Path::new("/usr/lib/postgresql");
-    let majors = std::fs::read_dir(root).map(|entries| {
-        entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-            .filter(|major| root.join(major.to_string()).join("bin/initdb").exists())
-            .max()
-    });
-    match majors {
-        Ok(Some(major)) => Ok(root.join(major.to_string()).join("bin")),
-        _ => bail!(
-            "PostgreSQL server binaries not found under {}/<major>/bin: run `cargo xtask deps install`",
-            root.display()
+/// The PostgreSQL major each supported Debian release ships (one each): the testbed runs exactly
+/// that one, whatever else is installed, and `cargo xtask deps install` installs `postgresql-<major>`.
+pub const MAJORS: &[(&str, u32)] = &[("bookworm", 15), ("trixie", 17)];
+
+/// Overrides [`MAJORS`] (another distribution, or PGDG packages): a major such as `16`.
+pub const MAJOR_ENV: &str = "AUDCTL_PG_MAJOR";
+
+/// The pinned major: `$AUDCTL_PG_MAJOR`, else the one of this Debian release ([`MAJORS`]).
+pub fn major() -> anyhow::Result<u32> {
+    if let Ok(v) = std::env::var(MAJOR_ENV) {
+        return v.trim().parse().with_context(|| format!("{MAJOR_ENV}={v:?}: expected a major version such as 15"));
+    }
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = os_release.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).unwrap_or("").trim_matches('"');
+    match MAJORS.iter().find(|(name, _)| *name == codename) {
+        Some((_, major)) => Ok(*major),
+        None => bail!(
+            "no pinned PostgreSQL major for this system (VERSION_CODENAME={codename:?} in /etc/os-release; known: \
+             {MAJORS:?}): set {MAJOR_ENV}"
         ),
     }
+}
+
+/// `/usr/lib/postgresql/<pinned major>/bin` (see [`major`]).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let major = major()?;
+    let bin = Path::new("/usr/lib/postgresql").join(major.to_string()).join("bin");
+    if !bin.join("initdb").exists() {
+        bail!("PostgreSQL {major} server binaries not found in {}: run `cargo xtask deps install`", bin.display());
+    }
+    Ok(bin)
 }
 
 /// Root (CI, this VM) runs PostgreSQL as [`crate::RUN_AS_USER`]; anyone else runs it as themselves

@@ -32,6 +32,10 @@ impl Process {
             .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        // Also through an `env_clear()` of the caller: ci finds its leftovers by this variable.
+        if let Some(run) = std::env::var_os(crate::scratch::RUN_ID_ENV) {
+            cmd.env(crate::scratch::RUN_ID_ENV, run);
+        }
         let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
         Ok(Self { name, child, log, grace: Duration::from_secs(10) })
     }
@@ -109,8 +113,16 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Poll `probe` until it returns Ok(true), the process dies, or `timeout` passes. The error names
-/// the component and includes the tail of its log.
+/// Did starting a component fail because its port was taken (the window [`free_port`] leaves)?
+/// Matches the bind errors of the components' logs and of Rust's std, as found in an error chain.
+pub fn is_port_clash(error: &anyhow::Error) -> bool {
+    let text = format!("{error:#}");
+    ["Address already in use", "address already in use", "could not bind"].iter().any(|m| text.contains(m))
+}
+
+/// Poll `probe` until it returns Ok(true), the process dies, or `timeout` passes; never later than
+/// that, even when a probe hangs (each probe gets what is left of `timeout`). The error names the
+/// component and includes the tail of its log.
 pub async fn wait_until<F, Fut>(process: &mut Process, timeout: Duration, mut probe: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
@@ -119,10 +131,12 @@ where
     let start = Instant::now();
     let mut last_err = String::new();
     loop {
-        match probe().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_err = format!("{e:#}"),
+        let left = timeout.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, probe()).await {
+            Ok(Ok(true)) => return Ok(()),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => last_err = format!("{e:#}"),
+            Err(_) => last_err = format!("the probe did not answer within the remaining {left:?}"),
         }
         if !process.is_running() {
             bail!(
@@ -132,7 +146,7 @@ where
                 process.log_tail(40)
             );
         }
-        if start.elapsed() > timeout {
+        if start.elapsed() >= timeout {
             bail!(
                 "{} not ready after {:?} (last probe error: {last_err}; log {}):\n{}",
                 process.name(),
@@ -141,7 +155,7 @@ where
                 process.log_tail(40)
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100).min(timeout.saturating_sub(start.elapsed()))).await;
     }
 }
 
@@ -199,6 +213,25 @@ mod tests {
         // killpg(None) counts zombies; what matters is that nothing in the group still runs.
         let live = live_group_members(&[pgid as u32]);
         assert!(live.is_empty(), "process group {pgid} survived drop: {live:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_hanging_probe_does_not_overshoot_the_deadline() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new("sleep");
+        cmd.arg("300");
+        let mut p = Process::spawn("sleeper", cmd, dir.path().join("log"))?;
+        let hanging = wait_until(&mut p, Duration::from_millis(500), || async {
+            std::future::pending::<()>().await;
+            Ok(true)
+        });
+        // Before the fix this never returned; a minute is only there to fail instead of hanging.
+        let err = tokio::time::timeout(Duration::from_secs(60), hanging)
+            .await
+            .expect("wait_until overshot its 0.5 s deadline by a minute")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("did not answer"), "{err:#}");
         Ok(())
     }
 

@@ -50,6 +50,21 @@ pub async fn redis_sentinel() -> anyhow::Result<RedisSentinel> {
     crate::require("redis-server", Path::new(REDIS_SERVER))?;
     crate::require("redis-sentinel", Path::new(REDIS_SENTINEL))?;
     crate::require("redis-cli", Path::new(REDIS_CLI))?;
+    // free_port() leaves a window before a node binds, and the sentinels' ports are written into
+    // each other's configs: on a collision start the whole set afresh.
+    let mut attempt = 1;
+    loop {
+        match start_all().await {
+            Err(e) if attempt < 3 && crate::process::is_port_clash(&e) => {
+                eprintln!("testbed redis: port clash, retrying: {e:#}");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn start_all() -> anyhow::Result<RedisSentinel> {
     let dir = crate::scratch::instance_dir("audctl-redis-")?;
     let base = dir.path().to_owned();
     let password = crate::scratch::random_hex(16)?;
@@ -158,12 +173,22 @@ impl RedisSentinel {
         }
     }
 
-    /// Restart the killed primary from its AOF; after a failover the sentinels turn it into a replica.
+    /// Restart the killed primary from its AOF, on its port (the sentinels know it by it); after a
+    /// failover the sentinels turn it into a replica. If something else took the port meanwhile,
+    /// retry until it is free again (up to START_TIMEOUT).
     pub async fn restart_primary(&mut self) -> anyhow::Result<()> {
         if self.primary.process.is_some() {
             bail!("{} is still running", self.primary.name);
         }
-        self.primary.start(&self.password).await
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.primary.start(&self.password).await {
+                Err(e) if Instant::now() < deadline && crate::process::is_port_clash(&e) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Wait until a sentinel reports a master other than `old_port` and the replica it promoted
@@ -253,6 +278,10 @@ impl Node {
     async fn start(&mut self, password: &str) -> anyhow::Result<()> {
         let mut cmd = Command::new(if self.sentinel { REDIS_SENTINEL } else { REDIS_SERVER });
         cmd.arg(&self.conf);
+        // The instance dir (Redis then moves to its `dir` inside it): see crate::scratch.
+        if let Some(base) = self.conf.parent() {
+            cmd.current_dir(base);
+        }
         let mut process = Process::spawn(self.name.clone(), cmd, &self.log)?;
         let (port, sentinel) = (self.port, self.sentinel);
         wait_until(&mut process, START_TIMEOUT, || async move {

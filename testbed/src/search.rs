@@ -20,7 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::process::{Process, free_port, wait_until};
 
-/// Must match the distributions in xtask/src/deps/maven.rs.
+/// The distributions the testbed runs; the one place they are kept (`cargo xtask deps install`
+/// fetches them and pins their digests).
 pub const ELASTICSEARCH_VERSION: &str = "8.19.21";
 pub const OPENSEARCH_VERSION: &str = "2.19.6";
 
@@ -67,7 +68,7 @@ pub struct Search {
     product: Product,
     port: u16,
     snapshot_dir: PathBuf,
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 /// Elasticsearch 8, single node.
@@ -82,7 +83,7 @@ pub async fn search_with(product: Product) -> anyhow::Result<Search> {
     let mut attempt = 1;
     loop {
         match start(product, &home).await {
-            Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => attempt += 1,
+            Err(e) if attempt < 3 && crate::process::is_port_clash(&e) => attempt += 1,
             other => return other,
         }
     }
@@ -90,7 +91,7 @@ pub async fn search_with(product: Product) -> anyhow::Result<Search> {
 
 async fn start(product: Product, dist: &Path) -> anyhow::Result<Search> {
     let owner = run_as_owner()?;
-    let dir = tempfile::Builder::new().prefix(&format!("audctl-{}-", product.stem())).tempdir()?;
+    let dir = crate::scratch::instance_dir_on_disk(&format!("audctl-{}-", product.stem()))?;
     let root = dir.path();
     let home = root.join("home");
     link_tree(dist, &home)?;
@@ -165,7 +166,7 @@ cluster.routing.allocation.disk.threshold_enabled: false
     if status != 200 {
         bail!("registering snapshot repository {SNAPSHOT_REPOSITORY} at {}: HTTP {status}: {answer}", repo.display());
     }
-    Ok(Search { process, product, port, snapshot_dir: repo, dir })
+    Ok(Search { process, product, port, snapshot_dir: repo, _dir: dir })
 }
 
 impl Search {
@@ -186,15 +187,6 @@ impl Search {
     /// Process id (= process group id) of the node's launcher, e.g. to measure memory.
     pub fn pid(&self) -> u32 {
         self.process.pid()
-    }
-
-    /// The node's stdout/stderr log (its own logs are under `<tempdir>/logs`).
-    pub fn log_path(&self) -> &Path {
-        self.process.log_path()
-    }
-
-    pub fn data_root(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Connection settings as an operator would write them in the targets file.
@@ -235,7 +227,7 @@ fn java_home() -> anyhow::Result<PathBuf> {
     let java = std::env::split_paths(&path)
         .map(|d| d.join("java"))
         .find(|p| p.is_file())
-        .context("no `java` on PATH and no JAVA_HOME: run `cargo xtask deps install` (installs OpenJDK 17)")?;
+        .context("no `java` on PATH and no JAVA_HOME: run `cargo xtask deps install` (installs the default JDK)")?;
     let real = java.canonicalize().with_context(|| format!("resolving {}", java.display()))?;
     real.parent()
         .and_then(Path::parent)

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow, bail, ensure};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -88,6 +88,8 @@ async fn three_nodes_replicate_and_survive_one_broker_loss() -> anyhow::Result<(
         testbed::process::rss_mib(&kafka.pids())
     );
     assert_eq!(kafka.bootstrap_servers().split(',').count(), 3);
+    // A killed test run's brokers would be found and swept by the next start.
+    testbed::scratch::check_swept_if_abandoned(&kafka.pids())?;
 
     let producer = producer(&kafka)?;
     let brokers = metadata(&producer, None)?.brokers().len();
@@ -100,10 +102,18 @@ async fn three_nodes_replicate_and_survive_one_broker_loss() -> anyhow::Result<(
     for r in admin.create_topics(&[new_topic], &AdminOptions::new()).await? {
         r.map_err(|(name, code)| anyhow!("creating topic {name}: {code}"))?;
     }
-    let configs = admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new()).await?;
-    let config = configs.into_iter().next().context("no config result")?.map_err(|c| anyhow!("describe: {c}"))?;
-    let min_isr = config.get("min.insync.replicas").and_then(|e| e.value.clone());
-    assert_eq!(min_isr.as_deref(), Some("2"));
+    // A broker may describe the new topic before its configuration reached it: wait for it.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let configs = admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new()).await?;
+        let config = configs.into_iter().next().context("no config result")?.map_err(|c| anyhow!("describe: {c}"))?;
+        let min_isr = config.get("min.insync.replicas").and_then(|e| e.value.clone());
+        if min_isr.as_deref() == Some("2") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "min.insync.replicas of {topic} is {min_isr:?} after {TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     let (leader, replicas, _) = wait_for_isr(&producer, topic, 3).await?;
     assert_eq!(replicas, 3, "replication factor");

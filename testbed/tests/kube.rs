@@ -10,8 +10,6 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::wait::await_condition;
-use nix::sys::signal::killpg;
-use nix::unistd::Pid;
 use serde_json::json;
 use testbed::kube::layout::KUBERNETES_VERSION;
 use testbed::kube::{CONTEXT, ZONES};
@@ -138,11 +136,12 @@ async fn dropping_the_cluster_stops_every_process() -> anyhow::Result<()> {
     let pids = kube.pids();
     let kubeconfig = kube.kubeconfig().to_owned();
     assert_eq!(pids.len(), 5, "etcd, apiserver, controller-manager, scheduler, kwok");
+    // A killed test run's control plane would be found and swept by the next start.
+    testbed::scratch::check_swept_if_abandoned(&pids)?;
     drop(kube);
-    for pid in pids {
-        // Signal "None" only checks whether any process of the group is left.
-        assert!(killpg(Pid::from_raw(pid as i32), None).is_err(), "process group {pid} survived the drop");
-    }
+    // Not killpg(pid, None): it also counts zombies, which a slow reaper may leave for a while.
+    let live = testbed::process::live_group_members(&pids);
+    assert!(live.is_empty(), "processes of groups {pids:?} survived the drop: {live:?}");
     assert!(!kubeconfig.exists(), "{} left behind", kubeconfig.display());
     Ok(())
 }

@@ -104,6 +104,8 @@ async fn elasticsearch_snapshot_and_restore() -> anyhow::Result<()> {
         testbed::process::rss_mib(&[node.pid()])
     );
     assert_eq!(node.product(), Product::Elasticsearch);
+    // A killed test run's node (runuser and the JVM) would be found and swept by the next start.
+    testbed::scratch::check_swept_if_abandoned(&[node.pid()])?;
     health_index_snapshot_restore(&node).await
 }
 

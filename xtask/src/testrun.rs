@@ -33,10 +33,11 @@ pub struct Totals {
     pub ignored: u64,
 }
 
-/// Build every test target of the workspace and list the executables.
-pub fn build() -> anyhow::Result<Vec<TestBinary>> {
+/// Build the test targets `selection` picks (`--workspace`: all of them) and list the executables.
+pub fn build(selection: &[String]) -> anyhow::Result<Vec<TestBinary>> {
     let mut child = cargo()
-        .args(["test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"])
+        .args(["test", "--no-run", "--message-format=json-render-diagnostics"])
+        .args(selection)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test --no-run")?;
@@ -85,8 +86,15 @@ struct Run {
     elapsed: Duration,
 }
 
-/// Run `binaries` with at most `jobs` at once; each is killed after `timeout`.
-pub fn run(binaries: Vec<TestBinary>, jobs: usize, timeout: Duration) -> anyhow::Result<Totals> {
+/// Run `binaries` with at most `jobs` at once, with `env` added to their environment; each is
+/// killed after `timeout`.
+pub fn run(
+    binaries: Vec<TestBinary>,
+    jobs: usize,
+    timeout: Duration,
+    env: &[(String, String)],
+) -> anyhow::Result<Totals> {
+    let env: Arc<Vec<(String, String)>> = Arc::new(env.to_vec());
     let history = durations_file();
     let previous = read_durations(&history);
     let mut queue = binaries;
@@ -97,12 +105,12 @@ pub fn run(binaries: Vec<TestBinary>, jobs: usize, timeout: Duration) -> anyhow:
     let print = Arc::new(Mutex::new(()));
     let workers: Vec<_> = (0..jobs.max(1))
         .map(|_| {
-            let (queue, runs, print) = (queue.clone(), runs.clone(), print.clone());
+            let (queue, runs, print, env) = (queue.clone(), runs.clone(), print.clone(), env.clone());
             std::thread::spawn(move || {
                 loop {
                     let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
                     let Some(binary) = next else { break };
-                    let run = run_one(&binary, timeout, &print);
+                    let run = run_one(&binary, timeout, &print, &env);
                     if let Ok(mut runs) = runs.lock() {
                         runs.push(run);
                     }
@@ -143,13 +151,14 @@ pub fn run(binaries: Vec<TestBinary>, jobs: usize, timeout: Duration) -> anyhow:
     Ok(totals)
 }
 
-fn run_one(binary: &TestBinary, timeout: Duration, print: &Mutex<()>) -> Run {
+fn run_one(binary: &TestBinary, timeout: Duration, print: &Mutex<()>, env: &[(String, String)]) -> Run {
     let start = Instant::now();
     let mut output = String::new();
     let result = (|| -> anyhow::Result<bool> {
         let mut child = Command::new(&binary.path)
             .current_dir(&binary.package_dir)
             .env("CARGO_MANIFEST_DIR", &binary.package_dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -306,10 +315,10 @@ mod tests {
         }
         let bin = |p: &PathBuf| TestBinary { name: p.display().to_string(), path: p.clone(), package_dir: dir.clone() };
         let print = Mutex::new(());
-        let r = run_one(&bin(&hang), Duration::from_millis(500), &print);
+        let r = run_one(&bin(&hang), Duration::from_millis(500), &print, &[]);
         assert!(!r.success && r.elapsed < Duration::from_secs(10));
-        assert!(!run_one(&bin(&crash), Duration::from_secs(10), &print).success);
-        let good = run_one(&bin(&ok), Duration::from_secs(10), &print);
+        assert!(!run_one(&bin(&crash), Duration::from_secs(10), &print, &[]).success);
+        let good = run_one(&bin(&ok), Duration::from_secs(10), &print, &[]);
         assert!(good.success && good.totals.passed == 2);
         std::fs::remove_dir_all(&dir)?;
         Ok(())

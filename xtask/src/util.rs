@@ -1,6 +1,6 @@
 //! Small helpers for running commands with visible, timed steps.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -43,6 +43,52 @@ pub fn capture(cmd: &mut Command) -> anyhow::Result<String> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Fail unless `file`'s digest (`sha256` or `sha512`, by coreutils' `<algo>sum`) is `expected`.
+pub fn check_digest(file: &Path, algo: &str, expected: &str) -> anyhow::Result<()> {
+    let out = capture(Command::new(format!("{algo}sum")).arg(file))?;
+    let actual = out.split_whitespace().next().unwrap_or_default();
+    if actual != expected {
+        bail!("{}: {algo} is {actual}, expected the pinned {expected}: corrupted or tampered download", file.display());
+    }
+    Ok(())
+}
+
+/// The SHA-256 digests of the inputs a cache entry was made from (a pom, go.mod and go.sum...),
+/// kept in the entry as `.inputs.sha256`: a changed input invalidates the entry.
+pub struct Stamp(String);
+
+const STAMP_FILE: &str = ".inputs.sha256";
+
+impl Stamp {
+    pub fn of(inputs: &[PathBuf]) -> anyhow::Result<Stamp> {
+        let mut digests = String::new();
+        for input in inputs {
+            let out = capture(Command::new("sha256sum").arg(input))?;
+            digests.push_str(out.split_whitespace().next().unwrap_or_default());
+            digests.push('\n');
+        }
+        Ok(Stamp(digests))
+    }
+
+    /// Does the entry `dir` come from these inputs? An entry made before stamps existed has none:
+    /// it is adopted (stamped now) rather than rebuilt.
+    pub fn matches(&self, dir: &Path) -> anyhow::Result<bool> {
+        match std::fs::read_to_string(dir.join(STAMP_FILE)) {
+            Ok(text) => Ok(text == self.0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
+                self.write(dir)?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(STAMP_FILE);
+        std::fs::write(&path, &self.0).with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 /// Run a command; whether it succeeded, and its stdout (stderr passes through).

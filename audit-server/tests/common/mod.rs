@@ -52,7 +52,8 @@ pub struct Db {
 
 impl Db {
     pub async fn new(backend: Backend, name: &str) -> anyhow::Result<Db> {
-        let dir = tempfile::Builder::new().prefix("audit-server-test-").tempdir()?;
+        // With an owner file: server processes of a killed run are swept by the next one.
+        let dir = testbed::scratch::instance_dir_on_disk("audit-server-test-")?;
         match backend {
             Backend::Sqlite => Ok(Db { url: None, dir, pg: None }),
             Backend::Postgres => {

@@ -34,8 +34,9 @@ pub const KWOK_STORAGE_CLASS: &str = "volume/fast/storage-class.yaml";
 pub enum CrdOrigin {
     /// A Go module (fetched with `go mod download`) and the YAML files or folders inside it.
     GoModule { module: &'static str, paths: &'static [&'static str] },
-    /// A Maven artifact (`mvn dependency:copy`) and the folder inside the jar holding the YAML files.
-    MavenJar { artifact: &'static str, folder: &'static str },
+    /// A Maven artifact (`mvn dependency:copy`), the folder inside the jar holding the YAML files,
+    /// and the jar's SHA-512 (as Maven Central publishes it in `<jar>.sha512`).
+    MavenJar { artifact: &'static str, folder: &'static str, sha512: &'static str },
 }
 
 /// One project's CRDs, installed into `kube/crds/<name>-<version>/`.
@@ -90,7 +91,11 @@ pub const CRD_SETS: &[CrdSet] = &[
         version: "0.49.0",
         // Only the `tests` classifier jar carries the CRDs. crds/v1beta2/ is what 0.49 installs: it
         // serves both kafka.strimzi.io/v1beta2 (storage) and v1 (crds/v1/ would drop v1beta2).
-        origin: CrdOrigin::MavenJar { artifact: "io.strimzi:api:0.49.0:jar:tests", folder: "crds/v1beta2" },
+        origin: CrdOrigin::MavenJar {
+            artifact: "io.strimzi:api:0.49.0:jar:tests",
+            folder: "crds/v1beta2",
+            sha512: "0fedc12cc5066f03c6ef6d74ec7ee54d70ac9af52243ca857c07cffd1194dacee98f2395e2b437c7644f37661b8d6438c8d5f98dad340e0f2ec26c5db60b056a",
+        },
     },
 ];
 

@@ -23,24 +23,25 @@ mod layout;
 
 use layout::{CRD_SETS, CrdOrigin, CrdSet, KUBERNETES_BINARIES, KUBERNETES_VERSION, KWOK_VERSION};
 
+/// Everything built with Go or taken from Go modules (the caller holds the install lock and has
+/// run [`ensure_go`]). CRDs from Maven Central are [`install_maven_crds`], run beside this.
 pub fn install(ctx: &super::Ctx) -> anyhow::Result<()> {
     let start = Instant::now();
-    // Concurrent installs (two clones, CI next to a developer) would race on the same folders.
-    std::fs::create_dir_all(&ctx.cache)?;
-    let lock_path = ctx.cache.join(".kube-install.lock");
-    let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        eprintln!("kube: waiting for another install holding {}", lock_path.display());
-        lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
-    }
-    check_go()?;
     install_kubernetes(&ctx.cache)?;
     install_etcd(&ctx.cache)?;
     install_kwok(&ctx.cache)?;
-    for set in CRD_SETS {
+    for set in CRD_SETS.iter().filter(|s| matches!(s.origin, CrdOrigin::GoModule { .. })) {
         install_crds(&ctx.cache, set)?;
     }
     eprintln!("kube: done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The CRD sets that come from Maven Central (in the Maven thread: one Maven at a time).
+pub fn install_maven_crds(ctx: &super::Ctx) -> anyhow::Result<()> {
+    for set in CRD_SETS.iter().filter(|s| matches!(s.origin, CrdOrigin::MavenJar { .. })) {
+        install_crds(&ctx.cache, set)?;
+    }
     Ok(())
 }
 
@@ -62,24 +63,95 @@ pub fn status(ctx: &super::Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_go() -> anyhow::Result<()> {
-    let version = capture(Command::new("go").arg("version"))
-        .context("the Kubernetes testbed is built from Go modules: install Go 1.25 or newer")?;
+/// The oldest Go that builds xtask/go/ (their go.mod files say `go 1.25.0`).
+const GO_MIN: (u32, u32) = (1, 25);
+/// Installed when no Go of at least [`GO_MIN`] is on PATH: the official toolchain as the Go module
+/// proxy serves it (module golang.org/toolchain, what `go` itself fetches for GOTOOLCHAIN), checked
+/// against this SHA-256 of the linux-amd64 zip.
+const GO_TOOLCHAIN: &str = "1.25.5";
+const GO_TOOLCHAIN_SHA256: &str = "8cea6783dab64d68b38f5b81ecd38d45155a3c06638991acc6af19e0fca80edb";
+
+/// The `go` binary every build uses (set by [`ensure_go`]).
+static GO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn go_bin() -> PathBuf {
+    GO.get().cloned().unwrap_or_else(|| PathBuf::from("go"))
+}
+
+/// Go from PATH when it is recent enough, else the pinned toolchain under `<cache>/go/`.
+pub fn ensure_go(ctx: &super::Ctx) -> anyhow::Result<()> {
+    let on_path = capture(Command::new("go").arg("version")).ok();
+    if let Some(version) = on_path.as_deref().filter(|v| go_version(v).is_some_and(|v| v >= GO_MIN)) {
+        eprintln!("kube: {}", version.trim());
+        let _ = GO.set(PathBuf::from("go"));
+        return Ok(());
+    }
+    let dir = ctx.cache.join("go").join(format!("go{GO_TOOLCHAIN}"));
+    let bin = dir.join("bin").join("go");
+    if !bin.is_file() {
+        eprintln!(
+            "kube: {}; installing Go {GO_TOOLCHAIN} into {}",
+            on_path.map_or("no `go` on PATH".to_owned(), |v| format!("{} is older than {GO_MIN:?}", v.trim())),
+            dir.display()
+        );
+        install_go_toolchain(&dir)?;
+    }
+    let version = capture(Command::new(&bin).arg("version"))?;
     eprintln!("kube: {}", version.trim());
+    let _ = GO.set(bin);
     Ok(())
+}
+
+/// (major, minor) of `go version` output such as "go version go1.26.8 linux/amd64".
+fn go_version(output: &str) -> Option<(u32, u32)> {
+    let v = output.split_whitespace().nth(2)?.strip_prefix("go")?;
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn install_go_toolchain(dir: &Path) -> anyhow::Result<()> {
+    if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
+        bail!("no pinned Go toolchain for this platform: install Go {}.{} or newer", GO_MIN.0, GO_MIN.1);
+    }
+    // The first proxy of GOPROXY (a mirror in a closed network), else the public one.
+    let proxy = std::env::var("GOPROXY")
+        .ok()
+        .and_then(|p| p.split([',', '|']).next().map(str::to_owned))
+        .filter(|p| p.starts_with("http"))
+        .unwrap_or_else(|| "https://proxy.golang.org".to_owned());
+    let module = format!("v0.0.1-go{GO_TOOLCHAIN}.linux-amd64");
+    let tmp = staging(dir)?;
+    let zip = tmp.join("toolchain.zip");
+    step(
+        &format!("download Go {GO_TOOLCHAIN} from {proxy}"),
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--location", "--output"])
+            .arg(&zip)
+            .arg(format!("{}/golang.org/toolchain/@v/{module}.zip", proxy.trim_end_matches('/'))),
+    )?;
+    crate::util::check_digest(&zip, "sha256", GO_TOOLCHAIN_SHA256)?;
+    step("unpack the Go toolchain", Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(&tmp))?;
+    let root = tmp.join(format!("golang.org/toolchain@{module}"));
+    if !root.join("bin/go").is_file() {
+        bail!("{} did not contain golang.org/toolchain@{module}/bin/go", zip.display());
+    }
+    publish(&root, dir)?;
+    std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))
 }
 
 /// `go` with the settings every build here shares: static binaries (no libc coupling with the
 /// machine that runs the tests) and no VCS stamping (xtask/go/ sits inside this git clone).
 fn go(dir: &Path) -> Command {
-    let mut cmd = Command::new("go");
+    let mut cmd = Command::new(go_bin());
     cmd.current_dir(dir).env("CGO_ENABLED", "0").env("GOFLAGS", "-buildvcs=false -mod=readonly");
     cmd
 }
 
 fn install_kubernetes(cache: &Path) -> anyhow::Result<()> {
     let dir = layout::kubernetes_bin_dir(cache);
-    if KUBERNETES_BINARIES.iter().all(|b| dir.join(b).is_file()) {
+    let module = project_root().join("xtask/go/kubernetes");
+    let stamp = crate::util::Stamp::of(&[module.join("go.mod"), module.join("go.sum")])?;
+    if KUBERNETES_BINARIES.iter().all(|b| dir.join(b).is_file()) && stamp.matches(&dir)? {
         eprintln!("kube: kubernetes {KUBERNETES_VERSION} cached in {}", dir.display());
         return Ok(());
     }
@@ -93,32 +165,35 @@ fn install_kubernetes(cache: &Path) -> anyhow::Result<()> {
              -X {pkg}.gitTreeState=clean"
         ));
     }
-    let module = project_root().join("xtask/go/kubernetes");
     step(
-        &format!("build kubernetes {KUBERNETES_VERSION} (cold: ~10 min, 1.9 GB RAM)"),
+        &format!("build kubernetes {KUBERNETES_VERSION} (cold: ~7 min on 2 cores, 1.9 GB RAM)"),
         go(&module)
             .args(["build", "-trimpath", "-ldflags", &ldflags, "-o"])
             .arg(format!("{}/", tmp.display()))
             .args(KUBERNETES_BINARIES.iter().map(|b| format!("k8s.io/kubernetes/cmd/{b}"))),
     )?;
+    stamp.write(&tmp)?;
     publish(&tmp, &dir)
 }
 
 fn install_etcd(cache: &Path) -> anyhow::Result<()> {
     let bin = layout::etcd_bin(cache);
-    if bin.is_file() {
+    let dir = parent(&bin)?;
+    let module = project_root().join("xtask/go/etcd");
+    let stamp = crate::util::Stamp::of(&[module.join("go.mod"), module.join("go.sum")])?;
+    if bin.is_file() && stamp.matches(dir)? {
         eprintln!("kube: etcd {} cached in {}", layout::ETCD_VERSION, bin.display());
         return Ok(());
     }
-    let dir = parent(&bin)?;
     let tmp = staging(dir)?;
     step(
         &format!("build etcd {} (~1 min)", layout::ETCD_VERSION),
-        go(&project_root().join("xtask/go/etcd"))
+        go(&module)
             .args(["build", "-trimpath", "-ldflags", "-s -w", "-o"])
             .arg(tmp.join("etcd"))
             .arg("go.etcd.io/etcd/server/v3"),
     )?;
+    stamp.write(&tmp)?;
     publish(&tmp, dir)
 }
 
@@ -185,16 +260,17 @@ fn install_crds(cache: &Path, set: &CrdSet) -> anyhow::Result<()> {
                 Ok(())
             })?;
         }
-        CrdOrigin::MavenJar { artifact, folder } => {
+        CrdOrigin::MavenJar { artifact, folder, sha512 } => {
             step(
                 &format!("fetch {artifact} from Maven Central"),
                 Command::new("mvn")
                     .current_dir(&tmp)
-                    .args(["-B", "-q", "dependency:copy"])
+                    .args(["-B", "-q", "--strict-checksums", "dependency:copy"])
                     .arg(format!("-Dartifact={artifact}"))
                     .arg(format!("-DoutputDirectory={}", tmp.display())),
             )?;
             let jar = single_file(&tmp, ".jar")?;
+            crate::util::check_digest(&jar, "sha512", sha512)?;
             step(
                 &format!("extract {folder}/ from {}", jar.display()),
                 Command::new("unzip")
@@ -218,7 +294,7 @@ fn install_crds(cache: &Path, set: &CrdSet) -> anyhow::Result<()> {
 fn describe(origin: &CrdOrigin) -> String {
     match origin {
         CrdOrigin::GoModule { module, paths } => format!("{module}: {}", paths.join(", ")),
-        CrdOrigin::MavenJar { artifact, folder } => format!("{artifact}: {folder}/"),
+        CrdOrigin::MavenJar { artifact, folder, .. } => format!("{artifact}: {folder}/"),
     }
 }
 
@@ -248,7 +324,7 @@ fn go_module_dir(module: &str, version: &str) -> anyhow::Result<PathBuf> {
     let start = Instant::now();
     // Outside any module, so xtask/go's go.mod files do not constrain the download.
     let json = capture(
-        Command::new("go")
+        Command::new(go_bin())
             .current_dir(std::env::temp_dir())
             .args(["mod", "download", "-json"])
             .arg(format!("{module}@{version}")),
@@ -322,4 +398,17 @@ fn timed<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result
     let state = if result.is_ok() { "ok" } else { "FAILED" };
     eprintln!("<== {name}: {state} in {:.1}s", start.elapsed().as_secs_f64());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_versions_are_compared_by_major_and_minor() {
+        assert_eq!(go_version("go version go1.26.8 linux/amd64"), Some((1, 26)));
+        assert_eq!(go_version("go version go1.25rc1 linux/amd64"), Some((1, 25)));
+        assert_eq!(go_version("go version devel +abc"), None);
+        assert!(go_version("go version go1.24.9 linux/amd64").is_some_and(|v| v < GO_MIN));
+    }
 }

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Subcommand;
 
 #[derive(Subcommand, Clone, Copy)]
@@ -70,10 +71,25 @@ pub fn run(cmd: DepsCommand) -> anyhow::Result<()> {
         DepsCommand::Install => {
             let start = Instant::now();
             std::fs::create_dir_all(&ctx.cache)?;
+            // One install at a time per cache (two clones, CI next to a developer): they would race
+            // on the same folders and on Maven's local repository.
+            let lock_path = ctx.cache.join(".install.lock");
+            let lock =
+                std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+            if lock.try_lock().is_err() {
+                eprintln!("deps install: waiting for another install holding {}", lock_path.display());
+                lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+            }
             // First: the other components need Java, Maven, build headers and the run-as user.
             debian::install(&ctx)?;
-            kube::install(&ctx)?;
-            maven::install(&ctx)?;
+            kube::ensure_go(&ctx)?;
+            // Maven Central downloads (all of them, one Maven at a time) while Go builds.
+            std::thread::scope(|scope| {
+                let maven = scope.spawn(|| maven::install(&ctx).and_then(|()| kube::install_maven_crds(&ctx)));
+                let go = kube::install(&ctx);
+                let maven = maven.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the Maven install thread panicked")));
+                go.and(maven)
+            })?;
             eprintln!("deps install: done in {:.1}s (cache {})", start.elapsed().as_secs_f64(), ctx.cache.display());
             Ok(())
         }
