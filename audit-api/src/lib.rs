@@ -4,6 +4,8 @@
 //! and audctl's smoke and load verbs. Serde only: identifiers and timestamps travel as strings
 //! (UUID and RFC 3339 with microseconds, UTC, `Z` suffix) so this crate pulls in nothing heavy.
 
+pub mod canonical;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -95,6 +95,7 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
             _ => v.fail("metadata.tags", "must be an object of string values"),
         }
     }
+    inexact_numbers(value, &mut prefix.trim_end_matches('.').to_owned(), errors);
     if errors.len() > before {
         return None;
     }
@@ -104,6 +105,39 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
             errors.push(FieldError { field: prefix.trim_end_matches('.').to_owned(), message: e.to_string() });
             None
         }
+    }
+}
+
+/// Integers beyond 2^53 in magnitude would be rounded by the canonical form (RFC 8785 numbers are
+/// doubles), so what is hashed and returned would differ from what was sent: refuse them.
+fn inexact_numbers(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Number(n) if !audit_api::canonical::exact_number(n) => errors.push(FieldError {
+            field: path.clone(),
+            message: "integers beyond 2^53 in magnitude cannot be kept exactly (numbers are IEEE 754 doubles, \
+                      RFC 8785); send them as strings"
+                .into(),
+        }),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                inexact_numbers(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                inexact_numbers(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 
