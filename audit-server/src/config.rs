@@ -79,6 +79,16 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `AUDIT_GROUP_COMMIT_MAX_EVENTS`: most events in one append transaction, default 5000.
     pub group_commit_max_events: usize,
+    /// `AUDIT_APPEND_LANES`: append transactions in flight at once for disjoint tenants, each on a
+    /// connection reserved for appends (PostgreSQL; SQLite has one writer), default 4.
+    pub append_lanes: usize,
+    /// `AUDIT_APPEND_TIMEOUT_SECONDS`: lock_timeout and statement_timeout of append transactions
+    /// (SQLite: its busy timeout), default 10. Beyond it the append fails with 503, nothing stored.
+    pub append_timeout: Duration,
+    /// `AUDIT_APPEND_QUEUE_MAX_EVENTS` / `AUDIT_APPEND_QUEUE_MAX_BYTES`: events and request bytes
+    /// waiting for a transaction beyond which appends are shed with 503, default 50000 / 64 MiB.
+    pub append_queue_max_events: usize,
+    pub append_queue_max_bytes: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +104,10 @@ struct FileConfig {
     shutdown_delay_seconds: Option<f64>,
     request_timeout_seconds: Option<f64>,
     group_commit_max_events: Option<usize>,
+    append_lanes: Option<usize>,
+    append_timeout_seconds: Option<f64>,
+    append_queue_max_events: Option<usize>,
+    append_queue_max_bytes: Option<usize>,
 }
 
 impl Config {
@@ -110,6 +124,10 @@ impl Config {
             shutdown_delay: Duration::ZERO,
             request_timeout: Duration::from_secs(30),
             group_commit_max_events: 5000,
+            append_lanes: 4,
+            append_timeout: Duration::from_secs(10),
+            append_queue_max_events: 50_000,
+            append_queue_max_bytes: 64 * 1024 * 1024,
         }
     }
 
@@ -138,6 +156,10 @@ impl Config {
         c.shutdown_delay = file.shutdown_delay_seconds.map(secs).transpose()?.unwrap_or(c.shutdown_delay);
         c.request_timeout = file.request_timeout_seconds.map(secs).transpose()?.unwrap_or(c.request_timeout);
         c.group_commit_max_events = file.group_commit_max_events.unwrap_or(c.group_commit_max_events);
+        c.append_lanes = file.append_lanes.unwrap_or(c.append_lanes);
+        c.append_timeout = file.append_timeout_seconds.map(secs).transpose()?.unwrap_or(c.append_timeout);
+        c.append_queue_max_events = file.append_queue_max_events.unwrap_or(c.append_queue_max_events);
+        c.append_queue_max_bytes = file.append_queue_max_bytes.unwrap_or(c.append_queue_max_bytes);
 
         if let Some(v) = env("AUDIT_LISTEN_ADDR") {
             c.listen = v
@@ -170,6 +192,18 @@ impl Config {
             c.request_timeout = secs(s)?;
         }
         c.group_commit_max_events = number(&env, "AUDIT_GROUP_COMMIT_MAX_EVENTS")?.unwrap_or(c.group_commit_max_events);
+        c.append_lanes = number(&env, "AUDIT_APPEND_LANES")?.unwrap_or(c.append_lanes);
+        if let Some(s) = number::<f64>(&env, "AUDIT_APPEND_TIMEOUT_SECONDS")? {
+            c.append_timeout = secs(s)?;
+        }
+        c.append_queue_max_events = number(&env, "AUDIT_APPEND_QUEUE_MAX_EVENTS")?.unwrap_or(c.append_queue_max_events);
+        c.append_queue_max_bytes = number(&env, "AUDIT_APPEND_QUEUE_MAX_BYTES")?.unwrap_or(c.append_queue_max_bytes);
+        if c.append_lanes == 0 {
+            bail!("AUDIT_APPEND_LANES must be at least 1");
+        }
+        if c.append_timeout.is_zero() {
+            bail!("AUDIT_APPEND_TIMEOUT_SECONDS must be above 0");
+        }
         if c.db_max_connections == 0 {
             bail!("AUDIT_DB_MAX_CONNECTIONS must be at least 1");
         }

@@ -65,7 +65,7 @@ impl RunningServer {
 pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     let store = match &config.database_url {
         Some(url) => Store::Postgres(
-            PgStore::connect(url, config.db_max_connections)
+            PgStore::connect(url, config.db_max_connections, config.append_lanes as u32, config.append_timeout)
                 .await
                 .with_context(|| format!("connecting to PostgreSQL at {}", config::redact_url(url)))?,
         ),
@@ -73,7 +73,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
             create_private_dir(&config.data_dir)?;
             let path = config.sqlite_path();
             Store::Sqlite(
-                SqliteStore::open(&path, config.db_max_connections)
+                SqliteStore::open(&path, config.db_max_connections, config.append_timeout)
                     .await
                     .with_context(|| format!("opening SQLite database {}", path.display()))?,
             )
@@ -94,7 +94,14 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     let keys = KeyRing::new(&key_configs)?;
     let store = Arc::new(store);
     let metrics = Arc::new(metrics::Metrics::default());
-    let appender = appender::Appender::new(store.clone(), metrics.clone(), config.group_commit_max_events);
+    let limits = appender::Limits {
+        max_run_events: config.group_commit_max_events,
+        // SQLite has one writer: a second lane would only wait for the first one's lock.
+        lanes: if config.database_url.is_some() { config.append_lanes } else { 1 },
+        max_queued_events: config.append_queue_max_events,
+        max_queued_bytes: config.append_queue_max_bytes,
+    };
+    let appender = appender::Appender::new(store.clone(), metrics.clone(), limits);
     let state = AppState(Arc::new(Inner {
         store,
         appender,

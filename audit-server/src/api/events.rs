@@ -5,7 +5,7 @@ use audit_api::{
 };
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -15,10 +15,10 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::input::{self, JsonBody};
+use super::{AppState, Deadline};
 use crate::chain;
 use crate::store::{AppendJob, Idempotency, JobOutcome, ListQuery};
 
@@ -35,7 +35,8 @@ use crate::store::{AppendJob, Idempotency, JobOutcome, ListQuery};
         (status = 413, description = "Body over 10 MiB", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Not stored: database unavailable, lock or request timeout, or overloaded (Retry-After)", body = ErrorBody),
+        (status = 500, description = "commit_outcome_unknown: retry with the same Idempotency-Key", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -43,7 +44,8 @@ pub async fn post_event(
     State(state): State<AppState>,
     Caller(scope): Caller,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    Extension(Deadline(deadline)): Extension<Deadline>,
+    JsonBody(body, size): JsonBody,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     let Some(event) = input::event(&body, "", &mut errors) else {
@@ -53,7 +55,7 @@ pub async fn post_event(
     scope.require(&tenant)?;
     let key = input::idempotency_key(&headers)?;
     let events = vec![event];
-    let outcome = append(&state, &tenant, events, key, "single").await?;
+    let outcome = append(&state, &tenant, events, key, "single", size, deadline).await?;
     let (receipts, replayed) = outcome;
     let receipt = receipts.into_iter().next().ok_or_else(|| ApiError::bad_request("nothing stored"))?;
     Ok(created(Json(receipt), replayed))
@@ -72,7 +74,8 @@ pub async fn post_event(
         (status = 413, description = "Body over 10 MiB", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Not stored: database unavailable, lock or request timeout, or overloaded (Retry-After)", body = ErrorBody),
+        (status = 500, description = "commit_outcome_unknown: retry with the same Idempotency-Key", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -80,13 +83,14 @@ pub async fn post_batch(
     State(state): State<AppState>,
     Caller(scope): Caller,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    Extension(Deadline(deadline)): Extension<Deadline>,
+    JsonBody(body, size): JsonBody,
 ) -> Result<Response, ApiError> {
     let events = input::batch(&body)?;
     let tenant = events[0].metadata.tenant_id.clone();
     scope.require(&tenant)?;
     let key = input::idempotency_key(&headers)?;
-    let (results, replayed) = append(&state, &tenant, events, key, "batch").await?;
+    let (results, replayed) = append(&state, &tenant, events, key, "batch", size, deadline).await?;
     Ok(created(Json(BatchResponse { count: results.len(), results }), replayed))
 }
 
@@ -96,13 +100,15 @@ async fn append(
     events: Vec<NewEvent>,
     key: Option<String>,
     kind: &str,
+    size: usize,
+    deadline: tokio::time::Instant,
 ) -> Result<(Vec<EventReceipt>, bool), ApiError> {
     let idempotency = key.map(|key| {
         // What was asked, independent of JSON formatting: a retry must ask the same thing.
         let canonical = chain::canonical_json(&serde_json::to_value(&events).unwrap_or_default());
         Idempotency { key, fingerprint: chain::link_hash(&canonical, kind) }
     });
-    match state.appender.submit(tenant, AppendJob { events, idempotency }).await? {
+    match state.appender.submit(tenant, AppendJob { events, idempotency }, size, deadline).await? {
         JobOutcome::Stored(r) => Ok((r, false)),
         JobOutcome::Replayed(r) => Ok((r, true)),
         JobOutcome::KeyConflict => Err(ApiError::new(

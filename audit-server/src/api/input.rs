@@ -9,14 +9,22 @@ use axum::http::{StatusCode, header};
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::{AppState, Deadline};
+use crate::appender::AppendError;
 
-/// A JSON request body, parsed but not yet validated.
-pub struct JsonBody(pub Value);
+/// A JSON request body of an append, parsed but not yet validated, and its size in bytes. Refused
+/// with 503 before it is read when the append queue is full (load shedding), and when the request
+/// deadline passes while it is being received.
+pub struct JsonBody(pub Value, pub usize);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if state.appender.saturated() {
+            return Err(AppendError::Overloaded.into());
+        }
+        let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if !(mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))) {
@@ -31,7 +39,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             return Err(too_large());
         }
         // The router sets DefaultBodyLimit to MAX_BODY_BYTES; Bytes turns an overrun into a 413.
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(d) => tokio::time::timeout_at(d, read).await.map_err(|_| ApiError::timeout())?,
+            None => read.await,
+        };
+        let bytes = read.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
             } else {
@@ -40,7 +53,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         })?;
         let value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-        Ok(JsonBody(value))
+        Ok(JsonBody(value, bytes.len()))
     }
 }
 

@@ -93,8 +93,13 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
 }
 
+/// When the request must be answered. Appends handle it themselves ([`crate::appender`]): cut
+/// off from outside, a request whose transaction has begun could answer 503 and still commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub tokio::time::Instant);
+
 /// Per request: the timeout (503) and the `http_server_requests_seconds` observation.
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let uri = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "UNKNOWN".into());
     let method = match *req.method() {
@@ -103,9 +108,16 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         }
         _ => "OTHER".to_owned(),
     };
-    let response = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request timed out").into_response(),
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    req.extensions_mut().insert(Deadline(deadline));
+    let append = req.method() == Method::POST && matches!(uri.as_str(), "/api/v1/events" | "/api/v1/events/batch");
+    let response = if append {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout_at(deadline, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::timeout().into_response(),
+        }
     };
     let status = response.status().as_u16();
     state.metrics.observe_request(&method, &uri, status, start.elapsed());

@@ -17,6 +17,9 @@ use crate::chain;
 pub enum StoreError {
     /// The database cannot be reached or timed out (503, the client may retry).
     Unavailable(String),
+    /// The connection failed during COMMIT: the transaction may or may not have committed (500;
+    /// a retry with the same Idempotency-Key is safe, one without may store the events twice).
+    CommitUnknown(String),
     /// Anything else (500: a bug or a broken database).
     Internal(String),
 }
@@ -28,6 +31,7 @@ impl StoreError {
     pub fn duplicate(&self) -> StoreError {
         match self {
             StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::CommitUnknown(m) => StoreError::CommitUnknown(m.clone()),
             StoreError::Internal(m) => StoreError::Internal(m.clone()),
         }
     }
@@ -37,6 +41,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Unavailable(m) => write!(f, "database unavailable: {m}"),
+            StoreError::CommitUnknown(m) => write!(f, "commit outcome unknown: {m}"),
             StoreError::Internal(m) => write!(f, "database error: {m}"),
         }
     }
@@ -50,11 +55,23 @@ impl From<sqlx::Error> for StoreError {
             }
             sqlx::Error::Database(db) => {
                 // SQLite busy/locked and PostgreSQL admin shutdown, crash recovery, too many
-                // connections, serialization or deadlock: transient, worth a retry.
+                // connections, serialization or deadlock, lock or statement timeout, a read-only
+                // database (a replica, a failover in progress): transient, worth a retry, and the
+                // transaction rolled back.
                 let code = db.code().map(|c| c.to_string()).unwrap_or_default();
                 let transient = matches!(
                     code.as_str(),
-                    "5" | "6" | "517" | "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                    "5" | "6"
+                        | "517"
+                        | "57P01"
+                        | "57P02"
+                        | "57P03"
+                        | "53300"
+                        | "40001"
+                        | "40P01"
+                        | "55P03"
+                        | "57014"
+                        | "25006"
                 ) || code.starts_with("08");
                 if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Internal(e.to_string()) }
             }
@@ -387,12 +404,26 @@ impl Store {
                         Ok(mut outcomes) => outcomes
                             .pop()
                             .ok_or_else(|| StoreError::Internal("a run came back without outcomes".into())),
-                        Err(TxError::BeforeCommit(e) | TxError::AtCommit(e)) => Err(e),
+                        Err(TxError::BeforeCommit(e)) => Err(e),
+                        Err(TxError::AtCommit(e)) => Err(StoreError::CommitUnknown(e.to_string())),
                     });
                 }
                 results
             }
-            Err(TxError::BeforeCommit(e) | TxError::AtCommit(e)) => runs.iter().map(|_| Err(e.duplicate())).collect(),
+            Err(TxError::BeforeCommit(e)) => runs.iter().map(|_| Err(e.duplicate())).collect(),
+            Err(TxError::AtCommit(e)) => {
+                let e = StoreError::CommitUnknown(e.to_string());
+                runs.iter().map(|_| Err(e.duplicate())).collect()
+            }
+        }
+    }
+
+    /// Whether appends can commit now: a connection of the append pool answers within the
+    /// caller's timeout and the database takes writes (not a replica, not read-only).
+    pub async fn writable(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.writable().await,
+            Store::Sqlite(s) => s.ping().await,
         }
     }
 

@@ -17,7 +17,11 @@ use crate::chain;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PgStore {
+    /// Reads, verifies, health checks.
     pool: PgPool,
+    /// Append transactions only (one connection per lane), so reads cannot starve appends; its
+    /// sessions carry lock_timeout and statement_timeout, so a locked chain head fails fast.
+    appends: PgPool,
     max: u32,
 }
 
@@ -27,7 +31,12 @@ const COLUMNS: &str =
 impl PgStore {
     /// Connect and apply the embedded migrations (sqlx takes an advisory lock, so replicas starting
     /// together migrate once).
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        append_connections: u32,
+        append_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Internal(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))?;
@@ -35,15 +44,34 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
-        Ok(PgStore { pool, max: max_connections })
+        // Session settings sent at connection start: no extra round trip per transaction.
+        let ms = append_timeout.as_millis().max(1).to_string();
+        let append_options = options.options([("lock_timeout", ms.as_str()), ("statement_timeout", ms.as_str())]);
+        let appends = PgPoolOptions::new()
+            .max_connections(append_connections.max(1))
+            .acquire_timeout(append_timeout.max(Duration::from_secs(1)))
+            .connect_lazy_with(append_options);
+        Ok(PgStore { pool, appends, max: max_connections + append_connections.max(1) })
+    }
+
+    /// A connection of the append pool answers and the database takes writes.
+    pub async fn writable(&self) -> Result<(), StoreError> {
+        let row = sqlx::query("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+            .fetch_one(&self.appends)
+            .await?;
+        let (recovery, read_only): (bool, String) = (row.try_get(0)?, row.try_get(1)?);
+        if recovery || read_only == "on" {
+            return Err(StoreError::Unavailable("the database is read-only (a replica or read-only mode)".into()));
+        }
+        Ok(())
     }
 
     /// All runs in one transaction; the caller sorts them by tenant (the lock order).
     pub(crate) async fn append(&self, runs: &[Run]) -> Result<Vec<Vec<JobOutcome>>, TxError> {
-        let mut tx = self.pool.begin().await.map_err(|e| TxError::BeforeCommit(e.into()))?;
+        let mut tx = self.appends.begin().await.map_err(|e| TxError::BeforeCommit(e.into()))?;
         let mut outcomes = Vec::with_capacity(runs.len());
         for run in runs {
             outcomes.push(append_run(&mut tx, &run.tenant_id, &run.jobs).await.map_err(TxError::BeforeCommit)?);
@@ -124,11 +152,12 @@ impl PgStore {
     }
 
     pub fn pool_usage(&self) -> (u64, u64) {
-        let in_use = self.pool.size().saturating_sub(self.pool.num_idle() as u32);
-        (u64::from(in_use), u64::from(self.max))
+        let in_use = |p: &PgPool| p.size().saturating_sub(p.num_idle() as u32);
+        (u64::from(in_use(&self.pool) + in_use(&self.appends)), u64::from(self.max))
     }
 
     pub async fn close(&self) {
+        self.appends.close().await;
         self.pool.close().await;
     }
 }

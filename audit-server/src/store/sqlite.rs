@@ -27,14 +27,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn open(path: &Path, max_connections: u32) -> Result<Self, StoreError> {
+    /// `busy_timeout`: how long an append waits for the database write lock (then 503).
+    pub async fn open(path: &Path, max_connections: u32, busy_timeout: Duration) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|e| StoreError::Internal(e.to_string()))?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30));
+            .busy_timeout(busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
