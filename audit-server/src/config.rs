@@ -89,6 +89,17 @@ pub struct Config {
     /// waiting for a transaction beyond which appends are shed with 503, default 50000 / 64 MiB.
     pub append_queue_max_events: usize,
     pub append_queue_max_bytes: usize,
+    /// `AUDIT_HEADER_READ_TIMEOUT_SECONDS`: time to receive a request's headers, default 10; a
+    /// slower client (slowloris) has its connection closed.
+    pub header_read_timeout: Duration,
+    /// `AUDIT_MAX_CONNECTIONS`: open HTTP connections at most, default 1024.
+    pub max_connections: usize,
+    /// `AUDIT_IDEMPOTENCY_RETENTION_SECONDS`: how long an Idempotency-Key is remembered, default
+    /// 86400 (24 h); older records are purged in the background.
+    pub idempotency_retention: Duration,
+    /// `AUDIT_ALLOW_ASYNC_COMMIT`: start even when PostgreSQL's `synchronous_commit` is `off`
+    /// (a 201 could then be lost in a crash), with a warning. Default false: refuse to start.
+    pub allow_async_commit: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +119,10 @@ struct FileConfig {
     append_timeout_seconds: Option<f64>,
     append_queue_max_events: Option<usize>,
     append_queue_max_bytes: Option<usize>,
+    header_read_timeout_seconds: Option<f64>,
+    max_connections: Option<usize>,
+    idempotency_retention_seconds: Option<f64>,
+    allow_async_commit: Option<bool>,
 }
 
 impl Config {
@@ -128,6 +143,10 @@ impl Config {
             append_timeout: Duration::from_secs(10),
             append_queue_max_events: 50_000,
             append_queue_max_bytes: 64 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            allow_async_commit: false,
         }
     }
 
@@ -160,6 +179,12 @@ impl Config {
         c.append_timeout = file.append_timeout_seconds.map(secs).transpose()?.unwrap_or(c.append_timeout);
         c.append_queue_max_events = file.append_queue_max_events.unwrap_or(c.append_queue_max_events);
         c.append_queue_max_bytes = file.append_queue_max_bytes.unwrap_or(c.append_queue_max_bytes);
+        c.header_read_timeout =
+            file.header_read_timeout_seconds.map(secs).transpose()?.unwrap_or(c.header_read_timeout);
+        c.max_connections = file.max_connections.unwrap_or(c.max_connections);
+        c.idempotency_retention =
+            file.idempotency_retention_seconds.map(secs).transpose()?.unwrap_or(c.idempotency_retention);
+        c.allow_async_commit = file.allow_async_commit.unwrap_or(c.allow_async_commit);
 
         if let Some(v) = env("AUDIT_LISTEN_ADDR") {
             c.listen = v
@@ -198,6 +223,26 @@ impl Config {
         }
         c.append_queue_max_events = number(&env, "AUDIT_APPEND_QUEUE_MAX_EVENTS")?.unwrap_or(c.append_queue_max_events);
         c.append_queue_max_bytes = number(&env, "AUDIT_APPEND_QUEUE_MAX_BYTES")?.unwrap_or(c.append_queue_max_bytes);
+        if let Some(s) = number::<f64>(&env, "AUDIT_HEADER_READ_TIMEOUT_SECONDS")? {
+            c.header_read_timeout = secs(s)?;
+        }
+        c.max_connections = number(&env, "AUDIT_MAX_CONNECTIONS")?.unwrap_or(c.max_connections);
+        if let Some(s) = number::<f64>(&env, "AUDIT_IDEMPOTENCY_RETENTION_SECONDS")? {
+            c.idempotency_retention = secs(s)?;
+        }
+        if let Some(v) = env("AUDIT_ALLOW_ASYNC_COMMIT") {
+            c.allow_async_commit = match v.trim() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" | "" => false,
+                _ => bail!("AUDIT_ALLOW_ASYNC_COMMIT={v:?}: expected true or false"),
+            };
+        }
+        if c.idempotency_retention.is_zero() {
+            bail!("AUDIT_IDEMPOTENCY_RETENTION_SECONDS must be above 0");
+        }
+        if c.header_read_timeout.is_zero() || c.max_connections == 0 {
+            bail!("AUDIT_HEADER_READ_TIMEOUT_SECONDS and AUDIT_MAX_CONNECTIONS must be above 0");
+        }
         if c.append_lanes == 0 {
             bail!("AUDIT_APPEND_LANES must be at least 1");
         }
@@ -264,8 +309,31 @@ fn secs(s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("{s} is not a valid number of seconds"))
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, for logs.
+/// `postgres://user:secret@host/db?password=x` -> `postgres://user:***@host/db?password=***`, for
+/// logs: the userinfo password and the `password` / `sslpassword` query parameters.
 pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") => {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -310,5 +378,10 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact_url("postgres://u:p%40ss@h:5432/d"), "postgres://u:***@h:5432/d");
         assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
+        assert_eq!(
+            redact_url("postgres://u@h/d?sslmode=verify-full&password=s3cret&PASSWORD=x&sslpassword=k"),
+            "postgres://u@h/d?sslmode=verify-full&password=***&PASSWORD=***&sslpassword=***"
+        );
+        assert_eq!(redact_url("postgres://u:p@h/d?password=s"), "postgres://u:***@h/d?password=***");
     }
 }

@@ -6,6 +6,7 @@ pub mod appender;
 pub mod chain;
 pub mod config;
 pub mod metrics;
+pub mod serve;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub struct RunningServer {
     state: AppState,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    purger: JoinHandle<()>,
     shutdown_delay: std::time::Duration,
     /// Set when no key was configured and a local one was generated (SQLite only).
     pub local_key_file: Option<PathBuf>,
@@ -56,6 +58,7 @@ impl RunningServer {
         tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.stop.send(true);
         let served = self.task.await.context("server task panicked")?;
+        self.purger.abort();
         self.state.store.close().await;
         served.context("serving HTTP")
     }
@@ -65,9 +68,15 @@ impl RunningServer {
 pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     let store = match &config.database_url {
         Some(url) => Store::Postgres(
-            PgStore::connect(url, config.db_max_connections, config.append_lanes as u32, config.append_timeout)
-                .await
-                .with_context(|| format!("connecting to PostgreSQL at {}", config::redact_url(url)))?,
+            PgStore::connect(
+                url,
+                config.db_max_connections,
+                config.append_lanes as u32,
+                config.append_timeout,
+                config.allow_async_commit,
+            )
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", config::redact_url(url)))?,
         ),
         None => {
             create_private_dir(&config.data_dir)?;
@@ -115,21 +124,30 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("binding {} (set AUDIT_LISTEN_ADDR)", config.listen))?;
     let addr = listener.local_addr()?;
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let app = api::router(state.clone());
-    // Small JSON answers: without TCP_NODELAY, Nagle plus delayed ACKs can add ~40 ms to a response.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let limits =
+        serve::Limits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };
+    let task = tokio::spawn(serve::serve(listener, app, limits, stopped));
+    let purger = tokio::spawn(purge_idempotency(state.store.clone(), config.idempotency_retention));
     tracing::info!(%addr, store = state.store.kind(), keys = state.keys.len(), "audit-server listening");
-    Ok(RunningServer { addr, state, stop, task, shutdown_delay: config.shutdown_delay, local_key_file })
+    Ok(RunningServer { addr, state, stop, task, purger, shutdown_delay: config.shutdown_delay, local_key_file })
+}
+
+/// Forget Idempotency-Keys older than their retention, every quarter of it (at most hourly).
+async fn purge_idempotency(store: Arc<Store>, retention: std::time::Duration) {
+    let every = (retention / 4).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(retention) = chrono::Duration::from_std(retention) else { return };
+        match store.purge_idempotency(chain::now() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired idempotency records deleted"),
+            Err(e) => tracing::warn!(error = %e, "purging idempotency records failed"),
+        }
+    }
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

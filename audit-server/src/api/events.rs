@@ -135,8 +135,7 @@ fn created(body: impl IntoResponse, replayed: bool) -> Response {
         (status = 200, description = "The event", body = StoredEvent),
         (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "Key not allowed for the event's tenant", body = ErrorBody),
-        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 404, description = "No such event, or one of a tenant the key may not read", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -147,9 +146,12 @@ pub async fn get_event(
 ) -> Result<Json<StoredEvent>, ApiError> {
     let Path(id) = path.map_err(|e| ApiError::field("id", e.body_text()))?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::field("id", "must be a UUID"))?;
-    let event = state.store.get(id).await?.ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
-    scope.require(&event.metadata.tenant_id)?;
-    Ok(Json(event))
+    // Another tenant's event is answered exactly like a missing one: a key learns nothing about
+    // events (or tenants) it may not read.
+    match state.store.get(id).await? {
+        Some(event) if scope.allows(&event.metadata.tenant_id) => Ok(Json(event)),
+        _ => Err(ApiError::not_found(format!("no event {id}"))),
+    }
 }
 
 /// Filters of `GET /events`. All optional except `tenantId`.

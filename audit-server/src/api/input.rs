@@ -70,6 +70,14 @@ const MAX_ID: usize = 256;
 const MAX_TEXT: usize = 4096;
 const MAX_TENANT: usize = 128;
 
+/// The fields of an event, per part (those of `audit_api::NewEvent`).
+const FIELDS: [(&str, &[&str]); 4] = [
+    ("actor", &["id", "type", "name", "ip", "userAgent", "attributes"]),
+    ("action", &["type", "description", "category"]),
+    ("resource", &["id", "type", "name", "before", "after"]),
+    ("metadata", &["source", "tenantId", "correlationId", "sessionId", "tags"]),
+];
+
 /// Validate one event; on success the typed event.
 pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Option<NewEvent> {
     let before = errors.len();
@@ -83,6 +91,18 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
             Some(Value::Object(_)) => {}
             None | Some(Value::Null) => v.fail(part, "is required"),
             Some(_) => v.fail(part, "must be an object"),
+        }
+    }
+    // Unknown fields are refused rather than dropped: a client must not believe a field it sent
+    // (say `occurredAt`, or a misspelt `tenantID`) is stored and covered by the hash.
+    for key in obj.keys().filter(|k| !FIELDS.iter().any(|(part, _)| part == k)) {
+        v.fail(key, "is not a field of an event (unknown fields are refused, see the README)");
+    }
+    for (part, known) in FIELDS {
+        if let Some(Value::Object(fields)) = obj.get(part) {
+            for key in fields.keys().filter(|k| !known.contains(&k.as_str())) {
+                v.fail(&format!("{part}.{key}"), &format!("is not a field of {part}"));
+            }
         }
     }
     let get = |part: &str, field: &str| obj.get(part).and_then(|p| p.get(field));
@@ -159,6 +179,10 @@ pub fn batch(value: &Value) -> Result<Vec<NewEvent>, ApiError> {
     let items = match value {
         Value::Array(items) => items,
         Value::Object(o) => match o.get("events") {
+            _ if o.keys().any(|k| k != "events") => {
+                let extra: Vec<&str> = o.keys().map(String::as_str).filter(|k| *k != "events").collect();
+                return Err(ApiError::field(extra[0], "is not a field of a batch (only `events`)"));
+            }
             Some(Value::Array(items)) => items,
             _ => return Err(ApiError::field("events", "is required and must be an array of events")),
         },
@@ -284,11 +308,26 @@ mod tests {
             "actor": {"id": "u1", "type": "USER", "attributes": {"k": [1, 2]}},
             "action": {"type": "LOGIN", "description": null},
             "resource": {"id": "r1", "type": "DOC", "before": 1, "after": {"x": null}},
-            "metadata": {"source": "web", "tenantId": "acme", "tags": {"env": "prod"}},
-            "unknown": true
+            "metadata": {"source": "web", "tenantId": "acme", "tags": {"env": "prod"}}
         });
         let e = event(&v, "", &mut errors).expect("valid");
         assert!(errors.is_empty());
         assert_eq!(e.metadata.tenant_id, "acme");
+    }
+
+    #[test]
+    fn refuses_unknown_fields() {
+        let mut errors = Vec::new();
+        let v = json!({
+            "actor": {"id": "u1", "type": "USER", "role": "x"},
+            "action": {"type": "LOGIN"},
+            "resource": {"id": "r1", "type": "DOC"},
+            "metadata": {"source": "web", "tenantId": "acme", "tenantID": "other"},
+            "occurredAt": "2026-01-01T00:00:00Z"
+        });
+        assert!(event(&v, "", &mut errors).is_none());
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["occurredAt", "actor.role", "metadata.tenantID"]);
+        assert!(batch(&json!({"events": [], "extra": 1})).is_err());
     }
 }

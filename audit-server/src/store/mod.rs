@@ -418,6 +418,14 @@ impl Store {
         }
     }
 
+    /// Delete idempotency records created before `before` (their retention is over); how many.
+    pub async fn purge_idempotency(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.purge_idempotency(before).await,
+            Store::Sqlite(s) => s.purge_idempotency(before).await,
+        }
+    }
+
     /// Whether appends can commit now: a connection of the append pool answers within the
     /// caller's timeout and the database takes writes (not a replica, not read-only).
     pub async fn writable(&self) -> Result<(), StoreError> {

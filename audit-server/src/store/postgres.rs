@@ -36,6 +36,7 @@ impl PgStore {
         max_connections: u32,
         append_connections: u32,
         append_timeout: Duration,
+        allow_async_commit: bool,
     ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
@@ -47,6 +48,24 @@ impl PgStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
+        // With synchronous_commit off, COMMIT returns before the WAL is flushed: a 201 could be
+        // lost in a crash. The setting applies to this server's sessions (database, role or server
+        // default), so check what a session of ours gets.
+        let sync: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&pool).await?;
+        if sync == "off" {
+            if !allow_async_commit {
+                return Err(StoreError::Internal(
+                    "PostgreSQL synchronous_commit is off for this server's sessions: an acknowledged event could be \
+                     lost in a crash. Turn it on (ALTER DATABASE .. SET synchronous_commit = on, or for the role), \
+                     or set AUDIT_ALLOW_ASYNC_COMMIT=true to accept that risk"
+                        .into(),
+                ));
+            }
+            tracing::warn!(
+                "PostgreSQL synchronous_commit is off (AUDIT_ALLOW_ASYNC_COMMIT=true): acknowledged events can be \
+                 lost in a database crash"
+            );
+        }
         // Session settings sent at connection start: no extra round trip per transaction.
         let ms = append_timeout.as_millis().max(1).to_string();
         let append_options = options.options([("lock_timeout", ms.as_str()), ("statement_timeout", ms.as_str())]);
@@ -55,6 +74,13 @@ impl PgStore {
             .acquire_timeout(append_timeout.max(Duration::from_secs(1)))
             .connect_lazy_with(append_options);
         Ok(PgStore { pool, appends, max: max_connections + append_connections.max(1) })
+    }
+
+    /// Delete idempotency records created before `before`; how many.
+    pub async fn purge_idempotency(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 
     /// A connection of the append pool answers and the database takes writes.

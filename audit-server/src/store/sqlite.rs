@@ -121,6 +121,15 @@ impl SqliteStore {
         Ok(verifier.finish(head))
     }
 
+    /// Delete idempotency records created before `before`; how many.
+    pub async fn purge_idempotency(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(chain::format_timestamp(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
