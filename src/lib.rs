@@ -6,7 +6,10 @@
 
 pub mod cli;
 pub mod error;
+pub mod evidence;
+pub mod kube;
 pub mod output;
+pub mod probes;
 pub mod render;
 pub mod values;
 
