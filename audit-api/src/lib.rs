@@ -5,6 +5,7 @@
 //! (UUID and RFC 3339 with microseconds, UTC, `Z` suffix) so this crate pulls in nothing heavy.
 
 pub mod canonical;
+pub mod checkpoint;
 
 use std::collections::BTreeMap;
 
@@ -171,6 +172,9 @@ pub struct VerifyReport {
     pub checked: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_broken_at: Option<BrokenLink>,
+    /// The signed checkpoint the chain was compared with (the latest published one), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<checkpoint::SignedCheckpoint>,
 }
 
 /// The first link of a chain that does not verify.

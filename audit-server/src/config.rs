@@ -100,6 +100,13 @@ pub struct Config {
     /// `AUDIT_ALLOW_ASYNC_COMMIT`: start even when PostgreSQL's `synchronous_commit` is `off`
     /// (a 201 could then be lost in a crash), with a warning. Default false: refuse to start.
     pub allow_async_commit: bool,
+    /// `AUDIT_SIGNING_KEY_FILE`: PEM PKCS#8 Ed25519 key that signs checkpoints (`openssl genpkey
+    /// -algorithm ed25519`). Unset: generated in the data directory on SQLite, off on PostgreSQL.
+    pub signing_key_file: Option<PathBuf>,
+    /// `AUDIT_CHECKPOINT_DIR`: where checkpoints are published (outside the database).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// `AUDIT_CHECKPOINT_INTERVAL_SECONDS`: publish moved heads this often, default 300; 0 = only on demand.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +130,9 @@ struct FileConfig {
     max_connections: Option<usize>,
     idempotency_retention_seconds: Option<f64>,
     allow_async_commit: Option<bool>,
+    signing_key_file: Option<PathBuf>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_interval_seconds: Option<f64>,
 }
 
 impl Config {
@@ -147,6 +157,9 @@ impl Config {
             max_connections: 1024,
             idempotency_retention: Duration::from_secs(24 * 3600),
             allow_async_commit: false,
+            signing_key_file: None,
+            checkpoint_dir: None,
+            checkpoint_interval: Some(Duration::from_secs(300)),
         }
     }
 
@@ -185,6 +198,11 @@ impl Config {
         c.idempotency_retention =
             file.idempotency_retention_seconds.map(secs).transpose()?.unwrap_or(c.idempotency_retention);
         c.allow_async_commit = file.allow_async_commit.unwrap_or(c.allow_async_commit);
+        c.signing_key_file = file.signing_key_file;
+        c.checkpoint_dir = file.checkpoint_dir;
+        if let Some(s) = file.checkpoint_interval_seconds {
+            c.checkpoint_interval = (s > 0.0).then(|| secs(s)).transpose()?;
+        }
 
         if let Some(v) = env("AUDIT_LISTEN_ADDR") {
             c.listen = v
@@ -236,6 +254,15 @@ impl Config {
                 "false" | "0" | "no" | "" => false,
                 _ => bail!("AUDIT_ALLOW_ASYNC_COMMIT={v:?}: expected true or false"),
             };
+        }
+        if let Some(v) = env("AUDIT_SIGNING_KEY_FILE").filter(|v| !v.is_empty()) {
+            c.signing_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("AUDIT_CHECKPOINT_DIR").filter(|v| !v.is_empty()) {
+            c.checkpoint_dir = Some(PathBuf::from(v));
+        }
+        if let Some(s) = number::<f64>(&env, "AUDIT_CHECKPOINT_INTERVAL_SECONDS")? {
+            c.checkpoint_interval = (s > 0.0).then(|| secs(s)).transpose()?;
         }
         if c.idempotency_retention.is_zero() {
             bail!("AUDIT_IDEMPOTENCY_RETENTION_SECONDS must be above 0");

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod appender;
 pub mod chain;
+pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod serve;
@@ -31,6 +32,7 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
     purger: JoinHandle<()>,
+    publisher: Option<JoinHandle<()>>,
     shutdown_delay: std::time::Duration,
     /// Set when no key was configured and a local one was generated (SQLite only).
     pub local_key_file: Option<PathBuf>,
@@ -59,6 +61,9 @@ impl RunningServer {
         let _ = self.stop.send(true);
         let served = self.task.await.context("server task panicked")?;
         self.purger.abort();
+        if let Some(p) = &self.publisher {
+            p.abort();
+        }
         self.state.store.close().await;
         served.context("serving HTTP")
     }
@@ -111,6 +116,22 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         max_queued_bytes: config.append_queue_max_bytes,
     };
     let appender = appender::Appender::new(store.clone(), metrics.clone(), limits);
+    let signer = match &config.signing_key_file {
+        Some(path) => Some(Arc::new(checkpoint::Signer::from_pem_file(path, config.checkpoint_dir.clone())?)),
+        None if config.database_url.is_none() => {
+            // Local runs: a generated key and checkpoints next to the database (see the README).
+            let path = config.data_dir.join("checkpoint-key.pem");
+            if !path.exists() {
+                write_private(&path, &checkpoint::Signer::generate_pem()?)?;
+            }
+            let dir = config.checkpoint_dir.clone().unwrap_or_else(|| config.data_dir.join("checkpoints"));
+            Some(Arc::new(checkpoint::Signer::from_pem_file(&path, Some(dir))?))
+        }
+        None => {
+            tracing::warn!("no AUDIT_SIGNING_KEY_FILE: signed checkpoints are off (see the audit-server README)");
+            None
+        }
+    };
     let state = AppState(Arc::new(Inner {
         store,
         appender,
@@ -119,6 +140,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         metrics,
         draining: AtomicBool::new(false),
         request_timeout: config.request_timeout,
+        signer: signer.clone(),
     }));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -130,8 +152,23 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         serve::Limits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };
     let task = tokio::spawn(serve::serve(listener, app, limits, stopped));
     let purger = tokio::spawn(purge_idempotency(state.store.clone(), config.idempotency_retention));
+    let publisher = match (&signer, config.checkpoint_interval) {
+        (Some(signer), Some(every)) => {
+            Some(tokio::spawn(checkpoint::publish_periodically(signer.clone(), state.store.clone(), every)))
+        }
+        _ => None,
+    };
     tracing::info!(%addr, store = state.store.kind(), keys = state.keys.len(), "audit-server listening");
-    Ok(RunningServer { addr, state, stop, task, purger, shutdown_delay: config.shutdown_delay, local_key_file })
+    Ok(RunningServer {
+        addr,
+        state,
+        stop,
+        task,
+        purger,
+        publisher,
+        shutdown_delay: config.shutdown_delay,
+        local_key_file,
+    })
 }
 
 /// Forget Idempotency-Keys older than their retention, every quarter of it (at most hourly).
@@ -157,6 +194,20 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating data directory {} (set AUDIT_DATA_DIR)", dir.display()))
+}
+
+/// Write a file readable by the owner only.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// The generated local key (kept across restarts in the data directory, readable by the owner only).

@@ -273,10 +273,17 @@ pub async fn verify(
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let tenant = required_tenant(p.tenant_id.as_deref())?;
     scope.require(&tenant)?;
-    Ok(Json(state.store.verify(&tenant).await?))
+    let checkpoint = match &state.signer {
+        Some(signer) => signer.latest_published(&tenant).map_err(|e| {
+            tracing::error!(error = %e, tenant, "reading the latest published checkpoint");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (logged on the server)")
+        })?,
+        None => None,
+    };
+    Ok(Json(state.store.verify(&tenant, checkpoint).await?))
 }
 
-fn required_tenant(v: Option<&str>) -> Result<String, ApiError> {
+pub(crate) fn required_tenant(v: Option<&str>) -> Result<String, ApiError> {
     match v {
         None => Err(ApiError::field("tenantId", "is required")),
         Some(t) if !input::valid_tenant(t) => {

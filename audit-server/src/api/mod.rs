@@ -4,6 +4,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod input;
+pub mod integrity;
 mod ops;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct Inner {
     /// Set when shutdown starts: readiness turns false at once.
     pub draining: AtomicBool,
     pub request_timeout: Duration,
+    /// Signs checkpoints; None when no key is configured.
+    pub signer: Option<Arc<crate::checkpoint::Signer>>,
 }
 
 #[derive(Clone)]
@@ -48,7 +51,16 @@ impl std::ops::Deref for AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Audit Trail API", version = "1", description = "Hash-chained, append-only audit events."),
-    paths(events::post_event, events::post_batch, events::get_event, events::list_events, events::verify),
+    paths(
+        events::post_event,
+        events::post_batch,
+        events::get_event,
+        events::list_events,
+        events::verify,
+        integrity::export,
+        integrity::checkpoints,
+        integrity::public_key
+    ),
     modifiers(&ApiKeyScheme),
     tags((name = "events"), (name = "integrity"))
 )]
@@ -69,6 +81,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/events", post(events::post_event).get(events::list_events))
         .route("/events/batch", post(events::post_batch))
+        .route("/events/export", get(integrity::export))
+        .route("/integrity/checkpoints", get(integrity::checkpoints))
+        .route("/integrity/public-key", get(integrity::public_key))
         .route("/events/{id}", get(events::get_event))
         .route("/integrity/verify", get(events::verify))
         .route("/openapi.json", get(ops::openapi));

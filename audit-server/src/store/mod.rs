@@ -6,6 +6,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 
+use audit_api::checkpoint::SignedCheckpoint;
 use audit_api::{BrokenLink, EventReceipt, NewEvent, StoredEvent, VerifyReport};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -242,6 +243,7 @@ impl StoredRow {
 /// Walks a chain in sequence order and remembers the first broken link.
 pub(crate) struct Verifier {
     tenant_id: String,
+    checkpoint: Option<SignedCheckpoint>,
     expected_sequence: i64,
     previous_hash: String,
     checked: u64,
@@ -249,9 +251,12 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(tenant_id: &str) -> Self {
+    /// `checkpoint`: a signed checkpoint of this tenant (signature already checked) that the chain
+    /// must contain.
+    pub fn new(tenant_id: &str, checkpoint: Option<SignedCheckpoint>) -> Self {
         Verifier {
             tenant_id: tenant_id.to_owned(),
+            checkpoint,
             expected_sequence: 1,
             previous_hash: chain::genesis().to_owned(),
             checked: 0,
@@ -291,6 +296,18 @@ impl Verifier {
             self.broken = Some(fail(reason, id));
             return;
         }
+        if let Some(cp) = &self.checkpoint
+            && cp.sequence == at
+            && cp.hash != row.hash
+        {
+            let reason = format!(
+                "event {at} differs from the signed checkpoint of {}: the chain was rewritten, or restored from \
+                 another history (an old backup, a lagging replica)",
+                cp.issued_at
+            );
+            self.broken = Some(fail(reason, id));
+            return;
+        }
         self.previous_hash = row.hash.clone();
         self.expected_sequence += 1;
         self.checked += 1;
@@ -319,6 +336,16 @@ impl Verifier {
                     event_id: None,
                     reason: "the chain head's hash does not match the last event".into(),
                 });
+            } else if let Some(cp) = self.checkpoint.as_ref().filter(|cp| cp.sequence > last) {
+                self.broken = Some(BrokenLink {
+                    sequence: last + 1,
+                    event_id: None,
+                    reason: format!(
+                        "the chain ends at {last} but the signed checkpoint of {} covers {} events: events were \
+                         removed (tail cut with the head moved back, rollback, or restore of an old backup)",
+                        cp.issued_at, cp.sequence
+                    ),
+                });
             }
         }
         VerifyReport {
@@ -326,6 +353,7 @@ impl Verifier {
             verified: self.broken.is_none(),
             checked: self.checked,
             first_broken_at: self.broken,
+            checkpoint: self.checkpoint,
         }
     }
 }
@@ -457,11 +485,45 @@ impl Store {
         }
     }
 
-    pub async fn verify(&self, tenant_id: &str) -> Result<VerifyReport, StoreError> {
+    pub async fn verify(
+        &self,
+        tenant_id: &str,
+        checkpoint: Option<SignedCheckpoint>,
+    ) -> Result<VerifyReport, StoreError> {
         match self {
-            Store::Postgres(s) => s.verify(tenant_id).await,
-            Store::Sqlite(s) => s.verify(tenant_id).await,
+            Store::Postgres(s) => s.verify(tenant_id, checkpoint).await,
+            Store::Sqlite(s) => s.verify(tenant_id, checkpoint).await,
         }
+    }
+
+    /// Every chain head: (tenant, last sequence, last hash).
+    pub async fn heads(&self) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let sql = "SELECT tenant_id, last_sequence, last_hash FROM chain_heads ORDER BY tenant_id";
+        let rows: Vec<(String, i64, String)> = match self {
+            Store::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
+            Store::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
+        };
+        Ok(rows)
+    }
+
+    /// The hash stored for a tenant's event at `sequence`.
+    pub async fn hash_at(&self, tenant_id: &str, sequence: i64) -> Result<Option<String>, StoreError> {
+        Ok(match self {
+            Store::Postgres(s) => {
+                sqlx::query_scalar("SELECT hash FROM events WHERE tenant_id = $1 AND sequence = $2")
+                    .bind(tenant_id)
+                    .bind(sequence)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+            Store::Sqlite(s) => {
+                sqlx::query_scalar("SELECT hash FROM events WHERE tenant_id = ? AND sequence = ?")
+                    .bind(tenant_id)
+                    .bind(sequence)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -144,7 +144,11 @@ impl PgStore {
 
     /// Walk the chain in a REPEATABLE READ snapshot so concurrent appends are not mistaken for
     /// tampering (rows and head come from the same instant).
-    pub async fn verify(&self, tenant_id: &str) -> Result<VerifyReport, StoreError> {
+    pub async fn verify(
+        &self,
+        tenant_id: &str,
+        checkpoint: Option<audit_api::checkpoint::SignedCheckpoint>,
+    ) -> Result<VerifyReport, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = $1")
             .bind(tenant_id)
@@ -152,7 +156,7 @@ impl PgStore {
             .await?
             .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
             .transpose()?;
-        let mut verifier = Verifier::new(tenant_id);
+        let mut verifier = Verifier::new(tenant_id, checkpoint);
         let mut after = 0i64;
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE tenant_id = $1 AND sequence > $2 ORDER BY sequence LIMIT 1000");
@@ -170,6 +174,10 @@ impl PgStore {
         }
         tx.rollback().await?;
         Ok(verifier.finish(head))
+    }
+
+    pub(crate) fn pool(&self) -> &sqlx::Pool<sqlx::Postgres> {
+        &self.pool
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

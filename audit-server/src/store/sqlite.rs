@@ -93,7 +93,11 @@ impl SqliteStore {
     }
 
     /// Walk the chain inside one read transaction (a WAL snapshot: head and rows agree).
-    pub async fn verify(&self, tenant_id: &str) -> Result<VerifyReport, StoreError> {
+    pub async fn verify(
+        &self,
+        tenant_id: &str,
+        checkpoint: Option<audit_api::checkpoint::SignedCheckpoint>,
+    ) -> Result<VerifyReport, StoreError> {
         let mut tx = self.pool.begin().await?;
         let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
             .bind(tenant_id)
@@ -101,7 +105,7 @@ impl SqliteStore {
             .await?
             .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
             .transpose()?;
-        let mut verifier = Verifier::new(tenant_id);
+        let mut verifier = Verifier::new(tenant_id, checkpoint);
         let mut after = 0i64;
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE tenant_id = ? AND sequence > ? ORDER BY sequence LIMIT 1000");
@@ -128,6 +132,10 @@ impl SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    pub(crate) fn pool(&self) -> &sqlx::Pool<sqlx::Sqlite> {
+        &self.pool
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

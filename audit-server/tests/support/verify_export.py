@@ -3,7 +3,10 @@
 
 This is the recipe of the audit-server README ("Re-verifying an export"), written with Python's
 standard library only: an implementation of RFC 8785 independent of the server's Rust code.
-Usage: verify_export.py EXPORT.ndjson   (prints "verified N" or the first broken link, exit 1)
+Usage: verify_export.py EXPORT.ndjson [CHECKPOINT.json]
+Prints "verified N" or the first broken link (exit 1). With a signed checkpoint, the export must
+contain its head (sequence and hash), and the bytes its signature covers (the canonical form of the
+checkpoint without `signature`) are written to CHECKPOINT.json.signed for `openssl pkeyutl -verify`.
 """
 import hashlib
 import json
@@ -58,7 +61,14 @@ def jcs(v):
     raise TypeError(f"not JSON: {v!r}")
 
 
-def main(path):
+def main(path, checkpoint=None):
+    cp = None
+    if checkpoint:
+        with open(checkpoint, encoding="utf-8") as f:
+            cp = json.load(f)
+        with open(checkpoint + ".signed", "w", encoding="utf-8") as f:
+            f.write(jcs({k: v for k, v in cp.items() if k != "signature"}))
+    hashes = {0: "GENESIS"}
     prev, count = "GENESIS", 0
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -71,9 +81,13 @@ def main(path):
                 print(f"broken at sequence {e.get('sequence')}: canonical body {jcs(body)}")
                 return 1
             prev, count = e["hash"], count + 1
+            hashes[count] = prev
+    if cp is not None and hashes.get(cp["sequence"]) != cp["hash"]:
+        print(f"checkpoint at {cp['sequence']} not matched: export has {count} events")
+        return 1
     print(f"verified {count}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:3]))
