@@ -87,6 +87,8 @@ pub enum Command {
     Restore(PendingArgs),
     /// Rehearse the whole go-live on one machine and write the go-live report.
     Rehearse(PendingArgs),
+    /// Verify an export of the audit trail offline: its hash chain, and a signed checkpoint.
+    Verify(VerifyArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
     /// Print the man page (roff); used by `cargo xtask man`.
@@ -109,6 +111,7 @@ impl Command {
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
             Command::Rehearse(_) => "rehearse",
+            Command::Verify(_) => "verify",
             Command::Completions(_) => "completions",
             Command::Man => "man",
         }
@@ -133,6 +136,21 @@ pub struct RenderArgs {
     /// Print the JSON Schema of the values and exit.
     #[arg(long, conflicts_with_all = ["values", "set", "templates", "output_dir"])]
     pub schema: bool,
+}
+
+/// `audctl verify`: an export (`GET /api/v1/events/export?tenantId=`) checked without the server.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The NDJSON export of one tenant, in chain order (`-` for stdin).
+    #[arg(value_name = "EXPORT")]
+    pub export: PathBuf,
+    /// A signed checkpoint of the tenant (`GET /api/v1/integrity/checkpoints?tenantId=`, or a file
+    /// the server published); the export must contain its head. Needs --public-key.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub checkpoint: Option<PathBuf>,
+    /// The server's Ed25519 public key: PEM, or the JSON of `GET /api/v1/integrity/public-key`.
+    #[arg(long, value_name = "FILE", requires = "checkpoint")]
+    pub public_key: Option<PathBuf>,
 }
 
 /// Arguments of a verb that is not built yet: none are accepted.

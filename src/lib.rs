@@ -12,6 +12,7 @@ pub mod output;
 pub mod probes;
 pub mod render;
 pub mod values;
+pub mod verify;
 
 mod completions;
 mod pending;
@@ -56,6 +57,7 @@ where
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Render(args) => render::run(args),
+        Command::Verify(args) => verify::run(args, cli.global.output),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
         other => pending::run(other.name()),
