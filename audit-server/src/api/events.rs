@@ -8,8 +8,6 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Datelike, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -25,7 +23,7 @@ use crate::store::{AppendJob, Idempotency, JobOutcome, ListQuery};
 /// Append one event to its tenant's chain; 201 once committed.
 #[utoipa::path(
     post, path = "/api/v1/events", tag = "events", request_body = NewEvent,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key: the same key returns the original result")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$", description = "Retry key: the same key returns the original result")),
     responses(
         (status = 201, description = "Committed", body = EventReceipt),
         (status = 400, description = "Invalid fields", body = ErrorBody),
@@ -64,7 +62,7 @@ pub async fn post_event(
 /// Append up to 1000 events of one tenant atomically; per-event receipts in request order.
 #[utoipa::path(
     post, path = "/api/v1/events/batch", tag = "events", request_body = audit_api::BatchRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key: the same key returns the original result")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$", description = "Retry key: the same key returns the original result")),
     responses(
         (status = 201, description = "Committed", body = BatchResponse),
         (status = 400, description = "Invalid fields", body = ErrorBody),
@@ -130,7 +128,7 @@ fn created(body: impl IntoResponse, replayed: bool) -> Response {
 /// One stored event.
 #[utoipa::path(
     get, path = "/api/v1/events/{id}", tag = "events",
-    params(("id" = String, Path, description = "Event id (UUID)")),
+    params(("id" = String, Path, format = Uuid, description = "Event id (UUID)")),
     responses(
         (status = 200, description = "The event", body = StoredEvent),
         (status = 400, description = "Not a UUID", body = ErrorBody),
@@ -160,20 +158,49 @@ pub async fn get_event(
 #[serde(rename_all = "camelCase")]
 pub struct ListParams {
     /// The tenant whose events to list (required).
+    #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
     tenant_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     actor_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     resource_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     action_type: Option<String>,
-    /// RFC 3339, inclusive.
+    /// RFC 3339, inclusive (years 1 to 9999).
+    #[param(format = DateTime)]
     from: Option<String>,
-    /// RFC 3339, exclusive.
+    /// RFC 3339, exclusive (years 1 to 9999).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// 1 to 1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
     /// `asc` (default: chain order, oldest first) or `desc`.
+    #[param(value_type = Option<Order>)]
     order: Option<String>,
+}
+
+/// Order of `GET /events`.
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum Order {
+    Asc,
+    Desc,
 }
 
 /// List a tenant's events in chain order with keyset pagination: pages stay stable while events
@@ -251,6 +278,7 @@ pub async fn list_events(
 #[serde(rename_all = "camelCase")]
 pub struct VerifyParams {
     /// The tenant whose chain to walk (required).
+    #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
     tenant_id: Option<String>,
 }
 
@@ -304,17 +332,15 @@ fn time(v: &str) -> Result<DateTime<Utc>, String> {
     Ok(t)
 }
 
-/// Opaque to clients: base64url of `asc:<sequence>` / `desc:<sequence>`.
-fn encode_cursor(sequence: i64, descending: bool) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{sequence}", if descending { "desc" } else { "asc" }))
+/// The sequence of the last event of the page: the next page continues after it (`asc`) or
+/// below it (`desc`). Plain digits, so the OpenAPI document can declare exactly what is accepted.
+fn encode_cursor(sequence: i64, _descending: bool) -> String {
+    sequence.to_string()
 }
 
-fn decode_cursor(cursor: &str, descending: bool) -> Result<i64, String> {
-    let bad = || "is not a cursor returned by this API".to_owned();
-    let text = URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
-    let (order, seq) = text.split_once(':').ok_or_else(bad)?;
-    if order != if descending { "desc" } else { "asc" } {
-        return Err("was issued for the other order".into());
+fn decode_cursor(cursor: &str, _descending: bool) -> Result<i64, String> {
+    match cursor.parse::<i64>() {
+        Ok(n) if !cursor.is_empty() && cursor.len() <= 18 && cursor.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err("is not a cursor returned by this API (1 to 18 digits)".to_owned()),
     }
-    seq.parse().map_err(|_| bad())
 }

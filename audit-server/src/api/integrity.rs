@@ -41,12 +41,13 @@ pub async fn public_key(State(state): State<AppState>) -> Result<Json<PublicKeyI
     Ok(Json(signer(&state)?.public_key()))
 }
 
-/// Query of `GET /integrity/checkpoints` and `GET /events/export`.
+/// Query of `GET /integrity/checkpoints`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantParams {
-    /// The tenant (checkpoints: optional, default every tenant the key may read).
+    /// The tenant (optional: default every tenant the key may read).
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
     tenant_id: Option<String>,
 }
 
@@ -112,10 +113,20 @@ pub async fn checkpoints(
     Ok(Json(CheckpointList { checkpoints: out }))
 }
 
+/// Query of `GET /events/export`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportParams {
+    /// The tenant whose events to export (required).
+    #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
+    tenant_id: Option<String>,
+}
+
 /// Every event of a tenant in chain order, one JSON object per line (NDJSON), streamed: the
 /// input of offline verification.
 #[utoipa::path(
-    get, path = "/api/v1/events/export", tag = "events", params(TenantParams),
+    get, path = "/api/v1/events/export", tag = "events", params(ExportParams),
     responses(
         (status = 200, description = "NDJSON, one stored event per line, in sequence order", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "Missing or invalid tenantId", body = ErrorBody),
@@ -127,7 +138,7 @@ pub async fn checkpoints(
 pub async fn export(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    params: Result<Query<TenantParams>, QueryRejection>,
+    params: Result<Query<ExportParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let tenant = required_tenant(p.tenant_id.as_deref())?;

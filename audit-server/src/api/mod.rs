@@ -61,6 +61,7 @@ impl std::ops::Deref for AppState {
         integrity::checkpoints,
         integrity::public_key
     ),
+    components(schemas(events::Order)),
     modifiers(&ApiKeyScheme),
     tags((name = "events"), (name = "integrity"))
 )]
