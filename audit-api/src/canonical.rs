@@ -192,6 +192,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)] // the RFC's literal, rounded on purpose
     fn rfc8785_sample() {
         // RFC 8785 section 3.2.2 (its input, with the literal characters it describes).
         let input = json!({
