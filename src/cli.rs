@@ -88,6 +88,8 @@ pub enum Command {
     Restore(PendingArgs),
     /// Rehearse the whole go-live on one machine and write the go-live report.
     Rehearse(PendingArgs),
+    /// Verify an export of the audit trail offline: its hash chain, and a signed checkpoint.
+    Verify(VerifyArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
     /// Print the man page (roff); used by `cargo xtask man`.
@@ -110,6 +112,7 @@ impl Command {
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
             Command::Rehearse(_) => "rehearse",
+            Command::Verify(_) => "verify",
             Command::Completions(_) => "completions",
             Command::Man => "man",
         }
@@ -311,6 +314,21 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{s:?}: a number without unit at the end (use s, m or h)"));
     }
     Ok(std::time::Duration::from_secs_f64(total))
+}
+
+/// `audctl verify`: an export (`GET /api/v1/events/export?tenantId=`) checked without the server.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The NDJSON export of one tenant, in chain order (`-` for stdin).
+    #[arg(value_name = "EXPORT")]
+    pub export: PathBuf,
+    /// A signed checkpoint of the tenant (`GET /api/v1/integrity/checkpoints?tenantId=`, or a file
+    /// the server published); the export must contain its head. Needs --public-key.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub checkpoint: Option<PathBuf>,
+    /// The server's Ed25519 public key: PEM, or the JSON of `GET /api/v1/integrity/public-key`.
+    #[arg(long, value_name = "FILE", requires = "checkpoint")]
+    pub public_key: Option<PathBuf>,
 }
 
 /// Arguments of a verb that is not built yet: none are accepted.

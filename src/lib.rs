@@ -14,6 +14,7 @@ pub mod output;
 pub mod probes;
 pub mod render;
 pub mod values;
+pub mod verify;
 
 mod completions;
 mod pending;
@@ -64,6 +65,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Diff(args) => deploy::diff(&cli.global, args),
         Command::History(args) => deploy::history(&cli.global, args),
         Command::Rollback(args) => deploy::rollback(&cli.global, args),
+        Command::Verify(args) => verify::run(args, cli.global.output),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
         other => pending::run(other.name()),

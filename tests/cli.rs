@@ -29,6 +29,7 @@ const VERBS: &[&str] = &[
     "backup",
     "restore",
     "rehearse",
+    "verify",
     "completions",
 ];
 

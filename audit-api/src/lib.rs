@@ -4,6 +4,9 @@
 //! and audctl's smoke and load verbs. Serde only: identifiers and timestamps travel as strings
 //! (UUID and RFC 3339 with microseconds, UTC, `Z` suffix) so this crate pulls in nothing heavy.
 
+pub mod canonical;
+pub mod checkpoint;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -21,21 +24,55 @@ pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub const MAX_BATCH_EVENTS: usize = 1000;
 /// Largest page of `GET /events`.
 pub const MAX_PAGE_LIMIT: u32 = 1000;
+/// What the server accepts for ids and types (`actor.id`, `action.type`, ...): not blank, no
+/// control characters (ECMA-262 regex). The OpenAPI attributes repeat these literals (utoipa takes
+/// no constants there); the server's tests check the served document against them.
+pub const ID_PATTERN: &str =
+    r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$";
+/// What the server accepts for `tenantId` (1 to 128 characters).
+pub const TENANT_PATTERN: &str = "^[A-Za-z0-9._:@-]+$";
+/// What the server accepts for an `Idempotency-Key` header (1 to 255 characters).
+pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[\x21-\x7E]+$";
+
 /// `previousHash` of the first event of every tenant's chain.
 pub const GENESIS: &str = "GENESIS";
+
+// With `openapi` (the server), request types deny unknown fields, which the OpenAPI document
+// declares as `additionalProperties: false`: the server refuses them (see its README); clients
+// built without the feature stay lenient when reading answers.
 
 /// Who did it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Actor {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 256,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub id: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 256,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     #[serde(rename = "type")]
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,11 +84,22 @@ pub struct Actor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Action {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 256,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     #[serde(rename = "type")]
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
 }
@@ -60,17 +108,35 @@ pub struct Action {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Resource {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 256,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub id: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 256,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     #[serde(rename = "type")]
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub before: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub after: Option<Value>,
 }
 
@@ -78,11 +144,23 @@ pub struct Resource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Metadata {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 256,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub source: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$"))]
     pub tenant_id: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +171,7 @@ pub struct Metadata {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct NewEvent {
     pub actor: Actor,
     pub action: Action,
@@ -104,7 +183,9 @@ pub struct NewEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct BatchRequest {
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 1000))]
     pub events: Vec<NewEvent>,
 }
 
@@ -169,6 +250,9 @@ pub struct VerifyReport {
     pub checked: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_broken_at: Option<BrokenLink>,
+    /// The signed checkpoint the chain was compared with (the latest published one), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<checkpoint::SignedCheckpoint>,
 }
 
 /// The first link of a chain that does not verify.

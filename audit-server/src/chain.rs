@@ -3,16 +3,14 @@
 //! `hash = hex(SHA-256(canonical_body || previous_hash))`, where `previous_hash` is the lowercase hex
 //! hash of the preceding event of the same tenant, or the ASCII string `GENESIS` for the first one.
 //! The canonical body is the stored event without `hash` and `previousHash` (so `id`, `sequence`,
-//! `timestamp`, `actor`, `action`, `resource`, `metadata`), written as JSON with object keys sorted
-//! by code point at every level, no whitespace, absent optional fields omitted, strings escaped as
-//! serde_json does (only `"`, `\` and control characters; `/` and non-ASCII are left as UTF-8) and
-//! numbers in their shortest round-trip form. The README shows how to re-verify an export.
+//! `timestamp`, `actor`, `action`, `resource`, `metadata`) in the JSON Canonicalization Scheme
+//! (RFC 8785), implemented in `audit_api::canonical` so that offline verifiers share it. The README
+//! shows how to re-verify an export with any JCS implementation.
 
 use audit_api::{GENESIS, NewEvent, StoredEvent};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The hashed part of an event, in the field names of the wire format.
 #[derive(Serialize)]
@@ -34,21 +32,12 @@ pub fn canonical_body(id: &str, sequence: i64, timestamp: &str, event: &NewEvent
 
 /// Canonical JSON of an event read back (drops `hash` and `previousHash`): what a verifier hashes.
 pub fn canonical_body_of(stored: &StoredEvent) -> String {
-    let event = NewEvent {
-        actor: stored.actor.clone(),
-        action: stored.action.clone(),
-        resource: stored.resource.clone(),
-        metadata: stored.metadata.clone(),
-    };
-    canonical_body(&stored.id, stored.sequence, &stored.timestamp, &event)
+    audit_api::canonical::event_body(&serde_json::to_value(stored).unwrap_or(Value::Null))
 }
 
 /// The link hash of a canonical body following `previous_hash`.
 pub fn link_hash(canonical_body: &str, previous_hash: &str) -> String {
-    let mut sha = Sha256::new();
-    sha.update(canonical_body.as_bytes());
-    sha.update(previous_hash.as_bytes());
-    hex::encode(sha.finalize())
+    audit_api::canonical::link_hash(canonical_body, previous_hash)
 }
 
 /// `previousHash` of the first event of a chain.
@@ -68,47 +57,9 @@ pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-/// Compact JSON with object keys sorted at every level.
+/// The canonical (RFC 8785) text of a JSON value.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::with_capacity(256);
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(key, out);
-                out.push(':');
-                write_canonical(&map[key], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        Value::String(s) => write_string(s, out),
-        // Null, booleans and numbers: serde_json's own compact text.
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-fn write_string(s: &str, out: &mut String) {
-    out.push_str(&Value::String(s.to_owned()).to_string());
+    audit_api::canonical::to_string(value)
 }
 
 #[cfg(test)]

@@ -79,6 +79,34 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `AUDIT_GROUP_COMMIT_MAX_EVENTS`: most events in one append transaction, default 5000.
     pub group_commit_max_events: usize,
+    /// `AUDIT_APPEND_LANES`: append transactions in flight at once for disjoint tenants, each on a
+    /// connection reserved for appends (PostgreSQL; SQLite has one writer), default 4.
+    pub append_lanes: usize,
+    /// `AUDIT_APPEND_TIMEOUT_SECONDS`: lock_timeout and statement_timeout of append transactions
+    /// (SQLite: its busy timeout), default 10. Beyond it the append fails with 503, nothing stored.
+    pub append_timeout: Duration,
+    /// `AUDIT_APPEND_QUEUE_MAX_EVENTS` / `AUDIT_APPEND_QUEUE_MAX_BYTES`: events and request bytes
+    /// waiting for a transaction beyond which appends are shed with 503, default 50000 / 64 MiB.
+    pub append_queue_max_events: usize,
+    pub append_queue_max_bytes: usize,
+    /// `AUDIT_HEADER_READ_TIMEOUT_SECONDS`: time to receive a request's headers, default 10; a
+    /// slower client (slowloris) has its connection closed.
+    pub header_read_timeout: Duration,
+    /// `AUDIT_MAX_CONNECTIONS`: open HTTP connections at most, default 1024.
+    pub max_connections: usize,
+    /// `AUDIT_IDEMPOTENCY_RETENTION_SECONDS`: how long an Idempotency-Key is remembered, default
+    /// 86400 (24 h); older records are purged in the background.
+    pub idempotency_retention: Duration,
+    /// `AUDIT_ALLOW_ASYNC_COMMIT`: start even when PostgreSQL's `synchronous_commit` is `off`
+    /// (a 201 could then be lost in a crash), with a warning. Default false: refuse to start.
+    pub allow_async_commit: bool,
+    /// `AUDIT_SIGNING_KEY_FILE`: PEM PKCS#8 Ed25519 key that signs checkpoints (`openssl genpkey
+    /// -algorithm ed25519`). Unset: generated in the data directory on SQLite, off on PostgreSQL.
+    pub signing_key_file: Option<PathBuf>,
+    /// `AUDIT_CHECKPOINT_DIR`: where checkpoints are published (outside the database).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// `AUDIT_CHECKPOINT_INTERVAL_SECONDS`: publish moved heads this often, default 300; 0 = only on demand.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +122,17 @@ struct FileConfig {
     shutdown_delay_seconds: Option<f64>,
     request_timeout_seconds: Option<f64>,
     group_commit_max_events: Option<usize>,
+    append_lanes: Option<usize>,
+    append_timeout_seconds: Option<f64>,
+    append_queue_max_events: Option<usize>,
+    append_queue_max_bytes: Option<usize>,
+    header_read_timeout_seconds: Option<f64>,
+    max_connections: Option<usize>,
+    idempotency_retention_seconds: Option<f64>,
+    allow_async_commit: Option<bool>,
+    signing_key_file: Option<PathBuf>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_interval_seconds: Option<f64>,
 }
 
 impl Config {
@@ -110,6 +149,17 @@ impl Config {
             shutdown_delay: Duration::ZERO,
             request_timeout: Duration::from_secs(30),
             group_commit_max_events: 5000,
+            append_lanes: 4,
+            append_timeout: Duration::from_secs(10),
+            append_queue_max_events: 50_000,
+            append_queue_max_bytes: 64 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            allow_async_commit: false,
+            signing_key_file: None,
+            checkpoint_dir: None,
+            checkpoint_interval: Some(Duration::from_secs(300)),
         }
     }
 
@@ -138,6 +188,21 @@ impl Config {
         c.shutdown_delay = file.shutdown_delay_seconds.map(secs).transpose()?.unwrap_or(c.shutdown_delay);
         c.request_timeout = file.request_timeout_seconds.map(secs).transpose()?.unwrap_or(c.request_timeout);
         c.group_commit_max_events = file.group_commit_max_events.unwrap_or(c.group_commit_max_events);
+        c.append_lanes = file.append_lanes.unwrap_or(c.append_lanes);
+        c.append_timeout = file.append_timeout_seconds.map(secs).transpose()?.unwrap_or(c.append_timeout);
+        c.append_queue_max_events = file.append_queue_max_events.unwrap_or(c.append_queue_max_events);
+        c.append_queue_max_bytes = file.append_queue_max_bytes.unwrap_or(c.append_queue_max_bytes);
+        c.header_read_timeout =
+            file.header_read_timeout_seconds.map(secs).transpose()?.unwrap_or(c.header_read_timeout);
+        c.max_connections = file.max_connections.unwrap_or(c.max_connections);
+        c.idempotency_retention =
+            file.idempotency_retention_seconds.map(secs).transpose()?.unwrap_or(c.idempotency_retention);
+        c.allow_async_commit = file.allow_async_commit.unwrap_or(c.allow_async_commit);
+        c.signing_key_file = file.signing_key_file;
+        c.checkpoint_dir = file.checkpoint_dir;
+        if let Some(s) = file.checkpoint_interval_seconds {
+            c.checkpoint_interval = (s > 0.0).then(|| secs(s)).transpose()?;
+        }
 
         if let Some(v) = env("AUDIT_LISTEN_ADDR") {
             c.listen = v
@@ -170,6 +235,47 @@ impl Config {
             c.request_timeout = secs(s)?;
         }
         c.group_commit_max_events = number(&env, "AUDIT_GROUP_COMMIT_MAX_EVENTS")?.unwrap_or(c.group_commit_max_events);
+        c.append_lanes = number(&env, "AUDIT_APPEND_LANES")?.unwrap_or(c.append_lanes);
+        if let Some(s) = number::<f64>(&env, "AUDIT_APPEND_TIMEOUT_SECONDS")? {
+            c.append_timeout = secs(s)?;
+        }
+        c.append_queue_max_events = number(&env, "AUDIT_APPEND_QUEUE_MAX_EVENTS")?.unwrap_or(c.append_queue_max_events);
+        c.append_queue_max_bytes = number(&env, "AUDIT_APPEND_QUEUE_MAX_BYTES")?.unwrap_or(c.append_queue_max_bytes);
+        if let Some(s) = number::<f64>(&env, "AUDIT_HEADER_READ_TIMEOUT_SECONDS")? {
+            c.header_read_timeout = secs(s)?;
+        }
+        c.max_connections = number(&env, "AUDIT_MAX_CONNECTIONS")?.unwrap_or(c.max_connections);
+        if let Some(s) = number::<f64>(&env, "AUDIT_IDEMPOTENCY_RETENTION_SECONDS")? {
+            c.idempotency_retention = secs(s)?;
+        }
+        if let Some(v) = env("AUDIT_ALLOW_ASYNC_COMMIT") {
+            c.allow_async_commit = match v.trim() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" | "" => false,
+                _ => bail!("AUDIT_ALLOW_ASYNC_COMMIT={v:?}: expected true or false"),
+            };
+        }
+        if let Some(v) = env("AUDIT_SIGNING_KEY_FILE").filter(|v| !v.is_empty()) {
+            c.signing_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("AUDIT_CHECKPOINT_DIR").filter(|v| !v.is_empty()) {
+            c.checkpoint_dir = Some(PathBuf::from(v));
+        }
+        if let Some(s) = number::<f64>(&env, "AUDIT_CHECKPOINT_INTERVAL_SECONDS")? {
+            c.checkpoint_interval = (s > 0.0).then(|| secs(s)).transpose()?;
+        }
+        if c.idempotency_retention.is_zero() {
+            bail!("AUDIT_IDEMPOTENCY_RETENTION_SECONDS must be above 0");
+        }
+        if c.header_read_timeout.is_zero() || c.max_connections == 0 {
+            bail!("AUDIT_HEADER_READ_TIMEOUT_SECONDS and AUDIT_MAX_CONNECTIONS must be above 0");
+        }
+        if c.append_lanes == 0 {
+            bail!("AUDIT_APPEND_LANES must be at least 1");
+        }
+        if c.append_timeout.is_zero() {
+            bail!("AUDIT_APPEND_TIMEOUT_SECONDS must be above 0");
+        }
         if c.db_max_connections == 0 {
             bail!("AUDIT_DB_MAX_CONNECTIONS must be at least 1");
         }
@@ -230,8 +336,31 @@ fn secs(s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("{s} is not a valid number of seconds"))
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, for logs.
+/// `postgres://user:secret@host/db?password=x` -> `postgres://user:***@host/db?password=***`, for
+/// logs: the userinfo password and the `password` / `sslpassword` query parameters.
 pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") => {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -276,5 +405,10 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact_url("postgres://u:p%40ss@h:5432/d"), "postgres://u:***@h:5432/d");
         assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
+        assert_eq!(
+            redact_url("postgres://u@h/d?sslmode=verify-full&password=s3cret&PASSWORD=x&sslpassword=k"),
+            "postgres://u@h/d?sslmode=verify-full&password=***&PASSWORD=***&sslpassword=***"
+        );
+        assert_eq!(redact_url("postgres://u:p@h/d?password=s"), "postgres://u:***@h/d?password=***");
     }
 }

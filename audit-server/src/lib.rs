@@ -4,8 +4,10 @@
 pub mod api;
 pub mod appender;
 pub mod chain;
+pub mod checkpoint;
 pub mod config;
 pub mod metrics;
+pub mod serve;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -29,6 +31,8 @@ pub struct RunningServer {
     state: AppState,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    purger: JoinHandle<()>,
+    publisher: Option<JoinHandle<()>>,
     shutdown_delay: std::time::Duration,
     /// Set when no key was configured and a local one was generated (SQLite only).
     pub local_key_file: Option<PathBuf>,
@@ -56,6 +60,10 @@ impl RunningServer {
         tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.stop.send(true);
         let served = self.task.await.context("server task panicked")?;
+        self.purger.abort();
+        if let Some(p) = &self.publisher {
+            p.abort();
+        }
         self.state.store.close().await;
         served.context("serving HTTP")
     }
@@ -65,15 +73,21 @@ impl RunningServer {
 pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     let store = match &config.database_url {
         Some(url) => Store::Postgres(
-            PgStore::connect(url, config.db_max_connections)
-                .await
-                .with_context(|| format!("connecting to PostgreSQL at {}", config::redact_url(url)))?,
+            PgStore::connect(
+                url,
+                config.db_max_connections,
+                config.append_lanes as u32,
+                config.append_timeout,
+                config.allow_async_commit,
+            )
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", config::redact_url(url)))?,
         ),
         None => {
             create_private_dir(&config.data_dir)?;
             let path = config.sqlite_path();
             Store::Sqlite(
-                SqliteStore::open(&path, config.db_max_connections)
+                SqliteStore::open(&path, config.db_max_connections, config.append_timeout)
                     .await
                     .with_context(|| format!("opening SQLite database {}", path.display()))?,
             )
@@ -94,7 +108,30 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     let keys = KeyRing::new(&key_configs)?;
     let store = Arc::new(store);
     let metrics = Arc::new(metrics::Metrics::default());
-    let appender = appender::Appender::new(store.clone(), metrics.clone(), config.group_commit_max_events);
+    let limits = appender::Limits {
+        max_run_events: config.group_commit_max_events,
+        // SQLite has one writer: a second lane would only wait for the first one's lock.
+        lanes: if config.database_url.is_some() { config.append_lanes } else { 1 },
+        max_queued_events: config.append_queue_max_events,
+        max_queued_bytes: config.append_queue_max_bytes,
+    };
+    let appender = appender::Appender::new(store.clone(), metrics.clone(), limits);
+    let signer = match &config.signing_key_file {
+        Some(path) => Some(Arc::new(checkpoint::Signer::from_pem_file(path, config.checkpoint_dir.clone())?)),
+        None if config.database_url.is_none() => {
+            // Local runs: a generated key and checkpoints next to the database (see the README).
+            let path = config.data_dir.join("checkpoint-key.pem");
+            if !path.exists() {
+                write_private(&path, &checkpoint::Signer::generate_pem()?)?;
+            }
+            let dir = config.checkpoint_dir.clone().unwrap_or_else(|| config.data_dir.join("checkpoints"));
+            Some(Arc::new(checkpoint::Signer::from_pem_file(&path, Some(dir))?))
+        }
+        None => {
+            tracing::warn!("no AUDIT_SIGNING_KEY_FILE: signed checkpoints are off (see the audit-server README)");
+            None
+        }
+    };
     let state = AppState(Arc::new(Inner {
         store,
         appender,
@@ -103,26 +140,51 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         metrics,
         draining: AtomicBool::new(false),
         request_timeout: config.request_timeout,
+        signer: signer.clone(),
     }));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {} (set AUDIT_LISTEN_ADDR)", config.listen))?;
     let addr = listener.local_addr()?;
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let app = api::router(state.clone());
-    // Small JSON answers: without TCP_NODELAY, Nagle plus delayed ACKs can add ~40 ms to a response.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let limits =
+        serve::Limits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };
+    let task = tokio::spawn(serve::serve(listener, app, limits, stopped));
+    let purger = tokio::spawn(purge_idempotency(state.store.clone(), config.idempotency_retention));
+    let publisher = match (&signer, config.checkpoint_interval) {
+        (Some(signer), Some(every)) => {
+            Some(tokio::spawn(checkpoint::publish_periodically(signer.clone(), state.store.clone(), every)))
+        }
+        _ => None,
+    };
     tracing::info!(%addr, store = state.store.kind(), keys = state.keys.len(), "audit-server listening");
-    Ok(RunningServer { addr, state, stop, task, shutdown_delay: config.shutdown_delay, local_key_file })
+    Ok(RunningServer {
+        addr,
+        state,
+        stop,
+        task,
+        purger,
+        publisher,
+        shutdown_delay: config.shutdown_delay,
+        local_key_file,
+    })
+}
+
+/// Forget Idempotency-Keys older than their retention, every quarter of it (at most hourly).
+async fn purge_idempotency(store: Arc<Store>, retention: std::time::Duration) {
+    let every = (retention / 4).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(retention) = chrono::Duration::from_std(retention) else { return };
+        match store.purge_idempotency(chain::now() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired idempotency records deleted"),
+            Err(e) => tracing::warn!(error = %e, "purging idempotency records failed"),
+        }
+    }
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -132,6 +194,20 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating data directory {} (set AUDIT_DATA_DIR)", dir.display()))
+}
+
+/// Write a file readable by the owner only.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// The generated local key (kept across restarts in the data directory, readable by the owner only).

@@ -15,6 +15,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_group_commit_jobs_total",
     "audit_db_pool_connections_active",
     "audit_db_pool_connections_max",
+    "audit_append_queue_events",
+    "audit_append_queue_bytes",
+    "audit_append_tenants_in_flight",
 ];
 
 /// Upper bounds (seconds) of the request latency histogram.
@@ -58,7 +61,7 @@ impl Metrics {
     }
 
     /// The exposition text; `pool` is (connections in use, maximum).
-    pub fn render(&self, pool: (u64, u64)) -> String {
+    pub fn render(&self, pool: (u64, u64), queue: crate::appender::QueueStats) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP http_server_requests_seconds Duration of HTTP requests.\n");
         out.push_str("# TYPE http_server_requests_seconds histogram\n");
@@ -87,6 +90,9 @@ impl Metrics {
         let gauges = [
             ("audit_db_pool_connections_active", "Database connections in use.", pool.0),
             ("audit_db_pool_connections_max", "Maximum database connections of the pool.", pool.1),
+            ("audit_append_queue_events", "Events waiting for an append transaction.", queue.events),
+            ("audit_append_queue_bytes", "Request bytes waiting for an append transaction.", queue.bytes),
+            ("audit_append_tenants_in_flight", "Tenants inside a running append transaction.", queue.tenants_in_flight),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
@@ -108,7 +114,7 @@ mod tests {
         let m = Metrics::default();
         m.observe_request("POST", "/api/v1/events", 201, Duration::from_millis(3));
         m.events_ingested(5, 2);
-        let text = m.render((1, 10));
+        let text = m.render((1, 10), Default::default());
         for name in METRIC_NAMES {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from:\n{text}");
         }

@@ -292,13 +292,14 @@ async fn tenant_isolation(backend: Backend) -> Result<()> {
     let forbidden = [
         api.post(KEY_A, "/api/v1/events", &event("tenant-b", "eve", "FORGE")).await?,
         api.post(KEY_A, "/api/v1/events/batch", &json!({"events": [event("tenant-b", "eve", "FORGE")]})).await?,
-        api.get(KEY_A, &format!("/api/v1/events/{id}")).await?,
         api.get(KEY_A, "/api/v1/events?tenantId=tenant-b").await?,
         api.get(KEY_A, "/api/v1/integrity/verify?tenantId=tenant-b").await?,
     ];
     for (i, (status, body)) in forbidden.iter().enumerate() {
         ensure!(*status == 403 && body["error"] == "forbidden", "request {i}: {status} {body}");
     }
+    // By id, another tenant's event is a 404 like a missing one (tests/security.rs).
+    assert_eq!(api.get(KEY_A, &format!("/api/v1/events/{id}")).await?.0, 404);
     assert_eq!(api.get(KEY_B, &format!("/api/v1/events/{id}")).await?.0, 200);
     assert_eq!(api.all_events("tenant-b").await?.len(), 1, "the forged writes stored nothing");
     server.shutdown().await

@@ -48,7 +48,15 @@ impl KeyRing {
                 all_tenants: k.tenants.iter().any(|t| t == "*"),
                 tenants: k.tenants.iter().cloned().collect(),
             };
-            by_digest.insert(k.digest()?, Arc::new(scope));
+            // Two entries for one key would grant the union or the last one's scope, depending on
+            // order: a configuration mistake to fix, not to guess at.
+            if let Some(first) = by_digest.insert(k.digest()?, Arc::new(scope)) {
+                anyhow::bail!(
+                    "API key {:?} has the same digest as {:?}: each key must appear once (merge their tenants)",
+                    k.label(),
+                    first.name
+                );
+            }
         }
         Ok(KeyRing { by_digest })
     }
@@ -119,5 +127,24 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         Ok(Caller(scope))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_digests_are_a_configuration_error() {
+        let digest = hex::encode(Sha256::digest(b"k1"));
+        let keys = [
+            ApiKeyConfig::plain("k1", &["a"]),
+            ApiKeyConfig { sha256: Some(digest), name: Some("again".into()), ..ApiKeyConfig::plain("", &["b"]) },
+        ];
+        let mut keys = keys.to_vec();
+        keys[1].key = None;
+        let err = KeyRing::new(&keys).err().expect("duplicate digests accepted");
+        assert!(err.to_string().contains("same digest"), "{err}");
+        assert!(KeyRing::new(&[ApiKeyConfig::plain("k1", &["a"]), ApiKeyConfig::plain("k2", &["a"])]).is_ok());
     }
 }

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::appender::AppendError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -50,13 +51,47 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "database unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry later")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; nothing was stored, retry later",
+                )
+            }
+            StoreError::CommitUnknown(m) => {
+                tracing::error!(error = %m, "commit outcome unknown");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "commit_outcome_unknown",
+                    "the database failed during COMMIT: the events may or may not be stored; retry with the same \
+                     Idempotency-Key (safe), or verify before retrying without one",
+                )
             }
             StoreError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (logged on the server)")
             }
         }
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Overloaded => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the append queue is full; nothing was stored, retry after the Retry-After delay",
+            ),
+            AppendError::TimedOut => Self::timeout(),
+            AppendError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The request deadline passed before anything was written.
+    pub fn timeout() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request timed out; nothing was stored, retry later")
     }
 }
 

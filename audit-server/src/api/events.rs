@@ -5,27 +5,25 @@ use audit_api::{
 };
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Datelike, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::input::{self, JsonBody};
+use super::{AppState, Deadline};
 use crate::chain;
 use crate::store::{AppendJob, Idempotency, JobOutcome, ListQuery};
 
 /// Append one event to its tenant's chain; 201 once committed.
 #[utoipa::path(
     post, path = "/api/v1/events", tag = "events", request_body = NewEvent,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key: the same key returns the original result")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$", description = "Retry key: the same key returns the original result")),
     responses(
         (status = 201, description = "Committed", body = EventReceipt),
         (status = 400, description = "Invalid fields", body = ErrorBody),
@@ -35,7 +33,8 @@ use crate::store::{AppendJob, Idempotency, JobOutcome, ListQuery};
         (status = 413, description = "Body over 10 MiB", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Not stored: database unavailable, lock or request timeout, or overloaded (Retry-After)", body = ErrorBody),
+        (status = 500, description = "commit_outcome_unknown: retry with the same Idempotency-Key", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -43,7 +42,8 @@ pub async fn post_event(
     State(state): State<AppState>,
     Caller(scope): Caller,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    Extension(Deadline(deadline)): Extension<Deadline>,
+    JsonBody(body, size): JsonBody,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     let Some(event) = input::event(&body, "", &mut errors) else {
@@ -53,7 +53,7 @@ pub async fn post_event(
     scope.require(&tenant)?;
     let key = input::idempotency_key(&headers)?;
     let events = vec![event];
-    let outcome = append(&state, &tenant, events, key, "single").await?;
+    let outcome = append(&state, &tenant, events, key, "single", size, deadline).await?;
     let (receipts, replayed) = outcome;
     let receipt = receipts.into_iter().next().ok_or_else(|| ApiError::bad_request("nothing stored"))?;
     Ok(created(Json(receipt), replayed))
@@ -62,7 +62,7 @@ pub async fn post_event(
 /// Append up to 1000 events of one tenant atomically; per-event receipts in request order.
 #[utoipa::path(
     post, path = "/api/v1/events/batch", tag = "events", request_body = audit_api::BatchRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key: the same key returns the original result")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$", description = "Retry key: the same key returns the original result")),
     responses(
         (status = 201, description = "Committed", body = BatchResponse),
         (status = 400, description = "Invalid fields", body = ErrorBody),
@@ -72,7 +72,8 @@ pub async fn post_event(
         (status = 413, description = "Body over 10 MiB", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Not stored: database unavailable, lock or request timeout, or overloaded (Retry-After)", body = ErrorBody),
+        (status = 500, description = "commit_outcome_unknown: retry with the same Idempotency-Key", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -80,13 +81,14 @@ pub async fn post_batch(
     State(state): State<AppState>,
     Caller(scope): Caller,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    Extension(Deadline(deadline)): Extension<Deadline>,
+    JsonBody(body, size): JsonBody,
 ) -> Result<Response, ApiError> {
     let events = input::batch(&body)?;
     let tenant = events[0].metadata.tenant_id.clone();
     scope.require(&tenant)?;
     let key = input::idempotency_key(&headers)?;
-    let (results, replayed) = append(&state, &tenant, events, key, "batch").await?;
+    let (results, replayed) = append(&state, &tenant, events, key, "batch", size, deadline).await?;
     Ok(created(Json(BatchResponse { count: results.len(), results }), replayed))
 }
 
@@ -96,13 +98,15 @@ async fn append(
     events: Vec<NewEvent>,
     key: Option<String>,
     kind: &str,
+    size: usize,
+    deadline: tokio::time::Instant,
 ) -> Result<(Vec<EventReceipt>, bool), ApiError> {
     let idempotency = key.map(|key| {
         // What was asked, independent of JSON formatting: a retry must ask the same thing.
         let canonical = chain::canonical_json(&serde_json::to_value(&events).unwrap_or_default());
         Idempotency { key, fingerprint: chain::link_hash(&canonical, kind) }
     });
-    match state.appender.submit(tenant, AppendJob { events, idempotency }).await? {
+    match state.appender.submit(tenant, AppendJob { events, idempotency }, size, deadline).await? {
         JobOutcome::Stored(r) => Ok((r, false)),
         JobOutcome::Replayed(r) => Ok((r, true)),
         JobOutcome::KeyConflict => Err(ApiError::new(
@@ -124,13 +128,12 @@ fn created(body: impl IntoResponse, replayed: bool) -> Response {
 /// One stored event.
 #[utoipa::path(
     get, path = "/api/v1/events/{id}", tag = "events",
-    params(("id" = String, Path, description = "Event id (UUID)")),
+    params(("id" = String, Path, format = Uuid, description = "Event id (UUID)")),
     responses(
         (status = 200, description = "The event", body = StoredEvent),
         (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "Key not allowed for the event's tenant", body = ErrorBody),
-        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 404, description = "No such event, or one of a tenant the key may not read", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -141,9 +144,12 @@ pub async fn get_event(
 ) -> Result<Json<StoredEvent>, ApiError> {
     let Path(id) = path.map_err(|e| ApiError::field("id", e.body_text()))?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::field("id", "must be a UUID"))?;
-    let event = state.store.get(id).await?.ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
-    scope.require(&event.metadata.tenant_id)?;
-    Ok(Json(event))
+    // Another tenant's event is answered exactly like a missing one: a key learns nothing about
+    // events (or tenants) it may not read.
+    match state.store.get(id).await? {
+        Some(event) if scope.allows(&event.metadata.tenant_id) => Ok(Json(event)),
+        _ => Err(ApiError::not_found(format!("no event {id}"))),
+    }
 }
 
 /// Filters of `GET /events`. All optional except `tenantId`.
@@ -152,20 +158,49 @@ pub async fn get_event(
 #[serde(rename_all = "camelCase")]
 pub struct ListParams {
     /// The tenant whose events to list (required).
+    #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
     tenant_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     actor_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     resource_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     action_type: Option<String>,
-    /// RFC 3339, inclusive.
+    /// RFC 3339, inclusive (years 1 to 9999).
+    #[param(format = DateTime)]
     from: Option<String>,
-    /// RFC 3339, exclusive.
+    /// RFC 3339, exclusive (years 1 to 9999).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// 1 to 1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
     /// `asc` (default: chain order, oldest first) or `desc`.
+    #[param(value_type = Option<Order>)]
     order: Option<String>,
+}
+
+/// Order of `GET /events`.
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum Order {
+    Asc,
+    Desc,
 }
 
 /// List a tenant's events in chain order with keyset pagination: pages stay stable while events
@@ -243,6 +278,7 @@ pub async fn list_events(
 #[serde(rename_all = "camelCase")]
 pub struct VerifyParams {
     /// The tenant whose chain to walk (required).
+    #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
     tenant_id: Option<String>,
 }
 
@@ -265,10 +301,17 @@ pub async fn verify(
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let tenant = required_tenant(p.tenant_id.as_deref())?;
     scope.require(&tenant)?;
-    Ok(Json(state.store.verify(&tenant).await?))
+    let checkpoint = match &state.signer {
+        Some(signer) => signer.latest_published(&tenant).map_err(|e| {
+            tracing::error!(error = %e, tenant, "reading the latest published checkpoint");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (logged on the server)")
+        })?,
+        None => None,
+    };
+    Ok(Json(state.store.verify(&tenant, checkpoint).await?))
 }
 
-fn required_tenant(v: Option<&str>) -> Result<String, ApiError> {
+pub(crate) fn required_tenant(v: Option<&str>) -> Result<String, ApiError> {
     match v {
         None => Err(ApiError::field("tenantId", "is required")),
         Some(t) if !input::valid_tenant(t) => {
@@ -289,17 +332,15 @@ fn time(v: &str) -> Result<DateTime<Utc>, String> {
     Ok(t)
 }
 
-/// Opaque to clients: base64url of `asc:<sequence>` / `desc:<sequence>`.
-fn encode_cursor(sequence: i64, descending: bool) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{sequence}", if descending { "desc" } else { "asc" }))
+/// The sequence of the last event of the page: the next page continues after it (`asc`) or
+/// below it (`desc`). Plain digits, so the OpenAPI document can declare exactly what is accepted.
+fn encode_cursor(sequence: i64, _descending: bool) -> String {
+    sequence.to_string()
 }
 
-fn decode_cursor(cursor: &str, descending: bool) -> Result<i64, String> {
-    let bad = || "is not a cursor returned by this API".to_owned();
-    let text = URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
-    let (order, seq) = text.split_once(':').ok_or_else(bad)?;
-    if order != if descending { "desc" } else { "asc" } {
-        return Err("was issued for the other order".into());
+fn decode_cursor(cursor: &str, _descending: bool) -> Result<i64, String> {
+    match cursor.parse::<i64>() {
+        Ok(n) if !cursor.is_empty() && cursor.len() <= 18 && cursor.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err("is not a cursor returned by this API (1 to 18 digits)".to_owned()),
     }
-    seq.parse().map_err(|_| bad())
 }

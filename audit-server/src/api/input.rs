@@ -9,14 +9,22 @@ use axum::http::{StatusCode, header};
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::{AppState, Deadline};
+use crate::appender::AppendError;
 
-/// A JSON request body, parsed but not yet validated.
-pub struct JsonBody(pub Value);
+/// A JSON request body of an append, parsed but not yet validated, and its size in bytes. Refused
+/// with 503 before it is read when the append queue is full (load shedding), and when the request
+/// deadline passes while it is being received.
+pub struct JsonBody(pub Value, pub usize);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if state.appender.saturated() {
+            return Err(AppendError::Overloaded.into());
+        }
+        let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if !(mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))) {
@@ -31,7 +39,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             return Err(too_large());
         }
         // The router sets DefaultBodyLimit to MAX_BODY_BYTES; Bytes turns an overrun into a 413.
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(d) => tokio::time::timeout_at(d, read).await.map_err(|_| ApiError::timeout())?,
+            None => read.await,
+        };
+        let bytes = read.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
             } else {
@@ -40,7 +53,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         })?;
         let value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-        Ok(JsonBody(value))
+        Ok(JsonBody(value, bytes.len()))
     }
 }
 
@@ -57,6 +70,14 @@ const MAX_ID: usize = 256;
 const MAX_TEXT: usize = 4096;
 const MAX_TENANT: usize = 128;
 
+/// The fields of an event, per part (those of `audit_api::NewEvent`).
+const FIELDS: [(&str, &[&str]); 4] = [
+    ("actor", &["id", "type", "name", "ip", "userAgent", "attributes"]),
+    ("action", &["type", "description", "category"]),
+    ("resource", &["id", "type", "name", "before", "after"]),
+    ("metadata", &["source", "tenantId", "correlationId", "sessionId", "tags"]),
+];
+
 /// Validate one event; on success the typed event.
 pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Option<NewEvent> {
     let before = errors.len();
@@ -70,6 +91,18 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
             Some(Value::Object(_)) => {}
             None | Some(Value::Null) => v.fail(part, "is required"),
             Some(_) => v.fail(part, "must be an object"),
+        }
+    }
+    // Unknown fields are refused rather than dropped: a client must not believe a field it sent
+    // (say `occurredAt`, or a misspelt `tenantID`) is stored and covered by the hash.
+    for key in obj.keys().filter(|k| !FIELDS.iter().any(|(part, _)| part == k)) {
+        v.fail(key, "is not a field of an event (unknown fields are refused, see the README)");
+    }
+    for (part, known) in FIELDS {
+        if let Some(Value::Object(fields)) = obj.get(part) {
+            for key in fields.keys().filter(|k| !known.contains(&k.as_str())) {
+                v.fail(&format!("{part}.{key}"), &format!("is not a field of {part}"));
+            }
         }
     }
     let get = |part: &str, field: &str| obj.get(part).and_then(|p| p.get(field));
@@ -95,6 +128,7 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
             _ => v.fail("metadata.tags", "must be an object of string values"),
         }
     }
+    inexact_numbers(value, &mut prefix.trim_end_matches('.').to_owned(), errors);
     if errors.len() > before {
         return None;
     }
@@ -107,11 +141,48 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
     }
 }
 
+/// Integers beyond 2^53 in magnitude would be rounded by the canonical form (RFC 8785 numbers are
+/// doubles), so what is hashed and returned would differ from what was sent: refuse them.
+fn inexact_numbers(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Number(n) if !audit_api::canonical::exact_number(n) => errors.push(FieldError {
+            field: path.clone(),
+            message: "integers beyond 2^53 in magnitude cannot be kept exactly (numbers are IEEE 754 doubles, \
+                      RFC 8785); send them as strings"
+                .into(),
+        }),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                inexact_numbers(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                inexact_numbers(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Validate a batch body (`{"events": [...]}` or a bare array); all events must share a tenant.
 pub fn batch(value: &Value) -> Result<Vec<NewEvent>, ApiError> {
     let items = match value {
         Value::Array(items) => items,
         Value::Object(o) => match o.get("events") {
+            _ if o.keys().any(|k| k != "events") => {
+                let extra: Vec<&str> = o.keys().map(String::as_str).filter(|k| *k != "events").collect();
+                return Err(ApiError::field(extra[0], "is not a field of a batch (only `events`)"));
+            }
             Some(Value::Array(items)) => items,
             _ => return Err(ApiError::field("events", "is required and must be an array of events")),
         },
@@ -237,11 +308,26 @@ mod tests {
             "actor": {"id": "u1", "type": "USER", "attributes": {"k": [1, 2]}},
             "action": {"type": "LOGIN", "description": null},
             "resource": {"id": "r1", "type": "DOC", "before": 1, "after": {"x": null}},
-            "metadata": {"source": "web", "tenantId": "acme", "tags": {"env": "prod"}},
-            "unknown": true
+            "metadata": {"source": "web", "tenantId": "acme", "tags": {"env": "prod"}}
         });
         let e = event(&v, "", &mut errors).expect("valid");
         assert!(errors.is_empty());
         assert_eq!(e.metadata.tenant_id, "acme");
+    }
+
+    #[test]
+    fn refuses_unknown_fields() {
+        let mut errors = Vec::new();
+        let v = json!({
+            "actor": {"id": "u1", "type": "USER", "role": "x"},
+            "action": {"type": "LOGIN"},
+            "resource": {"id": "r1", "type": "DOC"},
+            "metadata": {"source": "web", "tenantId": "acme", "tenantID": "other"},
+            "occurredAt": "2026-01-01T00:00:00Z"
+        });
+        assert!(event(&v, "", &mut errors).is_none());
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["occurredAt", "actor.role", "metadata.tenantID"]);
+        assert!(batch(&json!({"events": [], "extra": 1})).is_err());
     }
 }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod input;
+pub mod integrity;
 mod ops;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct Inner {
     /// Set when shutdown starts: readiness turns false at once.
     pub draining: AtomicBool,
     pub request_timeout: Duration,
+    /// Signs checkpoints; None when no key is configured.
+    pub signer: Option<Arc<crate::checkpoint::Signer>>,
 }
 
 #[derive(Clone)]
@@ -48,7 +51,17 @@ impl std::ops::Deref for AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Audit Trail API", version = "1", description = "Hash-chained, append-only audit events."),
-    paths(events::post_event, events::post_batch, events::get_event, events::list_events, events::verify),
+    paths(
+        events::post_event,
+        events::post_batch,
+        events::get_event,
+        events::list_events,
+        events::verify,
+        integrity::export,
+        integrity::checkpoints,
+        integrity::public_key
+    ),
+    components(schemas(events::Order)),
     modifiers(&ApiKeyScheme),
     tags((name = "events"), (name = "integrity"))
 )]
@@ -69,6 +82,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/events", post(events::post_event).get(events::list_events))
         .route("/events/batch", post(events::post_batch))
+        .route("/events/export", get(integrity::export))
+        .route("/integrity/checkpoints", get(integrity::checkpoints))
+        .route("/integrity/public-key", get(integrity::public_key))
         .route("/events/{id}", get(events::get_event))
         .route("/integrity/verify", get(events::verify))
         .route("/openapi.json", get(ops::openapi));
@@ -93,8 +109,13 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
 }
 
+/// When the request must be answered. Appends handle it themselves ([`crate::appender`]): cut
+/// off from outside, a request whose transaction has begun could answer 503 and still commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub tokio::time::Instant);
+
 /// Per request: the timeout (503) and the `http_server_requests_seconds` observation.
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let uri = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "UNKNOWN".into());
     let method = match *req.method() {
@@ -103,9 +124,16 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         }
         _ => "OTHER".to_owned(),
     };
-    let response = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request timed out").into_response(),
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    req.extensions_mut().insert(Deadline(deadline));
+    let append = req.method() == Method::POST && matches!(uri.as_str(), "/api/v1/events" | "/api/v1/events/batch");
+    let response = if append {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout_at(deadline, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::timeout().into_response(),
+        }
     };
     let status = response.status().as_u16();
     state.metrics.observe_request(&method, &uri, status, start.elapsed());

@@ -6,6 +6,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 
+use audit_api::checkpoint::SignedCheckpoint;
 use audit_api::{BrokenLink, EventReceipt, NewEvent, StoredEvent, VerifyReport};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -17,6 +18,9 @@ use crate::chain;
 pub enum StoreError {
     /// The database cannot be reached or timed out (503, the client may retry).
     Unavailable(String),
+    /// The connection failed during COMMIT: the transaction may or may not have committed (500;
+    /// a retry with the same Idempotency-Key is safe, one without may store the events twice).
+    CommitUnknown(String),
     /// Anything else (500: a bug or a broken database).
     Internal(String),
 }
@@ -28,6 +32,7 @@ impl StoreError {
     pub fn duplicate(&self) -> StoreError {
         match self {
             StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::CommitUnknown(m) => StoreError::CommitUnknown(m.clone()),
             StoreError::Internal(m) => StoreError::Internal(m.clone()),
         }
     }
@@ -37,6 +42,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Unavailable(m) => write!(f, "database unavailable: {m}"),
+            StoreError::CommitUnknown(m) => write!(f, "commit outcome unknown: {m}"),
             StoreError::Internal(m) => write!(f, "database error: {m}"),
         }
     }
@@ -50,11 +56,23 @@ impl From<sqlx::Error> for StoreError {
             }
             sqlx::Error::Database(db) => {
                 // SQLite busy/locked and PostgreSQL admin shutdown, crash recovery, too many
-                // connections, serialization or deadlock: transient, worth a retry.
+                // connections, serialization or deadlock, lock or statement timeout, a read-only
+                // database (a replica, a failover in progress): transient, worth a retry, and the
+                // transaction rolled back.
                 let code = db.code().map(|c| c.to_string()).unwrap_or_default();
                 let transient = matches!(
                     code.as_str(),
-                    "5" | "6" | "517" | "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                    "5" | "6"
+                        | "517"
+                        | "57P01"
+                        | "57P02"
+                        | "57P03"
+                        | "53300"
+                        | "40001"
+                        | "40P01"
+                        | "55P03"
+                        | "57014"
+                        | "25006"
                 ) || code.starts_with("08");
                 if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Internal(e.to_string()) }
             }
@@ -225,6 +243,7 @@ impl StoredRow {
 /// Walks a chain in sequence order and remembers the first broken link.
 pub(crate) struct Verifier {
     tenant_id: String,
+    checkpoint: Option<SignedCheckpoint>,
     expected_sequence: i64,
     previous_hash: String,
     checked: u64,
@@ -232,9 +251,12 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(tenant_id: &str) -> Self {
+    /// `checkpoint`: a signed checkpoint of this tenant (signature already checked) that the chain
+    /// must contain.
+    pub fn new(tenant_id: &str, checkpoint: Option<SignedCheckpoint>) -> Self {
         Verifier {
             tenant_id: tenant_id.to_owned(),
+            checkpoint,
             expected_sequence: 1,
             previous_hash: chain::genesis().to_owned(),
             checked: 0,
@@ -274,6 +296,18 @@ impl Verifier {
             self.broken = Some(fail(reason, id));
             return;
         }
+        if let Some(cp) = &self.checkpoint
+            && cp.sequence == at
+            && cp.hash != row.hash
+        {
+            let reason = format!(
+                "event {at} differs from the signed checkpoint of {}: the chain was rewritten, or restored from \
+                 another history (an old backup, a lagging replica)",
+                cp.issued_at
+            );
+            self.broken = Some(fail(reason, id));
+            return;
+        }
         self.previous_hash = row.hash.clone();
         self.expected_sequence += 1;
         self.checked += 1;
@@ -302,6 +336,16 @@ impl Verifier {
                     event_id: None,
                     reason: "the chain head's hash does not match the last event".into(),
                 });
+            } else if let Some(cp) = self.checkpoint.as_ref().filter(|cp| cp.sequence > last) {
+                self.broken = Some(BrokenLink {
+                    sequence: last + 1,
+                    event_id: None,
+                    reason: format!(
+                        "the chain ends at {last} but the signed checkpoint of {} covers {} events: events were \
+                         removed (tail cut with the head moved back, rollback, or restore of an old backup)",
+                        cp.issued_at, cp.sequence
+                    ),
+                });
             }
         }
         VerifyReport {
@@ -309,6 +353,7 @@ impl Verifier {
             verified: self.broken.is_none(),
             checked: self.checked,
             first_broken_at: self.broken,
+            checkpoint: self.checkpoint,
         }
     }
 }
@@ -387,12 +432,34 @@ impl Store {
                         Ok(mut outcomes) => outcomes
                             .pop()
                             .ok_or_else(|| StoreError::Internal("a run came back without outcomes".into())),
-                        Err(TxError::BeforeCommit(e) | TxError::AtCommit(e)) => Err(e),
+                        Err(TxError::BeforeCommit(e)) => Err(e),
+                        Err(TxError::AtCommit(e)) => Err(StoreError::CommitUnknown(e.to_string())),
                     });
                 }
                 results
             }
-            Err(TxError::BeforeCommit(e) | TxError::AtCommit(e)) => runs.iter().map(|_| Err(e.duplicate())).collect(),
+            Err(TxError::BeforeCommit(e)) => runs.iter().map(|_| Err(e.duplicate())).collect(),
+            Err(TxError::AtCommit(e)) => {
+                let e = StoreError::CommitUnknown(e.to_string());
+                runs.iter().map(|_| Err(e.duplicate())).collect()
+            }
+        }
+    }
+
+    /// Delete idempotency records created before `before` (their retention is over); how many.
+    pub async fn purge_idempotency(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.purge_idempotency(before).await,
+            Store::Sqlite(s) => s.purge_idempotency(before).await,
+        }
+    }
+
+    /// Whether appends can commit now: a connection of the append pool answers within the
+    /// caller's timeout and the database takes writes (not a replica, not read-only).
+    pub async fn writable(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.writable().await,
+            Store::Sqlite(s) => s.ping().await,
         }
     }
 
@@ -418,11 +485,45 @@ impl Store {
         }
     }
 
-    pub async fn verify(&self, tenant_id: &str) -> Result<VerifyReport, StoreError> {
+    pub async fn verify(
+        &self,
+        tenant_id: &str,
+        checkpoint: Option<SignedCheckpoint>,
+    ) -> Result<VerifyReport, StoreError> {
         match self {
-            Store::Postgres(s) => s.verify(tenant_id).await,
-            Store::Sqlite(s) => s.verify(tenant_id).await,
+            Store::Postgres(s) => s.verify(tenant_id, checkpoint).await,
+            Store::Sqlite(s) => s.verify(tenant_id, checkpoint).await,
         }
+    }
+
+    /// Every chain head: (tenant, last sequence, last hash).
+    pub async fn heads(&self) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let sql = "SELECT tenant_id, last_sequence, last_hash FROM chain_heads ORDER BY tenant_id";
+        let rows: Vec<(String, i64, String)> = match self {
+            Store::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
+            Store::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
+        };
+        Ok(rows)
+    }
+
+    /// The hash stored for a tenant's event at `sequence`.
+    pub async fn hash_at(&self, tenant_id: &str, sequence: i64) -> Result<Option<String>, StoreError> {
+        Ok(match self {
+            Store::Postgres(s) => {
+                sqlx::query_scalar("SELECT hash FROM events WHERE tenant_id = $1 AND sequence = $2")
+                    .bind(tenant_id)
+                    .bind(sequence)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+            Store::Sqlite(s) => {
+                sqlx::query_scalar("SELECT hash FROM events WHERE tenant_id = ? AND sequence = ?")
+                    .bind(tenant_id)
+                    .bind(sequence)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -17,7 +17,11 @@ use crate::chain;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PgStore {
+    /// Reads, verifies, health checks.
     pool: PgPool,
+    /// Append transactions only (one connection per lane), so reads cannot starve appends; its
+    /// sessions carry lock_timeout and statement_timeout, so a locked chain head fails fast.
+    appends: PgPool,
     max: u32,
 }
 
@@ -27,7 +31,13 @@ const COLUMNS: &str =
 impl PgStore {
     /// Connect and apply the embedded migrations (sqlx takes an advisory lock, so replicas starting
     /// together migrate once).
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        append_connections: u32,
+        append_timeout: Duration,
+        allow_async_commit: bool,
+    ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Internal(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))?;
@@ -35,15 +45,59 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
-        Ok(PgStore { pool, max: max_connections })
+        // With synchronous_commit off, COMMIT returns before the WAL is flushed: a 201 could be
+        // lost in a crash. The setting applies to this server's sessions (database, role or server
+        // default), so check what a session of ours gets.
+        let sync: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&pool).await?;
+        if sync == "off" {
+            if !allow_async_commit {
+                return Err(StoreError::Internal(
+                    "PostgreSQL synchronous_commit is off for this server's sessions: an acknowledged event could be \
+                     lost in a crash. Turn it on (ALTER DATABASE .. SET synchronous_commit = on, or for the role), \
+                     or set AUDIT_ALLOW_ASYNC_COMMIT=true to accept that risk"
+                        .into(),
+                ));
+            }
+            tracing::warn!(
+                "PostgreSQL synchronous_commit is off (AUDIT_ALLOW_ASYNC_COMMIT=true): acknowledged events can be \
+                 lost in a database crash"
+            );
+        }
+        // Session settings sent at connection start: no extra round trip per transaction.
+        let ms = append_timeout.as_millis().max(1).to_string();
+        let append_options = options.options([("lock_timeout", ms.as_str()), ("statement_timeout", ms.as_str())]);
+        let appends = PgPoolOptions::new()
+            .max_connections(append_connections.max(1))
+            .acquire_timeout(append_timeout.max(Duration::from_secs(1)))
+            .connect_lazy_with(append_options);
+        Ok(PgStore { pool, appends, max: max_connections + append_connections.max(1) })
+    }
+
+    /// Delete idempotency records created before `before`; how many.
+    pub async fn purge_idempotency(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A connection of the append pool answers and the database takes writes.
+    pub async fn writable(&self) -> Result<(), StoreError> {
+        let row = sqlx::query("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+            .fetch_one(&self.appends)
+            .await?;
+        let (recovery, read_only): (bool, String) = (row.try_get(0)?, row.try_get(1)?);
+        if recovery || read_only == "on" {
+            return Err(StoreError::Unavailable("the database is read-only (a replica or read-only mode)".into()));
+        }
+        Ok(())
     }
 
     /// All runs in one transaction; the caller sorts them by tenant (the lock order).
     pub(crate) async fn append(&self, runs: &[Run]) -> Result<Vec<Vec<JobOutcome>>, TxError> {
-        let mut tx = self.pool.begin().await.map_err(|e| TxError::BeforeCommit(e.into()))?;
+        let mut tx = self.appends.begin().await.map_err(|e| TxError::BeforeCommit(e.into()))?;
         let mut outcomes = Vec::with_capacity(runs.len());
         for run in runs {
             outcomes.push(append_run(&mut tx, &run.tenant_id, &run.jobs).await.map_err(TxError::BeforeCommit)?);
@@ -90,7 +144,11 @@ impl PgStore {
 
     /// Walk the chain in a REPEATABLE READ snapshot so concurrent appends are not mistaken for
     /// tampering (rows and head come from the same instant).
-    pub async fn verify(&self, tenant_id: &str) -> Result<VerifyReport, StoreError> {
+    pub async fn verify(
+        &self,
+        tenant_id: &str,
+        checkpoint: Option<audit_api::checkpoint::SignedCheckpoint>,
+    ) -> Result<VerifyReport, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = $1")
             .bind(tenant_id)
@@ -98,7 +156,7 @@ impl PgStore {
             .await?
             .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
             .transpose()?;
-        let mut verifier = Verifier::new(tenant_id);
+        let mut verifier = Verifier::new(tenant_id, checkpoint);
         let mut after = 0i64;
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE tenant_id = $1 AND sequence > $2 ORDER BY sequence LIMIT 1000");
@@ -118,17 +176,22 @@ impl PgStore {
         Ok(verifier.finish(head))
     }
 
+    pub(crate) fn pool(&self) -> &sqlx::Pool<sqlx::Postgres> {
+        &self.pool
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     pub fn pool_usage(&self) -> (u64, u64) {
-        let in_use = self.pool.size().saturating_sub(self.pool.num_idle() as u32);
-        (u64::from(in_use), u64::from(self.max))
+        let in_use = |p: &PgPool| p.size().saturating_sub(p.num_idle() as u32);
+        (u64::from(in_use(&self.pool) + in_use(&self.appends)), u64::from(self.max))
     }
 
     pub async fn close(&self) {
+        self.appends.close().await;
         self.pool.close().await;
     }
 }

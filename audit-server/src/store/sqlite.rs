@@ -27,14 +27,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn open(path: &Path, max_connections: u32) -> Result<Self, StoreError> {
+    /// `busy_timeout`: how long an append waits for the database write lock (then 503).
+    pub async fn open(path: &Path, max_connections: u32, busy_timeout: Duration) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|e| StoreError::Internal(e.to_string()))?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30));
+            .busy_timeout(busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
@@ -92,7 +93,11 @@ impl SqliteStore {
     }
 
     /// Walk the chain inside one read transaction (a WAL snapshot: head and rows agree).
-    pub async fn verify(&self, tenant_id: &str) -> Result<VerifyReport, StoreError> {
+    pub async fn verify(
+        &self,
+        tenant_id: &str,
+        checkpoint: Option<audit_api::checkpoint::SignedCheckpoint>,
+    ) -> Result<VerifyReport, StoreError> {
         let mut tx = self.pool.begin().await?;
         let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
             .bind(tenant_id)
@@ -100,7 +105,7 @@ impl SqliteStore {
             .await?
             .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
             .transpose()?;
-        let mut verifier = Verifier::new(tenant_id);
+        let mut verifier = Verifier::new(tenant_id, checkpoint);
         let mut after = 0i64;
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE tenant_id = ? AND sequence > ? ORDER BY sequence LIMIT 1000");
@@ -118,6 +123,19 @@ impl SqliteStore {
         }
         tx.rollback().await?;
         Ok(verifier.finish(head))
+    }
+
+    /// Delete idempotency records created before `before`; how many.
+    pub async fn purge_idempotency(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(chain::format_timestamp(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub(crate) fn pool(&self) -> &sqlx::Pool<sqlx::Sqlite> {
+        &self.pool
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

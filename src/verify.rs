@@ -1,0 +1,183 @@
+//! `audctl verify`: re-verify an export of the Audit Trail service offline, trusting neither the
+//! server nor its database. Every link of the hash chain is recomputed (RFC 8785 canonical form,
+//! `audit_api::canonical`); with a signed checkpoint and the server's public key, the checkpoint's
+//! Ed25519 signature is checked and the export must contain its head, so a tail cut, a rollback or
+//! a restore of an old backup shows even when the database's own chain head was moved to match.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use audit_api::checkpoint::{self, ExportVerifier, SignedCheckpoint};
+use comfy_table::Table;
+use serde::Serialize;
+
+use crate::cli::{OutputFormat, VerifyArgs};
+use crate::error::{CheckFailed, usage};
+use crate::output::{self, Report};
+
+/// What was verified and how it went.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub export: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(flatten)]
+    pub result: checkpoint::ExportReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSummary>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSummary {
+    pub sequence: i64,
+    pub hash: String,
+    pub issued_at: String,
+    pub key_id: String,
+    /// The signature verified with the public key given.
+    pub signature_valid: bool,
+}
+
+impl Report for VerifyReport {
+    fn table(&self) -> Table {
+        let mut t = output::new_table(["", "verification"]);
+        t.add_row(["export".to_owned(), self.export.clone()]);
+        if let Some(tenant) = &self.tenant_id {
+            t.add_row(["tenant".to_owned(), tenant.clone()]);
+        }
+        t.add_row(["result".to_owned(), if self.result.verified { "VERIFIED" } else { "BROKEN" }.to_owned()]);
+        t.add_row(["links checked".to_owned(), self.result.checked.to_string()]);
+        if let Some(at) = self.result.broken_at {
+            t.add_row(["first broken at".to_owned(), at.to_string()]);
+        }
+        if let Some(reason) = &self.result.reason {
+            t.add_row(["reason".to_owned(), reason.clone()]);
+        }
+        if let Some(cp) = &self.checkpoint {
+            t.add_row([
+                "checkpoint signature".to_owned(),
+                if cp.signature_valid { "valid" } else { "INVALID" }.to_owned(),
+            ]);
+            t.add_row([
+                "checkpoint".to_owned(),
+                format!("sequence {} of {} (key {})", cp.sequence, cp.issued_at, cp.key_id),
+            ]);
+            let matched = self.result.checkpoint_matched.unwrap_or(false);
+            t.add_row(["checkpoint head in export".to_owned(), if matched { "yes" } else { "no" }.to_owned()]);
+        }
+        t
+    }
+}
+
+pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
+    let (checkpoint, bad_signature) = match (&args.checkpoint, &args.public_key) {
+        (Some(cp), Some(key)) => {
+            let (cp, signature) = load_checkpoint(cp, key)?;
+            (Some(cp), signature.err())
+        }
+        (None, None) => (None, None),
+        _ => return Err(usage("--checkpoint and --public-key go together: an unchecked checkpoint proves nothing")),
+    };
+    let input: Box<dyn Read> = if args.export == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.export)
+                .map_err(|e| usage(format!("cannot read the export {}: {e}", args.export.display())))?,
+        )
+    };
+    let mut verifier = ExportVerifier::new(checkpoint.as_ref());
+    let mut tenant = checkpoint.as_ref().map(|c| c.tenant_id.clone());
+    let mut unreadable = None;
+    for (i, line) in BufReader::new(input).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", args.export.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(event) => {
+                if tenant.is_none() {
+                    tenant = event["metadata"]["tenantId"].as_str().map(str::to_owned);
+                }
+                verifier.check(&event);
+            }
+            Err(e) => {
+                unreadable = Some(format!("line {} is not JSON: {e}", i + 1));
+                break;
+            }
+        }
+        if verifier.is_broken() {
+            break;
+        }
+    }
+    let mut result = verifier.finish();
+    if let Some(reason) = &bad_signature {
+        // A checkpoint that does not verify proves nothing, whatever the chain says.
+        result.verified = false;
+        result.broken_at = None;
+        result.reason = Some(reason.clone());
+        result.checkpoint_matched = Some(false);
+    }
+    if let Some(reason) = unreadable
+        && result.verified
+    {
+        result.verified = false;
+        result.broken_at = Some(result.last_sequence + 1);
+        result.reason = Some(reason);
+    }
+    let report = VerifyReport {
+        export: args.export.display().to_string(),
+        tenant_id: tenant,
+        checkpoint: checkpoint.map(|c| CheckpointSummary {
+            sequence: c.sequence,
+            hash: c.hash,
+            issued_at: c.issued_at,
+            key_id: c.key_id,
+            signature_valid: bad_signature.is_none(),
+        }),
+        result,
+    };
+    output::emit(format, &report)?;
+    if report.result.verified {
+        Ok(())
+    } else {
+        let at = report.result.broken_at.map(|s| format!(" at sequence {s}")).unwrap_or_default();
+        Err(CheckFailed(format!(
+            "the export does not verify{at}: {}",
+            report.result.reason.as_deref().unwrap_or("broken")
+        ))
+        .into())
+    }
+}
+
+/// Read a checkpoint (one object, or the answer of `GET /integrity/checkpoints` holding exactly
+/// one) and check its signature (a bad one fails the verification, exit 1, not the command).
+fn load_checkpoint(path: &PathBuf, key_path: &PathBuf) -> anyhow::Result<(SignedCheckpoint, Result<(), String>)> {
+    let text = std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| usage(format!("{} is not JSON: {e}", path.display())))?;
+    let value = match value.get("checkpoints").and_then(|c| c.as_array()) {
+        Some(list) if list.len() == 1 => list[0].clone(),
+        Some(list) => {
+            return Err(usage(format!(
+                "{} holds {} checkpoints; give the one of the exported tenant",
+                path.display(),
+                list.len()
+            )));
+        }
+        None => value,
+    };
+    let cp: SignedCheckpoint = serde_json::from_value(value).map_err(|e| {
+        usage(format!(
+            "{}: not a signed checkpoint ({{tenantId, sequence, hash, issuedAt, keyId, signature}}): {e}",
+            path.display()
+        ))
+    })?;
+    let key_text =
+        std::fs::read_to_string(key_path).map_err(|e| usage(format!("cannot read {}: {e}", key_path.display())))?;
+    let key = checkpoint::parse_public_key(&key_text).map_err(|e| usage(format!("{}: {e}", key_path.display())))?;
+    let signature = cp.verify_signature(&key).map_err(|e| format!("{}: {e}", path.display()));
+    Ok((cp, signature))
+}

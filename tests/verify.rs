@@ -1,0 +1,119 @@
+//! `audctl verify` against what the real audit-server exports: a clean export with its signed
+//! checkpoint verifies (exit 0); an edited event, a truncated export, a checkpoint whose signature
+//! does not match and a wrong public key fail (exit 1); unreadable inputs are usage errors (exit 2).
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::{Value, json};
+
+const KEY: &str = "verify-test-key";
+
+fn audctl(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_audctl")).args(args).output().expect("running audctl")
+}
+
+fn event(i: usize) -> Value {
+    json!({
+        "actor": {"id": format!("u{i}"), "type": "USER", "attributes": {"score": 80e-27 * i as f64, "\u{1f600}": i}},
+        "action": {"type": "LOGIN"},
+        "resource": {"id": "app", "type": "APPLICATION", "after": {"ratio": 1e21 / (i as f64 + 1.0)}},
+        "metadata": {"source": "tests", "tenantId": "acme", "tags": {"env": "test"}}
+    })
+}
+
+/// Export, checkpoint and public key of a real server (SQLite, generated signing key) in `dir`.
+async fn fetch(dir: &Path) -> anyhow::Result<()> {
+    let mut config = audit_server::Config::local(dir.join("data"));
+    config.listen = "127.0.0.1:0".parse()?;
+    config.api_keys = vec![audit_server::ApiKeyConfig::plain(KEY, &["*"])];
+    config.checkpoint_dir = Some(dir.join("published"));
+    let server = audit_server::spawn(config).await?;
+    let base = server.base_url();
+    let http = reqwest::Client::new();
+    let batch = json!({"events": (0..50).map(event).collect::<Vec<_>>()});
+    let r = http.post(format!("{base}/api/v1/events/batch")).header("x-api-key", KEY).json(&batch).send().await?;
+    anyhow::ensure!(r.status() == 201, "{}", r.text().await?);
+    let get = |path: &str| http.get(format!("{base}{path}")).header("x-api-key", KEY).send();
+    std::fs::write(dir.join("export.ndjson"), get("/api/v1/events/export?tenantId=acme").await?.text().await?)?;
+    std::fs::write(
+        dir.join("checkpoint.json"),
+        get("/api/v1/integrity/checkpoints?tenantId=acme").await?.text().await?,
+    )?;
+    std::fs::write(dir.join("key.json"), get("/api/v1/integrity/public-key").await?.text().await?)?;
+    let key: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("key.json"))?)?;
+    std::fs::write(dir.join("key.pem"), key["pem"].as_str().unwrap_or_default())?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_exports_and_checkpoints() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    fetch(dir).await?;
+    let p = |name: &str| dir.join(name).display().to_string();
+    let (export, checkpoint, key_pem, key_json) =
+        (p("export.ndjson"), p("checkpoint.json"), p("key.pem"), p("key.json"));
+
+    // Clean: exit 0, every link checked, the checkpoint's head found.
+    for key in [&key_pem, &key_json] {
+        let out = audctl(&["verify", &export, "--checkpoint", &checkpoint, "--public-key", key, "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(report["verified"], true, "{report}");
+        assert_eq!(report["checked"], 50);
+        assert_eq!(report["checkpointMatched"], true);
+        assert_eq!(report["tenantId"], "acme");
+    }
+    assert_eq!(audctl(&["verify", &export]).status.code(), Some(0), "the chain alone");
+
+    let lines: Vec<String> = std::fs::read_to_string(&export)?.lines().map(str::to_owned).collect();
+    // An edited event: broken at its sequence.
+    let mut edited = lines.clone();
+    edited[2] = edited[2].replacen("\"u2\"", "\"mallory\"", 1);
+    std::fs::write(dir.join("edited.ndjson"), edited.join("\n"))?;
+    let out = audctl(&["verify", &p("edited.ndjson"), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!((report["verified"].clone(), report["brokenAt"].clone()), (json!(false), json!(3)), "{report}");
+
+    // Truncated: the chain alone looks fine, the checkpoint says events were removed.
+    std::fs::write(dir.join("cut.ndjson"), lines[..40].join("\n"))?;
+    assert_eq!(audctl(&["verify", &p("cut.ndjson")]).status.code(), Some(0));
+    let out =
+        audctl(&["verify", &p("cut.ndjson"), "--checkpoint", &checkpoint, "--public-key", &key_pem, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert!(report["reason"].as_str().is_some_and(|r| r.contains("removed")), "{report}");
+
+    // A checkpoint altered after signing, and a key that did not sign it.
+    let mut forged: Value = serde_json::from_str(&std::fs::read_to_string(&checkpoint)?)?;
+    forged["checkpoints"][0]["sequence"] = json!(40);
+    forged["checkpoints"][0]["hash"] = json!(serde_json::from_str::<Value>(&lines[39])?["hash"]);
+    std::fs::write(dir.join("forged.json"), forged.to_string())?;
+    let out = audctl(&[
+        "verify",
+        &p("cut.ndjson"),
+        "--checkpoint",
+        &p("forged.json"),
+        "--public-key",
+        &key_pem,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "a forged checkpoint was accepted");
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["checkpoint"]["signatureValid"], false, "{report}");
+    assert!(report["reason"].as_str().is_some_and(|r| r.contains("signature")), "{report}");
+    let other = audit_server::checkpoint::Signer::generate_pem()?;
+    std::fs::write(dir.join("other.pem"), &other)?;
+    let signer = audit_server::checkpoint::Signer::from_pem_file(&dir.join("other.pem"), None)?;
+    std::fs::write(dir.join("other-key.pem"), signer.public_key().pem)?;
+    let out = audctl(&["verify", &export, "--checkpoint", &checkpoint, "--public-key", &p("other-key.pem")]);
+    assert_eq!(out.status.code(), Some(1), "verified with a key that did not sign");
+
+    // Usage errors: a missing file, a checkpoint without a key.
+    assert_eq!(audctl(&["verify", &p("nope.ndjson")]).status.code(), Some(2));
+    assert_eq!(audctl(&["verify", &export, "--checkpoint", &checkpoint]).status.code(), Some(2));
+    Ok(())
+}
