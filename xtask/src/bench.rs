@@ -11,7 +11,7 @@ pub enum BenchTarget {
     Server,
     /// `audctl render` of values-prod.
     Render,
-    /// `audctl check` against the testbed cluster: wall time vs the slowest probe.
+    /// `audctl check` against the testbed cluster and datastores: wall time vs the slowest probe.
     Check,
     /// `audctl deploy` of values-prod on the testbed vs `kubectl apply --server-side` + `rollout status`.
     Deploy,
@@ -60,13 +60,14 @@ fn server() -> anyhow::Result<()> {
     )
 }
 
-/// audctl's `bench_check` example starts the testbed cluster, applies the production render and runs
-/// the check in-process several times: the ratio of a full check's wall time to its slowest probe
-/// shows that probes run concurrently (target <= 1.2). More runs: `cargo run --release -p audctl
-/// --example bench_check -- --runs 30`.
+/// audctl's `bench_check` example starts the testbed cluster and every datastore (PostgreSQL with a
+/// replica and archiving, Redis Sentinel, Kafka x3, Elasticsearch) plus the audit server, applies the
+/// production render and runs the whole checklist in-process several times: the ratio of a full
+/// check's wall time to its slowest probe shows that probes run concurrently (target <= 1.2). More
+/// runs: `cargo run --release -p audctl --example bench_check -- --runs 30`.
 fn check() -> anyhow::Result<()> {
     crate::util::step(
-        "bench check (testbed cluster: full check wall time vs its slowest probe)",
+        "bench check (testbed cluster, datastores and audit server: full check wall time vs its slowest probe)",
         crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_check"]),
     )
 }
