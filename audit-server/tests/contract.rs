@@ -1,6 +1,6 @@
 //! The served OpenAPI document declares the constraints the server enforces, so a client
 //! generated from it does not send requests the server refuses. Checked on the document itself,
-//! then (when the schemathesis CLI is installed: `pip install schemathesis`) by schemathesis
+//! then by schemathesis (installed by `cargo xtask deps install` in the cache's virtualenv)
 //! against the running server: every operation, all checks, no 5xx and no schema-valid request
 //! refused.
 
@@ -64,31 +64,27 @@ async fn openapi_declares_enforced_constraints() -> Result<()> {
         "{key}"
     );
 
-    // Schemathesis, when installed (CI installs it): no 5xx, no schema-valid request refused.
-    let st = std::process::Command::new("schemathesis").arg("--version").output();
-    if st.is_ok_and(|o| o.status.success()) {
-        let out = tokio::time::timeout(
-            Duration::from_secs(900),
-            tokio::process::Command::new("schemathesis")
-                .args(["run", "--checks", "all", "--max-examples", "30", "--header"])
-                .arg(format!("X-API-Key: {ADMIN_KEY}"))
-                .arg(api.url("/api/v1/openapi.json"))
-                .output(),
-        )
-        .await??;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() {
-            ensure!(text.contains("Test Case ID:"), "schemathesis did not run:\n{text}");
-            let unexpected = unexpected_failures(&text);
-            ensure!(
-                unexpected.is_empty(),
-                "schemathesis found problems:\n{}\n\n{}",
-                unexpected.join("\n---\n"),
-                &text[text.len().saturating_sub(3000)..]
-            );
-        }
-    } else {
-        eprintln!("schemathesis not installed: the document's constraints were checked, not fuzzed");
+    // Schemathesis (installed by `cargo xtask deps install`): no 5xx, no schema-valid request refused.
+    let schemathesis = testbed::python_tool("schemathesis")?;
+    let out = tokio::time::timeout(
+        Duration::from_secs(900),
+        tokio::process::Command::new(&schemathesis)
+            .args(["run", "--checks", "all", "--max-examples", "30", "--header"])
+            .arg(format!("X-API-Key: {ADMIN_KEY}"))
+            .arg(api.url("/api/v1/openapi.json"))
+            .output(),
+    )
+    .await??;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        ensure!(text.contains("Test Case ID:"), "schemathesis did not run:\n{text}");
+        let unexpected = unexpected_failures(&text);
+        ensure!(
+            unexpected.is_empty(),
+            "schemathesis found problems:\n{}\n\n{}",
+            unexpected.join("\n---\n"),
+            &text[text.len().saturating_sub(3000)..]
+        );
     }
     server.shutdown().await
 }

@@ -32,6 +32,12 @@ pub fn cache_dir() -> PathBuf {
     base.join("audctl")
 }
 
+/// A Python tool installed by `cargo xtask deps install` in the cache's virtualenv (e.g. schemathesis);
+/// an error saying how to install it when absent.
+pub fn python_tool(name: &str) -> anyhow::Result<PathBuf> {
+    require(name, &cache_dir().join("python").join("bin").join(name))
+}
+
 /// The unprivileged system user that runs components refusing root (PostgreSQL, Elasticsearch).
 pub const RUN_AS_USER: &str = "audctl-testbed";
 

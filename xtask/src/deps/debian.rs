@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("unzip", "unpacks the Elasticsearch/OpenSearch distribution and the Go toolchain"),
     ("procps", "ps/pgrep used when diagnosing leftover processes"),
     ("python3", "the audit-server tests re-verify hash chains with the README's Python recipe"),
+    ("python3-venv", "a virtualenv for the Python test tools (schemathesis) under the cache"),
 ];
 
 /// [`PACKAGES`] plus PostgreSQL at the testbed's pinned major (`testbed::postgres::major`).

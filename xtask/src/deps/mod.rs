@@ -7,6 +7,7 @@
 mod debian;
 mod kube;
 mod maven;
+mod python;
 mod stack;
 
 use std::path::PathBuf;
@@ -83,6 +84,7 @@ pub fn run(cmd: DepsCommand) -> anyhow::Result<()> {
             // First: the other components need Java, Maven, build headers and the run-as user.
             debian::install(&ctx)?;
             kube::ensure_go(&ctx)?;
+            python::install(&ctx)?;
             // Maven Central downloads (all of them, one Maven at a time) while Go builds.
             std::thread::scope(|scope| {
                 let maven = scope.spawn(|| maven::install(&ctx).and_then(|()| kube::install_maven_crds(&ctx)));
@@ -97,6 +99,7 @@ pub fn run(cmd: DepsCommand) -> anyhow::Result<()> {
             debian::status(&ctx)?;
             kube::status(&ctx)?;
             maven::status(&ctx)?;
+            python::status(&ctx)?;
             stack::status(&ctx)
         }
         DepsCommand::Up => stack::up(&ctx),
