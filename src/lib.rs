@@ -6,8 +6,11 @@
 
 pub mod cli;
 pub mod error;
+pub mod load;
 pub mod output;
 pub mod render;
+pub mod service;
+pub mod smoke;
 pub mod values;
 
 mod completions;
@@ -55,6 +58,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
+        Command::Smoke(args) => smoke::run(args, &cli.global),
+        Command::Load(args) => load::run(args, &cli.global),
         other => pending::run(other.name()),
     }
 }
