@@ -44,11 +44,7 @@ pub fn targets(global: &GlobalArgs) -> anyhow::Result<Option<Targets>> {
 }
 
 /// Resolve the service; `fallback_url` (e.g. the ingress host of the values) is used last.
-pub fn resolve(
-    args: &ServiceArgs,
-    targets: Option<&Targets>,
-    fallback_url: Option<String>,
-) -> anyhow::Result<Service> {
+pub fn resolve(args: &ServiceArgs, targets: Option<&Targets>, fallback_url: Option<String>) -> anyhow::Result<Service> {
     let audit = targets.and_then(|t| t.audit.as_ref());
     let url = args.url.clone().or_else(|| audit.map(|a| a.url.clone())).or(fallback_url).ok_or_else(|| {
         usage("no service URL: pass --url, or set audit.url in the --targets file, or an ingress host in the values")
@@ -86,7 +82,9 @@ fn read_key(file: &Path) -> anyhow::Result<String> {
 /// The URL fit for reports: any `user:password@` removed.
 pub fn display_url(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => format!("{}{}", &url[..s + 3], &url[at + 1..]),
+        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => {
+            format!("{}{}", &url[..s + 3], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }

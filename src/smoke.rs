@@ -345,7 +345,13 @@ async fn smoke(
             attributes: None,
         },
         action: Action { kind: "SMOKE_TEST".into(), description: Some("audctl smoke".into()), category: None },
-        resource: Resource { id: format!("smoke-{marker}"), kind: "SMOKE".into(), name: None, before: None, after: None },
+        resource: Resource {
+            id: format!("smoke-{marker}"),
+            kind: "SMOKE".into(),
+            name: None,
+            before: None,
+            after: None,
+        },
         metadata: Metadata {
             source: "audctl-smoke".into(),
             tenant_id: tenant.to_owned(),
@@ -357,7 +363,11 @@ async fn smoke(
     let mut rate_headers: Vec<String> = Vec::new();
     let t = Instant::now();
     let receipt = if service.key().is_none() {
-        s.push("write event", t, Err("no API key: pass --api-key-file, set AUDIT_API_KEY or audit.apiKey in --targets".into()));
+        s.push(
+            "write event",
+            t,
+            Err("no API key: pass --api-key-file, set AUDIT_API_KEY or audit.apiKey in --targets".into()),
+        );
         None
     } else {
         match client.post_event(&event).await {

@@ -44,7 +44,10 @@ pub enum Body<T> {
     Ok(T),
     Error(ErrorBody),
     /// Neither shape: the raw text and why it did not decode.
-    Invalid { text: String, reason: String },
+    Invalid {
+        text: String,
+        reason: String,
+    },
 }
 
 /// One answer of the service.
@@ -206,7 +209,10 @@ impl Client {
     }
 
     pub async fn verify(&self, tenant: &str) -> Result<Answer<VerifyReport>, ClientError> {
-        self.send(self.request(reqwest::Method::GET, &format!("{API_PREFIX}/integrity/verify")).query(&[("tenantId", tenant)]))
-            .await
+        self.send(
+            self.request(reqwest::Method::GET, &format!("{API_PREFIX}/integrity/verify"))
+                .query(&[("tenantId", tenant)]),
+        )
+        .await
     }
 }

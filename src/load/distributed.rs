@@ -57,7 +57,12 @@ async fn write_line(out: &mut tokio::io::Stdout, line: &Line) -> anyhow::Result<
     out.flush().await.context("writing to the coordinator")
 }
 
-async fn worker_run(settings: &Settings, index: usize, count: usize, out: &mut tokio::io::Stdout) -> anyhow::Result<()> {
+async fn worker_run(
+    settings: &Settings,
+    index: usize,
+    count: usize,
+    out: &mut tokio::io::Stdout,
+) -> anyhow::Result<()> {
     let endpoint = super::endpoint(settings)?;
     let workload = Arc::new(super::prepare(settings, &endpoint, index).await?);
     let spec = engine::Spec {
@@ -199,8 +204,7 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
                 failure.get_or_insert(err);
             }
         }
-        let complete =
-            (0..count).filter(|i| !done.contains_key(i)).map(|i| last[i]).min().unwrap_or(Some(u64::MAX));
+        let complete = (0..count).filter(|i| !done.contains_key(i)).map(|i| last[i]).min().unwrap_or(Some(u64::MAX));
         if let Some(upto) = complete {
             agg.flush_upto(upto)?;
             progress.update(&agg);

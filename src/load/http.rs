@@ -140,7 +140,12 @@ pub struct Call {
 
 impl Conn {
     /// Send `call` and read the whole answer. On `Err` the connection must be dropped.
-    pub async fn send(&mut self, ep: &Endpoint, key: Option<&str>, call: &Call) -> Result<(StatusCode, Bytes), Failure> {
+    pub async fn send(
+        &mut self,
+        ep: &Endpoint,
+        key: Option<&str>,
+        call: &Call,
+    ) -> Result<(StatusCode, Bytes), Failure> {
         let mut req = Request::builder().method(call.method.clone()).uri(call.path.as_str());
         req = req.header(hyper::header::HOST, ep.authority.as_str());
         if let Some(k) = key {

@@ -97,7 +97,8 @@ pub fn run(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 /// The workload with seeded events when its scenarios read.
 async fn prepare(settings: &Settings, endpoint: &http::Endpoint, worker: usize) -> anyhow::Result<Workload> {
     let tenants = (0..settings.tenants).map(|i| format!("{}-{i}", settings.tenant_prefix)).collect();
-    let mut workload = Workload::new(settings.mix.clone(), tenants, settings.batch_size, &endpoint.base_path, &endpoint.exact);
+    let mut workload =
+        Workload::new(settings.mix.clone(), tenants, settings.batch_size, &endpoint.base_path, &endpoint.exact);
     let mut conn = endpoint.connect(settings.timeout).await.map_err(|f| {
         anyhow::Error::new(Unreachable { what: format!("service {}", settings.url), detail: format!("{f:?}") })
     })?;
@@ -174,10 +175,13 @@ impl Progress {
     pub fn new(settings: &Settings) -> Progress {
         let what = match settings.model.peak_rate() {
             Some(r) => format!("open model, up to {r:.0}/s"),
-            None => format!("closed model, {} in flight", match settings.model {
-                Model::Closed { concurrency, .. } => concurrency,
-                Model::Open { .. } => 0,
-            }),
+            None => format!(
+                "closed model, {} in flight",
+                match settings.model {
+                    Model::Closed { concurrency, .. } => concurrency,
+                    Model::Open { .. } => 0,
+                }
+            ),
         };
         Progress { bar: output::spinner(format!("load {} ({what})", settings.url)) }
     }
@@ -452,5 +456,10 @@ fn finish(
     .into())
 }
 
-fn record_evidence(_report: &LoadReport, _global: &GlobalArgs, _settings: &Settings, _started: chrono::DateTime<chrono::Utc>) {
+fn record_evidence(
+    _report: &LoadReport,
+    _global: &GlobalArgs,
+    _settings: &Settings,
+    _started: chrono::DateTime<chrono::Utc>,
+) {
 }

@@ -51,10 +51,12 @@ impl Model {
         }
     }
 
-    /// Arrivals the open model plans in all (rounded up).
+    /// Arrivals the open model plans in all.
     pub fn planned_arrivals(&self) -> Option<u64> {
         match self {
-            Model::Open { segments } => Some(segments.iter().map(Segment::arrivals).sum::<f64>().ceil() as u64),
+            Model::Open { segments } => {
+                Some((segments.iter().map(Segment::arrivals).sum::<f64>() + 1e-9).floor() as u64)
+            }
             Model::Closed { .. } => None,
         }
     }
@@ -75,14 +77,15 @@ impl Model {
     }
 
     /// When arrival `n` (0-based) is due, counted from the start; `None` past the schedule's end.
-    /// Inverts the cumulative arrival count N(t) = integral of the rate, segment by segment.
+    /// Arrival `n` is due when the cumulative count N(t) = integral of the rate reaches `n + 1`
+    /// (constant 100/s: at 10 ms, 20 ms, ...; a run of 0.5/s for 1 s plans no arrival at all).
     pub fn arrival_time(&self, n: u64) -> Option<Duration> {
         let Model::Open { segments } = self else { return None };
-        let mut left = n as f64;
+        let mut left = n as f64 + 1.0;
         let mut offset = Duration::ZERO;
         for s in segments {
             let count = s.arrivals();
-            if left < count {
+            if left <= count + 1e-9 {
                 let d = s.duration.as_secs_f64();
                 let slope = (s.to - s.from) / d;
                 let t = if slope.abs() < 1e-12 {
@@ -192,7 +195,8 @@ pub fn parse_mix(text: &str) -> Result<Vec<(Scenario, u32)>, String> {
         let scenario = Scenario::from_str(name.trim(), true).map_err(|_| {
             format!("--mix {part:?}: unknown scenario {name:?} (ingest, batch, read, list, verify, get)")
         })?;
-        let weight: u32 = weight.trim().parse().map_err(|_| format!("--mix {part:?}: the weight must be an integer"))?;
+        let weight: u32 =
+            weight.trim().parse().map_err(|_| format!("--mix {part:?}: the weight must be an integer"))?;
         if weight > 0 {
             out.push((scenario, weight));
         }
@@ -247,15 +251,21 @@ mod tests {
 
     #[test]
     fn arrival_schedule_matches_the_integral_of_the_rate() {
-        // Constant 10/s for 2 s: arrivals at 0, 0.1, ... 1.9; 20 in all.
+        // Constant 10/s for 2 s: arrivals at 0.1, 0.2, ... 2.0; 20 in all.
         let m = Model::Open { segments: vec![Segment { from: 10.0, to: 10.0, duration: Duration::from_secs(2) }] };
-        assert_eq!(m.arrival_time(0), Some(Duration::ZERO));
-        assert_eq!(m.arrival_time(15).map(|d| d.as_millis()), Some(1500));
+        assert_eq!(m.arrival_time(0).map(|d| d.as_millis()), Some(100));
+        assert_eq!(m.arrival_time(15).map(|d| d.as_millis()), Some(1600));
+        assert_eq!(m.arrival_time(19).map(|d| d.as_millis()), Some(2000));
         assert_eq!(m.arrival_time(20), None);
-        // Ramp 0 -> 100 over 10 s: N(t) = 5 t^2, so arrival 125 is at t = 5 s; 500 in all.
+        assert_eq!(m.planned_arrivals(), Some(20));
+        // Too low a rate for the duration: nothing to send.
+        let m = Model::Open { segments: vec![Segment { from: 0.5, to: 0.5, duration: Duration::from_secs(1) }] };
+        assert_eq!((m.arrival_time(0), m.planned_arrivals()), (None, Some(0)));
+        // Ramp 0 -> 100 over 10 s: N(t) = 5 t^2, so arrival 124 (the 125th) is at t = 5 s; 500 in all.
         let m = Model::Open { segments: parse_stages("10s:100").unwrap() };
         assert_eq!(m.planned_arrivals(), Some(500));
-        let t = m.arrival_time(125).unwrap().as_secs_f64();
+        assert!(m.arrival_time(499).is_some() && m.arrival_time(500).is_none());
+        let t = m.arrival_time(124).unwrap().as_secs_f64();
         assert!((t - 5.0).abs() < 1e-6, "{t}");
         // Two workers each get half the rate.
         assert_eq!(m.share(1, 2).planned_arrivals(), Some(250));

@@ -85,7 +85,12 @@ impl Interval {
     }
 
     pub fn from_wire(w: &WireInterval) -> anyhow::Result<Interval> {
-        Ok(Interval { corrected: decode(&w.corrected)?, service: decode(&w.service)?, ok: w.ok, errors: w.errors.clone() })
+        Ok(Interval {
+            corrected: decode(&w.corrected)?,
+            service: decode(&w.service)?,
+            ok: w.ok,
+            errors: w.errors.clone(),
+        })
     }
 }
 
