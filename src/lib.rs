@@ -6,8 +6,11 @@
 
 pub mod cli;
 pub mod error;
+pub mod evidence;
+pub mod kube;
 pub mod load;
 pub mod output;
+pub mod probes;
 pub mod render;
 pub mod service;
 pub mod smoke;

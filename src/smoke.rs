@@ -153,7 +153,7 @@ pub fn run(args: &SmokeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let report = runtime.block_on(smoke(&service, &tenant, &required, args, timeout))?;
     output::emit(global.output, &report)?;
-    record_evidence(&report, global, started);
+    record_evidence(&report, global, targets.as_ref(), started, &runtime);
     if report.unreachable {
         return Err(Unreachable {
             what: format!("service {}", report.url),
@@ -174,7 +174,41 @@ pub fn run(args: &SmokeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn record_evidence(_report: &SmokeReport, _global: &GlobalArgs, _started: chrono::DateTime<chrono::Utc>) {}
+/// "Smoke tests passing": the run in the cluster, when one is configured (never fails the verb).
+fn record_evidence(
+    report: &SmokeReport,
+    global: &GlobalArgs,
+    targets: Option<&audctl_targets::Targets>,
+    started: chrono::DateTime<chrono::Utc>,
+    runtime: &tokio::runtime::Runtime,
+) {
+    use crate::evidence::{Evidence, Outcome, record_best_effort};
+    let kube = crate::kube::KubeSettings::resolve(global, targets);
+    let count = |st: StepStatus| report.steps.iter().filter(|s| s.status == st).count();
+    let outcome = match (report.unreachable, report.passed) {
+        (true, _) => Outcome::Error,
+        (false, true) => Outcome::Success,
+        (false, false) => Outcome::Failure,
+    };
+    let failed: Vec<&str> =
+        report.steps.iter().filter(|s| s.status == StepStatus::Fail).map(|s| s.name.as_str()).collect();
+    let summary = format!(
+        "{} steps against {}: {} pass, {} fail, {} skipped",
+        report.steps.len(),
+        report.url,
+        count(StepStatus::Pass),
+        count(StepStatus::Fail),
+        count(StepStatus::Skip)
+    );
+    let evidence = Evidence::new("smoke", outcome, summary, started)
+        .figure("url", &report.url)
+        .figure("steps", report.steps.len())
+        .figure("passed", count(StepStatus::Pass))
+        .figure("failed", failed)
+        .figure("skipped", count(StepStatus::Skip))
+        .figure("totalMs", report.steps.iter().map(|s| s.millis).sum::<f64>());
+    runtime.block_on(record_best_effort(&kube, &global.namespace, &evidence));
+}
 
 struct Steps {
     steps: Vec<Step>,

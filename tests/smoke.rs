@@ -247,3 +247,50 @@ async fn tls_certificates_are_judged() -> anyhow::Result<()> {
     task.abort();
     server.stop().await
 }
+
+/// With a cluster configured, both verbs leave their evidence record ("Smoke tests passing",
+/// "Load testing complete"), read back here through the evidence API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_and_load_record_evidence_in_the_cluster() -> anyhow::Result<()> {
+    let cluster = testbed::kube().await.context("testbed cluster (run cargo xtask deps install)")?;
+    let kubeconfig = cluster.kubeconfig().to_str().unwrap_or_default().to_owned();
+    let server = Server::start(Backend::Sqlite, "").await?;
+    let url = server.url();
+    let out = audctl(&["smoke", "--url", &url, "--kubeconfig", &kubeconfig, "-n", "default"], Some(KEY)).await?;
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("evidence: recorded"), "{}", stderr(&out));
+    let out = audctl(
+        &[
+            "load",
+            "--url",
+            &url,
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+            "--max-p99",
+            "0s",
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            "default",
+        ],
+        Some(KEY),
+    )
+    .await?;
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+
+    let settings = audctl::kube::KubeSettings { kubeconfig: Some(cluster.kubeconfig().to_owned()), context: None };
+    let client = settings.client().await?;
+    let smoke = audctl::evidence::list(&client, "default", Some("smoke")).await?;
+    assert_eq!(smoke.len(), 1);
+    assert_eq!(smoke[0].evidence.outcome, audctl::evidence::Outcome::Success);
+    assert_eq!(smoke[0].evidence.figures["passed"], 9);
+    let load = audctl::evidence::list(&client, "default", Some("load")).await?;
+    assert_eq!(load.len(), 1);
+    assert_eq!(load[0].evidence.outcome, audctl::evidence::Outcome::Failure);
+    assert_eq!(load[0].evidence.figures["requests"], 10);
+    assert_eq!(load[0].evidence.figures["failedThresholds"], serde_json::json!(["max-p99"]));
+    assert!(load[0].evidence.figures["p99Ms"].as_f64().is_some_and(|v| v > 0.0));
+    server.stop().await
+}

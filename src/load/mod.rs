@@ -91,7 +91,7 @@ pub fn run(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         Some(n) => runtime.block_on(distributed::coordinate(&settings, n))?,
         None => runtime.block_on(local(&settings))?,
     };
-    finish(report, args, global, &settings, started)
+    finish(report, args, global, started, &runtime)
 }
 
 /// The workload with seeded events when its scenarios read.
@@ -432,8 +432,8 @@ fn finish(
     report: LoadReport,
     args: &LoadArgs,
     global: &GlobalArgs,
-    settings: &Settings,
     started: chrono::DateTime<chrono::Utc>,
+    runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
     if let Some(path) = &args.plot {
         let title = format!("audctl load {} ({}, {})", report.url, report.model, report.scenario);
@@ -441,7 +441,7 @@ fn finish(
             .with_context(|| format!("writing the plot {}", path.display()))?;
     }
     output::emit(global.output, &report)?;
-    record_evidence(&report, global, settings, started);
+    record_evidence(&report, global, started, runtime)?;
     let failed: Vec<&Threshold> = report.thresholds.iter().filter(|t| !t.passed).collect();
     if failed.is_empty() {
         return Ok(());
@@ -456,10 +456,44 @@ fn finish(
     .into())
 }
 
+/// "Load testing complete": the run's figures in the cluster, when one is configured (never fails the verb).
 fn record_evidence(
-    _report: &LoadReport,
-    _global: &GlobalArgs,
-    _settings: &Settings,
-    _started: chrono::DateTime<chrono::Utc>,
-) {
+    report: &LoadReport,
+    global: &GlobalArgs,
+    started: chrono::DateTime<chrono::Utc>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use crate::evidence::{Evidence, Outcome, record_best_effort};
+    let targets = crate::service::targets(global)?;
+    let kube = crate::kube::KubeSettings::resolve(global, targets.as_ref());
+    let outcome = if report.passed { Outcome::Success } else { Outcome::Failure };
+    let summary = format!(
+        "{} {}: p99 {} at {:.1} req/s, {:.2}% errors, thresholds {}",
+        report.model,
+        report.scenario,
+        if report.corrected.count > 0 { ms(report.corrected.p99) } else { "n/a".into() },
+        report.throughput,
+        report.error_rate * 100.0,
+        if report.passed { "passed" } else { "failed" }
+    );
+    let failed: Vec<&str> = report.thresholds.iter().filter(|t| !t.passed).map(|t| t.name.as_str()).collect();
+    let evidence = Evidence::new("load", outcome, summary, started)
+        .figure("url", &report.url)
+        .figure("model", &report.model)
+        .figure("scenario", &report.scenario)
+        .figure("targetRate", report.target_rate)
+        .figure("rate", report.throughput)
+        .figure("requests", report.requests)
+        .figure("errors", report.errors)
+        .figure("errorRate", report.error_rate)
+        .figure("p50Ms", report.corrected.p50)
+        .figure("p99Ms", report.corrected.p99)
+        .figure("p999Ms", report.corrected.p999)
+        .figure("maxMs", report.corrected.max)
+        .figure("serviceP99Ms", report.service.p99)
+        .figure("durationSeconds", report.elapsed_seconds)
+        .figure("workers", report.workers.len().max(1))
+        .figure("failedThresholds", failed);
+    runtime.block_on(record_best_effort(&kube, &global.namespace, &evidence));
+    Ok(())
 }
