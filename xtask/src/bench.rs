@@ -11,12 +11,17 @@ pub enum BenchTarget {
     Server,
     /// `audctl render` of values-prod.
     Render,
+    /// `audctl load`: generator speed vs wrk, honesty under a paused server, RSS over a soak.
+    Load,
 }
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[arg(value_enum, default_value_t = BenchTarget::All)]
     pub target: BenchTarget,
+    /// Length of the load generator's memory soak, in seconds (the full soak: 600).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub soak: u64,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -26,6 +31,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.target == BenchTarget::Server {
         server()?;
+    }
+    if all || args.target == BenchTarget::Load {
+        crate::bench_load::run(args.soak)?;
     }
     Ok(())
 }

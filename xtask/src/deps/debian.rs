@@ -28,6 +28,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("maven", "fetches Kafka jars and the Elasticsearch integ-test zip from Maven Central"),
     ("unzip", "unpacks the Elasticsearch/OpenSearch distribution"),
     ("procps", "ps/pgrep used when diagnosing leftover processes"),
+    ("wrk", "the reference HTTP load generator of `cargo xtask bench load`"),
 ];
 
 /// Services whose Debian packages may start a default instance on install (port 5432/6379/26379).
