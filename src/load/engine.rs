@@ -113,13 +113,19 @@ async fn one(shared: &Shared, rng: &mut Rng, conn: &mut Option<Conn>, intended: 
     let sent = Instant::now();
     let deadline = sent + spec.timeout;
     let outcome = tokio::time::timeout_at(deadline, async {
-        if conn.is_none() {
-            *conn = Some(spec.endpoint.connect(spec.timeout).await?);
+        for _ in 0..2 {
+            if conn.is_none() {
+                *conn = Some(spec.endpoint.connect(spec.timeout).await?);
+            }
+            match conn.as_mut() {
+                Some(c) => match c.send(&spec.endpoint, spec.key.as_deref(), &call).await {
+                    Err(Failure::Stale) => *conn = None,
+                    other => return other,
+                },
+                None => return Err(Failure::Connect("no connection".into())),
+            }
         }
-        match conn.as_mut() {
-            Some(c) => c.send(&spec.endpoint, spec.key.as_deref(), &call).await,
-            None => Err(Failure::Connect("no connection".into())),
-        }
+        Err(Failure::Stale)
     })
     .await
     .unwrap_or(Err(Failure::Timeout));

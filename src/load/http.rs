@@ -56,7 +56,7 @@ impl Endpoint {
             .map_err(|_| Failure::Connect("connect timed out".into()))?
             .map_err(|e| Failure::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let sender = match &self.tls {
+        let (sender, driver) = match &self.tls {
             None => handshake(tcp).await?,
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
@@ -66,20 +66,20 @@ impl Endpoint {
                 handshake(tls).await?
             }
         };
-        Ok(Conn { sender })
+        Ok(Conn { sender, driver })
     }
 }
 
-async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, Failure>
+/// The connection's I/O driver, polled by the task that sends on it (no hop to another task per request).
+type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
+
+async fn handshake<T>(io: T) -> Result<(SendRequest<Full<Bytes>>, Driver), Failure>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| Failure::Connect(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+    Ok((sender, Box::pin(conn)))
 }
 
 /// rustls client configuration: the webpki roots plus the certificates of `ca_pem`.
@@ -113,6 +113,9 @@ pub enum Failure {
     Timeout,
     /// The connection broke during the exchange.
     Io(String),
+    /// The connection was found closed (e.g. an idle keep-alive timeout) before anything was sent:
+    /// not the service's failure; the caller reconnects and sends.
+    Stale,
 }
 
 impl Failure {
@@ -120,7 +123,7 @@ impl Failure {
         match self {
             Failure::Connect(_) => "connect",
             Failure::Timeout => "timeout",
-            Failure::Io(_) => "io",
+            Failure::Io(_) | Failure::Stale => "io",
         }
     }
 }
@@ -128,6 +131,7 @@ impl Failure {
 /// One open connection.
 pub struct Conn {
     sender: SendRequest<Full<Bytes>>,
+    driver: Driver,
 }
 
 /// A request ready to send (cheap to clone: the body is shared).
@@ -157,10 +161,31 @@ impl Conn {
         let req = req
             .body(Full::new(call.body.clone().unwrap_or_default()))
             .map_err(|e| Failure::Io(format!("building the request: {e}")))?;
-        self.sender.ready().await.map_err(|e| Failure::Io(e.to_string()))?;
-        let resp = self.sender.send_request(req).await.map_err(|e| Failure::Io(e.to_string()))?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| Failure::Io(e.to_string()))?.to_bytes();
-        Ok((status, body))
+        // A connection the server closed while it sat idle is noticed here, before sending.
+        let closed = tokio::select! {
+            biased;
+            _ = &mut self.driver => true,
+            _ = std::future::ready(()) => false,
+        };
+        if closed {
+            return Err(Failure::Stale);
+        }
+        let sender = &mut self.sender;
+        let exchange = async move {
+            sender.ready().await.map_err(|e| Failure::Io(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| Failure::Io(e.to_string()))?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map_err(|e| Failure::Io(e.to_string()))?.to_bytes();
+            Ok((status, body))
+        };
+        // Drive the connection and the exchange together; the driver ends only when the connection does.
+        tokio::select! {
+            biased;
+            r = exchange => r,
+            end = &mut self.driver => Err(Failure::Io(match end {
+                Ok(()) => "connection closed by the server".to_owned(),
+                Err(e) => e.to_string(),
+            })),
+        }
     }
 }
