@@ -79,9 +79,9 @@ pub enum Command {
     /// Re-apply an earlier recorded revision of the release and wait for it.
     Rollback(RollbackArgs),
     /// Verify the running service end to end (D-Day smoke tests).
-    Smoke(PendingArgs),
+    Smoke(SmokeArgs),
     /// Generate load against the service and enforce latency/error thresholds.
-    Load(PendingArgs),
+    Load(LoadArgs),
     /// Back up PostgreSQL, Elasticsearch, Redis and Kafka.
     Backup(PendingArgs),
     /// Restore the datastores from a backup and verify the result.
@@ -329,6 +329,118 @@ pub struct VerifyArgs {
     /// The server's Ed25519 public key: PEM, or the JSON of `GET /api/v1/integrity/public-key`.
     #[arg(long, value_name = "FILE", requires = "checkpoint")]
     pub public_key: Option<PathBuf>,
+}
+
+/// Where the audit service is and how to authenticate (shared by smoke and load).
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Base URL of the service (default: `audit.url` of --targets, then the first ingress host of the values).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// File holding the API key (default: the AUDIT_API_KEY environment variable, then `audit.apiKey` of --targets).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// PEM file of a CA (or self-signed certificate) to trust for https, besides the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Tenant to write to (default: `audit.tenant` of --targets, then `audctl-smoke`).
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
+}
+
+/// `audctl smoke`: end-to-end verification of the running service.
+#[derive(Debug, Args)]
+pub struct SmokeArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Values files the alert rules are rendered from (the metrics they query must be exported).
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Set one value after the files (as for render); repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Render with the *.j2 templates of this directory instead of the embedded ones.
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// Fail when responses carry no rate-limit headers (RateLimit-*, X-RateLimit-*).
+    #[arg(long)]
+    pub expect_rate_limit_headers: bool,
+    /// Timeout of each HTTP request, e.g. 10s.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub timeout: String,
+    /// Fail when the TLS certificate expires within this many days.
+    #[arg(long, default_value_t = 14, value_name = "DAYS")]
+    pub min_cert_days: u32,
+}
+
+/// Scenarios of `audctl load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// POST /api/v1/events, one generated event.
+    Ingest,
+    /// POST /api/v1/events/batch, --batch-size events of one tenant.
+    Batch,
+    /// GET /api/v1/events/{id} of an event seeded before the run.
+    Read,
+    /// GET /api/v1/events with tenant and actor filters.
+    List,
+    /// GET /api/v1/integrity/verify of a tenant.
+    Verify,
+    /// A plain GET of --url exactly as given (what wrk does, for comparisons).
+    Get,
+}
+
+/// `audctl load`: generate load and decide the exit code with thresholds.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// What each request does.
+    #[arg(long, value_enum, default_value_t = Scenario::Ingest, conflicts_with = "mix")]
+    pub scenario: Scenario,
+    /// Weighted mix of scenarios, e.g. ingest=70,read=20,list=10.
+    #[arg(long, value_name = "NAME=WEIGHT,...")]
+    pub mix: Option<String>,
+    /// Open model: constant arrival rate in requests per second (with --duration).
+    #[arg(long, value_name = "PER_SECOND", conflicts_with_all = ["stages", "concurrency"])]
+    pub rate: Option<f64>,
+    /// Open model with stages, k6 style: DURATION:TARGET_RATE,... ramping linearly, e.g. 30s:100,2m:500,30s:0.
+    #[arg(long, value_name = "STAGES", conflicts_with_all = ["rate", "concurrency", "duration"])]
+    pub stages: Option<String>,
+    /// Closed model: this many requests in flight, each sent when the previous one answered.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Length of a --rate or --concurrency run, e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub duration: String,
+    /// Connections of the open model (requests beyond them wait, and their wait counts as latency).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub connections: usize,
+    /// Tenants the generated events are spread over.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub tenants: usize,
+    /// Events per request of the batch scenario.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub batch_size: usize,
+    /// Timeout of each request, e.g. 10s.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub timeout: String,
+    /// Threshold: p99 latency (corrected in the open model) at most this, e.g. 1s, 250ms (the guide's HighLatency alert).
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub max_p99: String,
+    /// Threshold: share of failed requests at most this, e.g. 1% or 0.01 (the guide's HighErrorRate alert).
+    #[arg(long, default_value = "1%", value_name = "RATE")]
+    pub max_error_rate: String,
+    /// Draw latency percentiles and throughput over time into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Distributed: run N local worker processes and merge their histograms.
+    #[arg(long, value_name = "N", conflicts_with = "worker")]
+    pub workers_local: Option<usize>,
+    /// Internal: run as worker INDEX/COUNT of a distributed run, streaming histograms on stdout.
+    #[arg(long, hide = true, value_name = "INDEX/COUNT")]
+    pub worker: Option<String>,
 }
 
 /// Arguments of a verb that is not built yet: none are accepted.

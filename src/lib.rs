@@ -10,9 +10,12 @@ pub mod deploy;
 pub mod error;
 pub mod evidence;
 pub mod kube;
+pub mod load;
 pub mod output;
 pub mod probes;
 pub mod render;
+pub mod service;
+pub mod smoke;
 pub mod values;
 pub mod verify;
 
@@ -68,6 +71,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Verify(args) => verify::run(args, cli.global.output),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
+        Command::Smoke(args) => smoke::run(args, &cli.global),
+        Command::Load(args) => load::run(args, &cli.global),
         other => pending::run(other.name()),
     }
 }

@@ -297,3 +297,6 @@ pub struct Health {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<BTreeMap<String, String>>,
 }
+
+#[cfg(feature = "client")]
+pub mod client;

@@ -15,12 +15,17 @@ pub enum BenchTarget {
     Check,
     /// `audctl deploy` of values-prod on the testbed vs `kubectl apply --server-side` + `rollout status`.
     Deploy,
+    /// `audctl load`: generator speed vs wrk, honesty under a paused server, RSS over a soak.
+    Load,
 }
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[arg(value_enum, default_value_t = BenchTarget::All)]
     pub target: BenchTarget,
+    /// Length of the load generator's memory soak, in seconds (the full soak: 600).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub soak: u64,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -36,6 +41,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.target == BenchTarget::Deploy {
         deploy()?;
+    }
+    if all || args.target == BenchTarget::Load {
+        crate::bench_load::run(args.soak)?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's automation, in Rust (the rust-analyzer pattern).
 
 mod bench;
+mod bench_load;
 mod ci;
 mod deps;
 mod testrun;

@@ -31,6 +31,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "ps/pgrep used when diagnosing leftover processes"),
     ("python3", "the audit-server tests re-verify hash chains with the README's Python recipe"),
     ("python3-venv", "a virtualenv for the Python test tools (schemathesis) under the cache"),
+    ("wrk", "the reference HTTP load generator of `cargo xtask bench load`"),
 ];
 
 /// [`PACKAGES`] plus PostgreSQL at the testbed's pinned major (`testbed::postgres::major`).

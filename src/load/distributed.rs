@@ -1,0 +1,230 @@
+//! Distributed mode: `--workers-local N` starts N worker processes (this binary, `load --worker i/N`),
+//! each running its share of the load and streaming one JSON line per second with its interval's
+//! HDR histograms (V2, base64). The coordinator merges them into one report and one threshold verdict.
+//! The API key reaches workers through their environment, never their command line.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::plan::Model;
+use super::scenario::scenario_name;
+use super::stats::{Aggregator, Interval, WireInterval};
+use super::{LoadReport, Progress, Settings, WorkerSummary, engine, plan};
+use crate::error::{Unreachable, usage};
+
+/// Environment variable naming the executable workers run (default: this one).
+pub const WORKER_EXE_ENV: &str = "AUDCTL_WORKER_EXE";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Line {
+    Interval(WireInterval),
+    Done { requests: u64, ok: u64, latency_samples: u64, elapsed_seconds: f64 },
+    Error { message: String, unreachable: bool },
+}
+
+pub fn parse_worker(spec: &str) -> anyhow::Result<(usize, usize)> {
+    let parsed = spec.split_once('/').and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)));
+    match parsed {
+        Some((i, n)) if n > 0 && i < n => Ok((i, n)),
+        _ => Err(usage(format!("--worker {spec:?}: expected INDEX/COUNT with INDEX < COUNT"))),
+    }
+}
+
+/// Worker side: run the share and stream the intervals on stdout.
+pub async fn worker(settings: &Settings, index: usize, count: usize) -> anyhow::Result<()> {
+    let mut out = tokio::io::stdout();
+    let result = worker_run(settings, index, count, &mut out).await;
+    if let Err(e) = &result {
+        let unreachable = crate::error::Failure::classify(e) == crate::error::Failure::Unreachable;
+        let line = Line::Error { message: crate::error::chain(e).to_string(), unreachable };
+        write_line(&mut out, &line).await?;
+    }
+    out.flush().await?;
+    result
+}
+
+async fn write_line(out: &mut tokio::io::Stdout, line: &Line) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string(line)?;
+    text.push('\n');
+    out.write_all(text.as_bytes()).await.context("writing to the coordinator")?;
+    out.flush().await.context("writing to the coordinator")
+}
+
+async fn worker_run(
+    settings: &Settings,
+    index: usize,
+    count: usize,
+    out: &mut tokio::io::Stdout,
+) -> anyhow::Result<()> {
+    let endpoint = super::endpoint(settings)?;
+    let workload = Arc::new(super::prepare(settings, &endpoint, index).await?);
+    let spec = engine::Spec {
+        model: settings.model.share(index, count),
+        connections: plan::split(settings.connections, index, count).max(1),
+        timeout: settings.timeout,
+        key: settings.key.clone(),
+        endpoint,
+        workload,
+        seed: (u64::from(std::process::id()) << 8) ^ index as u64,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let run = tokio::spawn(engine::run(spec, tx));
+    let mut total = Interval::default();
+    while let Some((second, iv)) = rx.recv().await {
+        total.merge(&iv)?;
+        write_line(out, &Line::Interval(iv.to_wire(second)?)).await?;
+    }
+    let elapsed = run.await.context("the generator task failed")?;
+    let done = Line::Done {
+        requests: total.requests(),
+        ok: total.ok,
+        latency_samples: total.corrected.len(),
+        elapsed_seconds: elapsed.as_secs_f64(),
+    };
+    write_line(out, &done).await
+}
+
+/// The command line of worker `index`: the resolved settings, not the user's flags.
+fn worker_args(settings: &Settings, index: usize, count: usize) -> Vec<String> {
+    let mut a: Vec<String> = vec!["load".into(), "--worker".into(), format!("{index}/{count}"), "--url".into()];
+    a.push(settings.url.clone());
+    let mix = settings.mix.iter().map(|(s, w)| format!("{}={w}", scenario_name(*s))).collect::<Vec<_>>().join(",");
+    a.extend(["--mix".into(), mix]);
+    match &settings.model {
+        Model::Open { segments } => {
+            // Stages carry every shape, constant rates included (from == to after the first).
+            let constant = segments.len() == 1 && segments[0].from == segments[0].to;
+            if constant {
+                a.extend(["--rate".into(), segments[0].to.to_string()]);
+                a.extend(["--duration".into(), format!("{}", segments[0].duration.as_secs_f64())]);
+            } else {
+                let mut prev = 0.0;
+                let mut parts = Vec::new();
+                for s in segments {
+                    if s.from != prev {
+                        // A jump: a very short ramp to the new start rate.
+                        parts.push(format!("0.001:{}", s.from));
+                    }
+                    parts.push(format!("{}:{}", s.duration.as_secs_f64(), s.to));
+                    prev = s.to;
+                }
+                a.extend(["--stages".into(), parts.join(",")]);
+            }
+        }
+        Model::Closed { concurrency, duration } => {
+            a.extend(["--concurrency".into(), concurrency.to_string()]);
+            a.extend(["--duration".into(), format!("{}", duration.as_secs_f64())]);
+        }
+    }
+    a.extend(["--connections".into(), settings.connections.to_string()]);
+    a.extend(["--tenants".into(), settings.tenants.to_string()]);
+    a.extend(["--tenant".into(), settings.tenant_prefix.clone()]);
+    a.extend(["--batch-size".into(), settings.batch_size.to_string()]);
+    a.extend(["--timeout".into(), format!("{}", settings.timeout.as_secs_f64())]);
+    if let Some(ca) = &settings.ca_path {
+        a.extend(["--ca".into(), ca.display().to_string()]);
+    }
+    a
+}
+
+/// Coordinator side: start the workers, merge their streams second by second.
+pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<LoadReport> {
+    let exe = match std::env::var_os(WORKER_EXE_ENV) {
+        Some(p) => p.into(),
+        None => std::env::current_exe().context("finding the audctl executable for the workers")?,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, anyhow::Result<Line>)>();
+    let mut children = Vec::new();
+    for index in 0..count {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(worker_args(settings, index, count))
+            .env_remove(crate::service::API_KEY_ENV)
+            .env_remove("AUDCTL_TARGETS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(k) = &settings.key {
+            cmd.env(crate::service::API_KEY_ENV, k);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting worker {index} ({})", exe.display()))?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(l)) => {
+                        let parsed = serde_json::from_str::<Line>(&l)
+                            .with_context(|| format!("worker {index} sent an unreadable line"));
+                        let _ = tx.send((index, parsed));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send((index, Err(anyhow::Error::new(e).context(format!("reading worker {index}")))));
+                        break;
+                    }
+                }
+            }
+        });
+        children.push(child);
+    }
+    drop(tx);
+
+    let progress = Progress::new(settings);
+    let mut agg = Aggregator::default();
+    // Last second each worker reported (None: nothing yet); done workers no longer hold seconds back.
+    let mut last: Vec<Option<u64>> = vec![None; count];
+    let mut done: BTreeMap<usize, WorkerSummary> = BTreeMap::new();
+    let mut elapsed = Duration::ZERO;
+    let mut failure: Option<anyhow::Error> = None;
+    while let Some((index, line)) = rx.recv().await {
+        match line? {
+            Line::Interval(w) => {
+                agg.add(w.second, &Interval::from_wire(&w)?)?;
+                last[index] = Some(w.second);
+            }
+            Line::Done { requests, ok, latency_samples, elapsed_seconds } => {
+                done.insert(index, WorkerSummary { index, requests, ok, errors: requests - ok, latency_samples });
+                elapsed = elapsed.max(Duration::from_secs_f64(elapsed_seconds));
+            }
+            Line::Error { message, unreachable } => {
+                let err = if unreachable {
+                    anyhow::Error::new(Unreachable { what: format!("service (worker {index})"), detail: message })
+                } else {
+                    anyhow::anyhow!("worker {index}: {message}")
+                };
+                failure.get_or_insert(err);
+            }
+        }
+        let complete = (0..count).filter(|i| !done.contains_key(i)).map(|i| last[i]).min().unwrap_or(Some(u64::MAX));
+        if let Some(upto) = complete {
+            agg.flush_upto(upto)?;
+            progress.update(&agg);
+        }
+    }
+    progress.finish();
+    for (index, mut child) in children.into_iter().enumerate() {
+        let status = child.wait().await.with_context(|| format!("waiting for worker {index}"))?;
+        if failure.is_none() && !done.contains_key(&index) {
+            failure = Some(anyhow::anyhow!("worker {index} ended without its results ({status})"));
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    agg.flush_all()?;
+    let scenario = if settings.mix.len() == 1 {
+        scenario_name(settings.mix[0].0).to_owned()
+    } else {
+        settings.mix.iter().map(|(s, w)| format!("{}={w}", scenario_name(*s))).collect::<Vec<_>>().join(",")
+    };
+    Ok(LoadReport::build(settings, &scenario, &agg, elapsed, done.into_values().collect()))
+}

@@ -1,0 +1,499 @@
+//! `audctl load`: an open-model (constant arrival rate or k6-style stages) or closed-model load
+//! generator against the audit API, with coordinated-omission-corrected latency, HDR histograms,
+//! thresholds that decide the exit code, an SVG plot and distributed local workers.
+
+pub mod distributed;
+pub mod engine;
+pub mod http;
+pub mod plan;
+pub mod plot;
+pub mod scenario;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, LoadArgs, Scenario};
+use crate::error::{CheckFailed, Unreachable, usage};
+use crate::output::{self, Report};
+use plan::Model;
+use scenario::Workload;
+use stats::{Aggregator, Percentiles, Point};
+
+/// Everything a run (local, worker or coordinator) needs, resolved from the flags.
+pub struct Settings {
+    pub url: String,
+    pub key: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub ca_path: Option<std::path::PathBuf>,
+    pub model: Model,
+    pub mix: Vec<(Scenario, u32)>,
+    pub tenant_prefix: String,
+    pub tenants: usize,
+    pub batch_size: usize,
+    pub connections: usize,
+    pub timeout: Duration,
+    pub max_p99: Duration,
+    pub max_error_rate: f64,
+}
+
+pub fn settings(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<Settings> {
+    let targets = crate::service::targets(global)?;
+    let service = crate::service::resolve(&args.service, targets.as_ref(), None)?;
+    let mix = match &args.mix {
+        Some(m) => plan::parse_mix(m).map_err(usage)?,
+        None => vec![(args.scenario, 1)],
+    };
+    if args.tenants == 0 {
+        return Err(usage("--tenants must be at least 1"));
+    }
+    if args.batch_size == 0 || args.batch_size > audit_api::MAX_BATCH_EVENTS {
+        return Err(usage(format!("--batch-size must be 1 to {}", audit_api::MAX_BATCH_EVENTS)));
+    }
+    if args.connections == 0 {
+        return Err(usage("--connections must be at least 1"));
+    }
+    let timeout = plan::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout {e}")))?;
+    if timeout.is_zero() {
+        return Err(usage("--timeout must be above zero"));
+    }
+    Ok(Settings {
+        url: service.url.clone(),
+        key: service.key().map(str::to_owned),
+        ca_pem: service.ca_pem.clone(),
+        ca_path: args.service.ca.clone(),
+        model: plan::model(args)?,
+        mix,
+        tenant_prefix: service.tenant.clone().unwrap_or_else(|| "audctl-load".into()),
+        tenants: args.tenants,
+        batch_size: args.batch_size,
+        connections: args.connections,
+        timeout,
+        max_p99: plan::parse_duration(&args.max_p99).map_err(|e| usage(format!("--max-p99 {e}")))?,
+        max_error_rate: plan::parse_rate(&args.max_error_rate).map_err(|e| usage(format!("--max-error-rate {e}")))?,
+    })
+}
+
+pub fn run(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let settings = settings(args, global)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    if let Some(spec) = &args.worker {
+        let (index, count) = distributed::parse_worker(spec)?;
+        return runtime.block_on(distributed::worker(&settings, index, count));
+    }
+    let started = chrono::Utc::now();
+    let report = match args.workers_local {
+        Some(0) => return Err(usage("--workers-local must be at least 1")),
+        Some(n) => runtime.block_on(distributed::coordinate(&settings, n))?,
+        None => runtime.block_on(local(&settings))?,
+    };
+    finish(report, args, global, started, &runtime)
+}
+
+/// The workload with seeded events when its scenarios read.
+async fn prepare(settings: &Settings, endpoint: &http::Endpoint, worker: usize) -> anyhow::Result<Workload> {
+    let tenants = (0..settings.tenants).map(|i| format!("{}-{i}", settings.tenant_prefix)).collect();
+    let mut workload =
+        Workload::new(settings.mix.clone(), tenants, settings.batch_size, &endpoint.base_path, &endpoint.exact);
+    let mut conn = endpoint.connect(settings.timeout).await.map_err(|f| {
+        anyhow::Error::new(Unreachable { what: format!("service {}", settings.url), detail: format!("{f:?}") })
+    })?;
+    if workload.needs_seed() {
+        let mut rng = scenario::Rng::new(0x5eed ^ worker as u64);
+        for tenant in workload.tenants.clone() {
+            let events: Vec<_> = (0..10).map(|_| workload.event(&mut rng, &tenant)).collect();
+            let actors: Vec<String> = events.iter().map(|e| e.actor.id.clone()).collect();
+            let call = http::Call {
+                method: hyper::Method::POST,
+                path: format!("{}{}/events/batch", endpoint.base_path, audit_api::API_PREFIX),
+                body: Some(serde_json::to_vec(&audit_api::BatchRequest { events })?.into()),
+            };
+            let (status, body) = conn
+                .send(endpoint, settings.key.as_deref(), &call)
+                .await
+                .map_err(|f| anyhow::anyhow!("seeding tenant {tenant}: {f:?}"))?;
+            let answer: audit_api::BatchResponse = match serde_json::from_slice(&body) {
+                Ok(a) if status.as_u16() == 201 => a,
+                _ => {
+                    return Err(CheckFailed(format!(
+                        "seeding events for the read/list/verify scenarios (tenant {tenant}) answered HTTP {}",
+                        status.as_u16()
+                    ))
+                    .into());
+                }
+            };
+            for (receipt, actor) in answer.results.into_iter().zip(actors) {
+                workload.seeded.push((tenant.clone(), receipt.id, actor));
+            }
+        }
+    }
+    Ok(workload)
+}
+
+pub fn endpoint(settings: &Settings) -> anyhow::Result<http::Endpoint> {
+    http::Endpoint::parse(&settings.url, settings.ca_pem.as_deref()).map_err(usage)
+}
+
+/// One process, no workers.
+async fn local(settings: &Settings) -> anyhow::Result<LoadReport> {
+    let endpoint = endpoint(settings)?;
+    let workload = Arc::new(prepare(settings, &endpoint, 0).await?);
+    let spec = engine::Spec {
+        model: settings.model.clone(),
+        connections: settings.connections,
+        timeout: settings.timeout,
+        key: settings.key.clone(),
+        endpoint,
+        workload: workload.clone(),
+        seed: std::process::id().into(),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let progress = Progress::new(settings);
+    let run = tokio::spawn(engine::run(spec, tx));
+    let mut agg = Aggregator::default();
+    while let Some((second, iv)) = rx.recv().await {
+        agg.add(second, &iv)?;
+        agg.flush_upto(second)?;
+        progress.update(&agg);
+    }
+    let elapsed = run.await.context("the generator task failed")?;
+    agg.flush_all()?;
+    progress.finish();
+    Ok(LoadReport::build(settings, &workload.label(), &agg, elapsed, Vec::new()))
+}
+
+/// The live line on a terminal: current rate, p99 and errors.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    pub fn new(settings: &Settings) -> Progress {
+        let what = match settings.model.peak_rate() {
+            Some(r) => format!("open model, up to {r:.0}/s"),
+            None => format!(
+                "closed model, {} in flight",
+                match settings.model {
+                    Model::Closed { concurrency, .. } => concurrency,
+                    Model::Open { .. } => 0,
+                }
+            ),
+        };
+        Progress { bar: output::spinner(format!("load {} ({what})", settings.url)) }
+    }
+
+    pub fn update(&self, agg: &Aggregator) {
+        if let Some(p) = agg.timeline.last() {
+            let total = agg.total.requests();
+            let errors = agg.total.error_count();
+            let pct = if total > 0 { errors as f64 * 100.0 / total as f64 } else { 0.0 };
+            self.bar.set_message(format!(
+                "{}s  {}/s  p99 {}  errors {errors} ({pct:.2}%)",
+                p.second + 1,
+                p.ok + p.errors,
+                ms(p.p99)
+            ));
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 { format!("{:.2}s", v / 1000.0) } else { format!("{v:.2}ms") }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Threshold {
+    /// The flag: `max-p99` or `max-error-rate`.
+    pub name: String,
+    pub limit: String,
+    /// The measured value, absent when there were no samples.
+    pub actual: Option<String>,
+    pub passed: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSummary {
+    pub index: usize,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub latency_samples: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadReport {
+    pub url: String,
+    pub model: String,
+    pub scenario: String,
+    /// Peak target rate of the open model (requests/s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    pub planned_seconds: f64,
+    pub elapsed_seconds: f64,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    /// Answers (ok or not) per second over the run.
+    pub throughput: f64,
+    /// Latency from each request's intended send time (open model); equal to service latency in the closed model.
+    pub corrected: Percentiles,
+    /// Latency from the actual send.
+    pub service: Percentiles,
+    pub errors_by_class: BTreeMap<String, u64>,
+    pub thresholds: Vec<Threshold>,
+    pub passed: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerSummary>,
+    pub timeline: Vec<Point>,
+}
+
+impl LoadReport {
+    pub fn build(
+        settings: &Settings,
+        scenario: &str,
+        agg: &Aggregator,
+        elapsed: Duration,
+        workers: Vec<WorkerSummary>,
+    ) -> LoadReport {
+        let t = &agg.total;
+        let requests = t.requests();
+        let errors = t.error_count();
+        let error_rate = if requests > 0 { errors as f64 / requests as f64 } else { 0.0 };
+        let corrected = Percentiles::of(&t.corrected);
+        let thresholds = thresholds(settings, &corrected, requests, error_rate);
+        LoadReport {
+            url: crate::service::display_url(&settings.url),
+            model: settings.model.name().into(),
+            scenario: scenario.to_owned(),
+            target_rate: settings.model.peak_rate(),
+            concurrency: match settings.model {
+                Model::Closed { concurrency, .. } => Some(concurrency),
+                Model::Open { .. } => None,
+            },
+            planned_seconds: settings.model.duration().as_secs_f64(),
+            elapsed_seconds: elapsed.as_secs_f64(),
+            requests,
+            ok: t.ok,
+            errors,
+            error_rate,
+            throughput: if elapsed.is_zero() { 0.0 } else { requests as f64 / elapsed.as_secs_f64() },
+            corrected,
+            service: Percentiles::of(&t.service),
+            errors_by_class: t.errors.clone(),
+            passed: thresholds.iter().all(|t| t.passed),
+            thresholds,
+            workers,
+            timeline: agg.timeline.clone(),
+        }
+    }
+}
+
+/// `--max-p99` and `--max-error-rate`; a threshold over no samples fails (k6 passes it silently).
+fn thresholds(settings: &Settings, corrected: &Percentiles, requests: u64, error_rate: f64) -> Vec<Threshold> {
+    let limit_ms = settings.max_p99.as_secs_f64() * 1000.0;
+    let p99 = if corrected.count == 0 {
+        Threshold {
+            name: "max-p99".into(),
+            limit: ms(limit_ms),
+            actual: None,
+            passed: false,
+            message: "no latency samples: a threshold on a metric with no samples fails".into(),
+        }
+    } else {
+        let passed = corrected.p99 <= limit_ms;
+        Threshold {
+            name: "max-p99".into(),
+            limit: ms(limit_ms),
+            actual: Some(ms(corrected.p99)),
+            passed,
+            message: format!(
+                "p99 {} {} {} over {} samples",
+                ms(corrected.p99),
+                if passed { "<=" } else { ">" },
+                ms(limit_ms),
+                corrected.count
+            ),
+        }
+    };
+    let pct = |v: f64| format!("{:.2}%", v * 100.0);
+    let errors = if requests == 0 {
+        Threshold {
+            name: "max-error-rate".into(),
+            limit: pct(settings.max_error_rate),
+            actual: None,
+            passed: false,
+            message: "no requests completed: a threshold on a metric with no samples fails".into(),
+        }
+    } else {
+        let passed = error_rate <= settings.max_error_rate;
+        Threshold {
+            name: "max-error-rate".into(),
+            limit: pct(settings.max_error_rate),
+            actual: Some(pct(error_rate)),
+            passed,
+            message: format!(
+                "error rate {} {} {} over {requests} requests",
+                pct(error_rate),
+                if passed { "<=" } else { ">" },
+                pct(settings.max_error_rate)
+            ),
+        }
+    };
+    vec![p99, errors]
+}
+
+impl Report for LoadReport {
+    fn table(&self) -> comfy_table::Table {
+        let mut t = output::new_table(["", "value"]);
+        let mut row = |k: &str, v: String| {
+            t.add_row(vec![k.to_owned(), v]);
+        };
+        row("url", self.url.clone());
+        let model = match (self.target_rate, self.concurrency) {
+            (Some(r), _) => format!("open, target {r:.0}/s"),
+            (None, Some(c)) => format!("closed, {c} in flight"),
+            _ => self.model.clone(),
+        };
+        row("model", model);
+        row("scenario", self.scenario.clone());
+        row("duration", format!("{:.1}s (planned {:.1}s)", self.elapsed_seconds, self.planned_seconds));
+        row("requests", format!("{} ({} ok, {} failed)", self.requests, self.ok, self.errors));
+        row("throughput", format!("{:.1}/s", self.throughput));
+        let p = |p: &Percentiles| {
+            if p.count == 0 {
+                "no samples".to_owned()
+            } else {
+                format!(
+                    "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                    ms(p.p50),
+                    ms(p.p90),
+                    ms(p.p99),
+                    ms(p.p999),
+                    ms(p.max)
+                )
+            }
+        };
+        row("latency (corrected)", p(&self.corrected));
+        row("latency (service)", p(&self.service));
+        let errors = if self.errors_by_class.is_empty() {
+            "none".to_owned()
+        } else {
+            self.errors_by_class.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+        };
+        row("error rate", format!("{:.2}% ({errors})", self.error_rate * 100.0));
+        for w in &self.workers {
+            row(&format!("worker {}", w.index), format!("{} requests ({} failed)", w.requests, w.errors));
+        }
+        for th in &self.thresholds {
+            row(
+                &format!("threshold {}", th.name),
+                format!("{} {}", if th.passed { "PASS" } else { "FAIL" }, th.message),
+            );
+        }
+        t
+    }
+
+    fn junit(&self) -> Option<String> {
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let failures = self.thresholds.iter().filter(|t| !t.passed).count();
+        x.push_str(&format!(
+            "<testsuite name=\"audctl load\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">\n",
+            self.thresholds.len(),
+            self.elapsed_seconds
+        ));
+        for t in &self.thresholds {
+            x.push_str(&format!("  <testcase classname=\"load\" name=\"{}\">", plot::escape(&t.name)));
+            if !t.passed {
+                x.push_str(&format!("<failure message=\"{}\"/>", plot::escape(&t.message)));
+            }
+            x.push_str("</testcase>\n");
+        }
+        x.push_str("</testsuite>\n");
+        Some(x)
+    }
+}
+
+fn finish(
+    report: LoadReport,
+    args: &LoadArgs,
+    global: &GlobalArgs,
+    started: chrono::DateTime<chrono::Utc>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    if let Some(path) = &args.plot {
+        let title = format!("audctl load {} ({}, {})", report.url, report.model, report.scenario);
+        std::fs::write(path, plot::svg(&title, &report.timeline))
+            .with_context(|| format!("writing the plot {}", path.display()))?;
+    }
+    output::emit(global.output, &report)?;
+    record_evidence(&report, global, started, runtime)?;
+    let failed: Vec<&Threshold> = report.thresholds.iter().filter(|t| !t.passed).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for t in &failed {
+        eprintln!("{}: threshold {} failed: {}", output::paint_error("load"), t.name, t.message);
+    }
+    Err(CheckFailed(format!(
+        "threshold {} failed",
+        failed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+    ))
+    .into())
+}
+
+/// "Load testing complete": the run's figures in the cluster, when one is configured (never fails the verb).
+fn record_evidence(
+    report: &LoadReport,
+    global: &GlobalArgs,
+    started: chrono::DateTime<chrono::Utc>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use crate::evidence::{Evidence, Outcome, record_best_effort};
+    let targets = crate::service::targets(global)?;
+    let kube = crate::kube::KubeSettings::resolve(global, targets.as_ref());
+    let outcome = if report.passed { Outcome::Success } else { Outcome::Failure };
+    let summary = format!(
+        "{} {}: p99 {} at {:.1} req/s, {:.2}% errors, thresholds {}",
+        report.model,
+        report.scenario,
+        if report.corrected.count > 0 { ms(report.corrected.p99) } else { "n/a".into() },
+        report.throughput,
+        report.error_rate * 100.0,
+        if report.passed { "passed" } else { "failed" }
+    );
+    let failed: Vec<&str> = report.thresholds.iter().filter(|t| !t.passed).map(|t| t.name.as_str()).collect();
+    let evidence = Evidence::new("load", outcome, summary, started)
+        .figure("url", &report.url)
+        .figure("model", &report.model)
+        .figure("scenario", &report.scenario)
+        .figure("targetRate", report.target_rate)
+        .figure("rate", report.throughput)
+        .figure("requests", report.requests)
+        .figure("errors", report.errors)
+        .figure("errorRate", report.error_rate)
+        .figure("p50Ms", report.corrected.p50)
+        .figure("p99Ms", report.corrected.p99)
+        .figure("p999Ms", report.corrected.p999)
+        .figure("maxMs", report.corrected.max)
+        .figure("serviceP99Ms", report.service.p99)
+        .figure("durationSeconds", report.elapsed_seconds)
+        .figure("workers", report.workers.len().max(1))
+        .figure("failedThresholds", failed);
+    runtime.block_on(record_best_effort(&kube, &global.namespace, &evidence));
+    Ok(())
+}
