@@ -95,7 +95,10 @@ async fn server_answering_5xx_fails() -> anyhow::Result<()> {
     let f = failed(&report);
     assert!(f.contains(&"readiness".to_owned()) && f.contains(&"write event".to_owned()), "{report:#}");
     assert!(step(&report, "readiness")["detail"].as_str().unwrap_or_default().contains("503"), "{report:#}");
-    assert!(step(&report, "write event")["detail"].as_str().unwrap_or_default().contains("HTTP 5"), "{report:#}");
+    // The server either answers 5xx or holds the write until its database timeout, past smoke's
+    // own request timeout: both fail the step (a 503 from the server means "not stored").
+    let detail = step(&report, "write event")["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("HTTP 5") || detail.contains("timed out"), "{report:#}");
     server.stop().await
 }
 

@@ -594,10 +594,22 @@ async fn python(script: &str, input: &Value) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// The README's recipe accepts `events` (one tenant's chain from its start, ascending).
+/// The README's recipe reads `export.ndjson` (one tenant's chain from its start, ascending, as
+/// `GET /api/v1/events/export` writes it): run it verbatim in a folder holding `events` as that file.
 async fn readme_recipe_verifies(events: &[Value]) -> Result<()> {
-    let script = format!("import json, sys\nevents = json.load(sys.stdin)\n{}print(len(events))\n", readme_recipe()?);
-    let out = python(&script, &Value::Array(events.to_vec())).await?;
+    let dir = tempfile::tempdir()?;
+    let ndjson: String = events.iter().map(|e| format!("{e}\n")).collect();
+    std::fs::write(dir.path().join("export.ndjson"), ndjson)?;
+    let script = format!("{}\nprint(sum(1 for _ in open(\"export.ndjson\")))\n", readme_recipe()?);
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .env("PYTHONIOENCODING", "utf-8")
+        .output()
+        .await
+        .context("running python3 (installed by `cargo xtask deps install`)")?;
+    ensure!(out.status.success(), "python3 failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    let out = String::from_utf8(out.stdout)?;
     ensure!(out.trim() == events.len().to_string(), "the recipe checked {out:?} of {} events", events.len());
     Ok(())
 }
