@@ -18,6 +18,7 @@ pub mod service;
 pub mod smoke;
 pub mod values;
 pub mod verify;
+pub mod x509;
 
 mod completions;
 mod pending;

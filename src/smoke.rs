@@ -541,57 +541,13 @@ mod tls {
         let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
             return Err(TlsFailure::Invalid("the server sent no certificate".into()));
         };
-        let Some(not_after) = not_after(leaf.as_ref()) else {
-            return Err(TlsFailure::Invalid("cannot read the certificate's expiry date".into()));
-        };
+        let not_after = crate::x509::not_after_der(leaf.as_ref())
+            .map_err(|e| TlsFailure::Invalid(format!("cannot read the certificate's expiry date: {e}")))?;
         let days = (not_after - chrono::Utc::now()).num_days();
         let when = not_after.format("%Y-%m-%d %H:%M UTC");
         if days < i64::from(min_days) {
             return Err(TlsFailure::Invalid(format!("expires {when}, in {days} days (minimum {min_days})")));
         }
         Ok(format!("valid for {host}, expires {when} (in {days} days)"))
-    }
-
-    /// One DER element: (tag, content, rest).
-    fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = der.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)), &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-
-    /// `notAfter` of an X.509 certificate: Certificate > tbsCertificate > validity > notAfter.
-    pub fn not_after(der: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
-        let (_, cert, _) = tlv(der)?;
-        let (_, tbs, _) = tlv(cert)?;
-        let mut rest = tbs;
-        let (tag, _, r) = tlv(rest)?;
-        if tag == 0xa0 {
-            rest = r; // explicit version
-        }
-        let (_, _, r) = tlv(rest)?; // serial
-        let (_, _, r) = tlv(r)?; // signature algorithm
-        let (_, _, r) = tlv(r)?; // issuer
-        let (_, validity, _) = tlv(r)?;
-        let (_, _, r) = tlv(validity)?; // notBefore
-        let (tag, time, _) = tlv(r)?;
-        let text = std::str::from_utf8(time).ok()?;
-        let full = match tag {
-            0x17 => {
-                let yy: u32 = text.get(..2)?.parse().ok()?;
-                format!("{}{text}", if yy >= 50 { "19" } else { "20" })
-            }
-            0x18 => text.to_owned(),
-            _ => return None,
-        };
-        chrono::NaiveDateTime::parse_from_str(full.trim_end_matches('Z'), "%Y%m%d%H%M%S").ok().map(|t| t.and_utc())
     }
 }

@@ -81,16 +81,7 @@ pub fn severity(s: Status) -> u8 {
 }
 
 pub fn label(s: Status) -> &'static str {
-    match s {
-        Status::Pass => "PASS",
-        Status::Fail => "FAIL",
-        Status::Warn => "WARN",
-        Status::Error => "ERROR",
-        Status::Attested => "ATTESTED",
-        Status::NeedsAttestation => "NEEDS-ATTESTATION",
-        Status::NeedsEvidence => "NEEDS-EVIDENCE",
-        Status::Waived => "WAIVED",
-    }
+    s.label()
 }
 
 pub fn cause_label(c: &ErrorCause) -> &'static str {

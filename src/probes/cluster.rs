@@ -813,63 +813,7 @@ async fn rbac(ctx: &Context) -> Probed {
 
 /// notAfter of the first certificate of a PEM bundle.
 pub fn pem_not_after(pem: &[u8]) -> Result<DateTime<Utc>, String> {
-    use base64::Engine as _;
-    let text = std::str::from_utf8(pem).map_err(|_| "tls.crt is not PEM text".to_owned())?;
-    let begin = "-----BEGIN CERTIFICATE-----";
-    let start = text.find(begin).ok_or("no PEM certificate in tls.crt")? + begin.len();
-    let end = text[start..].find("-----END CERTIFICATE-----").ok_or("unterminated PEM certificate")? + start;
-    let b64: String = text[start..end].chars().filter(|c| !c.is_whitespace()).collect();
-    let der =
-        base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("bad base64 in tls.crt: {e}"))?;
-    der_not_after(&der)
-}
-
-/// Walk Certificate -> TBSCertificate -> (version?, serial, signature, issuer, validity) -> notAfter.
-fn der_not_after(der: &[u8]) -> Result<DateTime<Utc>, String> {
-    fn tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
-        let bad = || "malformed certificate (DER)".to_owned();
-        let tag = *b.first().ok_or_else(bad)?;
-        let first = *b.get(1).ok_or_else(bad)?;
-        let (len, hdr) = if first < 0x80 {
-            (first as usize, 2)
-        } else {
-            let n = (first & 0x7f) as usize;
-            if n == 0 || n > 4 {
-                return Err(bad());
-            }
-            let bytes = b.get(2..2 + n).ok_or_else(bad)?;
-            (bytes.iter().fold(0usize, |a, x| (a << 8) | *x as usize), 2 + n)
-        };
-        let body = b.get(hdr..hdr + len).ok_or_else(bad)?;
-        Ok((tag, body, &b[hdr + len..]))
-    }
-    let (_, cert, _) = tlv(der)?;
-    let (_, tbs, _) = tlv(cert)?;
-    let mut rest = tbs;
-    let (tag, _, r) = tlv(rest)?;
-    if tag == 0xa0 {
-        rest = r; // explicit version
-    }
-    for _ in 0..3 {
-        // serial, signature algorithm, issuer
-        rest = tlv(rest)?.2;
-    }
-    let (_, validity, _) = tlv(rest)?;
-    let (_, _, after_not_before) = tlv(validity)?;
-    let (tag, time, _) = tlv(after_not_before)?;
-    let s = std::str::from_utf8(time).map_err(|_| "bad certificate time".to_owned())?;
-    let full = match tag {
-        0x17 => {
-            // UTCTime YYMMDDHHMMSSZ: 50-99 -> 19xx.
-            let yy: u32 = s.get(..2).and_then(|y| y.parse().ok()).ok_or("bad UTCTime")?;
-            format!("{}{s}", if yy >= 50 { "19" } else { "20" })
-        }
-        0x18 => s.to_owned(),
-        _ => return Err("unexpected certificate time type".into()),
-    };
-    chrono::NaiveDateTime::parse_from_str(full.trim_end_matches('Z'), "%Y%m%d%H%M%S")
-        .map(|t| t.and_utc())
-        .map_err(|e| format!("bad certificate time {s:?}: {e}"))
+    crate::x509::not_after_pem(pem)
 }
 
 const MIN_CERT_DAYS: i64 = 14;
@@ -1043,51 +987,4 @@ async fn alert_rules(ctx: &Context) -> Probed {
             picking.join(", ")
         ))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn not_after_of_an_openssl_certificate() {
-        // openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 36500 -subj /CN=t
-        // notAfter=Nov  7 12:00:13 2126 GMT (GeneralizedTime past 2049).
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "30",
-                "-subj",
-                "/CN=t",
-            ])
-            .arg("-keyout")
-            .arg(dir.path().join("k"))
-            .arg("-out")
-            .arg(dir.path().join("c"))
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let pem = std::fs::read(dir.path().join("c")).expect("cert");
-        let ours = pem_not_after(&pem).expect("parse");
-        // The reference: openssl's own reading of the same certificate.
-        let enddate = std::process::Command::new("openssl")
-            .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
-            .arg(dir.path().join("c"))
-            .output()
-            .expect("openssl x509");
-        let text = String::from_utf8_lossy(&enddate.stdout);
-        let iso = text.trim().trim_start_matches("notAfter=");
-        let theirs =
-            chrono::NaiveDateTime::parse_from_str(iso.trim_end_matches('Z'), "%Y-%m-%d %H:%M:%S").expect(iso).and_utc();
-        assert_eq!(ours, theirs);
-        assert!(der_not_after(&[0x30, 0x03, 0x02]).is_err());
-    }
 }
