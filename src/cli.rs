@@ -82,9 +82,9 @@ pub enum Command {
     /// Generate load against the service and enforce latency/error thresholds.
     Load(PendingArgs),
     /// Back up PostgreSQL, Elasticsearch, Redis and Kafka.
-    Backup(PendingArgs),
+    Backup(BackupArgs),
     /// Restore the datastores from a backup and verify the result.
-    Restore(PendingArgs),
+    Restore(RestoreArgs),
     /// Rehearse the whole go-live on one machine and write the go-live report.
     Rehearse(PendingArgs),
     /// Print shell completions.
@@ -133,6 +133,112 @@ pub struct RenderArgs {
     /// Print the JSON Schema of the values and exit.
     #[arg(long, conflicts_with_all = ["values", "set", "templates", "output_dir"])]
     pub schema: bool,
+}
+
+/// `audctl backup`: take, list, check and prune backups.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backup repository (a directory); default: `backup.repo` in the targets file.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: BackupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// PostgreSQL: pg_dump (custom format) and pg_basebackup with the WAL archive.
+    Postgres(PgBackupArgs),
+    /// List the complete backups in the repository, newest first.
+    List(BackupListArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PgMethod {
+    /// Logical dump and physical base backup with WAL (the default: restore and point in time).
+    All,
+    /// Logical dump only (pg_dump custom format).
+    Dump,
+    /// Physical base backup and WAL only (point-in-time recovery).
+    Base,
+}
+
+#[derive(Debug, Args)]
+pub struct PgBackupArgs {
+    /// What to take.
+    #[arg(long, value_enum, default_value_t = PgMethod::All)]
+    pub method: PgMethod,
+    /// Directory of the server's WAL archive to copy into the backup (default: `postgres.walArchive`
+    /// in the targets file).
+    #[arg(long, value_name = "DIR")]
+    pub wal_archive: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupListArgs {
+    /// Only this component's backups (postgres, search, redis, kafka).
+    #[arg(long, value_name = "COMPONENT")]
+    pub component: Option<String>,
+}
+
+/// `audctl restore`: restore a datastore from a backup, then verify it.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup repository (a directory); default: `backup.repo` in the targets file.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: RestoreCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// PostgreSQL: pg_restore of the dump into an empty database, or point-in-time recovery.
+    Postgres(PgRestoreArgs),
+}
+
+/// What every restore asks for.
+#[derive(Debug, Args)]
+pub struct RestoreCommon {
+    /// Backup id (see `audctl backup list`), or `latest`.
+    #[arg(value_name = "BACKUP_ID")]
+    pub id: String,
+    /// Where to restore: a PostgreSQL URL `postgres://user@host:port/db` (its password in PGPASSWORD
+    /// or inline).
+    #[arg(long, value_name = "URL")]
+    pub target: String,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Restore over a target that already holds data (objects in the backup are dropped and recreated).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PgRestoreArgs {
+    #[command(flatten)]
+    pub common: RestoreCommon,
+    /// Point-in-time recovery to this time (RFC 3339, e.g. 2026-12-01T06:30:00Z), from the base
+    /// backup and the WAL.
+    #[arg(long, value_name = "TIME", group = "pitr")]
+    pub to_time: Option<String>,
+    /// Point-in-time recovery up to this WAL location (e.g. 0/3000148).
+    #[arg(long, value_name = "LSN", group = "pitr")]
+    pub to_lsn: Option<String>,
+    /// Point-in-time recovery up to this transaction id (included).
+    #[arg(long, value_name = "XID", group = "pitr")]
+    pub to_xid: Option<String>,
+    /// Point-in-time recovery up to this named restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "pitr")]
+    pub to_name: Option<String>,
+    /// WAL archive directory with segments newer than the backups (default: `postgres.walArchive`
+    /// in the targets file); read-only.
+    #[arg(long, value_name = "DIR")]
+    pub wal_archive: Option<PathBuf>,
+    /// Where the temporary recovery instance lives (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// Arguments of a verb that is not built yet: none are accepted.

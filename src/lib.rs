@@ -4,6 +4,7 @@
 //! code paths. Dependencies point one way: `cli` -> verbs -> (render, values, output, ...); nothing
 //! below the verbs knows about clap.
 
+pub mod backup;
 pub mod cli;
 pub mod error;
 pub mod output;
@@ -53,6 +54,8 @@ where
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Render(args) => render::run(args),
+        Command::Backup(args) => backup::run_backup(&cli.global, args),
+        Command::Restore(args) => backup::run_restore(&cli.global, args),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
         other => pending::run(other.name()),
