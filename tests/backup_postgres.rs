@@ -500,3 +500,30 @@ async fn full_disk_fails_cleanly_and_keeps_earlier_backups() -> anyhow::Result<(
     assert_eq!(scalar(&target, "SELECT count(*) FROM events").await?, "60");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chain_in_the_backup_fails_the_restore_verification() -> anyhow::Result<()> {
+    let s = setup("audit").await?;
+    fill(&s.url, 10).await?;
+    // Tamper with one event at the source (an edit the checksums cannot see: it is in the backup).
+    s.pg.sql("\\c audit\nUPDATE events SET body = replace(body, 'doc-3', 'doc-X') WHERE tenant_id = 'globex' AND sequence = 4").await?;
+    let id = id_of(
+        &audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+            .await
+            .ok()
+            .json(),
+    );
+    let target = new_db(&s.pg, "target").await?;
+    let r = audctl(&["-o", "json", "restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let report = r.json();
+    let chains = report["checks"]
+        .as_array()
+        .context("checks")?
+        .iter()
+        .find(|c| c["name"] == "hash chains")
+        .context("chain check")?;
+    assert_eq!(chains["ok"], false, "{report}");
+    assert!(chains["actual"].as_str().is_some_and(|a| a.contains("globex") && a.contains("sequence 4")), "{report}");
+    Ok(())
+}

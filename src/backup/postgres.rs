@@ -38,6 +38,12 @@ pub struct Endpoint {
     password: Option<String>,
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Endpoint({})", self.url)
+    }
+}
+
 impl Endpoint {
     /// `raw` is `postgres://user[:password]@host[:port]/db[?params]`; `password` (from the targets
     /// file or PGPASSWORD) is used when the URL has none.

@@ -27,7 +27,11 @@ impl Run {
 
 pub fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_audctl"));
-    cmd.args(args).env_remove("KUBECONFIG").env_remove("AUDCTL_TARGETS").env_remove("PGPASSWORD").env("NO_COLOR", "1");
+    cmd.args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("AUDCTL_TARGETS")
+        .env_remove("PGPASSWORD")
+        .env_remove("NO_COLOR");
     cmd
 }
 
