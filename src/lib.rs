@@ -7,7 +7,10 @@
 pub mod backup;
 pub mod cli;
 pub mod error;
+pub mod evidence;
+pub mod kube;
 pub mod output;
+pub mod probes;
 pub mod render;
 pub mod values;
 

@@ -1,0 +1,95 @@
+//! The Kubernetes client every cluster-facing verb uses.
+//!
+//! Precedence, kubectl's: `--kubeconfig`/`--context` flags, then the `kube` entry of the targets file,
+//! then $KUBECONFIG / ~/.kube/config, then the in-cluster service account. Building the client does
+//! not touch the network; the first request does, and [`transport_error`] turns its failure into the
+//! typed `Unreachable` error (exit 3) so "cluster down" is never confused with "check failed".
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::cli::GlobalArgs;
+use crate::error::{Unreachable, usage};
+
+/// Where the cluster settings come from, resolved from flags and the targets file.
+#[derive(Debug, Clone, Default)]
+pub struct KubeSettings {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+impl KubeSettings {
+    /// Flags win over the targets file's `kube` entry.
+    pub fn resolve(global: &GlobalArgs, targets: Option<&audctl_targets::Targets>) -> Self {
+        let from_targets = targets.and_then(|t| t.kube.clone()).unwrap_or_default();
+        KubeSettings {
+            kubeconfig: global.kubeconfig.clone().or(from_targets.kubeconfig),
+            context: global.context.clone().or(from_targets.context),
+        }
+    }
+
+    /// Whether anything names a cluster (flags, targets, $KUBECONFIG, ~/.kube/config or in-cluster).
+    /// Verbs that only *optionally* write evidence use this to stay quiet on a laptop without a cluster.
+    pub fn configured(&self) -> bool {
+        self.kubeconfig.is_some()
+            || self.context.is_some()
+            || std::env::var_os("KUBECONFIG").is_some()
+            || home_kubeconfig().is_some_and(|p| p.exists())
+            || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+    }
+
+    /// The client. Errors here are configuration errors (exit 2): a missing or malformed kubeconfig,
+    /// an unknown context.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let config = self.config().await?;
+        Client::try_from(config).context("building the Kubernetes client")
+    }
+
+    pub async fn config(&self) -> anyhow::Result<Config> {
+        let options = KubeConfigOptions { context: self.context.clone(), ..Default::default() };
+        match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig =
+                    Kubeconfig::read_from(path).map_err(|e| usage(format!("kubeconfig {}: {e}", path.display())))?;
+                Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|e| usage(format!("kubeconfig {}: {e}", path.display())))
+            }
+            None if self.context.is_some() => Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| usage(format!("kubeconfig (context {:?}): {e}", self.context))),
+            None => Config::infer().await.map_err(|e| usage(format!("no usable cluster configuration: {e}"))),
+        }
+    }
+}
+
+fn home_kubeconfig() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config"))
+}
+
+/// True when a kube error means the API server could not be reached or did not answer in time
+/// (as opposed to an answer such as 403 or 404).
+pub fn is_transport(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_))
+}
+
+/// Wrap a kube error from a request: transport failures become `Unreachable` (exit 3), API answers
+/// keep their status and message.
+pub fn transport_error(err: kube::Error, doing: &str) -> anyhow::Error {
+    if is_transport(&err) {
+        Unreachable { what: "the Kubernetes API server".into(), detail: format!("{doing}: {err}") }.into()
+    } else {
+        anyhow::Error::new(err).context(doing.to_owned())
+    }
+}
+
+/// HTTP status of an API answer, if the error is one.
+pub fn api_status(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
