@@ -19,7 +19,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{BackupArgs, BackupCommand, GlobalArgs, RestoreArgs, RestoreCommand};
-use crate::error::usage;
+use crate::error::{CheckFailed, Failure, usage};
+use crate::evidence::{self, Evidence, Outcome};
 use crate::output::{self, Report};
 use repo::Repo;
 
@@ -128,7 +129,9 @@ pub fn run_backup(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> 
     let repo = Repo::resolve(args.repo.as_deref(), targets.as_ref())?;
     let ctx = Ctx { global, targets, repo };
     match &args.command {
-        BackupCommand::Postgres(a) => runtime()?.block_on(postgres::backup(&ctx, a)),
+        BackupCommand::Postgres(a) => {
+            runtime()?.block_on(recorded(&ctx, "backup", Component::Postgres, postgres::backup(&ctx, a)))
+        }
         BackupCommand::List(a) => list(&ctx, a.component.as_deref()),
     }
 }
@@ -138,7 +141,9 @@ pub fn run_restore(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()
     let repo = Repo::resolve(args.repo.as_deref(), targets.as_ref())?;
     let ctx = Ctx { global, targets, repo };
     match &args.command {
-        RestoreCommand::Postgres(a) => runtime()?.block_on(postgres::restore(&ctx, a)),
+        RestoreCommand::Postgres(a) => {
+            runtime()?.block_on(recorded(&ctx, "restore", Component::Postgres, postgres::restore(&ctx, a)))
+        }
     }
 }
 
@@ -352,15 +357,81 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
-/// Evidence record of a backup (written when a cluster is configured; never fails the verb).
-pub fn evidence_backup(
-    _ctx: &Ctx<'_>,
-    _component: Component,
-    _manifest: &manifest::Manifest,
-    _started: DateTime<Utc>,
-    _error: Option<&str>,
-) {
+/// Run one backup or restore and write its evidence record (verb "backup"/"restore", subject the
+/// component) when a cluster is configured; never fails the verb for the record's sake. A usage
+/// error (nothing ran) writes no record; a verification failure is exit 1 after its report.
+async fn recorded(
+    ctx: &Ctx<'_>,
+    verb: &str,
+    component: Component,
+    work: impl std::future::Future<Output = anyhow::Result<Evidence>>,
+) -> anyhow::Result<()> {
+    let started = Utc::now();
+    let result = work.await;
+    let evidence = match &result {
+        Ok(e) => e.clone(),
+        Err(e) if Failure::classify(e) == Failure::Usage => return result.map(|_| ()),
+        Err(e) => Evidence::new(verb, Outcome::Error, format!("{component}: {}", crate::error::chain(e)), started)
+            .subject(component.as_str()),
+    };
+    let kube = crate::kube::KubeSettings::resolve(ctx.global, ctx.targets());
+    evidence::record_best_effort(&kube, &ctx.global.namespace, &evidence).await;
+    match result {
+        Ok(e) if e.outcome == Outcome::Failure => Err(CheckFailed(e.summary).into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
-/// Evidence record of a restore.
-pub fn evidence_restore(_ctx: &Ctx<'_>, _component: Component, _report: &RestoreReport, _started: DateTime<Utc>) {}
+/// The evidence of a completed backup.
+pub fn backup_evidence(m: &manifest::Manifest) -> Evidence {
+    let secs = (m.finished - m.started).num_milliseconds() as f64 / 1000.0;
+    Evidence::new(
+        "backup",
+        Outcome::Success,
+        format!("{} backup {}: {} in {} files, {secs:.1} s", m.component, m.id, human_bytes(m.size), m.files.len()),
+        m.started,
+    )
+    .subject(m.component.as_str())
+    .figure("backupId", &m.id)
+    .figure("bytes", m.size)
+    .figure("files", m.files.len())
+    .figure("durationSeconds", secs)
+    .figure("serverVersion", &m.server_version)
+}
+
+impl RestoreReport {
+    /// The evidence of this restore: success when every check passed (RTO included).
+    pub fn evidence(&self, started: DateTime<Utc>) -> Evidence {
+        let failed: Vec<&str> = self.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+        let outcome = if failed.is_empty() { Outcome::Success } else { Outcome::Failure };
+        let summary = if failed.is_empty() {
+            format!(
+                "{} restored from {} into {} in {}; {} checks passed",
+                self.component,
+                self.backup,
+                self.target,
+                human_duration(Duration::from_secs_f64(self.duration_seconds)),
+                self.checks.len()
+            )
+        } else {
+            format!(
+                "{} restore from {} into {}: failed {}",
+                self.component,
+                self.backup,
+                self.target,
+                failed.join(", ")
+            )
+        };
+        let mut e = Evidence::new("restore", outcome, summary, started)
+            .subject(self.component.as_str())
+            .figure("backupId", &self.backup)
+            .figure("durationSeconds", self.duration_seconds)
+            .figure("rtoSeconds", RTO_TARGETS[0].1.as_secs())
+            .figure("checks", &self.checks);
+        if let Some(p) = &self.point_in_time {
+            e = e.figure("pointInTime", p);
+        }
+        e
+    }
+}

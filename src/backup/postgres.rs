@@ -25,7 +25,8 @@ use super::progress::Bytes;
 use super::repo::{self, Stored};
 use super::{Check, Component, Ctx, RestoreReport};
 use crate::cli::{PgBackupArgs, PgMethod, PgRestoreArgs};
-use crate::error::{CheckFailed, Unreachable, usage};
+use crate::error::{Unreachable, usage};
+use crate::evidence::Evidence;
 use crate::output;
 
 // ---------------------------------------------------------------------------------------------
@@ -461,7 +462,7 @@ pub(crate) fn consistency_line(c: &PgConsistency) -> String {
     parts.join(", ")
 }
 
-pub async fn backup(ctx: &Ctx<'_>, args: &PgBackupArgs) -> anyhow::Result<()> {
+pub async fn backup(ctx: &Ctx<'_>, args: &PgBackupArgs) -> anyhow::Result<Evidence> {
     let started = Utc::now();
     let t0 = Instant::now();
     let target = ctx.targets().and_then(|t| t.postgres.clone()).ok_or_else(|| {
@@ -543,8 +544,8 @@ pub async fn backup(ctx: &Ctx<'_>, args: &PgBackupArgs) -> anyhow::Result<()> {
         files: manifest.files.clone(),
         consistency: c,
     };
-    super::evidence_backup(ctx, Component::Postgres, &manifest, started, None);
-    output::emit(ctx.global.output, &report)
+    output::emit(ctx.global.output, &report)?;
+    Ok(super::backup_evidence(&manifest))
 }
 
 /// Names of WAL files already kept by earlier backups (each segment is copied once).
@@ -782,7 +783,7 @@ impl RecoveryTarget {
     }
 }
 
-pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<()> {
+pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evidence> {
     let t0 = Instant::now();
     let started = Utc::now();
     let pitr = RecoveryTarget::from_args(args)?;
@@ -986,13 +987,8 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<()> 
     }
     let took = t0.elapsed();
     report.add_rto(took);
-    super::evidence_restore(ctx, Component::Postgres, &report, started);
     output::emit(ctx.global.output, &report)?;
-    if report.ok() {
-        Ok(())
-    } else {
-        Err(CheckFailed(format!("restore of {} into {}: verification failed", m.id, target.display())).into())
-    }
+    Ok(report.evidence(started))
 }
 
 /// `id`, or for `latest` the newest backup that can serve the request.
