@@ -149,8 +149,24 @@ pub struct BackupArgs {
 pub enum BackupCommand {
     /// PostgreSQL: pg_dump (custom format) and pg_basebackup with the WAL archive.
     Postgres(PgBackupArgs),
+    /// Elasticsearch/OpenSearch: a snapshot through the snapshot API.
+    Search(SearchBackupArgs),
     /// List the complete backups in the repository, newest first.
     List(BackupListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SearchBackupArgs {
+    /// Snapshot repository on the cluster (default: `search.snapshotRepository` in the targets file).
+    #[arg(long, value_name = "NAME")]
+    pub repository: Option<String>,
+    /// Register the repository first, as a shared-filesystem (fs) repository at this location (a
+    /// directory listed in the nodes' path.repo).
+    #[arg(long, value_name = "DIR")]
+    pub register_fs: Option<PathBuf>,
+    /// Indices to snapshot (comma-separated names or patterns).
+    #[arg(long, default_value = "*", value_name = "PATTERN")]
+    pub indices: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,6 +211,14 @@ pub struct RestoreArgs {
 pub enum RestoreCommand {
     /// PostgreSQL: pg_restore of the dump into an empty database, or point-in-time recovery.
     Postgres(PgRestoreArgs),
+    /// Elasticsearch/OpenSearch: restore the snapshot's indices, then count their documents.
+    Search(SearchRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SearchRestoreArgs {
+    #[command(flatten)]
+    pub common: RestoreCommon,
 }
 
 /// What every restore asks for.
@@ -203,10 +227,11 @@ pub struct RestoreCommon {
     /// Backup id (see `audctl backup list`), or `latest`.
     #[arg(value_name = "BACKUP_ID")]
     pub id: String,
-    /// Where to restore: a PostgreSQL URL `postgres://user@host:port/db` (its password in PGPASSWORD
-    /// or inline).
+    /// Where to restore: PostgreSQL `postgres://user@host:port/db` (password in PGPASSWORD or inline;
+    /// required), search `http(s)://host:9200`, redis `redis://:password@host:port` (default: the
+    /// targets file's entry).
     #[arg(long, value_name = "URL")]
-    pub target: String,
+    pub target: Option<String>,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,

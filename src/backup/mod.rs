@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod postgres;
 pub mod progress;
 pub mod repo;
+pub mod search;
 
 use std::fmt;
 use std::time::Duration;
@@ -132,6 +133,9 @@ pub fn run_backup(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> 
         BackupCommand::Postgres(a) => {
             runtime()?.block_on(recorded(&ctx, "backup", Component::Postgres, postgres::backup(&ctx, a)))
         }
+        BackupCommand::Search(a) => {
+            runtime()?.block_on(recorded(&ctx, "backup", Component::Search, search::backup(&ctx, a)))
+        }
         BackupCommand::List(a) => list(&ctx, a.component.as_deref()),
     }
 }
@@ -143,6 +147,9 @@ pub fn run_restore(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()
     match &args.command {
         RestoreCommand::Postgres(a) => {
             runtime()?.block_on(recorded(&ctx, "restore", Component::Postgres, postgres::restore(&ctx, a)))
+        }
+        RestoreCommand::Search(a) => {
+            runtime()?.block_on(recorded(&ctx, "restore", Component::Search, search::restore(&ctx, a)))
         }
     }
 }
@@ -281,6 +288,27 @@ pub fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(usage("restore cancelled: nothing was changed"))
+    }
+}
+
+/// A backup's manifest as the verb's result.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct ManifestReport(pub manifest::Manifest);
+
+impl Report for ManifestReport {
+    fn table(&self) -> comfy_table::Table {
+        let m = &self.0;
+        let mut t = output::new_table(["backup", "component", "size", "duration", "consistency point"]);
+        let secs = (m.finished - m.started).num_milliseconds() as f64 / 1000.0;
+        t.add_row(vec![
+            m.id.clone(),
+            m.component.to_string(),
+            human_bytes(m.size),
+            format!("{secs:.1} s"),
+            consistency_summary(m),
+        ]);
+        t
     }
 }
 

@@ -787,7 +787,10 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evid
     let t0 = Instant::now();
     let started = Utc::now();
     let pitr = RecoveryTarget::from_args(args)?;
-    let target = Endpoint::parse(&args.common.target, std::env::var("PGPASSWORD").ok(), "--target")?;
+    let raw = args.common.target.as_deref().ok_or_else(|| {
+        usage("--target URL is required: the database to restore into (postgres://user@host:port/db), never implied")
+    })?;
+    let target = Endpoint::parse(raw, std::env::var("PGPASSWORD").ok(), "--target")?;
     let all = ctx.repo.list(Some(Component::Postgres))?;
     let stored = pick_backup(ctx, &args.common.id, pitr.as_ref(), &all)?;
     let m = &stored.manifest;

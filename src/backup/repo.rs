@@ -267,6 +267,34 @@ impl Staging {
         Ok(entry)
     }
 
+    /// Write small in-memory content as `rel`.
+    pub fn write_bytes(&mut self, rel: &str, bytes: &[u8]) -> anyhow::Result<FileEntry> {
+        self.write_from(rel, &mut &bytes[..], &Bytes::hidden())
+    }
+
+    /// A streaming writer for `rel` (temporary name until [`HashingFile::finish`]).
+    pub fn create(&mut self, rel: &str) -> anyhow::Result<HashingFile> {
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let tmp = tmp_name(&path);
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(HashingFile {
+            rel: rel.to_owned(),
+            path,
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+            sha: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Record a file finished with [`HashingFile::finish`].
+    pub fn add(&mut self, entry: FileEntry) {
+        self.files.push(entry);
+    }
+
     pub fn files(&self) -> &[FileEntry] {
         &self.files
     }
@@ -291,6 +319,33 @@ impl Drop for Staging {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// A file of a backup being streamed: hashed as written, renamed into place when finished.
+pub struct HashingFile {
+    rel: String,
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    sha: Sha256,
+    size: u64,
+}
+
+impl HashingFile {
+    pub fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.sha.update(bytes);
+        self.size += bytes.len() as u64;
+        self.out.write_all(bytes).with_context(|| format!("writing {}", self.tmp.display()))
+    }
+
+    pub fn finish(self) -> anyhow::Result<FileEntry> {
+        let HashingFile { rel, path, tmp, out, sha, size } = self;
+        let file =
+            out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+        Ok(FileEntry { path: rel, size, sha256: hex::encode(sha.finalize()) })
     }
 }
 
