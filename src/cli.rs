@@ -151,9 +151,14 @@ pub enum BackupCommand {
     Postgres(PgBackupArgs),
     /// Elasticsearch/OpenSearch: a snapshot through the snapshot API.
     Search(SearchBackupArgs),
+    /// Redis: a consistent RDB copy (replica sync, from a replica when Sentinel has a healthy one).
+    Redis(RedisBackupArgs),
     /// List the complete backups in the repository, newest first.
     List(BackupListArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct RedisBackupArgs {}
 
 #[derive(Debug, Args)]
 pub struct SearchBackupArgs {
@@ -213,6 +218,14 @@ pub enum RestoreCommand {
     Postgres(PgRestoreArgs),
     /// Elasticsearch/OpenSearch: restore the snapshot's indices, then count their documents.
     Search(SearchRestoreArgs),
+    /// Redis: copy every key with its TTL into the target, then compare key counts and TTLs.
+    Redis(RedisRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedisRestoreArgs {
+    #[command(flatten)]
+    pub common: RestoreCommon,
 }
 
 #[derive(Debug, Args)]

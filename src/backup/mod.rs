@@ -9,6 +9,7 @@ pub mod chain;
 pub mod manifest;
 pub mod postgres;
 pub mod progress;
+pub mod redis;
 pub mod repo;
 pub mod search;
 
@@ -136,6 +137,9 @@ pub fn run_backup(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> 
         BackupCommand::Search(a) => {
             runtime()?.block_on(recorded(&ctx, "backup", Component::Search, search::backup(&ctx, a)))
         }
+        BackupCommand::Redis(a) => {
+            runtime()?.block_on(recorded(&ctx, "backup", Component::Redis, redis::backup(&ctx, a)))
+        }
         BackupCommand::List(a) => list(&ctx, a.component.as_deref()),
     }
 }
@@ -147,6 +151,9 @@ pub fn run_restore(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()
     match &args.command {
         RestoreCommand::Postgres(a) => {
             runtime()?.block_on(recorded(&ctx, "restore", Component::Postgres, postgres::restore(&ctx, a)))
+        }
+        RestoreCommand::Redis(a) => {
+            runtime()?.block_on(recorded(&ctx, "restore", Component::Redis, redis::restore(&ctx, a)))
         }
         RestoreCommand::Search(a) => {
             runtime()?.block_on(recorded(&ctx, "restore", Component::Search, search::restore(&ctx, a)))

@@ -402,7 +402,7 @@ fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
 }
 
 /// Children die with audctl: a killed backup leaves no pg_basebackup writing into the repository.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
     unsafe {
