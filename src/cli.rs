@@ -153,8 +153,20 @@ pub enum BackupCommand {
     Search(SearchBackupArgs),
     /// Redis: a consistent RDB copy (replica sync, from a replica when Sentinel has a healthy one).
     Redis(RedisBackupArgs),
+    /// Kafka: check the audit topic's retention (>= 7 days), record offsets; --export copies records.
+    Kafka(KafkaBackupArgs),
     /// List the complete backups in the repository, newest first.
     List(BackupListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaBackupArgs {
+    /// Copy the topic's records into the backup (one JSON line per record, per partition).
+    #[arg(long)]
+    pub export: bool,
+    /// Topic (default: `kafka.topic` in the targets file, `audit-events`).
+    #[arg(long, value_name = "NAME")]
+    pub topic: Option<String>,
 }
 
 #[derive(Debug, Args)]

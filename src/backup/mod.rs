@@ -6,6 +6,7 @@
 //! ([`manifest`]), with the sha256 of every file; [`chain`] re-verifies the audit hash chains.
 
 pub mod chain;
+pub mod kafka;
 pub mod manifest;
 pub mod postgres;
 pub mod progress;
@@ -139,6 +140,9 @@ pub fn run_backup(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> 
         }
         BackupCommand::Redis(a) => {
             runtime()?.block_on(recorded(&ctx, "backup", Component::Redis, redis::backup(&ctx, a)))
+        }
+        BackupCommand::Kafka(a) => {
+            runtime()?.block_on(recorded(&ctx, "backup", Component::Kafka, kafka::backup(&ctx, a)))
         }
         BackupCommand::List(a) => list(&ctx, a.component.as_deref()),
     }
