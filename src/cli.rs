@@ -157,6 +157,42 @@ pub enum BackupCommand {
     Kafka(KafkaBackupArgs),
     /// List the complete backups in the repository, newest first.
     List(BackupListArgs),
+    /// Current RPO per component against the guide's cadence; exit 1 when a backup is overdue.
+    Status(BackupStatusArgs),
+    /// Delete backups past the guide's retention (dry run unless --confirm).
+    Prune(BackupPruneArgs),
+    /// Test-restore a backup into scratch instances and run the restore's verification.
+    Verify(BackupVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupStatusArgs {
+    /// Only this component (postgres, search, redis, kafka).
+    #[arg(long, value_name = "COMPONENT")]
+    pub component: Option<String>,
+    /// Minutes a backup may run late beyond its cadence before it counts as overdue.
+    #[arg(long, default_value_t = 15, value_name = "MINUTES")]
+    pub grace_minutes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupPruneArgs {
+    /// Only this component (postgres, search, redis, kafka).
+    #[arg(long, value_name = "COMPONENT")]
+    pub component: Option<String>,
+    /// Delete for real (without it, only show what would be deleted).
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupVerifyArgs {
+    /// Backup id (see `audctl backup list`).
+    #[arg(value_name = "BACKUP_ID")]
+    pub id: String,
+    /// Where scratch instances live (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

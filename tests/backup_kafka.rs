@@ -83,6 +83,14 @@ async fn offsets_retention_and_export() -> anyhow::Result<()> {
     seqs.sort();
     assert_eq!(seqs, (0..90).collect::<Vec<i64>>());
 
+    let v = audctl(&["-o", "json", "backup", "--repo", r, "verify", id]).await.ok().json();
+    assert!(
+        v["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "exported records" && c["actual"] == "90")),
+        "{v}"
+    );
+
     // One day of retention is below the guide's 7: recorded, but exit 1 with the reason.
     let out = audctl(&["--targets", t, "backup", "kafka", "--repo", r, "--topic", "short-lived"]).await;
     assert_eq!(out.code, Some(1), "{}", out.stderr);

@@ -527,3 +527,62 @@ async fn a_broken_chain_in_the_backup_fails_the_restore_verification() -> anyhow
     assert!(chains["actual"].as_str().is_some_and(|a| a.contains("globex") && a.contains("sequence 4")), "{report}");
     Ok(())
 }
+
+/// Rewrite a backup's times (as if taken `hours` ago) in its manifest.
+fn age_backup(dir: &Path, hours: i64) -> anyhow::Result<()> {
+    let path = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let at = chrono::Utc::now() - chrono::Duration::hours(hours);
+    m["started"] = json!(at);
+    m["finished"] = json!(at);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m)?)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_status_and_prune_follow_the_guide() -> anyhow::Result<()> {
+    let s = setup("audit").await?;
+    fill(&s.url, 30).await?;
+    let id =
+        id_of(&audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--repo", s.r()]).await.ok().json());
+
+    // A test-restore into scratch instances: dump restored and counted, base backup recovered.
+    let v = audctl(&["-o", "json", "backup", "--repo", s.r(), "verify", &id]).await.ok().json();
+    let checks = v["checks"].as_array().context("checks")?;
+    assert!(checks.iter().all(|c| c["ok"] == true), "{v}");
+    assert!(checks.iter().any(|c| c["name"] == "base backup recovers"), "{v}");
+    assert!(checks.iter().any(|c| c["name"] == "dump: rows public.events" && c["actual"] == "90"), "{v}");
+    let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
+    assert!(list["backups"][0]["verified"].is_string(), "{list}");
+
+    // Fresh: status passes. Two hours old: PostgreSQL's hourly cadence is missed, exit 1.
+    let st = audctl(&["--targets", s.t(), "-o", "json", "backup", "--repo", s.r(), "status"]).await.ok().json();
+    assert_eq!(st["components"][0]["overdue"], false, "{st}");
+    let dir = s.repo.join("postgres").join(&id);
+    age_backup(&dir, 2)?;
+    let st = audctl(&["--targets", s.t(), "-o", "json", "backup", "--repo", s.r(), "status"]).await;
+    assert_eq!(st.code, Some(1), "{}", st.stderr);
+    assert_eq!(st.json()["components"][0]["overdue"], true);
+
+    // Retention: 7 days for PostgreSQL. A fresh backup and a 9-day-old one: dry run deletes nothing.
+    let fresh = id_of(
+        &audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+            .await
+            .ok()
+            .json(),
+    );
+    age_backup(&dir, 9 * 24)?;
+    let p = audctl(&["-o", "json", "backup", "--repo", s.r(), "prune"]).await.ok().json();
+    let row = |p: &Value, id: &str| {
+        p["rows"].as_array().and_then(|r| r.iter().find(|x| x["id"] == id).cloned()).unwrap_or_default()
+    };
+    assert_eq!(row(&p, &id)["action"], "delete", "{p}");
+    assert_eq!(row(&p, &fresh)["action"], "keep", "{p}");
+    assert!(dir.exists(), "a dry run deleted something");
+    audctl(&["backup", "--repo", s.r(), "prune", "--confirm"]).await.ok();
+    assert!(!dir.exists());
+    let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
+    assert_eq!(list["backups"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["backups"][0]["id"], fresh.as_str());
+    Ok(())
+}

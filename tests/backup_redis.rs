@@ -76,6 +76,10 @@ async fn backup_from_replica_wipe_restore_keeps_keys_and_ttls() -> anyhow::Resul
     let extra: Option<String> = con.get("extra").await?;
     assert_eq!(extra, None);
 
+    // A test-restore into a scratch redis-server.
+    let v = audctl(&["-o", "json", "backup", "--repo", r, "verify", &id]).await.ok().json();
+    assert!(v["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["ok"] == true)), "{v}");
+
     // A truncated RDB is refused before the target is touched.
     let path = repo.join("redis").join(&id).join("dump.rdb");
     let bytes = std::fs::read(&path)?;

@@ -112,6 +112,12 @@ async fn round_trip(product: Product) -> anyhow::Result<()> {
     let list = audctl(&["-o", "json", "backup", "--repo", r, "list", "--component", "search"]).await.ok().json();
     assert_eq!(list["backups"].as_array().map(Vec::len), Some(2), "{list}");
 
+    // A test-restore under scratch names, removed afterwards.
+    let v = audctl(&["--targets", t, "-o", "json", "backup", "--repo", r, "verify", &id]).await.ok().json();
+    assert!(v["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["ok"] == true)), "{v}");
+    let indices = call(&node, reqwest::Method::GET, "/_cat/indices?format=json", None).await?;
+    assert!(!indices.to_string().contains("audctl-verify"), "scratch indices left: {indices}");
+
     // A corrupted snapshot description is refused before the cluster is touched.
     let path = repo.join("search").join(&id).join("snapshot.json");
     let mut bytes = std::fs::read(&path)?;

@@ -21,7 +21,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{BackupArgs, BackupCommand, GlobalArgs, RestoreArgs, RestoreCommand};
+use crate::cli::{
+    BackupArgs, BackupCommand, BackupPruneArgs, BackupStatusArgs, BackupVerifyArgs, GlobalArgs, RestoreArgs,
+    RestoreCommand,
+};
 use crate::error::{CheckFailed, Failure, usage};
 use crate::evidence::{self, Evidence, Outcome};
 use crate::output::{self, Report};
@@ -145,6 +148,9 @@ pub fn run_backup(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> 
             runtime()?.block_on(recorded(&ctx, "backup", Component::Kafka, kafka::backup(&ctx, a)))
         }
         BackupCommand::List(a) => list(&ctx, a.component.as_deref()),
+        BackupCommand::Status(a) => status(&ctx, a),
+        BackupCommand::Prune(a) => runtime()?.block_on(prune(&ctx, a)),
+        BackupCommand::Verify(a) => runtime()?.block_on(verify(&ctx, a)),
     }
 }
 
@@ -473,4 +479,240 @@ impl RestoreReport {
         }
         e
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// status, prune, verify
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusRow {
+    component: Component,
+    cadence_seconds: u64,
+    rpo_target_seconds: u64,
+    newest: Option<String>,
+    newest_finished: Option<DateTime<Utc>>,
+    age_seconds: Option<i64>,
+    last_verified: Option<DateTime<Utc>>,
+    overdue: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusReport {
+    repo: String,
+    components: Vec<StatusRow>,
+}
+
+impl Report for StatusReport {
+    fn table(&self) -> comfy_table::Table {
+        let mut t = output::new_table([
+            "component",
+            "cadence (guide)",
+            "newest backup",
+            "age (current RPO)",
+            "last verify",
+            "status",
+        ]);
+        for r in &self.components {
+            t.add_row(vec![
+                r.component.to_string(),
+                human_duration(Duration::from_secs(r.cadence_seconds)),
+                r.newest.clone().unwrap_or_else(|| "none".into()),
+                r.age_seconds
+                    .map(|a| human_duration(Duration::from_secs(a.max(0) as u64)))
+                    .unwrap_or_else(|| "-".into()),
+                r.last_verified.map(|v| v.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into()),
+                if r.overdue { "OVERDUE" } else { "ok" }.into(),
+            ]);
+        }
+        t
+    }
+}
+
+fn status(ctx: &Ctx, args: &BackupStatusArgs) -> anyhow::Result<()> {
+    let only = args.component.as_deref().map(Component::parse).transpose()?;
+    let all = ctx.repo.list(None)?;
+    let configured: Vec<Component> = match ctx.targets() {
+        Some(t) => Component::ALL
+            .into_iter()
+            .filter(|c| match c {
+                Component::Postgres => t.postgres.is_some(),
+                Component::Search => t.search.is_some(),
+                Component::Redis => t.redis.is_some(),
+                Component::Kafka => t.kafka.is_some(),
+            })
+            .collect(),
+        None => Component::ALL.into_iter().filter(|c| all.iter().any(|b| b.manifest.component == *c)).collect(),
+    };
+    let components: Vec<Component> = match only {
+        Some(c) => vec![c],
+        None => configured,
+    };
+    if components.is_empty() {
+        return Err(usage("no component to report on: name one with --component, or give a targets file"));
+    }
+    let now = Utc::now();
+    let grace = chrono::Duration::minutes(args.grace_minutes as i64);
+    let mut rows = Vec::new();
+    for c in components {
+        let policy = c.policy();
+        let newest = all.iter().find(|b| b.manifest.component == c);
+        let last_verified = all.iter().filter(|b| b.manifest.component == c).filter_map(|b| b.verified).max();
+        let age = newest.map(|b| now - b.manifest.finished);
+        let allowed = chrono::Duration::from_std(policy.cadence).unwrap_or_default() + grace;
+        rows.push(StatusRow {
+            component: c,
+            cadence_seconds: policy.cadence.as_secs(),
+            rpo_target_seconds: RPO_TARGET.as_secs(),
+            newest: newest.map(|b| b.manifest.id.clone()),
+            newest_finished: newest.map(|b| b.manifest.finished),
+            age_seconds: age.map(|a| a.num_seconds()),
+            last_verified,
+            overdue: age.is_none_or(|a| a > allowed),
+        });
+    }
+    let report = StatusReport { repo: ctx.repo.display(), components: rows };
+    output::emit(ctx.global.output, &report)?;
+    let overdue: Vec<String> =
+        report.components.iter().filter(|r| r.overdue).map(|r| r.component.to_string()).collect();
+    if overdue.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckFailed(format!("backups overdue: {}", overdue.join(", "))).into())
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PruneRow {
+    id: String,
+    component: Option<Component>,
+    age_hours: f64,
+    action: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PruneReport {
+    dry_run: bool,
+    rows: Vec<PruneRow>,
+}
+
+impl Report for PruneReport {
+    fn table(&self) -> comfy_table::Table {
+        let mut t = output::new_table(["backup", "component", "age", "action", "why"]);
+        for r in &self.rows {
+            t.add_row(vec![
+                r.id.clone(),
+                r.component.map(|c| c.to_string()).unwrap_or_else(|| "(incomplete)".into()),
+                format!("{:.1} h", r.age_hours),
+                r.action.clone(),
+                r.reason.clone(),
+            ]);
+        }
+        t
+    }
+}
+
+async fn prune(ctx: &Ctx<'_>, args: &BackupPruneArgs) -> anyhow::Result<()> {
+    let only = args.component.as_deref().map(Component::parse).transpose()?;
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    let mut doomed = Vec::new();
+    for c in Component::ALL.into_iter().filter(|c| only.is_none_or(|o| o == *c)) {
+        let retention = chrono::Duration::from_std(c.policy().retention).unwrap_or_default();
+        for (i, b) in ctx.repo.list(Some(c))?.into_iter().enumerate() {
+            let age = now - b.manifest.finished;
+            let (action, reason) = if i == 0 {
+                ("keep", "newest backup, always kept".to_owned())
+            } else if age > retention {
+                ("delete", format!("older than the guide's {} retention", human_duration(c.policy().retention)))
+            } else {
+                ("keep", "within retention".to_owned())
+            };
+            rows.push(PruneRow {
+                id: b.manifest.id.clone(),
+                component: Some(c),
+                age_hours: age.num_seconds() as f64 / 3600.0,
+                action: action.into(),
+                reason,
+            });
+            if action == "delete" {
+                doomed.push(b);
+            }
+        }
+    }
+    // Interrupted backups: deleted once a day old (a younger one may still be running).
+    let mut stale_partials = Vec::new();
+    if only.is_none() {
+        for (id, modified) in ctx.repo.partial_ages() {
+            let age = modified.and_then(|m| m.elapsed().ok()).unwrap_or_default();
+            let old = age > Duration::from_secs(24 * 3600);
+            rows.push(PruneRow {
+                id: id.clone(),
+                component: None,
+                age_hours: age.as_secs_f64() / 3600.0,
+                action: if old { "delete" } else { "keep" }.into(),
+                reason: if old { "interrupted backup" } else { "incomplete, may still be running" }.into(),
+            });
+            if old {
+                stale_partials.push(id);
+            }
+        }
+    }
+    let report = PruneReport { dry_run: !args.confirm, rows };
+    output::emit(ctx.global.output, &report)?;
+    if !args.confirm {
+        eprintln!(
+            "dry run: {} backups would be deleted; run again with --confirm to delete them",
+            doomed.len() + stale_partials.len()
+        );
+        return Ok(());
+    }
+    for b in &doomed {
+        if b.manifest.component == Component::Search {
+            search::delete_snapshot(ctx, &b.manifest)
+                .await
+                .with_context(|| format!("deleting the snapshot of {}", b.manifest.id))?;
+        }
+        ctx.repo.remove(b)?;
+    }
+    for id in &stale_partials {
+        ctx.repo.remove_partial(id)?;
+    }
+    eprintln!("deleted {} backups", doomed.len() + stale_partials.len());
+    Ok(())
+}
+
+async fn verify(ctx: &Ctx<'_>, args: &BackupVerifyArgs) -> anyhow::Result<()> {
+    let stored = ctx.repo.find(&args.id)?;
+    let component = stored.manifest.component;
+    let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work = async {
+        let started = Utc::now();
+        let t0 = std::time::Instant::now();
+        let checks = match component {
+            Component::Postgres => postgres::verify(&stored, &scratch).await?,
+            Component::Search => search::verify(ctx, &stored).await?,
+            Component::Redis => redis::verify(&stored).await?,
+            Component::Kafka => kafka::verify(&stored)?,
+        };
+        let mut report = RestoreReport {
+            backup: stored.manifest.id.clone(),
+            component,
+            target: "scratch (backup verify)".into(),
+            point_in_time: None,
+            duration_seconds: 0.0,
+            checks,
+        };
+        report.add_rto(t0.elapsed());
+        output::emit(ctx.global.output, &report)?;
+        if report.ok() {
+            ctx.repo.mark_verified(&stored, Utc::now(), &serde_json::to_value(&report.checks)?)?;
+        }
+        Ok(report.evidence(started).figure("verify", true))
+    };
+    recorded(ctx, "restore", component, work).await
 }

@@ -722,6 +722,8 @@ pub enum RecoveryTarget {
     Lsn(String),
     Xid(u64),
     Name(String),
+    /// The end of the base backup (the earliest consistent point).
+    Immediate,
 }
 
 impl RecoveryTarget {
@@ -760,6 +762,7 @@ impl RecoveryTarget {
             RecoveryTarget::Lsn(l) => format!("LSN {l}"),
             RecoveryTarget::Xid(x) => format!("transaction {x}"),
             RecoveryTarget::Name(n) => format!("restore point {n:?}"),
+            RecoveryTarget::Immediate => "the end of the base backup".to_owned(),
         }
     }
 
@@ -770,6 +773,7 @@ impl RecoveryTarget {
             RecoveryTarget::Lsn(l) => ("recovery_target_lsn", l.clone()),
             RecoveryTarget::Xid(x) => ("recovery_target_xid", x.to_string()),
             RecoveryTarget::Name(n) => ("recovery_target_name", n.clone()),
+            RecoveryTarget::Immediate => ("recovery_target", "immediate".to_owned()),
         }
     }
 
@@ -927,7 +931,7 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evid
             let wal_files: Vec<PathBuf> = wal_sources.iter().map(|(b, f)| b.dir.join(&f.path)).collect();
             let mut scratch = Scratch::create(&scratch_root, bin.clone())?;
             scratch.lay_out(&base_files, &wal_files, wal_archive.as_deref(), c.wal_segment_size)?;
-            scratch.start(t, &c.user).await?;
+            scratch.start(Some(t), &c.user).await?;
             let mut sc = scratch.connect(&c.user, &c.database).await?;
             let counts = table_counts(&mut sc).await?;
             drop(sc);
@@ -954,16 +958,29 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evid
             got == Some(*n),
         ));
     }
-    match verify_chains(&mut conn).await? {
-        None => report.checks.push(Check::new(
+    chain_checks(&mut conn, expected_heads.as_ref(), &mut report.checks).await?;
+    let took = t0.elapsed();
+    report.add_rto(took);
+    output::emit(ctx.global.output, &report)?;
+    Ok(report.evidence(started))
+}
+
+/// Re-verify every tenant's chain in `conn`'s database; compare the heads with `expected_heads`.
+async fn chain_checks(
+    conn: &mut PgConnection,
+    expected_heads: Option<&BTreeMap<String, Head>>,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<()> {
+    match verify_chains(conn).await? {
+        None => checks.push(Check::new(
             "hash chains",
             "audit tables",
             "none in this database",
-            expected_heads.as_ref().is_none_or(|h| h.is_empty()),
+            expected_heads.is_none_or(|h| h.is_empty()),
         )),
         Some((chains, heads)) => {
             let broken: Vec<&TenantChain> = chains.iter().filter(|c| c.broken.is_some()).collect();
-            report.checks.push(Check::new(
+            checks.push(Check::new(
                 "hash chains",
                 format!("{} tenants intact", chains.len()),
                 if broken.is_empty() {
@@ -977,9 +994,9 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evid
                 },
                 broken.is_empty(),
             ));
-            if let Some(exp) = &expected_heads {
-                let same = *exp == heads;
-                report.checks.push(Check::new(
+            if let Some(exp) = expected_heads {
+                let same = exp == &heads;
+                checks.push(Check::new(
                     "chain heads as in the backup",
                     format!("{} tenants", exp.len()),
                     if same { format!("{} tenants, identical", heads.len()) } else { "different".into() },
@@ -988,10 +1005,60 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evid
             }
         }
     }
-    let took = t0.elapsed();
-    report.add_rto(took);
-    output::emit(ctx.global.output, &report)?;
-    Ok(report.evidence(started))
+    Ok(())
+}
+
+/// `backup verify`: restore the dump into a scratch cluster and recover the base backup to its end
+/// in another, and run the restore's verification on each, without touching any real server.
+pub async fn verify(stored: &Stored, scratch_root: &Path) -> anyhow::Result<Vec<Check>> {
+    let m = &stored.manifest;
+    let c = consistency(m)?;
+    let mut checks = Vec::new();
+    let progress = Bytes::new("verifying checksums", Some(m.size));
+    let n = tokio::task::block_in_place(|| repo::verify_files(stored, |_| true, &progress))?;
+    progress.finish();
+    checks.push(Check::new("checksums", format!("{} files", m.files.len()), format!("{n} files intact"), true));
+    let bin = bin_dir(c.server_major)?;
+    if let Some(d) = &c.dump {
+        let mut s = Scratch::create(scratch_root, bin.clone())?;
+        s.init(&c.user)?;
+        s.start(None, &c.user).await?;
+        tokio::task::block_in_place(|| s.restore_dump(&c.user, &c.database, &stored.dir.join(&d.file)))?;
+        let mut conn = s.connect(&c.user, &c.database).await?;
+        let actual = table_counts(&mut conn).await?;
+        for (table, n) in &d.tables {
+            let got = actual.get(table).copied();
+            checks.push(Check::new(
+                format!("dump: rows {table}"),
+                n,
+                got.map(|g| g.to_string()).unwrap_or_else(|| "missing".into()),
+                got == Some(*n),
+            ));
+        }
+        chain_checks(&mut conn, Some(&d.tenants), &mut checks).await?;
+        drop(conn);
+        s.stop();
+    }
+    if let Some(base) = &c.base {
+        let mut s = Scratch::create(scratch_root, bin)?;
+        let base_files: Vec<PathBuf> =
+            m.files.iter().filter(|f| f.path.starts_with("base/")).map(|f| stored.dir.join(&f.path)).collect();
+        let wal: Vec<PathBuf> =
+            m.files.iter().filter(|f| f.path.starts_with("wal/")).map(|f| stored.dir.join(&f.path)).collect();
+        s.lay_out(&base_files, &wal, None, c.wal_segment_size)?;
+        s.start(Some(&RecoveryTarget::Immediate), &c.user).await?;
+        checks.push(Check::new(
+            "base backup recovers",
+            format!("consistent at {}", base.end_lsn),
+            "recovered and promoted",
+            true,
+        ));
+        let mut conn = s.connect(&c.user, &c.database).await?;
+        chain_checks(&mut conn, None, &mut checks).await?;
+        drop(conn);
+        s.stop();
+    }
+    Ok(checks)
 }
 
 /// `id`, or for `latest` the newest backup that can serve the request.
@@ -1169,21 +1236,17 @@ impl Scratch {
         Ok(())
     }
 
-    async fn start(&mut self, target: &RecoveryTarget, user: &str) -> anyhow::Result<()> {
+    async fn start(&mut self, target: Option<&RecoveryTarget>, user: &str) -> anyhow::Result<()> {
         let waldir = self.dir.path().join("wal");
-        let (key, value) = target.settings();
         let mut cmd = Command::new(self.bin.join("postgres"));
         cmd.arg("-D").arg(self.data());
-        let settings = [
+        let mut settings = vec![
             ("port", self.port.to_string()),
             ("listen_addresses", String::new()),
             ("unix_socket_directories", self.sockets().display().to_string()),
             ("hba_file", self.dir.path().join("pg_hba.conf").display().to_string()),
             ("ident_file", self.dir.path().join("pg_ident.conf").display().to_string()),
             ("archive_mode", "off".into()),
-            ("restore_command", format!("cp \"{}/%f\" \"%p\"", waldir.display())),
-            (key, value),
-            ("recovery_target_action", "promote".into()),
             ("hot_standby", "off".into()),
             ("primary_conninfo", String::new()),
             ("primary_slot_name", String::new()),
@@ -1194,6 +1257,12 @@ impl Scratch {
             ("logging_collector", "off".into()),
             ("cluster_name", "audctl-restore".into()),
         ];
+        if let Some(t) = target {
+            let (key, value) = t.settings();
+            settings.push(("restore_command", format!("cp \"{}/%f\" \"%p\"", waldir.display())));
+            settings.push((key, value));
+            settings.push(("recovery_target_action", "promote".into()));
+        }
         for (k, v) in settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
@@ -1206,7 +1275,10 @@ impl Scratch {
         }
         die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn().with_context(|| format!("starting {}", self.bin.join("postgres").display()))?);
-        let spinner = output::spinner(format!("recovering to {}", target.describe()));
+        let spinner = output::spinner(match target {
+            Some(t) => format!("recovering to {}", t.describe()),
+            None => "starting a scratch PostgreSQL".to_owned(),
+        });
         let deadline = Instant::now() + Duration::from_secs(12 * 3600);
         loop {
             if let Some(child) = self.child.as_mut()
@@ -1229,6 +1301,40 @@ impl Scratch {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// A new empty cluster whose superuser is `user` (for restoring a dump).
+    fn init(&self, user: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.sockets())?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(self.dir.path(), Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(self.sockets(), Some(uid), Some(gid))?;
+        }
+        std::fs::write(self.dir.path().join("pg_hba.conf"), b"local all all trust\n")?;
+        std::fs::write(self.dir.path().join("pg_ident.conf"), b"")?;
+        let mut cmd = Command::new(self.bin.join("initdb"));
+        cmd.arg("-D")
+            .arg(self.data())
+            .args(["-U", user, "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions"])
+            .current_dir(self.dir.path());
+        self.as_owner(&mut cmd);
+        run(&mut cmd, "initdb of the scratch cluster")
+    }
+
+    /// pg_restore `file` into a new database `db` of this instance.
+    fn restore_dump(&self, user: &str, db: &str, file: &Path) -> anyhow::Result<()> {
+        let socket_args = |cmd: &mut Command| {
+            cmd.arg("-h").arg(self.sockets()).args(["-p", &self.port.to_string(), "-U", user]).env_remove("PGPASSWORD");
+        };
+        let mut create = Command::new(self.bin.join("createdb"));
+        socket_args(&mut create);
+        create.arg(db);
+        run(&mut create, "createdb in the scratch cluster")?;
+        let mut restore = Command::new(self.bin.join("pg_restore"));
+        socket_args(&mut restore);
+        pg_restore_args(&mut restore, false);
+        restore.args(["-d", db]).arg(file);
+        run(&mut restore, "pg_restore into the scratch cluster")
     }
 
     fn log_tail(&self, n: usize) -> String {

@@ -447,3 +447,20 @@ pub async fn restore(ctx: &Ctx<'_>, args: &RedisRestoreArgs) -> anyhow::Result<E
     output::emit(ctx.global.output, &report)?;
     Ok(report.evidence(started))
 }
+
+/// `backup verify`: load the RDB in a scratch redis-server and compare its keyspace with the manifest.
+pub async fn verify(stored: &repo::Stored) -> anyhow::Result<Vec<Check>> {
+    let point: RedisPoint =
+        serde_json::from_value(stored.manifest.consistency.clone()).context("unreadable Redis consistency point")?;
+    let n = repo::verify_files(stored, |_| true, &Bytes::hidden())?;
+    let mut checks = vec![Check::new("checksums", stored.manifest.files.len(), format!("{n} files intact"), true)];
+    let (scratch, mut sc) = Scratch::load(&stored.dir.join("dump.rdb")).await?;
+    let dbs = keyspace(&mut sc).await?;
+    drop(sc);
+    drop(scratch);
+    let keys: u64 = dbs.values().map(|v| v.0).sum();
+    // Keys whose TTL passed since the backup are not loaded: at most `expires` fewer.
+    let ok = keys <= point.keys && keys + point.expires >= point.keys;
+    checks.push(Check::new("keys loaded from the RDB", point.keys, keys, ok));
+    Ok(checks)
+}

@@ -181,6 +181,27 @@ impl Repo {
         Err(usage(format!("no backup {id} in {} (see `audctl backup list`)", self.display())))
     }
 
+    /// The complete backup `id`, whatever its component.
+    pub fn find(&self, id: &str) -> anyhow::Result<Stored> {
+        for c in Component::ALL {
+            if self.root().join(c.as_str()).join(id).join(MANIFEST).is_file() {
+                return self.open(id, c);
+            }
+        }
+        self.open(id, Component::Postgres)
+    }
+
+    /// Interrupted backups with their last modification time.
+    pub fn partial_ages(&self) -> Vec<(String, Option<std::time::SystemTime>)> {
+        self.partial()
+            .into_iter()
+            .map(|id| {
+                let t = std::fs::metadata(self.root().join(PARTIAL).join(&id)).and_then(|m| m.modified()).ok();
+                (id, t)
+            })
+            .collect()
+    }
+
     /// Record that `backup verify` passed on `stored` now.
     pub fn mark_verified(
         &self,

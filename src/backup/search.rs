@@ -347,3 +347,56 @@ pub async fn restore(ctx: &Ctx<'_>, args: &SearchRestoreArgs) -> anyhow::Result<
     output::emit(ctx.global.output, &report)?;
     Ok(report.evidence(started))
 }
+
+/// `backup verify`: restore the snapshot's indices into the same cluster under a scratch prefix,
+/// compare document counts, delete them.
+pub async fn verify(ctx: &Ctx<'_>, stored: &repo::Stored) -> anyhow::Result<Vec<Check>> {
+    let point: SnapshotPoint =
+        serde_json::from_value(stored.manifest.consistency.clone()).context("unreadable snapshot point")?;
+    let n = repo::verify_files(stored, |_| true, &Bytes::hidden())?;
+    let mut checks = vec![Check::new("checksums", stored.manifest.files.len(), format!("{n} files intact"), true)];
+    let (cluster, _) = cluster_from(ctx, None)?;
+    let prefix = format!("audctl-verify-{}-", Utc::now().timestamp());
+    let body = json!({
+        "indices": point.indices.keys().cloned().collect::<Vec<_>>().join(","),
+        "include_global_state": false,
+        "rename_pattern": "(.+)",
+        "rename_replacement": format!("{prefix}$1"),
+        "index_settings": {"index.number_of_replicas": 0},
+    });
+    let r = cluster
+        .ok(
+            reqwest::Method::POST,
+            &format!("/_snapshot/{}/{}/_restore?wait_for_completion=true", point.repository, point.snapshot),
+            Some(&body),
+        )
+        .await
+        .context("restoring the snapshot under a scratch name")?;
+    let failed = r.pointer("/snapshot/shards/failed").and_then(Value::as_u64).unwrap_or(0);
+    checks.push(Check::new("shards failed", 0, failed, failed == 0));
+    let actual = cluster.counts(&format!("{prefix}*")).await;
+    for index in point.indices.keys() {
+        cluster.call(reqwest::Method::DELETE, &format!("/{prefix}{index}"), None).await.ok();
+    }
+    let actual = actual?;
+    for (index, n) in &point.indices {
+        let got = actual.get(&format!("{prefix}{index}")).copied();
+        checks.push(Check::new(
+            format!("documents {index}"),
+            n,
+            got.map(|g| g.to_string()).unwrap_or_else(|| "missing".into()),
+            got == Some(*n),
+        ));
+    }
+    Ok(checks)
+}
+
+/// Delete a backup's snapshot from the cluster's repository (prune).
+pub async fn delete_snapshot(ctx: &Ctx<'_>, m: &Manifest) -> anyhow::Result<()> {
+    let point: SnapshotPoint = serde_json::from_value(m.consistency.clone()).context("unreadable snapshot point")?;
+    let (cluster, _) = cluster_from(ctx, None)?;
+    let (status, v) = cluster
+        .call(reqwest::Method::DELETE, &format!("/_snapshot/{}/{}", point.repository, point.snapshot), None)
+        .await?;
+    if status == 404 || (200..300).contains(&status) { Ok(()) } else { bail!("HTTP {status}: {}", reason(&v)) }
+}
