@@ -155,6 +155,8 @@ pub enum BackupCommand {
     Redis(RedisBackupArgs),
     /// Kafka: check the audit topic's retention (>= 7 days), record offsets; --export copies records.
     Kafka(KafkaBackupArgs),
+    /// Every component named in the targets file, in turn (the CronJobs' entry point).
+    All,
     /// List the complete backups in the repository, newest first.
     List(BackupListArgs),
     /// Current RPO per component against the guide's cadence; exit 1 when a backup is overdue.

@@ -76,6 +76,11 @@ async fn backup_from_replica_wipe_restore_keeps_keys_and_ttls() -> anyhow::Resul
     let extra: Option<String> = con.get("extra").await?;
     assert_eq!(extra, None);
 
+    // `backup all` takes every component of the targets file (here Redis) and prints one summary.
+    let all = audctl(&["--targets", t, "-o", "json", "backup", "--repo", r, "all"]).await.ok().json();
+    assert_eq!(all["backups"][0]["component"], "redis", "{all}");
+    assert_eq!(all["backups"][0]["outcome"], "ok", "{all}");
+
     // A test-restore into a scratch redis-server.
     let v = audctl(&["-o", "json", "backup", "--repo", r, "verify", &id]).await.ok().json();
     assert!(v["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["ok"] == true)), "{v}");

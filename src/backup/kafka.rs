@@ -24,7 +24,6 @@ use super::{Component, Ctx};
 use crate::cli::KafkaBackupArgs;
 use crate::error::{Unreachable, usage};
 use crate::evidence::{Evidence, Outcome};
-use crate::output;
 
 /// The guide's Kafka retention: 7 days.
 pub const REQUIRED_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -121,7 +120,7 @@ pub async fn backup(ctx: &Ctx<'_>, args: &KafkaBackupArgs) -> anyhow::Result<Evi
         serde_json::to_value(&point)?,
     );
     staging.commit(&manifest)?;
-    output::emit(ctx.global.output, &super::ManifestReport(manifest.clone()))?;
+    ctx.emit(&super::ManifestReport(manifest.clone()))?;
     let mut evidence = super::backup_evidence(&manifest).figure("retentionMs", retention_ms);
     if !retention_ok {
         eprintln!(

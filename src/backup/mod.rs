@@ -111,9 +111,16 @@ pub struct Ctx<'a> {
     pub global: &'a GlobalArgs,
     pub targets: Option<audctl_targets::Targets>,
     pub repo: Repo,
+    /// `backup all` prints one summary instead of each component's report.
+    pub quiet: bool,
 }
 
 impl Ctx<'_> {
+    /// A backup's report, unless a summary is printed instead.
+    pub fn emit<R: Report>(&self, report: &R) -> anyhow::Result<()> {
+        if self.quiet { Ok(()) } else { output::emit(self.global.output, report) }
+    }
+
     pub fn targets(&self) -> Option<&audctl_targets::Targets> {
         self.targets.as_ref()
     }
@@ -133,8 +140,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run_backup(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> {
     let targets = load_targets(global)?;
     let repo = Repo::resolve(args.repo.as_deref(), targets.as_ref())?;
-    let ctx = Ctx { global, targets, repo };
+    let mut ctx = Ctx { global, targets, repo, quiet: false };
     match &args.command {
+        BackupCommand::All => {
+            ctx.quiet = true;
+            runtime()?.block_on(all(&ctx))
+        }
         BackupCommand::Postgres(a) => {
             runtime()?.block_on(recorded(&ctx, "backup", Component::Postgres, postgres::backup(&ctx, a)))
         }
@@ -157,7 +168,7 @@ pub fn run_backup(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> 
 pub fn run_restore(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()> {
     let targets = load_targets(global)?;
     let repo = Repo::resolve(args.repo.as_deref(), targets.as_ref())?;
-    let ctx = Ctx { global, targets, repo };
+    let ctx = Ctx { global, targets, repo, quiet: false };
     match &args.command {
         RestoreCommand::Postgres(a) => {
             runtime()?.block_on(recorded(&ctx, "restore", Component::Postgres, postgres::restore(&ctx, a)))
@@ -715,4 +726,75 @@ async fn verify(ctx: &Ctx<'_>, args: &BackupVerifyArgs) -> anyhow::Result<()> {
         Ok(report.evidence(started).figure("verify", true))
     };
     recorded(ctx, "restore", component, work).await
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AllRow {
+    component: Component,
+    outcome: String,
+    summary: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AllReport {
+    backups: Vec<AllRow>,
+}
+
+impl Report for AllReport {
+    fn table(&self) -> comfy_table::Table {
+        let mut t = output::new_table(["component", "outcome", "summary"]);
+        for r in &self.backups {
+            t.add_row(vec![r.component.to_string(), r.outcome.clone(), r.summary.clone()]);
+        }
+        t
+    }
+}
+
+/// `backup all`: every component of the targets file, in turn; one failing does not stop the others.
+async fn all(ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    let t = ctx.targets().ok_or_else(|| usage("backup all needs a targets file (--targets FILE)"))?;
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for c in Component::ALL {
+        let result = match c {
+            Component::Postgres if t.postgres.is_some() => {
+                let a = crate::cli::PgBackupArgs { method: crate::cli::PgMethod::All, wal_archive: None };
+                recorded(ctx, "backup", c, postgres::backup(ctx, &a)).await
+            }
+            Component::Search if t.search.is_some() => {
+                let a = crate::cli::SearchBackupArgs { repository: None, register_fs: None, indices: "*".into() };
+                recorded(ctx, "backup", c, search::backup(ctx, &a)).await
+            }
+            Component::Redis if t.redis.is_some() => {
+                recorded(ctx, "backup", c, redis::backup(ctx, &crate::cli::RedisBackupArgs {})).await
+            }
+            Component::Kafka if t.kafka.is_some() => {
+                let a = crate::cli::KafkaBackupArgs { export: false, topic: None };
+                recorded(ctx, "backup", c, kafka::backup(ctx, &a)).await
+            }
+            _ => continue,
+        };
+        let newest = ctx.repo.list(Some(c)).ok().and_then(|l| l.into_iter().next());
+        match result {
+            Ok(()) => rows.push(AllRow {
+                component: c,
+                outcome: "ok".into(),
+                summary: newest
+                    .map(|b| format!("{} ({})", b.manifest.id, human_bytes(b.manifest.size)))
+                    .unwrap_or_default(),
+            }),
+            Err(e) => {
+                failed.push(c.to_string());
+                rows.push(AllRow {
+                    component: c,
+                    outcome: "FAILED".into(),
+                    summary: crate::error::chain(&e).to_string(),
+                });
+            }
+        }
+    }
+    output::emit(ctx.global.output, &AllReport { backups: rows })?;
+    if failed.is_empty() { Ok(()) } else { Err(anyhow::anyhow!("backups failed: {}", failed.join(", "))) }
 }

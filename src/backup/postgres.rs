@@ -544,7 +544,7 @@ pub async fn backup(ctx: &Ctx<'_>, args: &PgBackupArgs) -> anyhow::Result<Eviden
         files: manifest.files.clone(),
         consistency: c,
     };
-    output::emit(ctx.global.output, &report)?;
+    ctx.emit(&report)?;
     Ok(super::backup_evidence(&manifest))
 }
 

@@ -314,7 +314,7 @@ pub async fn backup(ctx: &Ctx<'_>, _args: &RedisBackupArgs) -> anyhow::Result<Ev
         serde_json::to_value(&point)?,
     );
     staging.commit(&manifest)?;
-    output::emit(ctx.global.output, &super::ManifestReport(manifest.clone()))?;
+    ctx.emit(&super::ManifestReport(manifest.clone()))?;
     Ok(super::backup_evidence(&manifest))
 }
 

@@ -237,7 +237,7 @@ pub async fn backup(ctx: &Ctx<'_>, args: &SearchBackupArgs) -> anyhow::Result<Ev
         serde_json::to_value(&point)?,
     );
     staging.commit(&manifest)?;
-    output::emit(ctx.global.output, &json_report(&manifest))?;
+    ctx.emit(&json_report(&manifest))?;
     Ok(super::backup_evidence(&manifest))
 }
 
