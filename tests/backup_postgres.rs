@@ -74,7 +74,7 @@ async fn server(url: &str) -> anyhow::Result<Server> {
 fn event(tenant: &str, n: usize) -> Value {
     json!({
         "actor": {"id": format!("user-{}", n % 7), "type": "USER", "attributes": {"n": n, "ratio": 0.5}},
-        "action": {"type": if n % 2 == 0 { "LOGIN" } else { "UPDATE" }, "description": "naïve \"quoted\" / line\nbreak"},
+        "action": {"type": if n.is_multiple_of(2) { "LOGIN" } else { "UPDATE" }, "description": "naïve \"quoted\" / line\nbreak"},
         "resource": {"id": format!("doc-{n}"), "type": "DOCUMENT", "after": {"k": [1, 2, {"z": null}]}},
         "metadata": {"source": "backup-test", "tenantId": tenant, "tags": {"b": "2", "a": "1"}}
     })

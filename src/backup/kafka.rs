@@ -81,7 +81,7 @@ pub async fn backup(ctx: &Ctx<'_>, args: &KafkaBackupArgs) -> anyhow::Result<Evi
         .and_then(|e| e.value.as_deref())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("topic {topic}: no retention.ms in its configuration (does the topic exist?)"))?;
-    let retention_ok = retention_ms < 0 || retention_ms >= REQUIRED_RETENTION_MS;
+    let retention_ok = !(0..REQUIRED_RETENTION_MS).contains(&retention_ms);
 
     let consumer: BaseConsumer = config.create().context("creating the Kafka consumer")?;
     let (partitions, version) = tokio::task::block_in_place(|| -> anyhow::Result<_> {

@@ -62,7 +62,7 @@ impl Endpoint {
                 url.scheme()
             )));
         }
-        let inline = url.password().map(|p| percent_decode(p));
+        let inline = url.password().map(percent_decode);
         let _ = url.set_password(None);
         if url.host_str().is_none_or(str::is_empty) {
             return Err(usage(format!("{what} {url}: no host")));
@@ -134,12 +134,12 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        let hex =
+            if bytes[i] == b'%' && i + 2 < bytes.len() { std::str::from_utf8(&bytes[i + 1..i + 3]).ok() } else { None };
+        if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
