@@ -11,6 +11,8 @@ pub enum BenchTarget {
     Server,
     /// `audctl render` of values-prod.
     Render,
+    /// `audctl backup postgres` against plain pg_dump on >= 1 GB of audit events; restore vs RTO.
+    Backup,
 }
 
 #[derive(clap::Args)]
@@ -26,6 +28,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.target == BenchTarget::Server {
         server()?;
+    }
+    if all || args.target == BenchTarget::Backup {
+        backup()?;
     }
     Ok(())
 }
@@ -47,5 +52,15 @@ fn server() -> anyhow::Result<()> {
     crate::util::step(
         "bench server (pgbench ceiling, then the audit server on PostgreSQL)",
         crate::util::cargo().args(["run", "--release", "-p", "audit-server", "--example", "bench"]),
+    )
+}
+
+/// audctl's `bench_backup` example (release build; it finds the release audctl next to it): 1 GB of
+/// audit events with valid chains loaded with COPY, then pg_dump and audctl twice each, alternating.
+fn backup() -> anyhow::Result<()> {
+    crate::util::step("build audctl (release)", crate::util::cargo().args(["build", "--release", "-p", "audctl"]))?;
+    crate::util::step(
+        "bench backup (pg_dump vs audctl backup postgres on >= 1 GB, restore vs RTO)",
+        crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_backup"]),
     )
 }
