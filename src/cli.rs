@@ -189,9 +189,12 @@ pub struct BackupPruneArgs {
 
 #[derive(Debug, Args)]
 pub struct BackupVerifyArgs {
-    /// Backup id (see `audctl backup list`).
+    /// Backup id (see `audctl backup list`), or `latest` with --component.
     #[arg(value_name = "BACKUP_ID")]
     pub id: String,
+    /// With `latest`: whose newest backup (postgres, search, redis, kafka).
+    #[arg(long, value_name = "COMPONENT", default_value = "postgres")]
+    pub component: String,
     /// Where scratch instances live (default: the system temp dir).
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,

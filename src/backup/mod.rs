@@ -698,7 +698,11 @@ async fn prune(ctx: &Ctx<'_>, args: &BackupPruneArgs) -> anyhow::Result<()> {
 }
 
 async fn verify(ctx: &Ctx<'_>, args: &BackupVerifyArgs) -> anyhow::Result<()> {
-    let stored = ctx.repo.find(&args.id)?;
+    let stored = if args.id == "latest" {
+        ctx.repo.open("latest", Component::parse(&args.component)?)?
+    } else {
+        ctx.repo.find(&args.id)?
+    };
     let component = stored.manifest.component;
     let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = async {
