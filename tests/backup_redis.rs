@@ -96,3 +96,51 @@ async fn backup_from_replica_wipe_restore_keeps_keys_and_ttls() -> anyhow::Resul
     assert_eq!(size, 524);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_and_restores_write_evidence_records() -> anyhow::Result<()> {
+    use audctl::evidence::{self, Outcome};
+    use audctl::kube::KubeSettings;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, ObjectMeta, PostParams};
+
+    let (rs, kube) = tokio::try_join!(
+        testbed::redis_sentinel(),
+        testbed::kube_with(testbed::KubeOptions { crds: false, ..Default::default() })
+    )?;
+    let settings = KubeSettings { kubeconfig: kube.target().kubeconfig, context: kube.target().context };
+    let client = settings.client().await?;
+    let ns = "audit-trail";
+    let namespace =
+        Namespace { metadata: ObjectMeta { name: Some(ns.into()), ..Default::default() }, ..Default::default() };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await?;
+    let mut con = redis::Client::open(rs.master_url())?.get_multiplexed_async_connection().await?;
+    let _: () = con.set("k", "v").await?;
+
+    let dir = tempfile::tempdir()?;
+    let targets = Targets { redis: Some(rs.target()), kube: Some(kube.target()), ..Default::default() };
+    let targets = targets_file(dir.path(), &targets);
+    let t = targets.to_str().unwrap_or_default();
+    let repo = dir.path().join("repo");
+    let r = repo.to_str().unwrap_or_default();
+
+    let out = audctl(&["--targets", t, "-o", "json", "backup", "redis", "--repo", r]).await.ok();
+    assert!(out.stderr.contains("evidence: recorded"), "{}", out.stderr);
+    let id = out.json()["id"].as_str().unwrap_or_default().to_owned();
+    audctl(&["--targets", t, "restore", "redis", &id, "--repo", r, "--yes", "--force"]).await.ok();
+    std::fs::write(repo.join("redis").join(&id).join("dump.rdb"), b"garbage")?;
+    let out = audctl(&["--targets", t, "restore", "redis", &id, "--repo", r, "--yes", "--force"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+
+    let backups = evidence::list(&client, ns, Some("backup")).await?;
+    assert_eq!(backups.len(), 1);
+    let b = &backups[0].evidence;
+    assert_eq!((b.outcome, b.subject.as_deref()), (Outcome::Success, Some("redis")));
+    assert_eq!(b.figures["backupId"], id.as_str());
+    let restores = evidence::list(&client, ns, Some("restore")).await?;
+    let outcomes: Vec<Outcome> = restores.iter().map(|s| s.evidence.outcome).collect();
+    assert_eq!(outcomes, vec![Outcome::Error, Outcome::Success], "newest first");
+    assert!(restores[1].evidence.figures["durationSeconds"].as_f64().is_some());
+    assert!(restores[0].evidence.summary.contains("dump.rdb"), "{}", restores[0].evidence.summary);
+    Ok(())
+}
