@@ -416,6 +416,13 @@ async fn interrupted_backup_never_appears_complete() -> anyhow::Result<()> {
     }
     child.kill()?;
     child.wait()?;
+    // Its tools die with it (pg_dump on a broken pipe, pg_basebackup by its parent-death signal).
+    let marker = format!("127.0.0.1:{}/audit", s.pg.port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(left) = tool_running(&marker) {
+        ensure!(Instant::now() < deadline, "{left} still running after audctl was killed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
     assert_eq!(list["backups"].as_array().map(Vec::len), Some(0), "{list}");
@@ -437,6 +444,17 @@ async fn interrupted_backup_never_appears_complete() -> anyhow::Result<()> {
     audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await.ok();
     assert_eq!(scalar(&target, "SELECT count(*) FROM filler").await?, "1500000");
     Ok(())
+}
+
+/// A pg_dump or pg_basebackup whose command line mentions `marker`.
+fn tool_running(marker: &str) -> Option<String> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries.flatten().find_map(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let tool = text.contains("pg_dump") || text.contains("pg_basebackup");
+        (tool && text.contains(marker)).then_some(text)
+    })
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
