@@ -827,8 +827,8 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evid
             )));
         }
         (Some(_), _, Some(_)) => {
-            // WAL kept by this backup and every later one (each segment is stored once).
-            for later in all.iter().filter(|b| b.manifest.finished >= m.finished) {
+            // WAL kept by this backup and every later one of the same server (each segment is stored once).
+            for later in all.iter().filter(|b| b.manifest.finished >= m.finished && b.manifest.source == m.source) {
                 for f in later.manifest.files.iter().filter(|f| f.path.starts_with("wal/")) {
                     wal_sources.push((later.clone(), f.clone()));
                 }
