@@ -42,7 +42,8 @@ pub struct GlobalArgs {
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     /// Disable colours (also honoured: the NO_COLOR environment variable).
-    #[arg(long, global = true, env = "NO_COLOR")]
+    // NO_COLOR is set to any value by convention (NO_COLOR=1); a plain bool flag would refuse "1".
+    #[arg(long, global = true, env = "NO_COLOR", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_color: bool,
     /// More log output on stderr (-v info, -vv debug, -vvv trace); AUDCTL_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -66,17 +67,17 @@ pub enum Command {
     /// Render values files into Kubernetes manifests.
     Render(RenderArgs),
     /// Run the go-live checklist as live probes against cluster and datastores.
-    Check(PendingArgs),
+    Check(CheckArgs),
     /// Sign off a checklist item no probe can prove.
-    Attest(PendingArgs),
+    Attest(AttestArgs),
     /// Apply the release to the cluster, wait for it, roll back on failure.
-    Deploy(PendingArgs),
-    /// Show what a deploy would change in the cluster.
-    Diff(PendingArgs),
-    /// List the releases deployed to the cluster.
-    History(PendingArgs),
-    /// Roll the release back to an earlier revision.
-    Rollback(PendingArgs),
+    Deploy(DeployArgs),
+    /// Show what a deploy would change in the cluster (exit 1 when something would).
+    Diff(DiffArgs),
+    /// List the recorded revisions of a release.
+    History(HistoryArgs),
+    /// Re-apply an earlier recorded revision of the release and wait for it.
+    Rollback(RollbackArgs),
     /// Verify the running service end to end (D-Day smoke tests).
     Smoke(PendingArgs),
     /// Generate load against the service and enforce latency/error thresholds.
@@ -133,6 +134,183 @@ pub struct RenderArgs {
     /// Print the JSON Schema of the values and exit.
     #[arg(long, conflicts_with_all = ["values", "set", "templates", "output_dir"])]
     pub schema: bool,
+}
+
+/// `audctl check`: the go-live checklist proven live.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only the items of this phase (preprod, j-7, j-1, d-day, j+1); repeatable. Default: every phase.
+    #[arg(long, value_name = "PHASE", value_parser = ["preprod", "j-7", "j-1", "d-day", "j+1"])]
+    pub phase: Vec<String>,
+    /// Only these items (ids, comma-separated or repeated).
+    #[arg(long, value_name = "ID,..")]
+    pub only: Vec<String>,
+    /// Leave these items out (ids, comma-separated or repeated).
+    #[arg(long, value_name = "ID,..")]
+    pub skip: Vec<String>,
+    /// Values file, as for render (manifest probes check exactly what would be deployed); repeatable.
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Set one value after the files, as for render; repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Overall deadline of the run (each probe also has its own timeout), e.g. 60s, 2m.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub timeout: String,
+    /// Checklist file instead of the embedded checklists/go-live.yaml.
+    #[arg(long, value_name = "FILE")]
+    pub checklist: Option<PathBuf>,
+    /// Waivers file (item, reason, owner, expires); default: checklists/waivers.yaml when present.
+    #[arg(long, value_name = "FILE")]
+    pub waivers: Option<PathBuf>,
+    /// Oldest evidence record accepted by evidence items, overriding each item's maxAge (e.g. 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub evidence_max_age: Option<String>,
+    /// Do not write this run's evidence record to the cluster.
+    #[arg(long)]
+    pub no_record: bool,
+    /// List the registered probes and exit.
+    #[arg(long)]
+    pub list_probes: bool,
+    /// Also write an event in a dedicated tenant, read it back and verify its chain (service.write).
+    /// Off by default: a check should not write to production unless asked.
+    #[arg(long)]
+    pub write_probe: bool,
+}
+
+/// `audctl attest`: sign off a checklist item no probe can prove.
+#[derive(Debug, Args)]
+pub struct AttestArgs {
+    /// Checklist item id (see `audctl check -o json`).
+    #[arg(value_name = "ITEM", required_unless_present = "list")]
+    pub item: Option<String>,
+    /// Who signs off (name or e-mail).
+    #[arg(long, value_name = "NAME", required_unless_present_any = ["list", "revoke"])]
+    pub by: Option<String>,
+    /// What was checked, where the proof is.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    /// Link to the proof (runbook, ticket, report).
+    #[arg(long, value_name = "URL")]
+    pub link: Option<String>,
+    /// When the sign-off lapses: YYYY-MM-DD (valid through that day, UTC) or RFC 3339.
+    #[arg(long, value_name = "DATE")]
+    pub expires: Option<String>,
+    /// List the attestations of the namespace.
+    #[arg(long, conflicts_with_all = ["item", "by", "note", "link", "expires", "revoke"])]
+    pub list: bool,
+    /// Remove the attestation of ITEM.
+    #[arg(long, conflicts_with_all = ["by", "note", "link", "expires"])]
+    pub revoke: bool,
+    /// Checklist file instead of the embedded checklists/go-live.yaml.
+    #[arg(long, value_name = "FILE")]
+    pub checklist: Option<PathBuf>,
+}
+
+/// `audctl deploy`: render (same inputs as `render`), apply server-side, wait, record the revision.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Values file, merged over the defaults; repeat to layer files (later files win).
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Set one value after the files (as for `render`); repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Use the *.j2 templates of this directory instead of the embedded ones (as for `render`).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// Server-side dry run: the API server validates and admits every object, nothing changes.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+    /// Leave a failed rollout as it is instead of rolling back to the last good revision.
+    #[arg(long)]
+    pub no_rollback: bool,
+}
+
+/// Settings shared by `deploy` and `rollback`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Take over fields another field manager owns (default: refuse and name the manager and field).
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// How long to wait for the rollout to be ready (and for a busy release lock), e.g. 90s, 5m.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: std::time::Duration,
+    /// Lease of the release lock: renewed while this run lives; after it expires, a killed run's
+    /// lock is taken over by the next deploy.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lock_lease: std::time::Duration,
+    /// Take the release lock even though another run holds a live lease.
+    #[arg(long)]
+    pub force_unlock: bool,
+}
+
+/// `audctl diff`: server-side dry run compared with the live objects.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Values file, merged over the defaults; repeat to layer files (later files win).
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Set one value after the files (as for `render`); repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Use the *.j2 templates of this directory instead of the embedded ones (as for `render`).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+/// `audctl history`: revisions recorded in the namespace (-n).
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Release name (default: the only release recorded in the namespace).
+    #[arg(long, value_name = "NAME")]
+    pub release: Option<String>,
+}
+
+/// `audctl rollback [REVISION]`: re-apply a recorded revision (default: the previous good one).
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Revision to return to (see `audctl history`); default: the last good one before the current.
+    pub revision: Option<u32>,
+    /// Release name (default: the only release recorded in the namespace).
+    #[arg(long, value_name = "NAME")]
+    pub release: Option<String>,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+}
+
+/// "90s", "5m", "1h", "1m30s" or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return if secs >= 0.0 {
+            Ok(std::time::Duration::from_secs_f64(secs))
+        } else {
+            Err("negative duration".into())
+        };
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let n: f64 = number.parse().map_err(|_| format!("{s:?}: expected a duration like 90s, 5m or 1h"))?;
+        total += n * match c {
+            'h' => 3600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return Err(format!("{s:?}: unknown unit {c:?} (use s, m or h)")),
+        };
+        number.clear();
+    }
+    if !number.is_empty() {
+        return Err(format!("{s:?}: a number without unit at the end (use s, m or h)"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 /// `audctl backup`: take, list, check and prune backups.
@@ -347,6 +525,14 @@ pub struct CompletionsArgs {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m30s"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(std::time::Duration::from_secs(7200)));
+        assert!(parse_duration("5x").is_err() && parse_duration("5m3").is_err());
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

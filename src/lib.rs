@@ -5,7 +5,9 @@
 //! below the verbs knows about clap.
 
 pub mod backup;
+pub mod check;
 pub mod cli;
+pub mod deploy;
 pub mod error;
 pub mod evidence;
 pub mod kube;
@@ -57,6 +59,12 @@ where
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Render(args) => render::run(args),
+        Command::Check(args) => check::run(args, &cli.global),
+        Command::Attest(args) => check::attest::run(args, &cli.global),
+        Command::Deploy(args) => deploy::deploy(&cli.global, args),
+        Command::Diff(args) => deploy::diff(&cli.global, args),
+        Command::History(args) => deploy::history(&cli.global, args),
+        Command::Rollback(args) => deploy::rollback(&cli.global, args),
         Command::Backup(args) => backup::run_backup(&cli.global, args),
         Command::Restore(args) => backup::run_restore(&cli.global, args),
         Command::Completions(args) => completions::run(args),

@@ -89,10 +89,23 @@ fn man_page_is_roff() {
 
 #[test]
 fn verbs_not_built_yet_say_so_and_exit_2() {
-    for verb in ["check", "deploy", "rehearse"] {
+    for verb in ["rehearse"] {
         let out = audctl(&[verb]);
         assert_eq!(out.status.code(), Some(2), "{verb}");
         let err = text(&out.stderr);
         assert!(err.contains("not built yet"), "{verb}: {err}");
+    }
+}
+
+/// NO_COLOR=1 is the convention (no-color.org); it must not be refused as an invalid bool.
+#[test]
+fn no_color_env_accepts_any_value() {
+    for value in ["1", "true", "yes"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
+            .args(["render", "--schema"])
+            .env("NO_COLOR", value)
+            .output()
+            .expect("audctl runs");
+        assert!(out.status.success(), "NO_COLOR={value}: {}", text(&out.stderr));
     }
 }

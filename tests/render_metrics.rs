@@ -7,38 +7,14 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// Metric names used in the `expr` fields of the rendered PrometheusRule.
+/// Metric names used in the `expr` fields of the rendered PrometheusRule (parsed by the library,
+/// which the `service.metrics` check probe uses against a live server).
 fn alert_metrics() -> BTreeSet<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let values = audctl::values::load(&[root.join("values/values-prod.yaml")], &[]).expect("prod values");
     let objects = audctl::render::render(&values, None).expect("render prod");
     let rule = objects.iter().find(|o| o.kind == "PrometheusRule").expect("a PrometheusRule");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&rule.text).expect("YAML");
-    let mut names = BTreeSet::new();
-    for group in doc["spec"]["groups"].as_sequence().expect("groups") {
-        for rule in group["rules"].as_sequence().expect("rules") {
-            let expr = rule["expr"].as_str().expect("expr");
-            names.extend(metric_names(expr));
-        }
-    }
-    names
-}
-
-/// Identifiers directly followed by a label matcher: `name{...}` (every series in the seed's
-/// expressions carries one).
-fn metric_names(expr: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let bytes = expr.as_bytes();
-    for (i, _) in expr.match_indices('{') {
-        let start = bytes[..i]
-            .iter()
-            .rposition(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b':'))
-            .map_or(0, |p| p + 1);
-        if start < i {
-            out.push(expr[start..i].to_owned());
-        }
-    }
-    out
+    audctl::probes::service::rule_metrics(&rule.text).expect("PrometheusRule expressions")
 }
 
 /// The metric family a series belongs to (histogram series carry _bucket/_count/_sum).
@@ -76,13 +52,9 @@ async fn alert_expressions_use_metrics_the_server_exports() {
     server.shutdown().await.expect("stop the server");
 
     assert!(scrape.starts_with("HTTP/1.") && scrape.contains(" 200 "), "scrape failed:\n{scrape}");
-    let exported: BTreeSet<&str> = scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty() && !l.starts_with("HTTP/") && l.contains(' '))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
-    let missing: Vec<&String> =
-        used.iter().filter(|m| !m.starts_with("kube_") && !exported.contains(m.as_str())).collect();
+    let body = scrape.split_once("\r\n\r\n").map_or(scrape.as_str(), |(_, body)| body);
+    let exported = audctl::probes::service::exported_series(body);
+    let missing: Vec<&String> = used.iter().filter(|m| !m.starts_with("kube_") && !exported.contains(*m)).collect();
     assert!(missing.is_empty(), "alerts query series the server does not export: {missing:?}\nexported: {exported:?}");
 
     for m in used.iter().filter(|m| !m.starts_with("kube_")) {

@@ -3,7 +3,7 @@
 //! values (load, merge, check) -> minijinja templates -> one object per document, each parsed into
 //! its Kubernetes or custom resource type -> apply order -> stdout or one file per object.
 
-mod context;
+pub(crate) mod context;
 pub mod crds;
 mod engine;
 pub mod objects;

@@ -22,6 +22,9 @@ pub struct Values {
     /// Release name: prefix of every object, value of `app.kubernetes.io/name` and of the `app` label.
     pub name: String,
     pub namespace: NamespaceValues,
+    /// The cluster this release belongs to; `audctl deploy` refuses another one.
+    #[serde(default)]
+    pub cluster: ClusterValues,
     pub image: Image,
     /// Replicas when autoscaling is off (with autoscaling on, the HPA owns the replica count).
     pub replica_count: u32,
@@ -99,6 +102,19 @@ pub struct NamespaceValues {
     pub create: bool,
     /// Pod Security Standard level for the enforce, audit and warn labels.
     pub pod_security: String,
+}
+
+/// Wrong-cluster protection: a deploy to a cluster other than the one named here is refused unless
+/// `--context` names the context explicitly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterValues {
+    /// Environment name (prod, staging...): the subject of deploy evidence records.
+    pub environment: Option<String>,
+    /// Kubeconfig context the release must be deployed with.
+    pub context: Option<String>,
+    /// API server URL the release must be deployed to (e.g. https://api.prod.example:6443).
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -297,13 +297,37 @@ fn spawn_client(bins: &Binaries, files: &Layout, name: &str, port: u16) -> anyho
 }
 
 fn spawn_kwok(bins: &Binaries, files: &Layout) -> anyhow::Result<Process> {
+    let upstream = std::fs::read_to_string(&bins.kwok_stages)
+        .with_context(|| format!("reading {}", bins.kwok_stages.display()))?;
+    let config = files.root.join("kwok-stages.yaml");
+    std::fs::write(&config, kwok_config(&upstream)?)?;
     let mut cmd = Command::new(&bins.kwok);
     cmd.arg(format!("--kubeconfig={}", files.kubeconfig.display()))
-        .arg(format!("--config={}", bins.kwok_stages.display()))
+        .arg(format!("--config={}", config.display()))
         .args(["--manage-all-nodes=true", "--node-ip=127.0.0.1", "--cidr=10.244.0.1/16"])
         .arg(format!("--server-address=127.0.0.1:{}", free_port()?))
         .arg("--node-lease-duration-seconds=40");
     Process::spawn("kwok", cmd, files.logs.join("kwok.log"))
+}
+
+/// Stages of pods that never become ready: image tag `:never-ready` (Running, Ready=False) and
+/// `:crashloop` (CrashLoopBackOff), so a failing rollout is real to the controller-manager.
+pub const FAILING_POD_STAGES: &str = include_str!("kube/failing-pods.yaml");
+
+/// kwok's `--config`: the upstream stages, with pod-ready skipping the failing images, plus
+/// [`FAILING_POD_STAGES`].
+fn kwok_config(upstream: &str) -> anyhow::Result<String> {
+    const ANCHOR: &str = "  selector:\n    matchExpressions:\n";
+    const SKIP: &str = "    - cel:\n        expression: >-\n          \
+        !self.spec.containers.exists(c, c.image.endsWith(':never-ready') || c.image.endsWith(':crashloop'))\n";
+    let mut docs: Vec<String> = upstream.split("\n---\n").map(str::to_owned).collect();
+    let ready = docs
+        .iter_mut()
+        .find(|d| d.contains("\n  name: pod-ready\n"))
+        .context("kwok stages: no pod-ready stage (re-run `cargo xtask deps install`)")?;
+    let at = ready.find(ANCHOR).context("kwok pod-ready stage: no selector.matchExpressions to extend")?;
+    ready.insert_str(at + ANCHOR.len(), SKIP);
+    Ok(format!("{}\n---\n{FAILING_POD_STAGES}", docs.join("\n---\n")))
 }
 
 /// The Node objects, the default StorageClass and the CRDs.
@@ -478,6 +502,17 @@ mod tests {
         let empty = tempfile::tempdir().expect("tempdir");
         let Err(err) = Binaries::find(empty.path(), true) else { panic!("found binaries in an empty cache") };
         assert!(format!("{err:#}").contains("run `cargo xtask deps install`"), "{err:#}");
+    }
+
+    #[test]
+    fn pod_ready_stage_skips_failing_images() {
+        let upstream = "---\nkind: Stage\nmetadata:\n  name: node-init\nspec: {}\n---\nkind: Stage\nmetadata:\n  \
+                        name: pod-ready\nspec:\n  selector:\n    matchExpressions:\n    - key: '.status.podIP'\n";
+        let config = kwok_config(upstream).expect("config");
+        let skip = config.find("!self.spec.containers.exists").expect("pod-ready got the CEL exclusion");
+        assert!(skip > config.find("name: pod-ready").expect("pod-ready"));
+        assert!(config.contains("name: testbed-pod-never-ready") && config.contains("name: testbed-pod-crashloop"));
+        assert!(kwok_config("kind: Stage\n").is_err());
     }
 
     #[test]

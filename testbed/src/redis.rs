@@ -149,6 +149,15 @@ impl RedisSentinel {
         }
     }
 
+    /// SIGKILL sentinel `i` (0-based), as a lost pod would be; the others keep watching the master.
+    pub fn kill_sentinel(&mut self, i: usize) {
+        let count = self.sentinels.len();
+        let node = self.sentinels.get_mut(i).unwrap_or_else(|| panic!("sentinel index {i} out of range ({count})"));
+        if let Some(mut p) = node.process.take() {
+            p.kill_hard();
+        }
+    }
+
     /// Restart the killed primary from its AOF; after a failover the sentinels turn it into a replica.
     pub async fn restart_primary(&mut self) -> anyhow::Result<()> {
         if self.primary.process.is_some() {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [server|render]`: measured runs (not timed tests) of the speed targets.
+//! `cargo xtask bench [server|render|check|deploy|backup]`: measured runs (not timed tests) of the speed targets.
 //! Each target lives in its own module function; `all` runs them in turn.
 
 use clap::ValueEnum;
@@ -11,6 +11,10 @@ pub enum BenchTarget {
     Server,
     /// `audctl render` of values-prod.
     Render,
+    /// `audctl check` against the testbed cluster: wall time vs the slowest probe.
+    Check,
+    /// `audctl deploy` of values-prod on the testbed vs `kubectl apply --server-side` + `rollout status`.
+    Deploy,
     /// `audctl backup postgres` against plain pg_dump on >= 1 GB of audit events; restore vs RTO.
     Backup,
 }
@@ -28,6 +32,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.target == BenchTarget::Server {
         server()?;
+    }
+    if all || args.target == BenchTarget::Check {
+        check()?;
+    }
+    if all || args.target == BenchTarget::Deploy {
+        deploy()?;
     }
     if all || args.target == BenchTarget::Backup {
         backup()?;
@@ -52,6 +62,27 @@ fn server() -> anyhow::Result<()> {
     crate::util::step(
         "bench server (pgbench ceiling, then the audit server on PostgreSQL)",
         crate::util::cargo().args(["run", "--release", "-p", "audit-server", "--example", "bench"]),
+    )
+}
+
+/// audctl's `bench_check` example starts the testbed cluster, applies the production render and runs
+/// the check in-process several times: the ratio of a full check's wall time to its slowest probe
+/// shows that probes run concurrently (target <= 1.2). More runs: `cargo run --release -p audctl
+/// --example bench_check -- --runs 30`.
+fn check() -> anyhow::Result<()> {
+    crate::util::step(
+        "bench check (testbed cluster: full check wall time vs its slowest probe)",
+        crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_check"]),
+    )
+}
+
+/// audctl's `bench_deploy` example starts the testbed cluster and times, in the same run and on the
+/// same objects, `audctl deploy` of values-prod against `kubectl apply --server-side` followed by
+/// `kubectl rollout status` (median of 3 rounds, fresh namespaces). Aim: audctl no slower.
+fn deploy() -> anyhow::Result<()> {
+    crate::util::step(
+        "bench deploy (values-prod on the testbed: audctl deploy vs kubectl apply --server-side + rollout status)",
+        crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_deploy"]),
     )
 }
 

@@ -1,18 +1,24 @@
 //! `cargo xtask ci`: exactly what `.ci/run` runs.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::util::{cargo, step};
+use crate::testrun;
+use crate::util::{self, cargo, step};
+
+/// A test binary still running after this long is killed and counted as failed: one hung test must
+/// not eat CI's whole budget.
+const BINARY_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 #[derive(clap::Args)]
 pub struct CiArgs {
     /// Skip `deps install` (the components are already installed).
     #[arg(long)]
     pub no_install: bool,
+    /// Test binaries run at once (most of their time is spent waiting on started components).
+    #[arg(long, env = "AUDCTL_CI_JOBS", default_value_t = 3)]
+    pub jobs: usize,
 }
 
 pub fn run(args: CiArgs) -> anyhow::Result<()> {
@@ -21,65 +27,31 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     }
     step("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("cargo clippy", cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    test()
+    test(args.jobs)
 }
 
-/// `cargo test --workspace`, passing its output through and ending with one total over all test
-/// binaries (cargo prints a `test result:` line per binary, the last often a doc-test run of zero).
-fn test() -> anyhow::Result<()> {
+/// Every test binary of the workspace (several at once, see testrun.rs), then the doc tests, ending
+/// with one total line that CI reads.
+fn test(jobs: usize) -> anyhow::Result<()> {
     let start = Instant::now();
-    eprintln!("==> cargo test");
-    let mut child = cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
-    let stdout = child.stdout.take().context("cargo test stdout")?;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(counts) = line.strip_prefix("test result: ") {
-            passed += count(counts, "passed");
-            failed += count(counts, "failed");
-            ignored += count(counts, "ignored");
-        }
+    eprintln!("==> cargo test (build)");
+    let binaries = testrun::build()?;
+    eprintln!("==> {} test binaries, {jobs} at a time", binaries.len());
+    let mut totals = testrun::run(binaries, jobs, BINARY_TIMEOUT)?;
+    let (doc_ok, doc_out) = util::capture_all(cargo().args(["test", "--workspace", "--doc"]))?;
+    print!("{doc_out}");
+    let doc = testrun::parse_totals(&doc_out);
+    totals.passed += doc.passed;
+    totals.failed += doc.failed + u64::from(!doc_ok && doc.failed == 0);
+    totals.ignored += doc.ignored;
+    let verdict = if totals.failed == 0 { "ok" } else { "FAILED" };
+    eprintln!("<== cargo test: {verdict} in {:.1}s", start.elapsed().as_secs_f64());
+    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    if totals.failed > 0 {
+        bail!("{} test(s) failed", totals.failed);
     }
-    let status = child.wait()?;
-    eprintln!(
-        "<== cargo test: {} in {:.1}s",
-        if status.success() { "ok" } else { "FAILED" },
-        start.elapsed().as_secs_f64()
-    );
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() || failed > 0 {
-        bail!("cargo test failed ({status})");
-    }
-    if passed == 0 {
+    if totals.passed == 0 {
         bail!("cargo test ran no test");
     }
     Ok(())
-}
-
-/// The number before `word` in "ok. 12 passed; 0 failed; 1 ignored; ...".
-fn count(counts: &str, word: &str) -> u64 {
-    counts
-        .split(';')
-        .find_map(|part| {
-            let mut it = part.split_whitespace().rev();
-            (it.next() == Some(word)).then(|| it.next()?.parse().ok()).flatten()
-        })
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::count;
-
-    #[test]
-    fn counts_are_read_from_a_result_line() {
-        let line = "ok. 12 passed; 1 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.07s";
-        assert_eq!((count(line, "passed"), count(line, "failed"), count(line, "ignored")), (12, 1, 3));
-        assert_eq!(count("FAILED. 0 passed; 2 failed;", "passed"), 0);
-    }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod ci;
 mod deps;
+mod testrun;
 mod util;
 
 use clap::{Parser, Subcommand};

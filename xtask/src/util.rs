@@ -44,3 +44,9 @@ pub fn capture(cmd: &mut Command) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8(out.stdout)?)
 }
+
+/// Run a command; whether it succeeded, and its stdout (stderr passes through).
+pub fn capture_all(cmd: &mut Command) -> anyhow::Result<(bool, String)> {
+    let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {cmd:?}"))?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+}

@@ -1,0 +1,826 @@
+//! `audctl deploy`, `diff`, `history`, `rollback`: releases applied safely.
+//!
+//! Split like kube-rs's client/runtime: pure judgement and data ([`plan`]: what is applied, owned,
+//! pruned, masked; [`status`]: is an object ready) apart from the code that talks to the cluster
+//! ([`apply`]: discovery, server-side apply; [`wait`]; [`release`]: revision records; [`lock`]: the
+//! lease). This file drives them: render -> checks -> lock -> record -> apply -> wait -> prune or
+//! roll back -> record + evidence.
+
+pub mod apply;
+mod diff;
+pub mod lock;
+pub mod plan;
+pub mod release;
+pub mod status;
+pub mod wait;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use comfy_table::Table;
+use serde::Serialize;
+
+use self::apply::{ApplyError, Resources};
+use self::plan::{Manifest, ObjectRef};
+use self::release::{Revision, State};
+use crate::cli::{ApplyArgs, DeployArgs, DiffArgs, GlobalArgs, HistoryArgs, RollbackArgs};
+use crate::error::{CheckFailed, usage};
+use crate::evidence::{self, Evidence, Outcome as EvOutcome};
+use crate::kube::KubeSettings;
+use crate::output::{self, Report};
+use crate::values::Values;
+
+pub use diff::diff as run_diff_async;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(run_deploy(global, args))
+}
+
+pub fn diff(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(diff::diff(global, args))
+}
+
+pub fn history(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(run_history(global, args))
+}
+
+pub fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(run_rollback(global, args))
+}
+
+fn settings(global: &GlobalArgs) -> anyhow::Result<KubeSettings> {
+    let targets = match &global.targets {
+        Some(path) => Some(
+            audctl_targets::Targets::load(path).map_err(|e| usage(format!("targets file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    Ok(KubeSettings::resolve(global, targets.as_ref()))
+}
+
+/// The rendered release: values, objects as apply bodies.
+pub struct Rendered {
+    pub values: Values,
+    pub manifests: Vec<Manifest>,
+}
+
+pub fn render(files: &[PathBuf], sets: &[String], templates: Option<&Path>) -> anyhow::Result<Rendered> {
+    let values = crate::values::load(files, sets)?;
+    let objects = crate::render::render(&values, templates)?;
+    let manifests = plan::manifests(&objects, &values.name)?;
+    Ok(Rendered { values, manifests })
+}
+
+/// Wrong-cluster protection: the values may name the context and/or API server the release belongs
+/// to. Elsewhere is refused (exit 2) unless `--context` explicitly names the context in use.
+pub fn check_cluster(values: &Values, global: &GlobalArgs, settings: &KubeSettings) -> anyhow::Result<()> {
+    let expected = &values.cluster;
+    if expected.context.is_none() && expected.server.is_none() {
+        return Ok(());
+    }
+    let (context, server) = current_cluster(settings)?;
+    let explicit = global.context.is_some();
+    let mut wrong = Vec::new();
+    if let Some(want) = &expected.context
+        && context.as_deref() != Some(want.as_str())
+    {
+        wrong.push(format!(
+            "the values expect context {want:?}, the current context is {:?}",
+            context.as_deref().unwrap_or("(none)")
+        ));
+    }
+    if let Some(want) = &expected.server
+        && server.as_deref().map(|s| s.trim_end_matches('/')) != Some(want.trim_end_matches('/'))
+    {
+        wrong.push(format!(
+            "the values expect API server {want}, the current one is {}",
+            server.as_deref().unwrap_or("(unknown)")
+        ));
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    if explicit {
+        eprintln!("warning: {}; going ahead because --context names it explicitly", wrong.join("; "));
+        return Ok(());
+    }
+    Err(usage(format!(
+        "refusing to deploy to this cluster: {} (values cluster.context / cluster.server). Switch context, or name \
+         it explicitly with --context if this really is the cluster",
+        wrong.join("; ")
+    )))
+}
+
+/// The kubeconfig context in use and its API server URL (in-cluster: no context, the service host).
+fn current_cluster(settings: &KubeSettings) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let config = match &settings.kubeconfig {
+        Some(path) => kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| usage(format!("reading kubeconfig {}: {e}", path.display())))?,
+        None => match kube::config::Kubeconfig::read() {
+            Ok(c) => c,
+            Err(_) => {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").ok();
+                let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                return Ok((None, host.map(|h| format!("https://{h}:{port}"))));
+            }
+        },
+    };
+    let context = settings.context.clone().or(config.current_context.clone());
+    let server = context.as_ref().and_then(|name| {
+        let ctx = config.contexts.iter().find(|c| &c.name == name)?.context.as_ref()?;
+        let cluster = config.clusters.iter().find(|c| c.name == ctx.cluster)?.cluster.as_ref()?;
+        cluster.server.clone()
+    });
+    Ok((context, server))
+}
+
+/// Evidence subject: `environment/namespace` (environment: values cluster.environment, else the
+/// context, else "cluster").
+fn subject(values_env: Option<&str>, settings: &KubeSettings, ns: &str) -> String {
+    let env = values_env
+        .map(str::to_owned)
+        .or_else(|| current_cluster(settings).ok().and_then(|(c, _)| c))
+        .unwrap_or_else(|| "cluster".into());
+    format!("{env}/{ns}")
+}
+
+/// Result of a deploy or rollback, as printed on stdout.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployReport {
+    pub release: String,
+    pub namespace: String,
+    pub revision: Option<u32>,
+    pub dry_run: bool,
+    pub outcome: String,
+    pub image: Option<String>,
+    pub seconds: f64,
+    pub objects: Vec<ObjectLine>,
+    pub pruned: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ObjectLine {
+    pub object: String,
+    pub action: String,
+}
+
+impl Report for DeployReport {
+    fn table(&self) -> Table {
+        let mut t = output::new_table(["object", "action"]);
+        for o in &self.objects {
+            t.add_row(vec![o.object.clone(), o.action.clone()]);
+        }
+        for p in &self.pruned {
+            t.add_row(vec![p.clone(), if self.dry_run { "would prune".into() } else { "pruned".to_owned() }]);
+        }
+        let rev = self.revision.map(|r| format!("revision {r}")).unwrap_or_else(|| "dry run".into());
+        t.add_row(vec![format!("{} in {} ({rev})", self.release, self.namespace), self.outcome.clone()]);
+        t
+    }
+}
+
+/// Everything one apply-and-wait run needs.
+struct Run<'a> {
+    client: kube::Client,
+    resources: Resources,
+    release: &'a str,
+    ns: &'a str,
+    args: &'a ApplyArgs,
+}
+
+enum Applied {
+    Ready { pruned: Vec<String> },
+    Failed { what: Vec<String> },
+}
+
+impl Run<'_> {
+    /// Apply in order, wait, then prune what `previous` had and `manifests` no longer have.
+    async fn apply_and_wait(
+        &self,
+        manifests: &[Manifest],
+        previous: &[ObjectRef],
+        timeout: Duration,
+        lock: &lock::Held,
+    ) -> anyhow::Result<Applied> {
+        let mut conflicts = Vec::new();
+        for m in manifests {
+            match self.resources.apply(&self.client, m, self.args.force_conflicts, false).await {
+                Ok(_) => eprintln!("applied {}", m.id),
+                Err(ApplyError::Conflict(c)) => conflicts.push(apply::describe_conflict(&m.id, &c)),
+                Err(ApplyError::NoNamespace) => {
+                    return Ok(Applied::Failed {
+                        what: vec![format!("{}: namespace {} does not exist", m.id, self.ns)],
+                    });
+                }
+                Err(ApplyError::Other(e)) => return Ok(Applied::Failed { what: vec![format!("{}: {e:#}", m.id)] }),
+            }
+        }
+        if !conflicts.is_empty() {
+            conflicts.push(
+                "another field manager owns these fields: re-run with --force-conflicts to take them over".into(),
+            );
+            return Ok(Applied::Failed { what: conflicts });
+        }
+        tracing::info!("applied {} objects", manifests.len());
+        let ids = plan::inventory(manifests);
+        let abort = || lock.lost().then(|| "the release lock was taken by another run (--force-unlock)".to_owned());
+        match wait::wait(&self.client, &self.resources, &ids, timeout, &abort).await? {
+            wait::Outcome::Failed(what) => return Ok(Applied::Failed { what }),
+            wait::Outcome::Ready => {}
+        }
+        let pruned = self.prune(previous, &ids, false).await?;
+        Ok(Applied::Ready { pruned })
+    }
+
+    async fn prune(&self, previous: &[ObjectRef], current: &[ObjectRef], dry_run: bool) -> anyhow::Result<Vec<String>> {
+        let mut pruned = Vec::new();
+        for r in plan::to_prune(previous, current) {
+            let Ok(api_known) = self.resources.api(&self.client, &r) else {
+                eprintln!("prune: skipping {r}: its resource type is no longer served");
+                continue;
+            };
+            drop(api_known);
+            match self.resources.get(&self.client, &r).await? {
+                None => {}
+                Some(live) if plan::ours(&live, self.release) => {
+                    self.resources.delete(&self.client, &r, dry_run).await?;
+                    if !dry_run {
+                        eprintln!("pruned {r}");
+                    }
+                    pruned.push(r.to_string());
+                }
+                Some(_) => {
+                    eprintln!("prune: leaving {r} alone: it does not carry audctl's release label and field manager")
+                }
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+/// Resolve resource types of everything the run may touch: what it applies and what it may prune.
+async fn resolve_all(
+    client: &kube::Client,
+    manifests: &[Manifest],
+    previous: &[ObjectRef],
+) -> anyhow::Result<Resources> {
+    let mut ids: Vec<&ObjectRef> = manifests.iter().map(|m| &m.id).collect();
+    let applied = apply::resolve(client, &ids).await?;
+    // Kinds only in the old inventory may be gone (CRD removed): resolve them separately, leniently.
+    ids.extend(previous.iter());
+    Ok(apply::resolve(client, &ids).await.unwrap_or(applied))
+}
+
+/// Objects of earlier revisions that may still be live: every inventory since the current deployed
+/// revision (a failed or interrupted revision after it may have created objects).
+fn live_inventory(revs: &[Revision]) -> Vec<ObjectRef> {
+    let mut set = BTreeSet::new();
+    for r in revs {
+        set.extend(r.inventory.iter().cloned());
+        if r.state == State::Deployed {
+            break;
+        }
+    }
+    set.into_iter().collect()
+}
+
+async fn ensure_namespace(
+    client: &kube::Client,
+    resources: &Resources,
+    manifests: &[Manifest],
+    ns: &str,
+) -> anyhow::Result<()> {
+    if let Some(m) = manifests.iter().find(|m| m.id.kind == "Namespace" && m.id.name == ns) {
+        return match resources.apply(client, m, true, false).await {
+            Ok(_) => Ok(()),
+            Err(ApplyError::Other(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("applying namespace {ns}: {e:?}")),
+        };
+    }
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    match api.get_opt(ns).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(usage(format!(
+            "namespace {ns} does not exist and the values do not create it (namespace.create: false); create it first"
+        ))),
+        Err(e) => Err(crate::kube::transport_error(e, "reading the release namespace")),
+    }
+}
+
+/// Server-side dry run of every object before anything changes: field-manager conflicts and
+/// objects the API server refuses are all reported at once, and nothing is applied.
+async fn preflight(
+    client: &kube::Client,
+    resources: &Resources,
+    manifests: &[Manifest],
+    force: bool,
+) -> anyhow::Result<()> {
+    let mut refused = Vec::new();
+    let mut conflict = false;
+    for m in manifests {
+        match resources.apply(client, m, force, true).await {
+            Ok(_) | Err(ApplyError::NoNamespace) => {}
+            Err(ApplyError::Conflict(c)) => {
+                conflict = true;
+                refused.push(apply::describe_conflict(&m.id, &c));
+            }
+            Err(ApplyError::Other(e)) if crate::error::Failure::classify(&e) == crate::error::Failure::Unreachable => {
+                return Err(e);
+            }
+            Err(ApplyError::Other(e)) => refused.push(format!("{}: {e:#}", m.id)),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    if conflict {
+        refused.push(
+            "these fields belong to another field manager: re-run with --force-conflicts to take them over".into(),
+        );
+    }
+    let msg = format!("nothing was applied:\n  {}", refused.join("\n  "));
+    eprintln!("{}: {msg}", output::paint_error("deploy refused"));
+    Err(CheckFailed(msg).into())
+}
+
+/// Mark revisions left pending by a run that died (we hold the lock, so it is not running).
+async fn settle_interrupted(client: &kube::Client, revs: &mut [Revision]) -> anyhow::Result<()> {
+    for r in revs.iter_mut().filter(|r| r.state == State::Pending) {
+        r.state = State::Interrupted;
+        r.outcome = "its run stopped before finishing (killed?); found by a later run".into();
+        r.finished = Some(release::now());
+        eprintln!("revision {} was left pending by a run that stopped; marked interrupted", r.revision);
+        release::update(client, r).await?;
+    }
+    Ok(())
+}
+
+fn lock_options(args: &ApplyArgs, verb: &str) -> lock::Options {
+    lock::Options {
+        lease: args.lock_lease,
+        force: args.force_unlock,
+        wait: args.timeout,
+        force_hint: format!("audctl {verb} --force-unlock ..."),
+    }
+}
+
+async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()> {
+    let started_at = Instant::now();
+    let started_wall = chrono::Utc::now();
+    let started = release::now();
+    let Rendered { values, manifests } = render(&args.values, &args.set, args.templates.as_deref())?;
+    let settings = settings(global)?;
+    check_cluster(&values, global, &settings)?;
+    let client = settings.client().await?;
+    let ns = values.namespace.name.clone();
+    let name = values.name.clone();
+    let image = plan::image(&manifests);
+
+    if args.dry_run {
+        return dry_run(global, &client, &manifests, &values, started_at).await;
+    }
+
+    let resources = resolve_all(&client, &manifests, &[]).await?;
+    ensure_namespace(&client, &resources, &manifests, &ns).await?;
+    let holder = lock::identity("deploy");
+    let held = lock::acquire(&client, &ns, &name, &holder, &lock_options(&args.apply, "deploy")).await?;
+    let result = async {
+        let mut revs = release::list(&client, &ns, &name).await?;
+        settle_interrupted(&client, &mut revs).await?;
+        let previous = live_inventory(&revs);
+        // Kinds only in earlier inventories (a CRD since removed...) need a second look.
+        let resources = if previous.iter().all(|r| resources.knows(r)) {
+            resources
+        } else {
+            resolve_all(&client, &manifests, &previous).await?
+        };
+        let t = Instant::now();
+        preflight(&client, &resources, &manifests, args.apply.force_conflicts).await?;
+        tracing::info!("preflight dry run of {} objects: {:.2}s", manifests.len(), t.elapsed().as_secs_f64());
+        let number = revs.first().map(|r| r.revision + 1).unwrap_or(1);
+        let mut rev = Revision {
+            release: name.clone(),
+            namespace: ns.clone(),
+            revision: number,
+            state: State::Pending,
+            action: "deploy".into(),
+            started: started.clone(),
+            finished: None,
+            who: evidence::who(),
+            values_digest: Some(evidence::digest_of(&values)),
+            image: image.clone(),
+            outcome: String::new(),
+            audctl_version: env!("CARGO_PKG_VERSION").into(),
+            inventory: plan::inventory(&manifests),
+            manifests: manifests.iter().map(|m| m.body.clone()).collect(),
+        };
+        release::create(&client, &rev).await?;
+        eprintln!("release {name}: revision {number} ({}) in namespace {ns}", image.as_deref().unwrap_or("no image"));
+        let run = Run { client: client.clone(), resources, release: &name, ns: &ns, args: &args.apply };
+        let timeout = args.apply.timeout.saturating_sub(started_at.elapsed()).max(Duration::from_secs(1));
+        let applied = run.apply_and_wait(&manifests, &previous, timeout, &held).await;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => Applied::Failed { what: vec![format!("{e:#}")] },
+        };
+        finish(&run, &mut revs, &mut rev, applied, args.no_rollback, started_at, &held).await
+    }
+    .await;
+    held.release().await;
+    let (report, failure) = result?;
+    let ev_outcome = if failure.is_some() { EvOutcome::Failure } else { EvOutcome::Success };
+    let ev = Evidence::new("deploy", ev_outcome, report.outcome.clone(), started_wall)
+        .subject(subject(values.cluster.environment.as_deref(), &settings, &ns))
+        .values_digest(evidence::digest_of(&values))
+        .figure("revision", report.revision.unwrap_or(0))
+        .figure("seconds", report.seconds)
+        .figure("image", report.image.clone().unwrap_or_default());
+    if let Err(e) = evidence::record(&client, &ns, &ev).await {
+        eprintln!("warning: could not write the deploy evidence record: {e:#}");
+    }
+    output::emit(global.output, &report)?;
+    match failure {
+        Some(msg) => {
+            eprintln!("{}: {msg}", output::paint_error("deploy failed"));
+            Err(CheckFailed(msg).into())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Record the outcome of `rev`; on failure roll back to the last good revision (unless told not to).
+async fn finish(
+    run: &Run<'_>,
+    revs: &mut [Revision],
+    rev: &mut Revision,
+    applied: Applied,
+    no_rollback: bool,
+    started_at: Instant,
+    lock: &lock::Held,
+) -> anyhow::Result<(DeployReport, Option<String>)> {
+    let objects: Vec<ObjectLine> =
+        rev.inventory.iter().map(|r| ObjectLine { object: r.to_string(), action: "applied".into() }).collect();
+    let mut report = DeployReport {
+        release: rev.release.clone(),
+        namespace: rev.namespace.clone(),
+        revision: Some(rev.revision),
+        dry_run: false,
+        outcome: String::new(),
+        image: rev.image.clone(),
+        seconds: 0.0,
+        objects,
+        pruned: Vec::new(),
+        rolled_back_to: None,
+    };
+    match applied {
+        Applied::Ready { pruned } => {
+            report.seconds = started_at.elapsed().as_secs_f64();
+            rev.state = State::Deployed;
+            rev.outcome = format!("ready in {:.1}s{}", report.seconds, pruned_note(&pruned));
+            rev.finished = Some(release::now());
+            release::update(&run.client, rev).await?;
+            supersede(&run.client, revs, rev.revision).await?;
+            release::trim(&run.client, run.ns, run.release, revs).await?;
+            eprintln!("revision {} of {} is ready ({:.1}s)", rev.revision, rev.release, report.seconds);
+            report.outcome = rev.outcome.clone();
+            report.pruned = pruned;
+            Ok((report, None))
+        }
+        Applied::Failed { what } => {
+            rev.state = State::Failed;
+            rev.outcome = what.join("\n");
+            rev.finished = Some(release::now());
+            release::update(&run.client, rev).await?;
+            eprintln!(
+                "{}: revision {} failed:\n  {}",
+                output::paint_error("rollout failed"),
+                rev.revision,
+                what.join("\n  ")
+            );
+            let mut msg = format!("revision {} failed: {}", rev.revision, what.first().cloned().unwrap_or_default());
+            let good = revs.iter().find(|r| r.state.good()).cloned();
+            match (no_rollback, good) {
+                (true, _) => msg.push_str("; left as it is (--no-rollback)"),
+                (false, None) => msg.push_str("; no earlier good revision to roll back to, left as it is"),
+                (false, Some(good)) => {
+                    eprintln!("rolling back to revision {} (the last good one)", good.revision);
+                    let action = format!("automatic rollback to {} (revision {} failed)", good.revision, rev.revision);
+                    let mut all: Vec<Revision> = std::iter::once(rev.clone()).chain(revs.iter().cloned()).collect();
+                    let back = roll_to(run, &mut all, &good, action, run.args.timeout, lock).await?;
+                    match back {
+                        Ok(number) => {
+                            report.rolled_back_to = Some(good.revision);
+                            msg.push_str(&format!(
+                                "; rolled back to revision {} (recorded as revision {number}), which is ready",
+                                good.revision
+                            ));
+                        }
+                        Err(why) => {
+                            msg.push_str(&format!("; the rollback to revision {} failed too: {why}", good.revision))
+                        }
+                    }
+                }
+            }
+            report.seconds = started_at.elapsed().as_secs_f64();
+            report.outcome = msg.clone();
+            Ok((report, Some(msg)))
+        }
+    }
+}
+
+fn pruned_note(pruned: &[String]) -> String {
+    if pruned.is_empty() { String::new() } else { format!(", pruned {}", pruned.join(", ")) }
+}
+
+/// Mark the previous deployed revision(s) superseded by `current`.
+async fn supersede(client: &kube::Client, revs: &mut [Revision], current: u32) -> anyhow::Result<()> {
+    for r in revs.iter_mut().filter(|r| r.state == State::Deployed && r.revision != current) {
+        r.state = State::Superseded;
+        release::update(client, r).await?;
+    }
+    Ok(())
+}
+
+/// Re-apply `target`'s recorded objects as a new revision, wait, prune. Outer error: the cluster
+/// could not be talked to; inner: the new revision failed (its reason).
+async fn roll_to(
+    run: &Run<'_>,
+    revs: &mut Vec<Revision>,
+    target: &Revision,
+    action: String,
+    timeout: Duration,
+    lock: &lock::Held,
+) -> anyhow::Result<Result<u32, String>> {
+    let manifests = plan::from_bodies(target.manifests.clone(), run.release)?;
+    let previous = live_inventory(revs);
+    let number = revs.iter().map(|r| r.revision).max().unwrap_or(0) + 1;
+    let mut rev = Revision {
+        revision: number,
+        state: State::Pending,
+        action,
+        started: release::now(),
+        finished: None,
+        who: evidence::who(),
+        outcome: String::new(),
+        inventory: plan::inventory(&manifests),
+        audctl_version: env!("CARGO_PKG_VERSION").into(),
+        ..target.clone()
+    };
+    release::create(&run.client, &rev).await?;
+    let started = Instant::now();
+    let resources = resolve_all(&run.client, &manifests, &previous).await?;
+    let sub = Run { client: run.client.clone(), resources, release: run.release, ns: run.ns, args: run.args };
+    let applied = sub.apply_and_wait(&manifests, &previous, timeout, lock).await?;
+    rev.finished = Some(release::now());
+    match applied {
+        Applied::Ready { pruned } => {
+            rev.state = State::Deployed;
+            rev.outcome = format!("ready in {:.1}s{}", started.elapsed().as_secs_f64(), pruned_note(&pruned));
+            release::update(&run.client, &rev).await?;
+            supersede(&run.client, revs, number).await?;
+            revs.insert(0, rev);
+            release::trim(&run.client, run.ns, run.release, revs).await?;
+            eprintln!("revision {number} (= revision {}) is ready", target.revision);
+            Ok(Ok(number))
+        }
+        Applied::Failed { what } => {
+            rev.state = State::Failed;
+            rev.outcome = what.join("\n");
+            release::update(&run.client, &rev).await?;
+            Ok(Err(what.join("; ")))
+        }
+    }
+}
+
+async fn dry_run(
+    global: &GlobalArgs,
+    client: &kube::Client,
+    manifests: &[Manifest],
+    values: &Values,
+    started_at: Instant,
+) -> anyhow::Result<()> {
+    let ns = &values.namespace.name;
+    let revs = release::list(client, ns, &values.name).await.unwrap_or_default();
+    let previous = live_inventory(&revs);
+    let resources = resolve_all(client, manifests, &previous).await?;
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    for m in manifests {
+        let existed = resources.get(client, &m.id).await?.is_some();
+        let action = match resources.apply(client, m, false, true).await {
+            Ok(_) if existed => "configured (server dry run)".to_owned(),
+            Ok(_) => "created (server dry run)".to_owned(),
+            Err(ApplyError::NoNamespace) => format!("would be created once namespace {ns} exists"),
+            Err(ApplyError::Conflict(c)) => {
+                problems.push(apply::describe_conflict(&m.id, &c));
+                "conflict".to_owned()
+            }
+            Err(ApplyError::Other(e)) => {
+                problems.push(format!("{}: {e:#}", m.id));
+                "refused".to_owned()
+            }
+        };
+        objects.push(ObjectLine { object: m.id.to_string(), action });
+    }
+    let run = Run {
+        client: client.clone(),
+        resources,
+        release: &values.name,
+        ns,
+        args: &ApplyArgs {
+            force_conflicts: false,
+            timeout: Duration::ZERO,
+            lock_lease: Duration::ZERO,
+            force_unlock: false,
+        },
+    };
+    let pruned = run.prune(&previous, &plan::inventory(manifests), true).await?;
+    let outcome = if problems.is_empty() {
+        "dry run: every object accepted, nothing changed".to_owned()
+    } else {
+        format!("dry run: {} object(s) refused, nothing changed", problems.len())
+    };
+    let report = DeployReport {
+        release: values.name.clone(),
+        namespace: ns.clone(),
+        revision: None,
+        dry_run: true,
+        outcome,
+        image: plan::image(manifests),
+        seconds: started_at.elapsed().as_secs_f64(),
+        objects,
+        pruned,
+        rolled_back_to: None,
+    };
+    output::emit(global.output, &report)?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        let mut msg = problems.join("\n  ");
+        if msg.contains("conflict on") {
+            msg.push_str("\n  re-run with --force-conflicts to take the fields over");
+        }
+        eprintln!("{}:\n  {msg}", output::paint_error("dry run refused"));
+        Err(CheckFailed(msg).into())
+    }
+}
+
+/// The release name given, or the only one recorded in the namespace.
+async fn release_name(client: &kube::Client, ns: &str, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(n) = given {
+        return Ok(n.to_owned());
+    }
+    let names = release::releases(client, ns).await?;
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(usage(format!("no release recorded in namespace {ns} (audctl deploy records them; -n NAMESPACE?)"))),
+        many => {
+            Err(usage(format!("several releases in namespace {ns} ({}); pick one with --release", many.join(", "))))
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryReport {
+    pub release: String,
+    pub namespace: String,
+    pub revisions: Vec<Revision>,
+}
+
+impl Report for HistoryReport {
+    fn table(&self) -> Table {
+        let mut t = output::new_table(["revision", "state", "action", "image", "who", "started", "outcome"]);
+        for r in &self.revisions {
+            let outcome = r.outcome.lines().next().unwrap_or("").to_owned();
+            t.add_row(vec![
+                r.revision.to_string(),
+                r.state.as_str().to_owned(),
+                r.action.clone(),
+                r.image.clone().unwrap_or_default(),
+                r.who.clone(),
+                r.started.clone(),
+                outcome,
+            ]);
+        }
+        t
+    }
+}
+
+async fn run_history(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<()> {
+    let client = settings(global)?.client().await?;
+    let ns = &global.namespace;
+    let name = release_name(&client, ns, args.release.as_deref()).await?;
+    let revisions = release::list(&client, ns, &name).await?;
+    output::emit(global.output, &HistoryReport { release: name, namespace: ns.clone(), revisions })
+}
+
+async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()> {
+    let started_at = Instant::now();
+    let started_wall = chrono::Utc::now();
+    let settings = settings(global)?;
+    let client = settings.client().await?;
+    let ns = global.namespace.clone();
+    let name = release_name(&client, &ns, args.release.as_deref()).await?;
+    let holder = lock::identity("rollback");
+    let held = lock::acquire(&client, &ns, &name, &holder, &lock_options(&args.apply, "rollback")).await?;
+    let result = async {
+        let mut revs = release::list(&client, &ns, &name).await?;
+        settle_interrupted(&client, &mut revs).await?;
+        let current = revs.iter().find(|r| r.state == State::Deployed).map(|r| r.revision);
+        let target =
+            match args.revision {
+                Some(n) => revs.iter().find(|r| r.revision == n).cloned().ok_or_else(|| {
+                    usage(format!("release {name} has no revision {n} (see `audctl history -n {ns}`)"))
+                })?,
+                None => revs
+                    .iter()
+                    .find(|r| r.state.good() && Some(r.revision) != current && current.is_none_or(|c| r.revision < c))
+                    .cloned()
+                    .ok_or_else(|| usage(format!("release {name} has no earlier good revision to roll back to")))?,
+            };
+        if target.manifests.is_empty() {
+            return Err(usage(format!("revision {} of {name} recorded no objects", target.revision)));
+        }
+        let manifests = plan::from_bodies(target.manifests.clone(), &name)?;
+        let resources = resolve_all(&client, &manifests, &live_inventory(&revs)).await?;
+        let run = Run { client: client.clone(), resources, release: &name, ns: &ns, args: &args.apply };
+        let action = format!("rollback to {}", target.revision);
+        eprintln!(
+            "release {name}: rolling back to revision {} ({})",
+            target.revision,
+            target.image.as_deref().unwrap_or("-")
+        );
+        let outcome = roll_to(&run, &mut revs, &target, action, args.apply.timeout, &held).await?;
+        Ok::<_, anyhow::Error>((target, outcome, revs))
+    }
+    .await;
+    held.release().await;
+    let (target, outcome, revs) = result?;
+    let seconds = started_at.elapsed().as_secs_f64();
+    let (number, failure) = match &outcome {
+        Ok(n) => (Some(*n), None),
+        Err(why) => (revs.first().map(|r| r.revision), Some(why.clone())),
+    };
+    let summary = match &failure {
+        None => format!(
+            "rolled back to revision {} (now revision {}) in {seconds:.1}s",
+            target.revision,
+            number.unwrap_or(0)
+        ),
+        Some(why) => format!("rollback to revision {} failed: {why}", target.revision),
+    };
+    let env = current_cluster(&settings).ok().and_then(|(c, _)| c);
+    let ev = Evidence::new(
+        "rollback",
+        if failure.is_some() { EvOutcome::Failure } else { EvOutcome::Success },
+        summary.clone(),
+        started_wall,
+    )
+    .subject(subject(env.as_deref(), &settings, &ns))
+    .figure("revision", number.unwrap_or(0))
+    .figure("target", target.revision);
+    let ev = match &target.values_digest {
+        Some(d) => ev.values_digest(d.clone()),
+        None => ev,
+    };
+    if let Err(e) = evidence::record(&client, &ns, &ev).await {
+        eprintln!("warning: could not write the rollback evidence record: {e:#}");
+    }
+    let report = DeployReport {
+        release: name,
+        namespace: ns,
+        revision: number,
+        dry_run: false,
+        outcome: summary.clone(),
+        image: target.image.clone(),
+        seconds,
+        objects: target
+            .inventory
+            .iter()
+            .map(|r| ObjectLine { object: r.to_string(), action: "applied".into() })
+            .collect(),
+        pruned: Vec::new(),
+        rolled_back_to: Some(target.revision),
+    };
+    output::emit(global.output, &report)?;
+    match failure {
+        Some(_) => {
+            eprintln!("{}: {summary}", output::paint_error("rollback failed"));
+            Err(CheckFailed(summary).into())
+        }
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,119 @@
+//! `audctl check` and `audctl attest` without a cluster: input validation (exit 2, naming the line),
+//! manifest-only runs, and what an unconfigured cluster does to cluster items (ERROR, never PASS).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// audctl with no cluster anywhere: no KUBECONFIG, a HOME without ~/.kube, not in a pod.
+fn audctl(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .current_dir(dir)
+        .args(args)
+        .env("HOME", dir)
+        .env_remove("KUBECONFIG")
+        .env_remove("AUDCTL_TARGETS")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run audctl")
+}
+
+fn prod() -> String {
+    root().join("values/values-prod.yaml").display().to_string()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+fn status<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["sections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["items"].as_array().into_iter().flatten())
+        .find(|i| i["id"] == id)
+        .map(|i| &i["status"])
+        .unwrap_or_else(|| panic!("no item {id}"))
+}
+
+#[test]
+fn manifest_items_pass_without_a_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = audctl(dir.path(), &["check", "-f", &prod(), "--only", "hpa,health-checks", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    assert_eq!(status(&report, "hpa"), "PASS");
+    assert_eq!(status(&report, "health-checks"), "PASS");
+    assert_eq!(report["exitCode"], 0);
+
+    let out = audctl(dir.path(), &["check", "-f", &prod(), "--only", "hpa,resource-limits", "-o", "junit"]);
+    let xml = String::from_utf8(out.stdout).expect("utf-8");
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+    assert_eq!(doc.descendants().filter(|n| n.has_tag_name("testcase")).count(), 2);
+    // resource-limits is a WARN in production (Kafka has no CPU limit): a pass with its note.
+    let out_text = doc.descendants().find(|n| n.has_tag_name("system-out")).and_then(|n| n.text()).unwrap_or_default();
+    assert!(out_text.starts_with("WARN:") && out_text.contains("KafkaNodePool"), "{out_text}");
+}
+
+#[test]
+fn cluster_items_without_a_cluster_are_errors_not_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out =
+        audctl(dir.path(), &["check", "-f", &prod(), "--only", "rbac,disaster-recovery,load-tested", "-o", "json"]);
+    let report = json(&out);
+    for id in ["rbac", "disaster-recovery", "load-tested"] {
+        assert_eq!(status(&report, id), "ERROR", "{id}");
+    }
+    assert_eq!(out.status.code(), Some(1), "a gate does not pass what it could not see");
+    // The datastore items until their probes exist (or their targets are configured).
+    let out = audctl(dir.path(), &["check", "-f", &prod(), "--only", "postgres", "-o", "json"]);
+    let report = json(&out);
+    assert_eq!(status(&report, "postgres"), "ERROR");
+}
+
+#[test]
+fn bad_input_is_exit_2_and_names_the_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checklist = dir.path().join("bad.yaml");
+    std::fs::write(
+        &checklist,
+        "version: 1\nsections:\n  - id: s\n    title: S\n    phase: preprod\n    items:\n      - {id: a, text: A, proof: probe, probes: [cluster.rbca]}\n",
+    )
+    .expect("write");
+    let out = audctl(dir.path(), &["check", "--checklist", &checklist.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:7:") && err.contains("did you mean \"cluster.rbac\""), "{err}");
+
+    let out = audctl(dir.path(), &["check", "--only", "rbca"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"rbac\""));
+
+    let out = audctl(dir.path(), &["check", "--timeout", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = audctl(dir.path(), &["attest", "--list"]);
+    assert_eq!(out.status.code(), Some(2), "attestations live in the cluster");
+    let out = audctl(dir.path(), &["attest", "no-such-item", "--by", "alice"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn probes_are_listed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = audctl(dir.path(), &["check", "--list-probes", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let list = json(&out);
+    let ids: Vec<&str> = list["probes"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str()).collect();
+    for id in ["cluster.ha", "cluster.tls", "manifests.resources", "manifests.network-policy"] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+}
