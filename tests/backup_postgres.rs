@@ -333,6 +333,8 @@ async fn point_in_time_restore_lands_between_two_known_writes() -> anyhow::Resul
     s.pg.sql("SELECT pg_create_restore_point('between-a-and-b')").await?;
     let b = srv.one("acme", 1001).await?;
     srv.server.shutdown().await?;
+    // The transaction that wrote A.
+    let xid = scalar(&s.url, &format!("SELECT xmin FROM events WHERE id = '{a}'")).await?;
     archive_past(&s.pg).await?;
     assert!(has_event(&s.url, &a).await? && has_event(&s.url, &b).await?);
 
