@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         redis: Some(redis.target()),
         kafka: Some(kafka.target()),
         search: Some(search.target()),
+        backup: None,
         audit: Some(audctl_targets::AuditTarget {
             url: server.base_url(),
             api_key: Some(audctl_targets::Secret::Inline(API_KEY.into())),

@@ -83,9 +83,9 @@ pub enum Command {
     /// Generate load against the service and enforce latency/error thresholds.
     Load(LoadArgs),
     /// Back up PostgreSQL, Elasticsearch, Redis and Kafka.
-    Backup(PendingArgs),
+    Backup(BackupArgs),
     /// Restore the datastores from a backup and verify the result.
-    Restore(PendingArgs),
+    Restore(RestoreArgs),
     /// Rehearse the whole go-live on one machine and write the go-live report.
     Rehearse(PendingArgs),
     /// Verify an export of the audit trail offline: its hash chain, and a signed checkpoint.
@@ -441,6 +441,203 @@ pub struct LoadArgs {
     /// Internal: run as worker INDEX/COUNT of a distributed run, streaming histograms on stdout.
     #[arg(long, hide = true, value_name = "INDEX/COUNT")]
     pub worker: Option<String>,
+}
+
+/// `audctl backup`: take, list, check and prune backups.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backup repository (a directory); default: `backup.repo` in the targets file.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: BackupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// PostgreSQL: pg_dump (custom format) and pg_basebackup with the WAL archive.
+    Postgres(PgBackupArgs),
+    /// Elasticsearch/OpenSearch: a snapshot through the snapshot API.
+    Search(SearchBackupArgs),
+    /// Redis: a consistent RDB copy (replica sync, from a replica when Sentinel has a healthy one).
+    Redis(RedisBackupArgs),
+    /// Kafka: check the audit topic's retention (>= 7 days), record offsets; --export copies records.
+    Kafka(KafkaBackupArgs),
+    /// Every component named in the targets file, in turn (the CronJobs' entry point).
+    All,
+    /// List the complete backups in the repository, newest first.
+    List(BackupListArgs),
+    /// Current RPO per component against the guide's cadence; exit 1 when a backup is overdue.
+    Status(BackupStatusArgs),
+    /// Delete backups past the guide's retention (dry run unless --confirm).
+    Prune(BackupPruneArgs),
+    /// Test-restore a backup into scratch instances and run the restore's verification.
+    Verify(BackupVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupStatusArgs {
+    /// Only this component (postgres, search, redis, kafka).
+    #[arg(long, value_name = "COMPONENT")]
+    pub component: Option<String>,
+    /// Minutes a backup may run late beyond its cadence before it counts as overdue.
+    #[arg(long, default_value_t = 15, value_name = "MINUTES")]
+    pub grace_minutes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupPruneArgs {
+    /// Only this component (postgres, search, redis, kafka).
+    #[arg(long, value_name = "COMPONENT")]
+    pub component: Option<String>,
+    /// Delete for real (without it, only show what would be deleted).
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupVerifyArgs {
+    /// Backup id (see `audctl backup list`), or `latest` with --component.
+    #[arg(value_name = "BACKUP_ID")]
+    pub id: String,
+    /// With `latest`: whose newest backup (postgres, search, redis, kafka).
+    #[arg(long, value_name = "COMPONENT", default_value = "postgres")]
+    pub component: String,
+    /// Where scratch instances live (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaBackupArgs {
+    /// Copy the topic's records into the backup (one JSON line per record, per partition).
+    #[arg(long)]
+    pub export: bool,
+    /// Topic (default: `kafka.topic` in the targets file, `audit-events`).
+    #[arg(long, value_name = "NAME")]
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RedisBackupArgs {}
+
+#[derive(Debug, Args)]
+pub struct SearchBackupArgs {
+    /// Snapshot repository on the cluster (default: `search.snapshotRepository` in the targets file).
+    #[arg(long, value_name = "NAME")]
+    pub repository: Option<String>,
+    /// Register the repository first, as a shared-filesystem (fs) repository at this location (a
+    /// directory listed in the nodes' path.repo).
+    #[arg(long, value_name = "DIR")]
+    pub register_fs: Option<PathBuf>,
+    /// Indices to snapshot (comma-separated names or patterns).
+    #[arg(long, default_value = "*", value_name = "PATTERN")]
+    pub indices: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PgMethod {
+    /// Logical dump and physical base backup with WAL (the default: restore and point in time).
+    All,
+    /// Logical dump only (pg_dump custom format).
+    Dump,
+    /// Physical base backup and WAL only (point-in-time recovery).
+    Base,
+}
+
+#[derive(Debug, Args)]
+pub struct PgBackupArgs {
+    /// What to take.
+    #[arg(long, value_enum, default_value_t = PgMethod::All)]
+    pub method: PgMethod,
+    /// Directory of the server's WAL archive to copy into the backup (default: `postgres.walArchive`
+    /// in the targets file).
+    #[arg(long, value_name = "DIR")]
+    pub wal_archive: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupListArgs {
+    /// Only this component's backups (postgres, search, redis, kafka).
+    #[arg(long, value_name = "COMPONENT")]
+    pub component: Option<String>,
+}
+
+/// `audctl restore`: restore a datastore from a backup, then verify it.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup repository (a directory); default: `backup.repo` in the targets file.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: RestoreCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// PostgreSQL: pg_restore of the dump into an empty database, or point-in-time recovery.
+    Postgres(PgRestoreArgs),
+    /// Elasticsearch/OpenSearch: restore the snapshot's indices, then count their documents.
+    Search(SearchRestoreArgs),
+    /// Redis: copy every key with its TTL into the target, then compare key counts and TTLs.
+    Redis(RedisRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedisRestoreArgs {
+    #[command(flatten)]
+    pub common: RestoreCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchRestoreArgs {
+    #[command(flatten)]
+    pub common: RestoreCommon,
+}
+
+/// What every restore asks for.
+#[derive(Debug, Args)]
+pub struct RestoreCommon {
+    /// Backup id (see `audctl backup list`), or `latest`.
+    #[arg(value_name = "BACKUP_ID")]
+    pub id: String,
+    /// Where to restore: PostgreSQL `postgres://user@host:port/db` (password in PGPASSWORD or inline;
+    /// required), search `http(s)://host:9200`, redis `redis://:password@host:port` (default: the
+    /// targets file's entry).
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Restore over a target that already holds data (objects in the backup are dropped and recreated).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PgRestoreArgs {
+    #[command(flatten)]
+    pub common: RestoreCommon,
+    /// Point-in-time recovery to this time (RFC 3339, e.g. 2026-12-01T06:30:00Z), from the base
+    /// backup and the WAL.
+    #[arg(long, value_name = "TIME", group = "pitr")]
+    pub to_time: Option<String>,
+    /// Point-in-time recovery up to this WAL location (e.g. 0/3000148).
+    #[arg(long, value_name = "LSN", group = "pitr")]
+    pub to_lsn: Option<String>,
+    /// Point-in-time recovery up to this transaction id (included).
+    #[arg(long, value_name = "XID", group = "pitr")]
+    pub to_xid: Option<String>,
+    /// Point-in-time recovery up to this named restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "pitr")]
+    pub to_name: Option<String>,
+    /// WAL archive directory with segments newer than the backups (default: `postgres.walArchive`
+    /// in the targets file); read-only.
+    #[arg(long, value_name = "DIR")]
+    pub wal_archive: Option<PathBuf>,
+    /// Where the temporary recovery instance lives (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// Arguments of a verb that is not built yet: none are accepted.

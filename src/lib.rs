@@ -4,6 +4,7 @@
 //! code paths. Dependencies point one way: `cli` -> verbs -> (render, values, output, ...); nothing
 //! below the verbs knows about clap.
 
+pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod deploy;
@@ -70,6 +71,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::History(args) => deploy::history(&cli.global, args),
         Command::Rollback(args) => deploy::rollback(&cli.global, args),
         Command::Verify(args) => verify::run(args, cli.global.output),
+        Command::Backup(args) => backup::run_backup(&cli.global, args),
+        Command::Restore(args) => backup::run_restore(&cli.global, args),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
         Command::Smoke(args) => smoke::run(args, &cli.global),

@@ -274,6 +274,7 @@ async fn datastores_section_end_to_end() -> anyhow::Result<()> {
         redis: Some(redis.target()),
         kafka: Some(kafka.target()),
         search: Some(search.target()),
+        backup: None,
         audit: Some(AuditTarget { url: service_url, api_key: Some(Secret::Inline(API_KEY.into())), tenant: None }),
     };
     std::fs::write(dir.path().join("targets.yaml"), targets.to_yaml()?)?;

@@ -4,9 +4,11 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -86,6 +88,9 @@ fn check_typed(api_version: &str, kind: &str, value: &Value) -> Result<(), Strin
         ("v1", "Service") => typed::<Service>(value),
         ("apps/v1", "Deployment") => typed::<Deployment>(value),
         ("apps/v1", "StatefulSet") => typed::<StatefulSet>(value),
+        ("batch/v1", "CronJob") => typed::<CronJob>(value),
+        ("rbac.authorization.k8s.io/v1", "Role") => typed::<Role>(value),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => typed::<RoleBinding>(value),
         ("autoscaling/v2", "HorizontalPodAutoscaler") => typed::<HorizontalPodAutoscaler>(value),
         ("policy/v1", "PodDisruptionBudget") => typed::<PodDisruptionBudget>(value),
         ("networking.k8s.io/v1", "Ingress") => typed::<Ingress>(value),
@@ -165,10 +170,13 @@ pub fn rank(kind: &str) -> usize {
         "Secret",
         "ConfigMap",
         "PersistentVolumeClaim",
+        "Role",
+        "RoleBinding",
         "Service",
         "StatefulSet",
         "Deployment",
         "HorizontalPodAutoscaler",
+        "CronJob",
         "Ingress",
         "ExternalSecret",
         "Cluster",

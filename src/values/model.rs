@@ -60,6 +60,38 @@ pub struct Values {
     pub elasticsearch: Elasticsearch,
     pub redis: Redis,
     pub kafka: Kafka,
+    pub backups: Backups,
+}
+
+/// `audctl backup` CronJobs at the production guide's cadence (Disaster Recovery), a daily prune and
+/// a weekly test-restore.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backups {
+    pub enabled: bool,
+    /// The audctl image the CronJobs run.
+    pub image: Image,
+    /// Secret holding the targets file under the key `targets.yaml` (connection settings; secrets
+    /// in it as `{file: ...}` or `{env: ...}`).
+    pub targets_secret: String,
+    /// PersistentVolumeClaim holding the backup repository, mounted at /backups.
+    pub repository_claim: String,
+    /// Cron schedules (UTC): hourly PostgreSQL, Redis and Kafka offsets, daily search snapshots,
+    /// daily prune, weekly verify.
+    pub schedules: BackupSchedules,
+    /// Resources of the backup container.
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupSchedules {
+    pub postgres: String,
+    pub redis: String,
+    pub kafka: String,
+    pub search: String,
+    pub prune: String,
+    pub verify: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

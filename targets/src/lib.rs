@@ -28,6 +28,8 @@ pub struct Targets {
     pub search: Option<SearchTarget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupTarget>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -117,6 +119,14 @@ pub struct AuditTarget {
     pub tenant: Option<String>,
 }
 
+/// Where `audctl backup` writes and `audctl restore` reads backups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupTarget {
+    /// The backup repository: a local or mounted directory (`audctl backup --repo` overrides it).
+    pub repo: PathBuf,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TargetsError {
     #[error("{path}: {source}")]
@@ -161,11 +171,12 @@ mod tests {
     #[test]
     fn round_trips_and_defaults() {
         let t = Targets::from_yaml(
-            "postgres:\n  url: postgres://audit@127.0.0.1:5432/audit\nredis:\n  sentinels: [\"127.0.0.1:26379\"]\nkafka:\n  bootstrapServers: [\"127.0.0.1:9092\"]\n",
+            "postgres:\n  url: postgres://audit@127.0.0.1:5432/audit\nredis:\n  sentinels: [\"127.0.0.1:26379\"]\nkafka:\n  bootstrapServers: [\"127.0.0.1:9092\"]\nbackup:\n  repo: /var/backups/audit\n",
         )
         .expect("valid targets");
         assert_eq!(t.redis.as_ref().map(|r| r.master_set.as_str()), Some("mymaster"));
         assert_eq!(t.kafka.as_ref().map(|k| k.topic.as_str()), Some("audit-events"));
+        assert_eq!(t.backup.as_ref().map(|b| b.repo.as_path()), Some(Path::new("/var/backups/audit")));
         let again = Targets::from_yaml(&t.to_yaml().expect("serialise")).expect("reparse");
         assert_eq!(again, t);
     }

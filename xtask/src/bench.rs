@@ -1,4 +1,4 @@
-//! `cargo xtask bench [server|render|check|deploy]`: measured runs (not timed tests) of the speed targets.
+//! `cargo xtask bench [server|render|check|deploy|backup]`: measured runs (not timed tests) of the speed targets.
 //! Each target lives in its own module function; `all` runs them in turn.
 
 use clap::ValueEnum;
@@ -17,6 +17,8 @@ pub enum BenchTarget {
     Deploy,
     /// `audctl load`: generator speed vs wrk, honesty under a paused server, RSS over a soak.
     Load,
+    /// `audctl backup postgres` against plain pg_dump on >= 1 GB of audit events; restore vs RTO.
+    Backup,
 }
 
 #[derive(clap::Args)]
@@ -44,6 +46,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.target == BenchTarget::Load {
         crate::bench_load::run(args.soak)?;
+    }
+    if all || args.target == BenchTarget::Backup {
+        backup()?;
     }
     Ok(())
 }
@@ -87,5 +92,15 @@ fn deploy() -> anyhow::Result<()> {
     crate::util::step(
         "bench deploy (values-prod on the testbed: audctl deploy vs kubectl apply --server-side + rollout status)",
         crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_deploy"]),
+    )
+}
+
+/// audctl's `bench_backup` example (release build; it finds the release audctl next to it): 1 GB of
+/// audit events with valid chains loaded with COPY, then pg_dump and audctl twice each, alternating.
+fn backup() -> anyhow::Result<()> {
+    crate::util::step("build audctl (release)", crate::util::cargo().args(["build", "--release", "-p", "audctl"]))?;
+    crate::util::step(
+        "bench backup (pg_dump vs audctl backup postgres on >= 1 GB, restore vs RTO)",
+        crate::util::cargo().args(["run", "--release", "-p", "audctl", "--example", "bench_backup"]),
     )
 }

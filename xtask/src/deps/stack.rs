@@ -168,6 +168,7 @@ async fn serve_inner(ctx: &Ctx) -> anyhow::Result<()> {
         kafka: Some(kafka.target()),
         search: Some(search.target()),
         audit: None,
+        backup: None,
     };
     // Written atomically: `up` treats the file's existence as "ready".
     let tmp = targets_file(ctx).with_extension("tmp");

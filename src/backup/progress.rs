@@ -1,0 +1,70 @@
+//! Byte progress (bytes written and rate) on stderr when it is a terminal; a summary line either way.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Bytes {
+    bar: ProgressBar,
+    started: Instant,
+    label: String,
+    quiet: bool,
+}
+
+impl Bytes {
+    /// A bar counting bytes of `label` (its total, when known, gives an ETA).
+    pub fn new(label: impl Into<String>, total: Option<u64>) -> Bytes {
+        let label = label.into();
+        let target =
+            if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bar = ProgressBar::with_draw_target(total, target);
+        let template = if total.is_some() {
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}"
+        } else {
+            "{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}"
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(label.clone());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Bytes { bar, started: Instant::now(), label, quiet: false }
+    }
+
+    /// Counts without showing or summarising anything.
+    pub fn hidden() -> Bytes {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        Bytes { bar, started: Instant::now(), label: String::new(), quiet: true }
+    }
+
+    pub fn add(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    pub fn set(&self, n: u64) {
+        self.bar.set_position(n);
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bar.position()
+    }
+
+    /// Clear the bar and print `label: N MiB in S s (R MiB/s)` on stderr.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+        if !self.quiet {
+            let secs = self.started.elapsed().as_secs_f64();
+            let mib = self.bytes() as f64 / (1024.0 * 1024.0);
+            eprintln!("{}: {mib:.1} MiB in {secs:.1} s ({:.1} MiB/s)", self.label, mib / secs.max(0.001));
+        }
+    }
+}
+
+impl Drop for Bytes {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
