@@ -20,9 +20,15 @@ fn venv(ctx: &Ctx) -> PathBuf {
 pub fn install(ctx: &Ctx) -> anyhow::Result<()> {
     let venv = venv(ctx);
     let marker = venv.join("installed.txt");
-    // A changed pin reinstalls; the same pin is a no-op.
-    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == SCHEMATHESIS) {
+    // A changed pin reinstalls; the same pin in the same place is a no-op. A venv is not
+    // relocatable (its scripts name their interpreter by absolute path), so a cache copied or
+    // moved elsewhere (another user's home, a changed AUDCTL_CACHE) is made anew, not trusted.
+    let stamp = format!("{SCHEMATHESIS} {}", venv.display());
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == stamp) {
         return Ok(());
+    }
+    if std::fs::read_to_string(&marker).is_ok() {
+        std::fs::remove_dir_all(&venv).with_context(|| format!("removing the stale venv {}", venv.display()))?;
     }
     if !venv.join("bin/pip").exists() {
         step("python venv for test tools", Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
@@ -31,11 +37,13 @@ pub fn install(ctx: &Ctx) -> anyhow::Result<()> {
         &format!("pip install {SCHEMATHESIS}"),
         Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", SCHEMATHESIS]),
     )?;
-    std::fs::write(&marker, SCHEMATHESIS).with_context(|| format!("writing {}", marker.display()))
+    std::fs::write(&marker, stamp).with_context(|| format!("writing {}", marker.display()))
 }
 
 pub fn status(ctx: &Ctx) -> anyhow::Result<()> {
     let installed = std::fs::read_to_string(venv(ctx).join("installed.txt")).unwrap_or_default();
-    println!("python tools: {}", if installed.is_empty() { "not installed" } else { installed.trim() });
+    // The stamp is "<pin> <venv path>": show the pin.
+    let pin = installed.split_whitespace().next().unwrap_or("not installed");
+    println!("python tools: {pin}");
     Ok(())
 }
