@@ -159,7 +159,7 @@ async fn rate_limit_counts_events(backend: Backend) -> Result<()> {
     ensure!(s == 201, "the first batch fits the burst: {s} {b}");
     // 50 tokens left: a second batch of 100 is refused (per request it would pass), nothing stored.
     let (s, b) = api.post(KEY_A, "/api/v1/events/batch", &batch).await?;
-    ensure!(s == 429 && b["error"] == "rate_limited", "{s} {b}");
+    ensure!(s == 429 && b["error"] == "rate_limited", "{s} {}", b["error"]);
     ensure!(api.all_events("tenant-a").await?.len() == 100, "the refused batch was stored");
     // Single events still pass, one token each; another key has its own bucket.
     let (s, b) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "one", "X")).await?;
