@@ -55,6 +55,11 @@ impl RunningServer {
         self.state.store.kind()
     }
 
+    /// The store's durability settings in force (see [`store::Store::durability`]).
+    pub async fn durability(&self) -> Result<Vec<(String, String)>, store::StoreError> {
+        self.state.store.durability().await
+    }
+
     /// Graceful shutdown: readiness turns false, then (after the configured delay) the listener
     /// closes and in-flight requests, including their group-commit runs, finish.
     pub async fn shutdown(self) -> anyhow::Result<()> {

@@ -698,6 +698,31 @@ impl Store {
         })
     }
 
+    /// The durability settings in force for this server's sessions, as (name, value): SQLite's
+    /// `journal_mode` and `synchronous` (0 off, 1 normal, 2 full, 3 extra) on a pooled connection;
+    /// PostgreSQL's `fsync`, `synchronous_commit` and `full_page_writes`.
+    pub async fn durability(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        match self {
+            Store::Postgres(s) => {
+                for name in ["fsync", "synchronous_commit", "full_page_writes"] {
+                    let v: String =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}"))).fetch_one(s.pool()).await?;
+                    out.push((name.to_owned(), v));
+                }
+            }
+            Store::Sqlite(s) => {
+                // One connection for both: `synchronous` is a per-connection setting.
+                let mut conn = s.pool().acquire().await?;
+                let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *conn).await?;
+                let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await?;
+                out.push(("journal_mode".to_owned(), mode));
+                out.push(("synchronous".to_owned(), sync.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(s) => s.ping().await,
