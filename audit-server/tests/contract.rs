@@ -44,6 +44,22 @@ async fn openapi_declares_enforced_constraints() -> Result<()> {
     }
     let tenant = &schemas["Metadata"]["properties"]["tenantId"];
     ensure!(tenant["pattern"] == audit_api::TENANT_PATTERN && tenant["maxLength"] == 128, "{tenant}");
+    let tags = &schemas["Metadata"]["properties"]["tags"];
+    ensure!(
+        tags["additionalProperties"]["maxLength"] == 4096 && tags["propertyNames"]["maxLength"] == 256,
+        "tags: {tags}"
+    );
+    let occurred = &schemas["NewEvent"]["properties"]["occurredAt"];
+    ensure!(occurred["format"] == "date-time", "occurredAt: {occurred}");
+    for (path, method, name) in [
+        ("/api/v1/events", "post", "signed"),
+        ("/api/v1/events/batch", "post", "signed"),
+        ("/api/v1/integrity/verify", "get", "incremental"),
+    ] {
+        let p = param(&doc, path, method, name);
+        ensure!(p["schema"]["type"] == "boolean", "{path} {name}: {p}");
+    }
+    ensure!(param(&doc, "/api/v1/integrity/verify", "get", "checkpoint")["in"] == "query", "verify checkpoint");
     let events = &schemas["BatchRequest"]["properties"]["events"];
     ensure!(events["minItems"] == 1 && events["maxItems"] == 1000, "{events}");
 
