@@ -757,3 +757,93 @@ impl Store {
 pub(crate) fn parse_receipts(text: &str) -> Result<Vec<EventReceipt>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("unreadable idempotency record: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain of `n` rows of tenant `t`, as a store would return them.
+    fn chain_rows(n: i64) -> Vec<StoredRow> {
+        let mut previous = chain::genesis().to_owned();
+        (1..=n)
+            .map(|sequence| {
+                let id = format!("00000000-0000-7000-8000-{sequence:012}");
+                let body = chain::canonical_json(&serde_json::json!({
+                    "id": id, "sequence": sequence, "timestamp": "2026-01-01T00:00:00.000000Z",
+                    "actor": {"id": "a", "type": "U"}, "action": {"type": "X"},
+                    "resource": {"id": "r", "type": "D"}, "metadata": {"source": "s", "tenantId": "t"}
+                }));
+                let hash = chain::link_hash(&body, &previous);
+                StoredRow {
+                    id,
+                    tenant_id: "t".into(),
+                    sequence,
+                    timestamp: "2026-01-01T00:00:00.000000Z".into(),
+                    actor_id: "a".into(),
+                    resource_id: "r".into(),
+                    action_type: "X".into(),
+                    body,
+                    hash: hash.clone(),
+                    previous_hash: std::mem::replace(&mut previous, hash),
+                }
+            })
+            .collect()
+    }
+
+    fn checkpoint(sequence: i64, hash: &str) -> SignedCheckpoint {
+        SignedCheckpoint {
+            tenant_id: "t".into(),
+            sequence,
+            hash: hash.into(),
+            issued_at: "2026-01-01T00:00:00.000000Z".into(),
+            key_id: "k".into(),
+            signature: String::new(),
+        }
+    }
+
+    /// Walk `rows` (from `start`, as a store does: the anchor row first) with `cp`.
+    fn walk(rows: &[StoredRow], cp: Option<SignedCheckpoint>, start: Option<Start>) -> VerifyReport {
+        let head = rows.last().map(|r| (r.sequence, r.hash.clone()));
+        let mut v = Verifier::new("t", cp, start);
+        if let Some(at) = v.checkpoint_before_start() {
+            v.checkpoint_hash(rows.iter().find(|r| r.sequence == at).map(|r| r.hash.clone()));
+        }
+        let after = v.read_after();
+        for r in rows.iter().filter(|r| r.sequence > after) {
+            v.check(r);
+        }
+        v.finish(head).0
+    }
+
+    #[test]
+    fn checkpoint_match_full_and_incremental() {
+        let rows = chain_rows(6);
+        let at = |s: i64| rows[(s - 1) as usize].hash.clone();
+        let start = Some(Start { sequence: 4, hash: at(4) });
+        for s in [None, start.clone()] {
+            let r = walk(&rows, Some(checkpoint(2, &at(2))), s.clone());
+            assert!(r.verified && r.checkpoint_match == Some(CheckpointMatch::Matched), "{s:?} {r:?}");
+            let r = walk(&rows, Some(checkpoint(2, &at(3))), s.clone());
+            assert_eq!((r.verified, r.checkpoint_match), (false, Some(CheckpointMatch::Rewritten)), "{s:?}");
+            assert_eq!(r.first_broken_at.map(|b| b.sequence), Some(2));
+            let r = walk(&rows, Some(checkpoint(9, &at(3))), s.clone());
+            assert_eq!((r.verified, r.checkpoint_match), (false, Some(CheckpointMatch::Truncated)), "{s:?}");
+            assert_eq!(r.first_broken_at.map(|b| b.sequence), Some(7));
+        }
+        // Incremental: only the links after the anchor are counted; the anchor itself is the
+        // checkpoint's position.
+        let r = walk(&rows, Some(checkpoint(4, &at(4))), start.clone());
+        assert!(r.verified && r.checked == 2 && r.verified_from == Some(4), "{r:?}");
+        // An anchor whose hash changed since it was verified, and one that is gone.
+        let r = walk(&rows, None, Some(Start { sequence: 4, hash: at(3) }));
+        assert_eq!(r.first_broken_at.map(|b| b.sequence), Some(4));
+        let r = walk(&rows[..3], None, start);
+        assert!(!r.verified && r.first_broken_at.as_ref().is_some_and(|b| b.reason.contains("verified before")));
+        // A walk stopped by a broken link before the checkpoint did not reach it.
+        let mut broken = chain_rows(6);
+        broken[1].body = broken[1].body.replace("\"X\"", "\"Y\"");
+        let r = walk(&broken, Some(checkpoint(5, &at(5))), None);
+        assert_eq!(r.checkpoint_match, Some(CheckpointMatch::Unreached));
+        assert_eq!(r.first_broken_at.map(|b| b.sequence), Some(2));
+    }
+}
