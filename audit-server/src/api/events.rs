@@ -136,7 +136,7 @@ fn receipt_signer(
     }
 }
 
-/// Signed after COMMIT, outside the append transaction (about 20 µs per event, so opt-in).
+/// Signed after COMMIT, outside the append transaction (one Ed25519 signature per event: opt-in).
 fn sign_receipts(
     signer: Option<std::sync::Arc<crate::checkpoint::Signer>>,
     tenant: &str,
@@ -404,8 +404,15 @@ pub async fn verify(
             let _ = lines.send(format!("{{\"checked\":{checked}}}\n"));
         };
         let signer = state.signer.as_deref();
-        let result =
-            crate::integrity::verify_tenant(&state.store, signer, &tenant, checkpoint, incremental, &progress).await;
+        let walk = crate::integrity::verify_tenant(&state.store, signer, &tenant, checkpoint, incremental, &progress);
+        // A client that goes away stops the walk (its snapshot transaction rolls back on drop).
+        let result = tokio::select! {
+            r = walk => r,
+            () = tx.closed() => {
+                tracing::debug!(tenant, "streamed verification abandoned by its client");
+                return;
+            }
+        };
         let last = match result {
             Ok(report) => serde_json::to_string(&report).unwrap_or_default(),
             Err(e) => {
