@@ -339,6 +339,7 @@ async fn smoke(
     // The event round trip.
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let event = NewEvent {
+        occurred_at: None,
         actor: Actor {
             id: format!("audctl-smoke-{marker}"),
             kind: "SERVICE".into(),

@@ -154,6 +154,37 @@ fn rendered_server_config_is_read_by_the_server() {
         assert_eq!(config.request_timeout.as_secs_f64(), s.request_timeout_seconds, "{file}");
         assert_eq!(config.group_commit_max_events, s.group_commit_max_events as usize, "{file}");
         assert!(config.database_url.is_some(), "{file}: DATABASE_URL not passed");
+        // Tamper evidence: the signing key from its Secret, mounted read-only where the config
+        // says; the checkpoint directory on its own volume; the background verifier's schedule.
+        let i = &values.integrity;
+        assert_eq!(config.checkpoint_dir.as_deref(), Some(Path::new(&i.checkpoint_dir)), "{file}");
+        assert_eq!(config.verify_interval.map(|d| d.as_secs_f64()), Some(i.verify_interval_seconds), "{file}");
+        assert_eq!(config.verify_full_interval.as_secs_f64(), i.verify_full_interval_seconds, "{file}");
+        assert_eq!(config.checkpoint_interval.map(|d| d.as_secs_f64()), Some(i.checkpoint_interval_seconds), "{file}");
+        let mounts = container["volumeMounts"].as_sequence().expect("volume mounts");
+        let mount = |name: &str| mounts.iter().find(|m| m["name"] == name);
+        let volumes = deployment["spec"]["template"]["spec"]["volumes"].as_sequence().expect("volumes");
+        let volume = |name: &str| volumes.iter().find(|v| v["name"] == name);
+        let checkpoints = mount("checkpoints").unwrap_or_else(|| panic!("{file}: no checkpoints mount"));
+        assert_eq!(checkpoints["mountPath"].as_str(), Some(i.checkpoint_dir.as_str()), "{file}");
+        assert_ne!(checkpoints["readOnly"].as_bool(), Some(true), "{file}: the checkpoint dir must be writable");
+        let claim = &volume("checkpoints").expect("checkpoints volume")["persistentVolumeClaim"]["claimName"];
+        assert_eq!(claim.as_str(), i.checkpoint_claim_name.as_deref(), "{file}");
+        match &i.signing_key_secret {
+            Some(secret) => {
+                let key_file = config.signing_key_file.clone().unwrap_or_else(|| panic!("{file}: no signing key"));
+                let m = mount("signing-key").unwrap_or_else(|| panic!("{file}: signing key not mounted"));
+                assert_eq!(m["readOnly"].as_bool(), Some(true), "{file}");
+                let dir = m["mountPath"].as_str().expect("mountPath");
+                assert_eq!(key_file.parent(), Some(Path::new(dir)), "{file}");
+                let v = &volume("signing-key").expect("signing-key volume")["secret"];
+                assert_eq!(v["secretName"].as_str(), Some(secret.as_str()), "{file}");
+                assert_eq!(v["items"][0]["key"].as_str(), Some(i.signing_key_secret_key.as_str()), "{file}");
+                let name = key_file.file_name().and_then(|n| n.to_str());
+                assert_eq!(v["items"][0]["path"].as_str(), name, "{file}");
+            }
+            None => assert!(config.signing_key_file.is_none() && mount("signing-key").is_none(), "{file}"),
+        }
         let tenants: Vec<Vec<String>> = config.api_keys.iter().map(|k| k.tenants.clone()).collect();
         assert_eq!(tenants, [vec!["acme".to_owned(), "globex".to_owned()], vec!["*".to_owned()]], "{file}");
     }

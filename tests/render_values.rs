@@ -26,6 +26,14 @@ fn assert_has(stderr: &str, expected: &str) {
 }
 
 #[test]
+fn checkpoint_dir_on_another_mount_refused() {
+    let e = refused("integrity:\n  checkpointDir: /var/lib/audit-trail\n  verifyIntervalSeconds: -1\n", &[]);
+    assert_has(&e, "integrity.checkpointDir");
+    assert_has(&e, "already a mount of the server container");
+    assert_has(&e, "integrity.verifyIntervalSeconds");
+}
+
+#[test]
 fn unknown_key_with_did_you_mean() {
     let e = refused("autoscaling:\n  enabled: true\n  maxReplica: 5\n", &[]);
     assert_has(&e, "bad.yaml:3:3: autoscaling.maxReplica: unknown key `maxReplica`; did you mean `maxReplicas`?");

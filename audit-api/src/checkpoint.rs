@@ -39,6 +39,24 @@ pub struct SignedCheckpoint {
     pub signature: String,
 }
 
+/// How a chain compares with a signed checkpoint (`checkpointMatch` of a verify report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum CheckpointMatch {
+    /// The event at the checkpoint's sequence carries the checkpoint's hash.
+    Matched,
+    /// The chain ends before the checkpoint's sequence: events were removed (a tail cut with the
+    /// head moved back, or a rollback such as a restored old backup or a failover to a lagging
+    /// replica, with nothing appended since).
+    Truncated,
+    /// Another event stands at the checkpoint's sequence: the chain was rewritten from there, or
+    /// rolled back and then appended to (the sequence numbers were reused).
+    Rewritten,
+    /// The walk stopped at a broken link before the checkpoint's sequence.
+    Unreached,
+}
+
 /// Answer to `GET /integrity/checkpoints`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

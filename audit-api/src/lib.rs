@@ -163,8 +163,22 @@ pub struct Metadata {
     #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// Names of at most 256 characters, values of at most 4096.
+    #[cfg_attr(feature = "openapi", schema(schema_with = tags_schema))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// `metadata.tags`: an object of strings, with the limits the server enforces.
+#[cfg(feature = "openapi")]
+fn tags_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let string = |max: usize| ObjectBuilder::new().schema_type(Type::String).max_length(Some(max));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(string(4096)))
+        .property_names(Some(string(256).build()))
+        .build()
 }
 
 /// Body of `POST /events` (and each element of a batch).
@@ -173,6 +187,12 @@ pub struct Metadata {
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct NewEvent {
+    /// When it happened, by the client's clock (RFC 3339; stored normalised to UTC with six
+    /// fractional digits and `Z`, and hashed like every other field). `timestamp` stays the
+    /// server's time of storage.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime, max_length = 64))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
     pub actor: Actor,
     pub action: Action,
     pub resource: Resource,
@@ -201,6 +221,11 @@ pub struct EventReceipt {
     pub previous_hash: String,
     /// Always `STORED`: the event is committed.
     pub status: String,
+    /// With `?signed=true`: the server's signed statement of this link, a checkpoint of the chain
+    /// at this event (`issuedAt` is the event's `timestamp`), verifiable with the public key and
+    /// usable as the `checkpoint` of `/integrity/verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<checkpoint::SignedCheckpoint>,
 }
 
 /// Answer to `POST /events/batch` (201): one receipt per event, in request order.
@@ -221,6 +246,9 @@ pub struct StoredEvent {
     pub id: String,
     pub sequence: i64,
     pub timestamp: String,
+    /// As sent by the client, normalised (absent when it sent none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
     pub actor: Actor,
     pub action: Action,
     pub resource: Resource,
@@ -250,9 +278,17 @@ pub struct VerifyReport {
     pub checked: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_broken_at: Option<BrokenLink>,
-    /// The signed checkpoint the chain was compared with (the latest published one), if any.
+    /// The signed checkpoint the chain was compared with (the one given in the request, else the
+    /// latest published one), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<checkpoint::SignedCheckpoint>,
+    /// How the chain compares with `checkpoint` (present with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_match: Option<checkpoint::CheckpointMatch>,
+    /// An incremental walk (`incremental=true`) started after this sequence, the last position
+    /// verified before (absent: the walk started at the first event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_from: Option<i64>,
 }
 
 /// The first link of a chain that does not verify.

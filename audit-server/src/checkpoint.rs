@@ -75,12 +75,25 @@ impl Signer {
         }
     }
 
-    fn sign(&self, tenant_id: &str, sequence: i64, hash: &str) -> SignedCheckpoint {
+    /// Check a checkpoint's signature with this server's key (a client-supplied checkpoint, a
+    /// stored verified position).
+    pub fn check(&self, cp: &SignedCheckpoint) -> Result<(), String> {
+        cp.verify_signature(self.pair.public_key().as_ref())
+    }
+
+    /// Sign (tenant, sequence, hash) now, without publishing it.
+    pub fn sign(&self, tenant_id: &str, sequence: i64, hash: &str) -> SignedCheckpoint {
+        self.sign_at(tenant_id, sequence, hash, &chain::format_timestamp(chain::now()))
+    }
+
+    /// Sign (tenant, sequence, hash) as of `issued_at` (a receipt: its event's timestamp, so a
+    /// replayed receipt carries the same signature; Ed25519 signatures are deterministic).
+    pub fn sign_at(&self, tenant_id: &str, sequence: i64, hash: &str, issued_at: &str) -> SignedCheckpoint {
         let mut cp = SignedCheckpoint {
             tenant_id: tenant_id.to_owned(),
             sequence,
             hash: hash.to_owned(),
-            issued_at: chain::format_timestamp(chain::now()),
+            issued_at: issued_at.to_owned(),
             key_id: self.key_id.clone(),
             signature: String::new(),
         };

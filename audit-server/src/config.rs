@@ -107,6 +107,13 @@ pub struct Config {
     pub checkpoint_dir: Option<PathBuf>,
     /// `AUDIT_CHECKPOINT_INTERVAL_SECONDS`: publish moved heads this often, default 300; 0 = only on demand.
     pub checkpoint_interval: Option<Duration>,
+    /// `AUDIT_VERIFY_INTERVAL_SECONDS`: the background verifier walks every tenant's chain this
+    /// often (result in the `audit_integrity_*` metrics); 0 or unset (default): off.
+    pub verify_interval: Option<Duration>,
+    /// `AUDIT_VERIFY_FULL_INTERVAL_SECONDS`: a background pass walks every chain from its first
+    /// event when the last full one is older than this (default 86400); the others start at the
+    /// last verified position.
+    pub verify_full_interval: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +140,8 @@ struct FileConfig {
     signing_key_file: Option<PathBuf>,
     checkpoint_dir: Option<PathBuf>,
     checkpoint_interval_seconds: Option<f64>,
+    verify_interval_seconds: Option<f64>,
+    verify_full_interval_seconds: Option<f64>,
 }
 
 impl Config {
@@ -160,6 +169,8 @@ impl Config {
             signing_key_file: None,
             checkpoint_dir: None,
             checkpoint_interval: Some(Duration::from_secs(300)),
+            verify_interval: None,
+            verify_full_interval: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -202,6 +213,12 @@ impl Config {
         c.checkpoint_dir = file.checkpoint_dir;
         if let Some(s) = file.checkpoint_interval_seconds {
             c.checkpoint_interval = (s > 0.0).then(|| secs(s)).transpose()?;
+        }
+        if let Some(s) = file.verify_interval_seconds {
+            c.verify_interval = (s > 0.0).then(|| secs(s)).transpose()?;
+        }
+        if let Some(s) = file.verify_full_interval_seconds {
+            c.verify_full_interval = secs(s)?;
         }
 
         if let Some(v) = env("AUDIT_LISTEN_ADDR") {
@@ -263,6 +280,12 @@ impl Config {
         }
         if let Some(s) = number::<f64>(&env, "AUDIT_CHECKPOINT_INTERVAL_SECONDS")? {
             c.checkpoint_interval = (s > 0.0).then(|| secs(s)).transpose()?;
+        }
+        if let Some(s) = number::<f64>(&env, "AUDIT_VERIFY_INTERVAL_SECONDS")? {
+            c.verify_interval = (s > 0.0).then(|| secs(s)).transpose()?;
+        }
+        if let Some(s) = number::<f64>(&env, "AUDIT_VERIFY_FULL_INTERVAL_SECONDS")? {
+            c.verify_full_interval = secs(s)?;
         }
         if c.idempotency_retention.is_zero() {
             bail!("AUDIT_IDEMPOTENCY_RETENTION_SECONDS must be above 0");

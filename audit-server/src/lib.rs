@@ -6,6 +6,7 @@ pub mod appender;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
+pub mod integrity;
 pub mod metrics;
 pub mod serve;
 pub mod store;
@@ -33,6 +34,7 @@ pub struct RunningServer {
     task: JoinHandle<std::io::Result<()>>,
     purger: JoinHandle<()>,
     publisher: Option<JoinHandle<()>>,
+    verifier: Option<JoinHandle<()>>,
     shutdown_delay: std::time::Duration,
     /// Set when no key was configured and a local one was generated (SQLite only).
     pub local_key_file: Option<PathBuf>,
@@ -53,6 +55,11 @@ impl RunningServer {
         self.state.store.kind()
     }
 
+    /// The store's durability settings in force (see [`store::Store::durability`]).
+    pub async fn durability(&self) -> Result<Vec<(String, String)>, store::StoreError> {
+        self.state.store.durability().await
+    }
+
     /// Graceful shutdown: readiness turns false, then (after the configured delay) the listener
     /// closes and in-flight requests, including their group-commit runs, finish.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -63,6 +70,9 @@ impl RunningServer {
         self.purger.abort();
         if let Some(p) = &self.publisher {
             p.abort();
+        }
+        if let Some(v) = &self.verifier {
+            v.abort();
         }
         self.state.store.close().await;
         served.context("serving HTTP")
@@ -158,6 +168,15 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         }
         _ => None,
     };
+    let verifier = config.verify_interval.map(|every| {
+        let schedule = integrity::Schedule { every, full_every: config.verify_full_interval };
+        tokio::spawn(integrity::verify_periodically(
+            state.store.clone(),
+            signer.clone(),
+            state.metrics.clone(),
+            schedule,
+        ))
+    });
     tracing::info!(%addr, store = state.store.kind(), keys = state.keys.len(), "audit-server listening");
     Ok(RunningServer {
         addr,
@@ -166,6 +185,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         task,
         purger,
         publisher,
+        verifier,
         shutdown_delay: config.shutdown_delay,
         local_key_file,
     })

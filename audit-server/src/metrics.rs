@@ -18,6 +18,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_append_queue_events",
     "audit_append_queue_bytes",
     "audit_append_tenants_in_flight",
+    "audit_integrity_tenants_failed",
+    "audit_integrity_tenants_verified",
+    "audit_integrity_last_pass_timestamp_seconds",
+    "audit_integrity_passes_total",
+    "audit_integrity_links_verified_total",
+    "audit_integrity_verify_errors_total",
 ];
 
 /// Upper bounds (seconds) of the request latency histogram.
@@ -37,6 +43,24 @@ pub struct Metrics {
     ingested: AtomicU64,
     runs: AtomicU64,
     jobs: AtomicU64,
+    /// The background verifier's results (`crate::integrity`).
+    pub integrity: IntegrityMetrics,
+}
+
+/// Results of the background verifier. Counts, not per-tenant series: the number of tenants is
+/// unbounded, and a broken tenant is named in the error log.
+#[derive(Default)]
+pub struct IntegrityMetrics {
+    /// Tenants whose chain was found broken, and not intact since.
+    pub tenants_failed: AtomicU64,
+    /// Tenants verified intact by the latest pass.
+    pub tenants_verified: AtomicU64,
+    /// End of the latest complete pass (Unix milliseconds; 0: none yet).
+    pub last_pass_unix_ms: AtomicU64,
+    pub passes: AtomicU64,
+    pub links: AtomicU64,
+    /// Tenant verifications that could not run (database errors).
+    pub errors: AtomicU64,
 }
 
 impl Metrics {
@@ -97,7 +121,54 @@ impl Metrics {
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        self.render_integrity(&mut out);
         out
+    }
+
+    fn render_integrity(&self, out: &mut String) {
+        let i = &self.integrity;
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let families = [
+            (
+                "audit_integrity_tenants_failed",
+                "gauge",
+                "Tenants whose chain the background verifier found broken.",
+                load(&i.tenants_failed).to_string(),
+            ),
+            (
+                "audit_integrity_tenants_verified",
+                "gauge",
+                "Tenants verified intact by the latest background pass.",
+                load(&i.tenants_verified).to_string(),
+            ),
+            (
+                "audit_integrity_last_pass_timestamp_seconds",
+                "gauge",
+                "End of the latest complete background verification pass (Unix time; 0: none yet).",
+                format!("{:.3}", load(&i.last_pass_unix_ms) as f64 / 1000.0),
+            ),
+            (
+                "audit_integrity_passes_total",
+                "counter",
+                "Background verification passes completed.",
+                load(&i.passes).to_string(),
+            ),
+            (
+                "audit_integrity_links_verified_total",
+                "counter",
+                "Chain links checked by the background verifier.",
+                load(&i.links).to_string(),
+            ),
+            (
+                "audit_integrity_verify_errors_total",
+                "counter",
+                "Background verifications that could not run (database errors).",
+                load(&i.errors).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
     }
 }
 

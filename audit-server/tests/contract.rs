@@ -44,6 +44,22 @@ async fn openapi_declares_enforced_constraints() -> Result<()> {
     }
     let tenant = &schemas["Metadata"]["properties"]["tenantId"];
     ensure!(tenant["pattern"] == audit_api::TENANT_PATTERN && tenant["maxLength"] == 128, "{tenant}");
+    let tags = &schemas["Metadata"]["properties"]["tags"];
+    ensure!(
+        tags["additionalProperties"]["maxLength"] == 4096 && tags["propertyNames"]["maxLength"] == 256,
+        "tags: {tags}"
+    );
+    let occurred = &schemas["NewEvent"]["properties"]["occurredAt"];
+    ensure!(occurred["format"] == "date-time", "occurredAt: {occurred}");
+    for (path, method, name) in [
+        ("/api/v1/events", "post", "signed"),
+        ("/api/v1/events/batch", "post", "signed"),
+        ("/api/v1/integrity/verify", "get", "incremental"),
+    ] {
+        let p = param(&doc, path, method, name);
+        ensure!(p["schema"]["type"] == "boolean", "{path} {name}: {p}");
+    }
+    ensure!(param(&doc, "/api/v1/integrity/verify", "get", "checkpoint")["in"] == "query", "verify checkpoint");
     let events = &schemas["BatchRequest"]["properties"]["events"];
     ensure!(events["minItems"] == 1 && events["maxItems"] == 1000, "{events}");
 
@@ -89,9 +105,20 @@ async fn openapi_declares_enforced_constraints() -> Result<()> {
     server.shutdown().await
 }
 
-/// Rules JSON Schema cannot state, documented in the README: a batch holds one tenant, and
-/// integers beyond 2^53 are refused. A schema-valid request refused for one of them is expected.
-const INEXPRESSIBLE: [&str; 2] = ["all events of a batch must have the same tenantId", "integers beyond 2^53"];
+/// Rules JSON Schema cannot state, documented in the README: a batch holds one tenant, integers
+/// beyond 2^53 are refused, a `checkpoint` must be one the server signed, `signed=true` needs a
+/// signing key, `occurredAt` at most microsecond precision within years 1-9999, strings nested in
+/// free-form parts at most 4096 characters. A schema-valid request refused for one of them is
+/// expected.
+const INEXPRESSIBLE: [&str; 7] = [
+    "all events of a batch must have the same tenantId",
+    "integers beyond 2^53",
+    "signed checkpoint",
+    "has no signing key",
+    "more precise than a microsecond",
+    "between years 1 and 9999",
+    "strings must be at most 4096 characters",
+];
 
 /// The failures of a schemathesis report other than those.
 fn unexpected_failures(report: &str) -> Vec<String> {

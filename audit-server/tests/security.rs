@@ -10,7 +10,7 @@ use anyhow::{Result, ensure};
 use common::{ADMIN_KEY, Api, Backend, Db, KEY_A, KEY_B, event};
 use serde_json::{Value, json};
 
-on_both!(cross_tenant_get_is_404, unknown_fields_refused, idempotency_keys_expire);
+on_both!(cross_tenant_get_is_404, unknown_fields_refused, idempotency_keys_expire, rate_limit_counts_events);
 
 /// Reading another tenant's event by id answers exactly like a missing event: 404, no owner named.
 async fn cross_tenant_get_is_404(backend: Backend) -> Result<()> {
@@ -41,11 +41,11 @@ async fn unknown_fields_refused(backend: Backend) -> Result<()> {
     let server = audit_server::spawn(db.config()).await?;
     let api = Api::of(&server);
     let mut top = event("tenant-a", "a", "X");
-    top["occurredAt"] = json!("2026-01-01T00:00:00Z");
+    top["occuredAt"] = json!("2026-01-01T00:00:00Z"); // misspelt: `occurredAt` is a field
     let mut nested = event("tenant-a", "a", "X");
     nested["metadata"]["tenantID"] = json!("tenant-b");
     let cases: [(&str, Value, &str); 3] = [
-        ("/api/v1/events", top, "occurredAt"),
+        ("/api/v1/events", top, "occuredAt"),
         ("/api/v1/events", nested, "metadata.tenantID"),
         ("/api/v1/events/batch", json!({"events": [event("tenant-a", "a", "X")], "atomic": false}), "atomic"),
     ];
@@ -144,4 +144,31 @@ async fn synchronous_commit_off_is_refused() -> Result<()> {
     config.allow_async_commit = true;
     let server = audit_server::spawn(config).await?;
     server.shutdown().await
+}
+
+/// The rate limit counts events: a batch of 100 costs 100 tokens, not one request's worth.
+async fn rate_limit_counts_events(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "rate_events").await?;
+    let mut config = db.config();
+    config.rate_limit_per_second = 0.01;
+    config.rate_limit_burst = 150;
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    let batch = json!({"events": (0..100).map(|i| event("tenant-a", &format!("u{i}"), "X")).collect::<Vec<_>>()});
+    let (s, b) = api.post(KEY_A, "/api/v1/events/batch", &batch).await?;
+    ensure!(s == 201, "the first batch fits the burst: {s} {b}");
+    // 50 tokens left: a second batch of 100 is refused (per request it would pass), nothing stored.
+    let (s, b) = api.post(KEY_A, "/api/v1/events/batch", &batch).await?;
+    ensure!(s == 429 && b["error"] == "rate_limited", "{s} {}", b["error"]);
+    ensure!(api.all_events("tenant-a").await?.len() == 100, "the refused batch was stored");
+    // Single events still pass, one token each; another key has its own bucket.
+    let (s, b) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "one", "X")).await?;
+    ensure!(s == 201, "{s} {b}");
+    let (s, b) = api.post(KEY_B, "/api/v1/events/batch", &batch_of("tenant-b", 100)).await?;
+    ensure!(s == 201, "{s} {b}");
+    server.shutdown().await
+}
+
+fn batch_of(tenant: &str, n: usize) -> Value {
+    json!({"events": (0..n).map(|i| event(tenant, &format!("u{i}"), "X")).collect::<Vec<_>>()})
 }

@@ -113,6 +113,7 @@ impl Workload {
         tags.insert("generator".to_owned(), "audctl-load".to_owned());
         tags.insert("env".to_owned(), "load-test".to_owned());
         NewEvent {
+            occurred_at: None,
             actor: Actor {
                 id: format!("user-{user}"),
                 kind: "USER".into(),

@@ -126,11 +126,14 @@ fn external_names(release: &str, what: &str, e: &crate::values::model::External,
     Names { name: format!("{release}-{what}"), host: e.host.clone().unwrap_or_default(), port: e.port.unwrap_or(port) }
 }
 
+/// Where the Deployment mounts the signing key Secret (read-only).
+pub const SIGNING_KEY_DIR: &str = "/etc/audit-trail/signing-key";
+
 /// The server's config file (audit-server's FileConfig keys). Rendered here, not in a template, so
 /// the Deployment's checksum/config annotation hashes exactly what the ConfigMap holds.
 fn server_config(v: &Values) -> String {
     let s = &v.server;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "listen": format!("0.0.0.0:{}", s.port),
         "dataDir": s.data_dir,
         "dbMaxConnections": s.db_max_connections,
@@ -140,6 +143,16 @@ fn server_config(v: &Values) -> String {
         "requestTimeoutSeconds": s.request_timeout_seconds,
         "groupCommitMaxEvents": s.group_commit_max_events,
     });
+    let i = &v.integrity;
+    if let Some(map) = config.as_object_mut() {
+        if i.signing_key_secret.is_some() {
+            map.insert("signingKeyFile".into(), format!("{SIGNING_KEY_DIR}/signing-key.pem").into());
+        }
+        map.insert("checkpointDir".into(), i.checkpoint_dir.clone().into());
+        map.insert("checkpointIntervalSeconds".into(), i.checkpoint_interval_seconds.into());
+        map.insert("verifyIntervalSeconds".into(), i.verify_interval_seconds.into());
+        map.insert("verifyFullIntervalSeconds".into(), i.verify_full_interval_seconds.into());
+    }
     serde_yaml::to_string(&config).unwrap_or_default()
 }
 

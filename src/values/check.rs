@@ -134,6 +134,7 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
     }
 
     heap_within_limit(&mut c, v);
+    integrity(&mut c, v);
 
     if !v.postgresql.auth.postgres_password.is_empty() {
         c.fail(
@@ -187,6 +188,32 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
                 &format!("{name}.external.host"),
                 format!("{name} is neither deployed ({name}.enabled: false) nor external: expected a host"),
             );
+        }
+    }
+}
+
+/// The checkpoint directory is a volume of its own (two mounts cannot share a path), and the
+/// server refuses negative intervals.
+fn integrity(c: &mut Checker<'_>, v: &Values) {
+    let i = &v.integrity;
+    let dir = i.checkpoint_dir.trim_end_matches('/');
+    if !i.checkpoint_dir.starts_with('/') {
+        c.fail("integrity.checkpointDir", format!("{:?}: expected an absolute path", i.checkpoint_dir));
+    } else if [v.server.data_dir.trim_end_matches('/'), "/tmp", "/etc/audit-trail/config", "/etc/audit-trail/secrets"]
+        .contains(&dir)
+    {
+        c.fail(
+            "integrity.checkpointDir",
+            format!("{dir:?}: already a mount of the server container; use a path of its own"),
+        );
+    }
+    for (path, value) in [
+        ("integrity.checkpointIntervalSeconds", i.checkpoint_interval_seconds),
+        ("integrity.verifyIntervalSeconds", i.verify_interval_seconds),
+        ("integrity.verifyFullIntervalSeconds", i.verify_full_interval_seconds),
+    ] {
+        if !(value >= 0.0 && value.is_finite()) {
+            c.fail(path, format!("{value}: expected a number of seconds, 0 or more"));
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct Values {
     pub pre_stop_sleep_seconds: i64,
     pub pod_annotations: BTreeMap<String, String>,
     pub server: Server,
+    /// Signed checkpoints and the background verifier of the audit server.
+    pub integrity: Integrity,
     pub secrets: Secrets,
     pub service: ServiceValues,
     pub pod_disruption_budget: PodDisruptionBudgetValues,
@@ -183,6 +185,29 @@ pub struct Server {
     pub log_level: String,
 }
 
+/// Tamper evidence outside the database (the audit-server README's threat model): the key that
+/// signs checkpoints, where they are published, and the background verifier.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Integrity {
+    /// Secret holding the Ed25519 signing key (PEM PKCS#8), mounted read-only and passed as
+    /// AUDIT_SIGNING_KEY_FILE; null: no key, checkpoints off (PostgreSQL).
+    pub signing_key_secret: Option<String>,
+    /// Key of that Secret holding the PEM.
+    pub signing_key_secret_key: String,
+    /// AUDIT_CHECKPOINT_DIR: where checkpoints are published (a volume mounted there).
+    pub checkpoint_dir: String,
+    /// PersistentVolumeClaim mounted at `checkpointDir` (ReadWriteMany: every replica publishes),
+    /// on storage the database's operators cannot rewrite; null: an emptyDir, lost with the pod.
+    pub checkpoint_claim_name: Option<String>,
+    /// Publish moved chain heads this often (0: on demand only).
+    pub checkpoint_interval_seconds: f64,
+    /// Background verifier: walk every chain this often (0: off).
+    pub verify_interval_seconds: f64,
+    /// A background pass walks every chain from its first event when the last full one is older.
+    pub verify_full_interval_seconds: f64,
+}
+
 /// Where the server's secrets (DATABASE_URL, API keys) come from.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -291,6 +316,8 @@ pub struct PrometheusRuleValues {
     pub latency_p99_seconds: f64,
     /// Alert when this fraction of the database pool is in use.
     pub pool_usage_threshold: f64,
+    /// Alert when no background verification pass completed for this long (with the verifier on).
+    pub verifier_stale_seconds: f64,
 }
 
 /// Persistent volume of a datastore.

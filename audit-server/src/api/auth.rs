@@ -75,7 +75,9 @@ impl KeyRing {
     }
 }
 
-/// Token buckets per key name.
+/// Token buckets per key name, charged per event appended (a batch of 100 costs 100) and one
+/// token per other request. One call, [`RateLimiter::acquire`], so that a shared store (Redis,
+/// for limits across replicas) can replace the map without touching the callers.
 pub struct RateLimiter {
     per_second: f64,
     burst: f64,
@@ -88,8 +90,11 @@ impl RateLimiter {
         RateLimiter { per_second, burst, buckets: Mutex::new(HashMap::new()) }
     }
 
-    fn allow(&self, key: &str) -> bool {
-        if self.per_second <= 0.0 {
+    /// Take `cost` tokens from `key`'s bucket, or refuse (nothing taken). A cost above the burst
+    /// is let through with a full bucket and leaves a debt that later requests wait out, so the
+    /// long-run rate holds without refusing large batches forever.
+    pub fn acquire(&self, key: &str, cost: u32) -> bool {
+        if self.per_second <= 0.0 || cost == 0 {
             return true;
         }
         let now = Instant::now();
@@ -97,13 +102,30 @@ impl RateLimiter {
         let (tokens, last) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
         *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let cost = f64::from(cost);
+        if *tokens >= cost.min(self.burst) {
+            *tokens -= cost;
             true
         } else {
             false
         }
     }
+}
+
+/// Charge an append to the key's bucket: one token per event of a valid body, one for a body
+/// refused as invalid.
+pub fn charge_events(state: &AppState, scope: &Scope, events: usize) -> Result<(), ApiError> {
+    let cost = u32::try_from(events.max(1)).unwrap_or(u32::MAX);
+    if state.limiter.acquire(&scope.name, cost) { Ok(()) } else { Err(rate_limited()) }
+}
+
+/// The 429 of a refused [`RateLimiter::acquire`].
+pub fn rate_limited() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests or events for this API key; retry after the Retry-After delay",
+    )
 }
 
 /// The authenticated caller of an API route.
@@ -119,12 +141,12 @@ impl FromRequestParts<AppState> for Caller {
         let Some(scope) = state.keys.lookup(key.as_bytes()) else {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key"));
         };
-        if !state.limiter.allow(&scope.name) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests for this API key; retry after the Retry-After delay",
-            ));
+        // One token per request, except appends: they are charged one per event once their body
+        // is parsed ([`charge_events`]).
+        let append = parts.method == axum::http::Method::POST
+            && matches!(parts.uri.path(), "/api/v1/events" | "/api/v1/events/batch");
+        if !append && !state.limiter.acquire(&scope.name, 1) {
+            return Err(rate_limited());
         }
         Ok(Caller(scope))
     }
@@ -133,6 +155,21 @@ impl FromRequestParts<AppState> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_are_charged_by_cost() {
+        let limiter = RateLimiter::new(0.001, 10);
+        assert!(limiter.acquire("k", 7));
+        assert!(!limiter.acquire("k", 4), "3 tokens left, 4 taken");
+        assert!(limiter.acquire("k", 3));
+        assert!(!limiter.acquire("k", 1));
+        assert!(limiter.acquire("other", 10), "buckets are per key");
+        // Above the burst: through with a full bucket, then a debt.
+        let big = RateLimiter::new(0.001, 10);
+        assert!(big.acquire("k", 25));
+        assert!(!big.acquire("k", 1));
+        assert!(RateLimiter::new(0.0, 0).acquire("k", 1_000_000), "off");
+    }
 
     #[test]
     fn duplicate_digests_are_a_configuration_error() {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::auth::Caller;
+use super::auth::{Caller, charge_events};
 use super::error::ApiError;
 use super::input::{self, JsonBody};
 use super::{AppState, Deadline};
@@ -23,7 +23,10 @@ use crate::store::{AppendJob, Idempotency, JobOutcome, ListQuery};
 /// Append one event to its tenant's chain; 201 once committed.
 #[utoipa::path(
     post, path = "/api/v1/events", tag = "events", request_body = NewEvent,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$", description = "Retry key: the same key returns the original result")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$", description = "Retry key: the same key returns the original result"),
+        ("signed" = Option<bool>, Query, description = "true: each receipt carries the signed checkpoint of its own link (400 when the server has no signing key)"),
+    ),
     responses(
         (status = 201, description = "Committed", body = EventReceipt),
         (status = 400, description = "Invalid fields", body = ErrorBody),
@@ -43,18 +46,23 @@ pub async fn post_event(
     Caller(scope): Caller,
     headers: HeaderMap,
     Extension(Deadline(deadline)): Extension<Deadline>,
+    params: Result<Query<AppendParams>, QueryRejection>,
     JsonBody(body, size): JsonBody,
 ) -> Result<Response, ApiError> {
+    let sign = receipt_signer(&state, params)?;
     let mut errors = Vec::new();
     let Some(event) = input::event(&body, "", &mut errors) else {
+        charge_events(&state, &scope, 1)?;
         return Err(ApiError::invalid(errors));
     };
+    charge_events(&state, &scope, 1)?;
     let tenant = event.metadata.tenant_id.clone();
     scope.require(&tenant)?;
     let key = input::idempotency_key(&headers)?;
     let events = vec![event];
     let outcome = append(&state, &tenant, events, key, "single", size, deadline).await?;
-    let (receipts, replayed) = outcome;
+    let (mut receipts, replayed) = outcome;
+    sign_receipts(sign, &tenant, &mut receipts);
     let receipt = receipts.into_iter().next().ok_or_else(|| ApiError::bad_request("nothing stored"))?;
     Ok(created(Json(receipt), replayed))
 }
@@ -62,7 +70,10 @@ pub async fn post_event(
 /// Append up to 1000 events of one tenant atomically; per-event receipts in request order.
 #[utoipa::path(
     post, path = "/api/v1/events/batch", tag = "events", request_body = audit_api::BatchRequest,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$", description = "Retry key: the same key returns the original result")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$", description = "Retry key: the same key returns the original result"),
+        ("signed" = Option<bool>, Query, description = "true: each receipt carries the signed checkpoint of its own link (400 when the server has no signing key)"),
+    ),
     responses(
         (status = 201, description = "Committed", body = BatchResponse),
         (status = 400, description = "Invalid fields", body = ErrorBody),
@@ -82,14 +93,59 @@ pub async fn post_batch(
     Caller(scope): Caller,
     headers: HeaderMap,
     Extension(Deadline(deadline)): Extension<Deadline>,
+    params: Result<Query<AppendParams>, QueryRejection>,
     JsonBody(body, size): JsonBody,
 ) -> Result<Response, ApiError> {
-    let events = input::batch(&body)?;
+    let sign = receipt_signer(&state, params)?;
+    let events = match input::batch(&body) {
+        Ok(events) => events,
+        Err(e) => {
+            charge_events(&state, &scope, 1)?;
+            return Err(e);
+        }
+    };
+    // The rate limit counts events: a batch of 100 costs 100.
+    charge_events(&state, &scope, events.len())?;
     let tenant = events[0].metadata.tenant_id.clone();
     scope.require(&tenant)?;
     let key = input::idempotency_key(&headers)?;
-    let (results, replayed) = append(&state, &tenant, events, key, "batch", size, deadline).await?;
+    let (mut results, replayed) = append(&state, &tenant, events, key, "batch", size, deadline).await?;
+    sign_receipts(sign, &tenant, &mut results);
     Ok(created(Json(BatchResponse { count: results.len(), results }), replayed))
+}
+
+/// Query of the POST routes.
+#[derive(Debug, Deserialize)]
+pub struct AppendParams {
+    signed: Option<bool>,
+}
+
+/// The signer when `?signed=true` asks for signed receipts; refused before anything is queued
+/// when the server has no key.
+fn receipt_signer(
+    state: &AppState,
+    params: Result<Query<AppendParams>, QueryRejection>,
+) -> Result<Option<std::sync::Arc<crate::checkpoint::Signer>>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if p.signed != Some(true) {
+        return Ok(None);
+    }
+    match &state.signer {
+        Some(s) => Ok(Some(s.clone())),
+        None => Err(ApiError::field("signed", "this server has no signing key (AUDIT_SIGNING_KEY_FILE)")),
+    }
+}
+
+/// Signed after COMMIT, outside the append transaction (one Ed25519 signature per event: opt-in).
+fn sign_receipts(
+    signer: Option<std::sync::Arc<crate::checkpoint::Signer>>,
+    tenant: &str,
+    receipts: &mut [EventReceipt],
+) {
+    let Some(signer) = signer else { return };
+    for r in receipts {
+        r.checkpoint = Some(signer.sign_at(tenant, r.sequence, &r.hash, &r.timestamp));
+    }
 }
 
 async fn append(
@@ -280,14 +336,24 @@ pub struct VerifyParams {
     /// The tenant whose chain to walk (required).
     #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
     tenant_id: Option<String>,
+    /// A signed checkpoint of this tenant as returned by `/integrity/checkpoints` (its JSON, URL
+    /// encoded), compared with the chain instead of the latest published one. Refused (400) unless
+    /// it names the tenant and its signature checks with this server's public key.
+    checkpoint: Option<String>,
+    /// `true`: walk only the events after the last position verified intact (recorded by every
+    /// intact walk when the server has a signing key), not the whole chain.
+    incremental: Option<bool>,
 }
 
-/// Walk a tenant's chain and report the first broken link, if any.
+/// Walk a tenant's chain and report the first broken link, if any, and how it compares with a
+/// signed checkpoint (the one given, else the latest published one). With `Accept:
+/// application/x-ndjson` the walk is streamed, not bounded by the request timeout: a line
+/// `{"checked": N}` after each page, then the report as the last line.
 #[utoipa::path(
     get, path = "/api/v1/integrity/verify", tag = "integrity", params(VerifyParams),
     responses(
-        (status = 200, description = "Verification result (verified may be false)", body = VerifyReport),
-        (status = 400, description = "Missing or invalid tenantId", body = ErrorBody),
+        (status = 200, description = "Verification result (verified may be false); NDJSON progress lines then the report with Accept: application/x-ndjson", body = VerifyReport),
+        (status = 400, description = "Missing or invalid tenantId, or a checkpoint that is not a valid signed checkpoint of the tenant", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "Key not allowed for the tenant", body = ErrorBody),
     ),
@@ -296,19 +362,101 @@ pub struct VerifyParams {
 pub async fn verify(
     State(state): State<AppState>,
     Caller(scope): Caller,
+    headers: HeaderMap,
     params: Result<Query<VerifyParams>, QueryRejection>,
-) -> Result<Json<VerifyReport>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let tenant = required_tenant(p.tenant_id.as_deref())?;
     scope.require(&tenant)?;
-    let checkpoint = match &state.signer {
-        Some(signer) => signer.latest_published(&tenant).map_err(|e| {
-            tracing::error!(error = %e, tenant, "reading the latest published checkpoint");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (logged on the server)")
-        })?,
-        None => None,
+    let checkpoint = match p.checkpoint.as_deref() {
+        Some(text) => Some(supplied_checkpoint(&state, &tenant, text)?),
+        None => match &state.signer {
+            Some(signer) => signer.latest_published(&tenant).map_err(|e| {
+                tracing::error!(error = %e, tenant, "reading the latest published checkpoint");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (logged on the server)")
+            })?,
+            None => None,
+        },
     };
-    Ok(Json(state.store.verify(&tenant, checkpoint).await?))
+    let incremental = p.incremental.unwrap_or(false);
+    let streamed = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if !streamed {
+        let report = crate::integrity::verify_tenant(
+            &state.store,
+            state.signer.as_deref(),
+            &tenant,
+            checkpoint,
+            incremental,
+            &|_| {},
+        )
+        .await?;
+        return Ok(Json(report).into_response());
+    }
+    // The walk runs in a task of its own: the response (headers, then a line per page) starts at
+    // once, so neither the request timeout nor an idle proxy cuts a long walk.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let lines = tx.clone();
+        let progress = move |checked: u64| {
+            let _ = lines.send(format!("{{\"checked\":{checked}}}\n"));
+        };
+        let signer = state.signer.as_deref();
+        let walk = crate::integrity::verify_tenant(&state.store, signer, &tenant, checkpoint, incremental, &progress);
+        // A client that goes away stops the walk (its snapshot transaction rolls back on drop).
+        let result = tokio::select! {
+            r = walk => r,
+            () = tx.closed() => {
+                tracing::debug!(tenant, "streamed verification abandoned by its client");
+                return;
+            }
+        };
+        let last = match result {
+            Ok(report) => serde_json::to_string(&report).unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(tenant, error = %e, "streamed verification failed");
+                let body = ErrorBody {
+                    error: "unavailable".into(),
+                    message: "the verification could not complete (database error, logged on the server)".into(),
+                    details: None,
+                };
+                serde_json::to_string(&body).unwrap_or_default()
+            }
+        };
+        let _ = tx.send(last + "\n");
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, std::io::Error>(axum::body::Bytes::from(line)), rx))
+    });
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines))
+        .into_response())
+}
+
+/// A checkpoint given by the client: the JSON of a signed checkpoint of `tenant` whose signature
+/// checks with this server's key, else 400.
+fn supplied_checkpoint(
+    state: &AppState,
+    tenant: &str,
+    text: &str,
+) -> Result<audit_api::checkpoint::SignedCheckpoint, ApiError> {
+    let invalid = |m: String| ApiError::field("checkpoint", m);
+    let cp: audit_api::checkpoint::SignedCheckpoint = serde_json::from_str(text).map_err(|e| {
+        invalid(format!("must be the JSON of a signed checkpoint as returned by /integrity/checkpoints ({e})"))
+    })?;
+    let Some(signer) = &state.signer else {
+        return Err(invalid(
+            "this server has no signing key, so it cannot check a signed checkpoint (verify an export offline \
+             with audctl verify)"
+                .into(),
+        ));
+    };
+    if cp.tenant_id != tenant {
+        return Err(invalid(format!("is a signed checkpoint of tenant {:?}, not {tenant:?}", cp.tenant_id)));
+    }
+    signer.check(&cp).map_err(|e| invalid(format!("a signed checkpoint that does not verify: {e}")))?;
+    Ok(cp)
 }
 
 pub(crate) fn required_tenant(v: Option<&str>) -> Result<String, ApiError> {

@@ -94,8 +94,8 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
         }
     }
     // Unknown fields are refused rather than dropped: a client must not believe a field it sent
-    // (say `occurredAt`, or a misspelt `tenantID`) is stored and covered by the hash.
-    for key in obj.keys().filter(|k| !FIELDS.iter().any(|(part, _)| part == k)) {
+    // (say `occurredAt` misspelt `occuredAt`, or `tenantID`) is stored and covered by the hash.
+    for key in obj.keys().filter(|k| *k != "occurredAt" && !FIELDS.iter().any(|(part, _)| part == k)) {
         v.fail(key, "is not a field of an event (unknown fields are refused, see the README)");
     }
     for (part, known) in FIELDS {
@@ -124,8 +124,30 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
     v.opt_text(get("metadata", "sessionId"), "metadata.sessionId");
     if let Some(tags) = get("metadata", "tags").filter(|t| !t.is_null()) {
         match tags.as_object() {
-            Some(map) if map.values().all(Value::is_string) => {}
+            Some(map) if map.values().all(Value::is_string) => {
+                for (key, tag) in map {
+                    let field = format!("metadata.tags.{key}");
+                    if key.chars().count() > MAX_ID {
+                        v.fail(&field, "tag names must be at most 256 characters");
+                    }
+                    v.opt_text(Some(tag), &field);
+                }
+            }
             _ => v.fail("metadata.tags", "must be an object of string values"),
+        }
+    }
+    let occurred_at = match obj.get("occurredAt") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => occurred_at(t).map_err(|m| v.fail("occurredAt", &m)).ok(),
+        Some(_) => {
+            v.fail("occurredAt", "must be an RFC 3339 timestamp string");
+            None
+        }
+    };
+    for part in ["attributes", "before", "after"] {
+        let owner = if part == "attributes" { "actor" } else { "resource" };
+        if let Some(nested) = get(owner, part) {
+            long_strings(nested, &mut format!("{prefix}{owner}.{part}"), errors);
         }
     }
     inexact_numbers(value, &mut prefix.trim_end_matches('.').to_owned(), errors);
@@ -133,11 +155,62 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
         return None;
     }
     match serde_json::from_value::<NewEvent>(value.clone()) {
-        Ok(e) => Some(e),
+        Ok(mut e) => {
+            e.occurred_at = occurred_at;
+            Some(e)
+        }
         Err(e) => {
             errors.push(FieldError { field: prefix.trim_end_matches('.').to_owned(), message: e.to_string() });
             None
         }
+    }
+}
+
+/// `occurredAt`: RFC 3339 within years 1..=9999, normalised to UTC with six fractional digits and
+/// `Z` (the form of `timestamp`), so the stored and hashed text is one way of writing the instant.
+/// Refused rather than rounded when it is more precise than a microsecond.
+fn occurred_at(text: &str) -> Result<String, String> {
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| format!("must be an RFC 3339 timestamp such as 2026-01-31T12:00:00.250Z ({e})"))?
+        .with_timezone(&chrono::Utc);
+    if !(1..=9999).contains(&t.year()) {
+        return Err("must be between years 1 and 9999".into());
+    }
+    if t.nanosecond() % 1000 != 0 {
+        return Err("must not be more precise than a microsecond (it would be stored rounded)".into());
+    }
+    Ok(crate::chain::format_timestamp(t))
+}
+
+/// Strings (and member names) nested in `attributes`, `before` and `after` obey the limit of
+/// other strings ([`MAX_TEXT`] characters), as the README documents.
+fn long_strings(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
+    let too_long = |s: &str| s.chars().count() > MAX_TEXT;
+    let message = || format!("strings must be at most {MAX_TEXT} characters");
+    match value {
+        Value::String(s) if too_long(s) => errors.push(FieldError { field: path.clone(), message: message() }),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                long_strings(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let len = path.len();
+                path.push('.');
+                path.push_str(&k.chars().take(64).collect::<String>());
+                if too_long(k) {
+                    errors.push(FieldError { field: path.clone(), message: format!("member names: {}", message()) });
+                }
+                long_strings(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -289,6 +362,59 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn minimal() -> Value {
+        json!({
+            "actor": {"id": "u1", "type": "USER"},
+            "action": {"type": "LOGIN"},
+            "resource": {"id": "r1", "type": "DOC"},
+            "metadata": {"source": "web", "tenantId": "acme"}
+        })
+    }
+
+    #[test]
+    fn occurred_at_is_normalised_or_refused() {
+        for (sent, stored) in [
+            ("2026-01-31T12:00:00Z", "2026-01-31T12:00:00.000000Z"),
+            ("2026-01-31T14:00:00.25+02:00", "2026-01-31T12:00:00.250000Z"),
+            ("2026-01-31t12:00:00.123456z", "2026-01-31T12:00:00.123456Z"),
+            ("2026-01-31T00:30:00-01:00", "2026-01-31T01:30:00.000000Z"),
+        ] {
+            let mut v = minimal();
+            v["occurredAt"] = json!(sent);
+            let mut errors = Vec::new();
+            let e = event(&v, "", &mut errors).unwrap_or_else(|| panic!("{sent}: {errors:?}"));
+            assert_eq!(e.occurred_at.as_deref(), Some(stored), "{sent}");
+        }
+        for bad in [json!("2026-01-31"), json!("2026-01-31T12:00:00.1234567Z"), json!("yesterday"), json!(1)] {
+            let mut v = minimal();
+            v["occurredAt"] = bad.clone();
+            let mut errors = Vec::new();
+            assert!(event(&v, "", &mut errors).is_none(), "{bad} accepted");
+            assert_eq!(errors[0].field, "occurredAt", "{bad}");
+        }
+    }
+
+    #[test]
+    fn tags_and_nested_strings_obey_the_limits() {
+        let long = "x".repeat(MAX_TEXT + 1);
+        let mut v = minimal();
+        v["metadata"]["tags"] = json!({"ok": "x".repeat(MAX_TEXT), "big": long, "y".repeat(257): "long name"});
+        v["actor"]["attributes"] = json!({"a": [1, {"deep": long}]});
+        v["resource"]["after"] = json!([long]);
+        v["resource"]["before"] = json!({ long.clone(): 1 });
+        let mut errors = Vec::new();
+        assert!(event(&v, "", &mut errors).is_none());
+        let mut fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        fields.sort_unstable();
+        let before = format!("resource.before.{}", "x".repeat(64));
+        let tag = format!("metadata.tags.{}", "y".repeat(257));
+        assert_eq!(fields, ["actor.attributes.a[1].deep", "metadata.tags.big", &tag, "resource.after[0]", &before]);
+        let mut ok = minimal();
+        ok["metadata"]["tags"] = json!({"k": "x".repeat(MAX_TEXT)});
+        ok["resource"]["after"] = json!({"s": "x".repeat(MAX_TEXT)});
+        assert!(event(&ok, "", &mut Vec::new()).is_some());
+    }
+
     #[test]
     fn lists_every_invalid_field() {
         let mut errors = Vec::new();
@@ -323,11 +449,11 @@ mod tests {
             "action": {"type": "LOGIN"},
             "resource": {"id": "r1", "type": "DOC"},
             "metadata": {"source": "web", "tenantId": "acme", "tenantID": "other"},
-            "occurredAt": "2026-01-01T00:00:00Z"
+            "occuredAt": "2026-01-01T00:00:00Z"
         });
         assert!(event(&v, "", &mut errors).is_none());
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["occurredAt", "actor.role", "metadata.tenantID"]);
+        assert_eq!(fields, ["occuredAt", "actor.role", "metadata.tenantID"]);
         assert!(batch(&json!({"events": [], "extra": 1})).is_err());
     }
 }

@@ -6,7 +6,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 
-use audit_api::checkpoint::SignedCheckpoint;
+use audit_api::checkpoint::{CheckpointMatch, SignedCheckpoint};
 use audit_api::{BrokenLink, EventReceipt, NewEvent, StoredEvent, VerifyReport};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -171,6 +171,7 @@ pub(crate) fn plan(
                 hash: hash.clone(),
                 previous_hash: head_hash.clone(),
                 status: "STORED".into(),
+                checkpoint: None,
             });
             rows.push(NewRow {
                 id,
@@ -240,32 +241,101 @@ impl StoredRow {
     }
 }
 
+/// Where an incremental walk starts: a position verified before (the event at `sequence` had
+/// `hash`, and every link up to it was intact).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    pub sequence: i64,
+    pub hash: String,
+}
+
 /// Walks a chain in sequence order and remembers the first broken link.
 pub(crate) struct Verifier {
     tenant_id: String,
     checkpoint: Option<SignedCheckpoint>,
+    /// Incremental walk: the first row must be this verified position, unchanged.
+    start: Option<Start>,
     expected_sequence: i64,
     previous_hash: String,
     checked: u64,
     broken: Option<BrokenLink>,
+    /// The walk stopped at a broken link (rather than at the end of the chain).
+    stopped: bool,
+    checkpoint_match: Option<CheckpointMatch>,
+    verified_from: Option<i64>,
 }
 
 impl Verifier {
     /// `checkpoint`: a signed checkpoint of this tenant (signature already checked) that the chain
-    /// must contain.
-    pub fn new(tenant_id: &str, checkpoint: Option<SignedCheckpoint>) -> Self {
+    /// must contain. `start`: walk only what follows a position verified before; the store then
+    /// passes rows from `start.sequence` on (the anchor first).
+    pub fn new(tenant_id: &str, checkpoint: Option<SignedCheckpoint>, start: Option<Start>) -> Self {
+        let start = start.filter(|s| s.sequence > 0);
+        let checkpoint_match = match &checkpoint {
+            Some(cp) if cp.sequence <= 0 => {
+                Some(if cp.hash == chain::genesis() { CheckpointMatch::Matched } else { CheckpointMatch::Rewritten })
+            }
+            _ => None,
+        };
         Verifier {
             tenant_id: tenant_id.to_owned(),
             checkpoint,
-            expected_sequence: 1,
+            expected_sequence: start.as_ref().map_or(1, |s| s.sequence),
+            verified_from: start.as_ref().map(|s| s.sequence),
             previous_hash: chain::genesis().to_owned(),
+            start,
             checked: 0,
             broken: None,
+            stopped: false,
+            checkpoint_match,
         }
     }
 
     pub fn is_broken(&self) -> bool {
         self.broken.is_some()
+    }
+
+    /// Sequence after which the store reads rows: the anchor of an incremental walk is read again.
+    pub fn read_after(&self) -> i64 {
+        self.start.as_ref().map_or(0, |s| s.sequence - 1)
+    }
+
+    /// Links checked so far.
+    pub fn checked(&self) -> u64 {
+        self.checked
+    }
+
+    /// An incremental walk does not read the checkpoint's event when it lies before the start:
+    /// the store looks its hash up (same snapshot) and passes it to [`Verifier::checkpoint_hash`].
+    pub fn checkpoint_before_start(&self) -> Option<i64> {
+        match (&self.checkpoint, &self.start) {
+            (Some(cp), Some(start)) if cp.sequence > 0 && cp.sequence < start.sequence => Some(cp.sequence),
+            _ => None,
+        }
+    }
+
+    /// The stored hash at the checkpoint's sequence (see [`Verifier::checkpoint_before_start`]).
+    pub fn checkpoint_hash(&mut self, hash: Option<String>) {
+        let Some(cp) = &self.checkpoint else { return };
+        if hash.as_deref() == Some(cp.hash.as_str()) {
+            self.checkpoint_match = Some(CheckpointMatch::Matched);
+            return;
+        }
+        let (kind, what) = match hash {
+            Some(_) => (CheckpointMatch::Rewritten, "differs from"),
+            None => (CheckpointMatch::Truncated, "is missing, although covered by"),
+        };
+        self.checkpoint_match = Some(kind);
+        self.stopped = true;
+        self.broken = Some(BrokenLink {
+            sequence: cp.sequence,
+            event_id: None,
+            reason: format!(
+                "event {} {what} the signed checkpoint of {}: the chain was rewritten, or restored from \
+                 another history (an old backup, a lagging replica)",
+                cp.sequence, cp.issued_at
+            ),
+        });
     }
 
     /// Check the next row (rows must come in ascending sequence order).
@@ -274,38 +344,46 @@ impl Verifier {
             return;
         }
         let at = self.expected_sequence;
-        let fail = |reason: String, event_id: Option<String>| BrokenLink { sequence: at, event_id, reason };
         let id = Some(row.id.clone());
-        if row.sequence > at {
-            self.broken = Some(fail(format!("event {at} is missing (next stored event is {})", row.sequence), None));
+        if let Some(start) = self.start.take() {
+            // The anchor: the event verified before must still be there, unchanged. Its own link
+            // was checked then; its content must still match its hash.
+            let reason = if row.sequence != start.sequence {
+                Some(format!("event {} verified before is missing", start.sequence))
+            } else if row.hash != start.hash {
+                Some(format!("event {} no longer carries the hash it had when verified", start.sequence))
+            } else if chain::link_hash(&row.body, &row.previous_hash) != row.hash {
+                Some("hash does not match the event's content".to_owned())
+            } else {
+                columns_disagree(row)
+            };
+            if let Some(reason) = reason {
+                return self.fail(at, reason, (row.sequence == start.sequence).then_some(row.id.clone()));
+            }
+            self.compare_checkpoint(at, &row.hash);
+            if self.broken.is_none() {
+                self.previous_hash = row.hash.clone();
+                self.expected_sequence += 1;
+            }
             return;
+        }
+        if row.sequence > at {
+            return self.fail(at, format!("event {at} is missing (next stored event is {})", row.sequence), None);
         }
         if row.sequence < at {
-            self.broken = Some(fail(format!("sequence {} appears out of order", row.sequence), id));
-            return;
+            return self.fail(at, format!("sequence {} appears out of order", row.sequence), id);
         }
         if row.previous_hash != self.previous_hash {
-            self.broken = Some(fail("previousHash does not match the hash of the preceding event".into(), id));
-            return;
+            return self.fail(at, "previousHash does not match the hash of the preceding event".into(), id);
         }
         if chain::link_hash(&row.body, &self.previous_hash) != row.hash {
-            self.broken = Some(fail("hash does not match the event's content".into(), id));
-            return;
+            return self.fail(at, "hash does not match the event's content".into(), id);
         }
         if let Some(reason) = columns_disagree(row) {
-            self.broken = Some(fail(reason, id));
-            return;
+            return self.fail(at, reason, id);
         }
-        if let Some(cp) = &self.checkpoint
-            && cp.sequence == at
-            && cp.hash != row.hash
-        {
-            let reason = format!(
-                "event {at} differs from the signed checkpoint of {}: the chain was rewritten, or restored from \
-                 another history (an old backup, a lagging replica)",
-                cp.issued_at
-            );
-            self.broken = Some(fail(reason, id));
+        self.compare_checkpoint(at, &row.hash);
+        if self.broken.is_some() {
             return;
         }
         self.previous_hash = row.hash.clone();
@@ -313,10 +391,40 @@ impl Verifier {
         self.checked += 1;
     }
 
+    fn fail(&mut self, at: i64, reason: String, event_id: Option<String>) {
+        self.stopped = true;
+        self.broken = Some(BrokenLink { sequence: at, event_id, reason });
+    }
+
+    fn compare_checkpoint(&mut self, at: i64, hash: &str) {
+        let Some(cp) = &self.checkpoint else { return };
+        if cp.sequence != at {
+            return;
+        }
+        if cp.hash == hash {
+            self.checkpoint_match = Some(CheckpointMatch::Matched);
+            return;
+        }
+        let reason = format!(
+            "event {at} differs from the signed checkpoint of {}: the chain was rewritten, or restored from \
+             another history (an old backup, a lagging replica)",
+            cp.issued_at
+        );
+        self.checkpoint_match = Some(CheckpointMatch::Rewritten);
+        self.fail(at, reason, None);
+    }
+
     /// Compare the end of the walk with the chain head (catches deleted or added trailing events).
-    pub fn finish(mut self, head: Option<(i64, String)>) -> VerifyReport {
+    /// Also the position the walk reached (the chain head when verified).
+    pub fn finish(mut self, head: Option<(i64, String)>) -> (VerifyReport, Start) {
+        let verified_from = self.verified_from;
+        let last = self.expected_sequence - 1;
+        if self.broken.is_none() && self.start.is_some() {
+            // Not even the anchor was read: the chain is shorter than what was verified before.
+            let s = self.start.take().map_or(0, |s| s.sequence);
+            self.fail(s, format!("event {s} verified before is missing"), None);
+        }
         if self.broken.is_none() {
-            let last = self.expected_sequence - 1;
             let (head_seq, head_hash) = head.unwrap_or((0, chain::genesis().to_owned()));
             if head_seq > last {
                 self.broken = Some(BrokenLink {
@@ -348,13 +456,23 @@ impl Verifier {
                 });
             }
         }
-        VerifyReport {
+        if self.checkpoint.is_some() && self.checkpoint_match.is_none() {
+            // The walk never reached the checkpoint's sequence: it stopped at a broken link before
+            // it, or the chain ends before it.
+            self.checkpoint_match =
+                Some(if self.stopped { CheckpointMatch::Unreached } else { CheckpointMatch::Truncated });
+        }
+        let end = Start { sequence: last, hash: self.previous_hash };
+        let report = VerifyReport {
             tenant_id: self.tenant_id,
             verified: self.broken.is_none(),
             checked: self.checked,
             first_broken_at: self.broken,
             checkpoint: self.checkpoint,
-        }
+            checkpoint_match: self.checkpoint_match,
+            verified_from,
+        };
+        (report, end)
     }
 }
 
@@ -485,15 +603,69 @@ impl Store {
         }
     }
 
+    /// Walk a tenant's chain in one snapshot, from `start` (a position verified before) or from the
+    /// first event; `progress` is called with the links checked so far after each page.
     pub async fn verify(
         &self,
         tenant_id: &str,
         checkpoint: Option<SignedCheckpoint>,
-    ) -> Result<VerifyReport, StoreError> {
+        start: Option<Start>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(VerifyReport, Start), StoreError> {
         match self {
-            Store::Postgres(s) => s.verify(tenant_id, checkpoint).await,
-            Store::Sqlite(s) => s.verify(tenant_id, checkpoint).await,
+            Store::Postgres(s) => s.verify(tenant_id, checkpoint, start, progress).await,
+            Store::Sqlite(s) => s.verify(tenant_id, checkpoint, start, progress).await,
         }
+    }
+
+    /// The signed last verified position of a tenant (JSON of a checkpoint), if any.
+    pub async fn verified_position(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(match self {
+            Store::Postgres(s) => {
+                sqlx::query_scalar("SELECT checkpoint FROM verified_positions WHERE tenant_id = $1")
+                    .bind(tenant_id)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+            Store::Sqlite(s) => {
+                sqlx::query_scalar("SELECT checkpoint FROM verified_positions WHERE tenant_id = ?")
+                    .bind(tenant_id)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+        })
+    }
+
+    /// Record a verified position; never moves a tenant's position back (replicas verify too).
+    pub async fn save_verified_position(&self, cp: &SignedCheckpoint) -> Result<(), StoreError> {
+        let text = serde_json::to_string(cp).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let upsert = |p: [&str; 3]| {
+            format!(
+                "INSERT INTO verified_positions (tenant_id, sequence, checkpoint) VALUES ({}, {}, {})
+                 ON CONFLICT (tenant_id) DO UPDATE SET sequence = excluded.sequence, checkpoint = excluded.checkpoint
+                 WHERE verified_positions.sequence <= excluded.sequence",
+                p[0], p[1], p[2]
+            )
+        };
+        match self {
+            Store::Postgres(s) => {
+                sqlx::query(sqlx::AssertSqlSafe(upsert(["$1", "$2", "$3"])))
+                    .bind(&cp.tenant_id)
+                    .bind(cp.sequence)
+                    .bind(&text)
+                    .execute(s.pool())
+                    .await?;
+            }
+            Store::Sqlite(s) => {
+                sqlx::query(sqlx::AssertSqlSafe(upsert(["?", "?", "?"])))
+                    .bind(&cp.tenant_id)
+                    .bind(cp.sequence)
+                    .bind(&text)
+                    .execute(s.pool())
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Every chain head: (tenant, last sequence, last hash).
@@ -524,6 +696,31 @@ impl Store {
                     .await?
             }
         })
+    }
+
+    /// The durability settings in force for this server's sessions, as (name, value): SQLite's
+    /// `journal_mode` and `synchronous` (0 off, 1 normal, 2 full, 3 extra) on a pooled connection;
+    /// PostgreSQL's `fsync`, `synchronous_commit` and `full_page_writes`.
+    pub async fn durability(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        match self {
+            Store::Postgres(s) => {
+                for name in ["fsync", "synchronous_commit", "full_page_writes"] {
+                    let v: String =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}"))).fetch_one(s.pool()).await?;
+                    out.push((name.to_owned(), v));
+                }
+            }
+            Store::Sqlite(s) => {
+                // One connection for both: `synchronous` is a per-connection setting.
+                let mut conn = s.pool().acquire().await?;
+                let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *conn).await?;
+                let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await?;
+                out.push(("journal_mode".to_owned(), mode));
+                out.push(("synchronous".to_owned(), sync.to_string()));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -559,4 +756,94 @@ impl Store {
 /// Stored receipts of an idempotency key (written by `plan`).
 pub(crate) fn parse_receipts(text: &str) -> Result<Vec<EventReceipt>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("unreadable idempotency record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain of `n` rows of tenant `t`, as a store would return them.
+    fn chain_rows(n: i64) -> Vec<StoredRow> {
+        let mut previous = chain::genesis().to_owned();
+        (1..=n)
+            .map(|sequence| {
+                let id = format!("00000000-0000-7000-8000-{sequence:012}");
+                let body = chain::canonical_json(&serde_json::json!({
+                    "id": id, "sequence": sequence, "timestamp": "2026-01-01T00:00:00.000000Z",
+                    "actor": {"id": "a", "type": "U"}, "action": {"type": "X"},
+                    "resource": {"id": "r", "type": "D"}, "metadata": {"source": "s", "tenantId": "t"}
+                }));
+                let hash = chain::link_hash(&body, &previous);
+                StoredRow {
+                    id,
+                    tenant_id: "t".into(),
+                    sequence,
+                    timestamp: "2026-01-01T00:00:00.000000Z".into(),
+                    actor_id: "a".into(),
+                    resource_id: "r".into(),
+                    action_type: "X".into(),
+                    body,
+                    hash: hash.clone(),
+                    previous_hash: std::mem::replace(&mut previous, hash),
+                }
+            })
+            .collect()
+    }
+
+    fn checkpoint(sequence: i64, hash: &str) -> SignedCheckpoint {
+        SignedCheckpoint {
+            tenant_id: "t".into(),
+            sequence,
+            hash: hash.into(),
+            issued_at: "2026-01-01T00:00:00.000000Z".into(),
+            key_id: "k".into(),
+            signature: String::new(),
+        }
+    }
+
+    /// Walk `rows` (from `start`, as a store does: the anchor row first) with `cp`.
+    fn walk(rows: &[StoredRow], cp: Option<SignedCheckpoint>, start: Option<Start>) -> VerifyReport {
+        let head = rows.last().map(|r| (r.sequence, r.hash.clone()));
+        let mut v = Verifier::new("t", cp, start);
+        if let Some(at) = v.checkpoint_before_start() {
+            v.checkpoint_hash(rows.iter().find(|r| r.sequence == at).map(|r| r.hash.clone()));
+        }
+        let after = v.read_after();
+        for r in rows.iter().filter(|r| r.sequence > after) {
+            v.check(r);
+        }
+        v.finish(head).0
+    }
+
+    #[test]
+    fn checkpoint_match_full_and_incremental() {
+        let rows = chain_rows(6);
+        let at = |s: i64| rows[(s - 1) as usize].hash.clone();
+        let start = Some(Start { sequence: 4, hash: at(4) });
+        for s in [None, start.clone()] {
+            let r = walk(&rows, Some(checkpoint(2, &at(2))), s.clone());
+            assert!(r.verified && r.checkpoint_match == Some(CheckpointMatch::Matched), "{s:?} {r:?}");
+            let r = walk(&rows, Some(checkpoint(2, &at(3))), s.clone());
+            assert_eq!((r.verified, r.checkpoint_match), (false, Some(CheckpointMatch::Rewritten)), "{s:?}");
+            assert_eq!(r.first_broken_at.map(|b| b.sequence), Some(2));
+            let r = walk(&rows, Some(checkpoint(9, &at(3))), s.clone());
+            assert_eq!((r.verified, r.checkpoint_match), (false, Some(CheckpointMatch::Truncated)), "{s:?}");
+            assert_eq!(r.first_broken_at.map(|b| b.sequence), Some(7));
+        }
+        // Incremental: only the links after the anchor are counted; the anchor itself is the
+        // checkpoint's position.
+        let r = walk(&rows, Some(checkpoint(4, &at(4))), start.clone());
+        assert!(r.verified && r.checked == 2 && r.verified_from == Some(4), "{r:?}");
+        // An anchor whose hash changed since it was verified, and one that is gone.
+        let r = walk(&rows, None, Some(Start { sequence: 4, hash: at(3) }));
+        assert_eq!(r.first_broken_at.map(|b| b.sequence), Some(4));
+        let r = walk(&rows[..3], None, start);
+        assert!(!r.verified && r.first_broken_at.as_ref().is_some_and(|b| b.reason.contains("verified before")));
+        // A walk stopped by a broken link before the checkpoint did not reach it.
+        let mut broken = chain_rows(6);
+        broken[1].body = broken[1].body.replace("\"X\"", "\"Y\"");
+        let r = walk(&broken, Some(checkpoint(5, &at(5))), None);
+        assert_eq!(r.checkpoint_match, Some(CheckpointMatch::Unreached));
+        assert_eq!(r.first_broken_at.map(|b| b.sequence), Some(2));
+    }
 }

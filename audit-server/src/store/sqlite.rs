@@ -12,7 +12,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{AppendJob, JobOutcome, ListQuery, Run, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan};
+use super::{
+    AppendJob, JobOutcome, ListQuery, Run, Start, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan,
+};
 use crate::chain;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -97,7 +99,9 @@ impl SqliteStore {
         &self,
         tenant_id: &str,
         checkpoint: Option<audit_api::checkpoint::SignedCheckpoint>,
-    ) -> Result<VerifyReport, StoreError> {
+        start: Option<Start>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(VerifyReport, Start), StoreError> {
         let mut tx = self.pool.begin().await?;
         let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
             .bind(tenant_id)
@@ -105,11 +109,19 @@ impl SqliteStore {
             .await?
             .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
             .transpose()?;
-        let mut verifier = Verifier::new(tenant_id, checkpoint);
-        let mut after = 0i64;
+        let mut verifier = Verifier::new(tenant_id, checkpoint, start);
+        if let Some(at) = verifier.checkpoint_before_start() {
+            let hash = sqlx::query_scalar("SELECT hash FROM events WHERE tenant_id = ? AND sequence = ?")
+                .bind(tenant_id)
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await?;
+            verifier.checkpoint_hash(hash);
+        }
+        let mut after = verifier.read_after();
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE tenant_id = ? AND sequence > ? ORDER BY sequence LIMIT 1000");
-        loop {
+        while !verifier.is_broken() {
             let rows =
                 sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(tenant_id).bind(after).fetch_all(&mut *tx).await?;
             let Some(last) = rows.last() else { break };
@@ -117,6 +129,7 @@ impl SqliteStore {
             for r in &rows {
                 verifier.check(&to_row(r)?);
             }
+            progress(verifier.checked());
             if verifier.is_broken() {
                 break;
             }
