@@ -365,8 +365,10 @@ fn key(s: &Sample) -> (String, Vec<(String, String)>) {
 pub fn measure(rules: &Rules, before: &[Sample], after: &[Sample]) -> Result<Measure, String> {
     let exposed: BTreeSet<&str> = after.iter().flat_map(|s| s.labels.keys().map(String::as_str)).collect();
     let start: BTreeMap<_, f64> = before.iter().map(|s| (key(s), s.value)).collect();
+    // Only the series the rules query (counters: the rules rate() them); gauges go up and down.
+    let counters = [&rules.errors.metric, &rules.requests.metric, &rules.buckets.metric];
     let mut deltas = Vec::new();
-    for s in after {
+    for s in after.iter().filter(|s| counters.contains(&&s.name)) {
         // A series first seen during the step (say the first 503) started from zero.
         let d = s.value - start.get(&key(s)).copied().unwrap_or(0.0);
         if d < 0.0 {
@@ -482,6 +484,8 @@ mod tests {
         series(&mut t, "method=\"POST\",uri=\"/api/v1/events\",status=\"503\"", [0, fail, fail], fail);
         series(&mut t, "method=\"GET\",uri=\"/actuator/health/readiness\",status=\"503\"", [probes; 3], probes);
         t.push_str("# TYPE audit_events_ingested_total counter\naudit_events_ingested_total 5\n");
+        // A gauge that falls while requests grow: not a restart.
+        t.push_str(&format!("# TYPE audit_append_queue_events gauge\naudit_append_queue_events {}\n", 1000 - ok));
         parse_scrape(&t)
     }
 
