@@ -67,13 +67,17 @@ impl Release {
         deploy_ok(k, &self.args(&set_ns, &local)).await;
     }
 
-    /// `deploy --canary 50,100` of image 0.2.0, 3 s steps, metrics read from `metrics`.
-    async fn canary(&self, k: &testbed::Kube, metrics: &str) -> Output {
+    /// `deploy --canary 50,100` of image 0.2.0, 3 s steps, metrics read from `metrics` (None: from
+    /// the canary pods through the API server's pod proxy).
+    async fn canary(&self, k: &testbed::Kube, metrics: Option<&str>) -> Output {
         let (set_ns, local) = (format!("namespace.name={}", self.ns), local());
         let mut args = vec!["deploy"];
         args.extend(self.args(&set_ns, &local));
         args.extend(["--set", "image.tag=0.2.0", "--canary", "50,100", "--step-duration", "3s"]);
-        args.extend(["--canary-metrics-url", metrics, "--timeout", "2m", "-o", "json"]);
+        if let Some(url) = metrics {
+            args.extend(["--canary-metrics-url", url]);
+        }
+        args.extend(["--timeout", "2m", "-o", "json"]);
         audctl(k, &args).await
     }
 }
@@ -155,7 +159,7 @@ async fn healthy_canary_is_stepped_up_and_promoted() {
     let stop = Arc::new(AtomicBool::new(false));
     let weights = watch_weights(c.clone(), rel.ns.clone(), stop.clone());
 
-    let out = rel.canary(k, &format!("{}/actuator/prometheus", server.url())).await;
+    let out = rel.canary(k, Some(&format!("{}/actuator/prometheus", server.url()))).await;
     stop.store(true, Ordering::Relaxed);
     let seen = weights.await.expect("watcher");
     drop(load);
@@ -211,7 +215,7 @@ async fn canary_breaching_the_error_rate_is_rolled_back() {
     sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut holder).await.expect("write lock");
     let load = traffic(&server.url());
 
-    let out = rel.canary(k, &format!("{}/actuator/prometheus", server.url())).await;
+    let out = rel.canary(k, Some(&format!("{}/actuator/prometheus", server.url()))).await;
     drop(load);
     assert_eq!(code(&out), 1, "{}", text(&out));
     let err = stderr(&out);
@@ -240,4 +244,26 @@ async fn canary_breaching_the_error_rate_is_rolled_back() {
     assert_eq!(evidence_outcomes(&c, &rel.ns).await, ["success", "failure"]);
     sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.expect("release the lock");
     server.stop().await.expect("stop");
+}
+
+/// Without --canary-metrics-url the canary pods are read through the API server's pod proxy; kwok's
+/// pods serve nothing, so the gate cannot read them: the canary is rolled back, never promoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_whose_metrics_cannot_be_read_is_rolled_back() {
+    let k = cluster().await;
+    let c = client(k).await;
+    let rel = Release::new("c-nometrics");
+    rel.install(k).await;
+    let out = rel.canary(k, None).await;
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/api/v1/namespaces/c-nometrics/pods/audit-trail-canary-")
+            && err.contains("/proxy/actuator/prometheus"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(canary_objects(&c, &rel.ns).await, Vec::<String>::new());
+    assert!(image_of(&deployment(&c, &rel.ns).await).ends_with(":0.1.0"));
+    assert_eq!(states(&history(k, &rel.ns).await), vec![(2, "failed".into()), (1, "deployed".into())]);
 }

@@ -36,6 +36,7 @@ const SUFFIX: &str = "-canary";
 const INSTANCE: &str = "app.kubernetes.io/instance";
 const ANN_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
 const ANN_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a canary run applies, built from the render.
 pub struct Plan {
@@ -355,7 +356,12 @@ impl Scraper<'_> {
             Target::Pod(p) => {
                 let uri = format!("/api/v1/namespaces/{}/pods/{p}:{}/proxy{}", self.ns, self.plan.port, self.plan.path);
                 let req = hyper::Request::get(&uri).body(Vec::new())?;
-                self.client.request_text(req).await.with_context(|| format!("GET {uri} (API server pod proxy)"))
+                // Bounded like the URL scrapes: a pod that does not answer must not hang the canary.
+                tokio::time::timeout(SCRAPE_TIMEOUT, self.client.request_text(req))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer within {SCRAPE_TIMEOUT:?}"))
+                    .and_then(|r| r.map_err(anyhow::Error::from))
+                    .with_context(|| format!("GET {uri} (API server pod proxy)"))
             }
         }
     }
@@ -398,8 +404,7 @@ pub async fn run(
     settings: &Settings<'_>,
     lock: &lock::Held,
 ) -> anyhow::Result<Outcome> {
-    let scraper =
-        Scraper { client, http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?, ns, plan };
+    let scraper = Scraper { client, http: reqwest::Client::builder().timeout(SCRAPE_TIMEOUT).build()?, ns, plan };
     let abort = || lock.lost().then(|| "the release lock was taken by another run (--force-unlock)".to_owned());
     let mut steps: Vec<Step> = Vec::new();
     for m in &plan.configmaps {

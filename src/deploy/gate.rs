@@ -381,7 +381,8 @@ pub fn measure(rules: &Rules, before: &[Sample], after: &[Sample]) -> Result<Mea
         }
         deltas.push((s, d));
     }
-    let sum = |sel: &Selector| deltas.iter().filter(|(s, _)| selects(sel, s, &exposed)).map(|(_, d)| d).sum::<f64>();
+    // fold from +0.0: an empty f64 sum is -0.0, which prints as "-0.00%".
+    let sum = |sel: &Selector| deltas.iter().filter(|(s, _)| selects(sel, s, &exposed)).fold(0.0, |a, (_, d)| a + d);
     let requests = sum(&rules.requests);
     let errors = sum(&rules.errors);
     let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
@@ -509,6 +510,7 @@ mod tests {
         // step 100 ok, all fast, no failure, and 50 failing probes that are not traffic.
         let m = measure(&r, &scrape(500, 500, 500, 10), &scrape(600, 500, 600, 60)).expect("measure");
         assert_eq!((m.requests, m.errors, m.error_rate), (100.0, 0.0, Some(0.0)));
+        assert_eq!(format!("{:.2}", m.error_rate.unwrap_or(1.0)), "0.00", "not -0.00");
         // p99 of 100 requests all in (0, 5ms]: rank 99 -> 0.005 * 99/100.
         assert!((m.p99_seconds.expect("p99") - 0.00495).abs() < 1e-9, "{m:?}");
         assert!(verdict(&r, &m).is_empty(), "{:?}", verdict(&r, &m));
