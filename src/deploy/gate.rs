@@ -382,6 +382,7 @@ pub fn measure(rules: &Rules, before: &[Sample], after: &[Sample]) -> Result<Mea
         deltas.push((s, d));
     }
     // fold from +0.0: an empty f64 sum is -0.0, which prints as "-0.00%".
+    #[allow(clippy::unnecessary_fold)]
     let sum = |sel: &Selector| deltas.iter().filter(|(s, _)| selects(sel, s, &exposed)).fold(0.0, |a, (_, d)| a + d);
     let requests = sum(&rules.requests);
     let errors = sum(&rules.errors);
@@ -510,7 +511,13 @@ mod tests {
         // step 100 ok, all fast, no failure, and 50 failing probes that are not traffic.
         let m = measure(&r, &scrape(500, 500, 500, 10), &scrape(600, 500, 600, 60)).expect("measure");
         assert_eq!((m.requests, m.errors, m.error_rate), (100.0, 0.0, Some(0.0)));
-        assert_eq!(format!("{:.2}", m.error_rate.unwrap_or(1.0)), "0.00", "not -0.00");
+        // A server that never failed exports no 5xx series at all: 0.00%, not -0.00%.
+        let ok_only: Vec<Sample> = scrape(100, 0, 100, 0)
+            .into_iter()
+            .filter(|s| s.labels.get("status").map(String::as_str) != Some("503"))
+            .collect();
+        let m2 = measure(&r, &[], &ok_only).expect("measure");
+        assert_eq!(format!("{:.2}", m2.error_rate.unwrap_or(1.0) * 100.0), "0.00", "{m2:?}");
         // p99 of 100 requests all in (0, 5ms]: rank 99 -> 0.005 * 99/100.
         assert!((m.p99_seconds.expect("p99") - 0.00495).abs() < 1e-9, "{m:?}");
         assert!(verdict(&r, &m).is_empty(), "{:?}", verdict(&r, &m));
