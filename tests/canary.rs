@@ -141,11 +141,24 @@ fn available(d: &Deployment) -> bool {
     d.status.as_ref().and_then(|s| s.available_replicas) == Some(want)
 }
 
-async fn evidence_outcomes(c: &kube::Client, ns: &str) -> Vec<String> {
+/// The deploy evidence records, oldest first: (outcome label, the canary figure of the record).
+async fn evidence(c: &kube::Client, ns: &str) -> Vec<(String, Value)> {
     let params = ListParams::default().labels("audctl.io/kind=evidence,audctl.io/verb=deploy");
     let mut items = Api::<ConfigMap>::namespaced(c.clone(), ns).list(&params).await.expect("evidence").items;
     items.sort_by_key(|cm| cm.metadata.creation_timestamp.clone());
-    items.iter().filter_map(|cm| cm.metadata.labels.as_ref()?.get("audctl.io/outcome").cloned()).collect()
+    items
+        .iter()
+        .map(|cm| {
+            let outcome = cm.metadata.labels.as_ref().and_then(|l| l.get("audctl.io/outcome").cloned());
+            let record: Value = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get("record.json"))
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or(Value::Null);
+            (outcome.unwrap_or_default(), record["figures"]["canary"].clone())
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,7 +207,10 @@ async fn healthy_canary_is_stepped_up_and_promoted() {
         "the promoted revision's inventory lists canary objects: {}",
         h[0]
     );
-    assert_eq!(evidence_outcomes(&c, &rel.ns).await, ["success", "success"]);
+    let ev = evidence(&c, &rel.ns).await;
+    assert_eq!(ev.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["success", "success"]);
+    assert_eq!(ev[1].1["outcome"], "promoted", "the evidence carries the canary: {:?}", ev[1]);
+    assert_eq!(ev[1].1["steps"].as_array().map(Vec::len), Some(2), "{:?}", ev[1]);
     server.stop().await.expect("stop");
 }
 
@@ -241,7 +257,9 @@ async fn canary_breaching_the_error_rate_is_rolled_back() {
     let h = history(k, &rel.ns).await;
     assert_eq!(states(&h), vec![(2, "failed".into()), (1, "deployed".into())]);
     assert!(h[0]["outcome"].as_str().is_some_and(|o| o.contains("HighErrorRate")), "{}", h[0]);
-    assert_eq!(evidence_outcomes(&c, &rel.ns).await, ["success", "failure"]);
+    let ev = evidence(&c, &rel.ns).await;
+    assert_eq!(ev.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["success", "failure"]);
+    assert_eq!(ev[1].1["outcome"], "rolled back", "the evidence carries the canary: {:?}", ev[1]);
     sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.expect("release the lock");
     server.stop().await.expect("stop");
 }
