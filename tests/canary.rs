@@ -285,3 +285,52 @@ async fn canary_whose_metrics_cannot_be_read_is_rolled_back() {
     assert!(image_of(&deployment(&c, &rel.ns).await).ends_with(":0.1.0"));
     assert_eq!(states(&history(k, &rel.ns).await), vec![(2, "failed".into()), (1, "deployed".into())]);
 }
+
+/// A canary killed half-way (kill -9 of audctl) leaves its objects; the next deploy takes the
+/// expired lock, marks the revision interrupted and prunes them (they were in its inventory).
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_canary_is_cleaned_up_by_the_next_deploy() {
+    let k = cluster().await;
+    let c = client(k).await;
+    let rel = Release::new("c-killed");
+    rel.install(k).await;
+    let server = Server::start(Backend::Sqlite, "").await.expect("audit server");
+    let metrics = format!("{}/actuator/prometheus", server.url());
+    let (set_ns, local) = (format!("namespace.name={}", rel.ns), local());
+    let mut args = rel.args(&set_ns, &local);
+    args.extend(["--set", "image.tag=0.2.0", "--lock-lease", "3s", "--timeout", "2m"]);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .arg("--kubeconfig")
+        .arg(k.kubeconfig())
+        .arg("deploy")
+        .args(&args)
+        .args(["--canary", "50,100", "--step-duration", "10m", "--canary-metrics-url", &metrics])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn audctl");
+    // Killed once its canary takes traffic.
+    let ingresses: Api<Ingress> = Api::namespaced(c.clone(), &rel.ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while ingresses.get_opt("audit-trail-canary").await.expect("get").is_none() {
+        assert!(std::time::Instant::now() < deadline, "the canary Ingress never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    child.start_kill().expect("kill -9");
+    let _ = child.wait().await;
+    assert!(!canary_objects(&c, &rel.ns).await.is_empty(), "the killed run removed its canary after all");
+
+    let mut next = vec!["deploy"];
+    next.extend(args.iter().copied());
+    let out = audctl(k, &next).await;
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(canary_objects(&c, &rel.ns).await, Vec::<String>::new(), "{}", text(&out));
+    assert!(image_of(&deployment(&c, &rel.ns).await).ends_with(":0.2.0"));
+    assert_eq!(
+        states(&history(k, &rel.ns).await),
+        vec![(3, "deployed".into()), (2, "interrupted".into()), (1, "superseded".into())]
+    );
+    server.stop().await.expect("stop");
+}
