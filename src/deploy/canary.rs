@@ -473,7 +473,11 @@ pub async fn run(
         let seconds = started.elapsed().as_secs_f64();
         let measure = match gate::measure(&plan.rules, &before, &after) {
             Ok(m) => m,
-            Err(why) => return Ok(fail(steps, format!("at {weight}%: {why}"))),
+            Err(why) => {
+                let detail = why.clone();
+                steps.push(Step { weight, pods, seconds, measure: Measure::default(), passed: false, detail });
+                return Ok(fail(steps, format!("canary step {weight}% failed: {why}")));
+            }
         };
         let breaches = gate::verdict(&plan.rules, &measure);
         let passed = breaches.is_empty();
