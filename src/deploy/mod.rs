@@ -424,6 +424,14 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     let started_wall = chrono::Utc::now();
     let started = release::now();
     let Rendered { values, manifests } = render(&args.values, &args.set, args.templates.as_deref())?;
+    // Everything a canary needs from the render is checked before the cluster is touched.
+    let canary_plan = match &args.canary {
+        Some(_) => Some(
+            canary::plan(&manifests, &values.name, &values.service_monitor.path)
+                .map_err(|e| usage(format!("--canary: {e}")))?,
+        ),
+        None => None,
+    };
     let settings = settings(global)?;
     check_cluster(&values.cluster, global, &settings, "deploy")?;
     let client = settings.client().await?;
@@ -434,14 +442,6 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     if args.dry_run {
         return dry_run(global, &client, &manifests, &values, started_at).await;
     }
-    // Everything a canary needs from the render is checked before anything changes.
-    let canary_plan = match &args.canary {
-        Some(_) => Some(
-            canary::plan(&manifests, &name, &values.service_monitor.path)
-                .map_err(|e| usage(format!("--canary: {e}")))?,
-        ),
-        None => None,
-    };
 
     let resources = resolve_all(&client, &manifests, &[]).await?;
     ensure_namespace(&client, &resources, &manifests, &ns).await?;
