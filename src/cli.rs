@@ -32,9 +32,12 @@ pub struct GlobalArgs {
     /// Kubeconfig context to use instead of the current one.
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// Namespace of the release.
+    /// Namespace of the release (deploy, diff, rollback -f: overrides the values' namespace.name).
     #[arg(short = 'n', long, global = true, default_value = "audit-trail", value_name = "NS")]
     pub namespace: String,
+    /// Whether -n was given on the command line (not the default): set by `run` after parsing.
+    #[arg(skip)]
+    pub namespace_given: bool,
     /// Connection settings of the datastores and the service (YAML); see `targets` in the README.
     #[arg(long, global = true, env = "AUDCTL_TARGETS", value_name = "FILE")]
     pub targets: Option<PathBuf>,
@@ -242,6 +245,17 @@ pub struct DeployArgs {
     /// server's pod proxy (e.g. a port-forward, or a sidecar that is reachable from CI).
     #[arg(long, value_name = "URL", value_parser = parse_url, requires = "canary")]
     pub canary_metrics_url: Vec<String>,
+}
+
+impl GlobalArgs {
+    /// Value overrides the verbs that render add after their own `--set`s: an explicit `-n`.
+    pub fn render_sets(&self, sets: &[String]) -> Vec<String> {
+        let mut all = sets.to_vec();
+        if self.namespace_given {
+            all.push(format!("namespace.name={}", self.namespace));
+        }
+        all
+    }
 }
 
 /// The weights of `--canary`.

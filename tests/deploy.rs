@@ -584,3 +584,20 @@ async fn missing_crds_are_all_reported_before_anything_is_applied() {
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c);
     assert!(namespaces.get_opt("d-crds").await.expect("get ns").is_none(), "the namespace was applied");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_flag_overrides_the_values() {
+    let k = cluster().await;
+    let c = client(k).await;
+    let ns = "d-nsflag";
+    // values-local names namespace audit-trail; -n (before or after the verb) moves the release.
+    deploy_ok(k, &["-n", ns, "-f", &local()]).await;
+    assert!(image_of(&deployment(&c, ns).await).ends_with(":0.1.0"));
+    assert_eq!(states(&history(k, ns).await), vec![(1, "deployed".into())]);
+    let out = audctl(k, &["diff", "-f", &local(), "-n", ns]).await;
+    assert_eq!(code(&out), 0, "diff compared another namespace: {}", text(&out));
+    let out = audctl(k, &["diff", "-f", &local(), "-n", ns, "--set", "image.tag=0.3.0"]).await;
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    assert!(namespaces.get_opt("audit-trail").await.expect("get ns").is_none(), "the values' namespace was used");
+}

@@ -423,7 +423,8 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     let started_at = Instant::now();
     let started_wall = chrono::Utc::now();
     let started = release::now();
-    let Rendered { values, manifests } = render(&args.values, &args.set, args.templates.as_deref())?;
+    let Rendered { values, manifests } =
+        render(&args.values, &global.render_sets(&args.set), args.templates.as_deref())?;
     // Everything a canary needs from the render is checked before the cluster is touched.
     let canary_plan = match &args.canary {
         Some(_) => Some(
@@ -913,7 +914,7 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
     let values = if args.values.is_empty() && args.set.is_empty() {
         None
     } else {
-        Some(crate::values::load(&args.values, &args.set)?)
+        Some(crate::values::load(&args.values, &global.render_sets(&args.set))?)
     };
     if let Some(v) = &values {
         check_cluster(&v.cluster, global, &settings, "roll back")?;
