@@ -32,9 +32,12 @@ pub struct GlobalArgs {
     /// Kubeconfig context to use instead of the current one.
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// Namespace of the release.
+    /// Namespace of the release (deploy, diff, rollback -f: overrides the values' namespace.name).
     #[arg(short = 'n', long, global = true, default_value = "audit-trail", value_name = "NS")]
     pub namespace: String,
+    /// Whether -n was given on the command line (not the default): set by `run` after parsing.
+    #[arg(skip)]
+    pub namespace_given: bool,
     /// Connection settings of the datastores and the service (YAML); see `targets` in the README.
     #[arg(long, global = true, env = "AUDCTL_TARGETS", value_name = "FILE")]
     pub targets: Option<PathBuf>,
@@ -230,6 +233,45 @@ pub struct DeployArgs {
     /// Leave a failed rollout as it is instead of rolling back to the last good revision.
     #[arg(long)]
     pub no_rollback: bool,
+    /// Canary rollout: the new version takes these traffic weights in turn (percent, increasing,
+    /// e.g. 10,25,50,100) while its error rate and p99 stay under the rendered alert rules'
+    /// thresholds; promoted after the last step, removed at the first breach (exit 1).
+    #[arg(long, value_name = "WEIGHTS", value_parser = parse_canary, conflicts_with = "dry_run")]
+    pub canary: Option<CanaryWeights>,
+    /// How long each canary step is watched before it is judged.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION", requires = "canary")]
+    pub step_duration: std::time::Duration,
+    /// Read the canary's metrics here (repeatable) instead of from each canary pod through the API
+    /// server's pod proxy (e.g. a port-forward, or a sidecar that is reachable from CI).
+    #[arg(long, value_name = "URL", value_parser = parse_url, requires = "canary")]
+    pub canary_metrics_url: Vec<String>,
+}
+
+impl GlobalArgs {
+    /// Value overrides the verbs that render add after their own `--set`s: an explicit `-n`.
+    pub fn render_sets(&self, sets: &[String]) -> Vec<String> {
+        let mut all = sets.to_vec();
+        if self.namespace_given {
+            all.push(format!("namespace.name={}", self.namespace));
+        }
+        all
+    }
+}
+
+/// The weights of `--canary`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryWeights(pub Vec<u8>);
+
+fn parse_canary(s: &str) -> Result<CanaryWeights, String> {
+    crate::deploy::canary::parse_weights(s).map(CanaryWeights)
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(s.to_owned()),
+        Ok(u) => Err(format!("{s}: scheme {} is not http or https", u.scheme())),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
 }
 
 /// Settings shared by `deploy` and `rollback`.
@@ -277,9 +319,16 @@ pub struct HistoryArgs {
 pub struct RollbackArgs {
     /// Revision to return to (see `audctl history`); default: the last good one before the current.
     pub revision: Option<u32>,
-    /// Release name (default: the only release recorded in the namespace).
+    /// Release name (default: the values' name with -f, else the only release recorded in the namespace).
     #[arg(long, value_name = "NAME")]
     pub release: Option<String>,
+    /// Values of the release (as for `deploy`): its namespace, name and expected cluster
+    /// (`cluster.context` / `cluster.server`); another cluster is refused as deploy refuses it.
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Set one value after the files (as for `deploy`); repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
     #[command(flatten)]
     pub apply: ApplyArgs,
 }

@@ -27,7 +27,7 @@ mod pending;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{Cli, Command};
 use crate::error::Failure;
@@ -38,7 +38,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let parsed = Cli::command().try_get_matches_from(args).and_then(|m| {
+        let mut cli = Cli::from_arg_matches(&m)?;
+        // A global flag is recorded in the subcommand's matches when given after the verb.
+        let given = |m: &clap::ArgMatches| m.value_source("namespace") == Some(clap::parser::ValueSource::CommandLine);
+        cli.global.namespace_given = given(&m) || m.subcommand().is_some_and(|(_, sub)| given(sub));
+        Ok(cli)
+    });
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) => {
             // clap prints help/version to stdout with exit 0 and usage errors to stderr with exit 2.

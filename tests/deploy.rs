@@ -9,12 +9,10 @@
 //!
 //! Needs the testbed binaries: run `cargo xtask deps install` first.
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::sync::Mutex;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -22,126 +20,9 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
-static CLUSTER: tokio::sync::OnceCell<testbed::Kube> = tokio::sync::OnceCell::const_new();
-static CLEANUP: Mutex<(Vec<u32>, Option<PathBuf>)> = Mutex::new((Vec::new(), None));
+mod kube_support;
 
-unsafe extern "C" {
-    fn atexit(cb: extern "C" fn()) -> i32;
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-/// A shared cluster lives in a static, which is never dropped: stop its process groups (and remove
-/// its directory) when the test binary exits.
-extern "C" fn stop_cluster() {
-    if let Ok(guard) = CLEANUP.lock() {
-        for pid in guard.0.iter().rev() {
-            // SAFETY: plain kill(2) of process groups this test binary started.
-            unsafe { kill(-(*pid as i32), 9) };
-        }
-        if let Some(dir) = &guard.1 {
-            std::thread::sleep(Duration::from_millis(200));
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-async fn cluster() -> &'static testbed::Kube {
-    CLUSTER
-        .get_or_init(|| async {
-            let k = testbed::kube()
-                .await
-                .unwrap_or_else(|e| panic!("testbed cluster: {e:#} (run cargo xtask deps install)"));
-            if let Ok(mut g) = CLEANUP.lock() {
-                g.0 = k.pids();
-                g.1 = k.kubeconfig().parent().map(Path::to_owned);
-            }
-            // SAFETY: registering a plain extern "C" fn.
-            unsafe { atexit(stop_cluster) };
-            k
-        })
-        .await
-}
-
-async fn client(k: &testbed::Kube) -> kube::Client {
-    let config = kube::config::Kubeconfig::read_from(k.kubeconfig()).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.expect("config");
-    kube::Client::try_from(config).expect("client")
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn local() -> String {
-    root().join("values/values-local.yaml").display().to_string()
-}
-
-fn prod() -> String {
-    root().join("values/values-prod.yaml").display().to_string()
-}
-
-/// Run the real binary against the testbed; stdout/stderr captured.
-async fn audctl(k: &testbed::Kube, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .arg("--kubeconfig")
-        .arg(k.kubeconfig())
-        .args(args)
-        .env_remove("NO_COLOR")
-        .env_remove("AUDCTL_TARGETS")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run audctl")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-async fn deploy_ok(k: &testbed::Kube, args: &[&str]) -> Output {
-    let mut full = vec!["deploy", "--timeout", "3m"];
-    full.extend_from_slice(args);
-    let out = audctl(k, &full).await;
-    assert_eq!(code(&out), 0, "deploy {args:?} failed:\n{}", text(&out));
-    out
-}
-
-async fn history(k: &testbed::Kube, ns: &str) -> Vec<Value> {
-    let out = audctl(k, &["history", "-n", ns, "-o", "json"]).await;
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("history json");
-    v["revisions"].as_array().cloned().unwrap_or_default()
-}
-
-fn states(h: &[Value]) -> Vec<(u64, String)> {
-    h.iter().map(|r| (r["revision"].as_u64().unwrap_or(0), r["state"].as_str().unwrap_or("").to_owned())).collect()
-}
-
-async fn deployment(c: &kube::Client, ns: &str) -> Deployment {
-    Api::<Deployment>::namespaced(c.clone(), ns).get("audit-trail").await.expect("deployment")
-}
-
-fn image_of(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
-}
+use kube_support::*;
 
 /// ReplicaSets of the release: (image, spec replicas, ready replicas).
 async fn replicasets(c: &kube::Client, ns: &str) -> Vec<(String, i32, i32)> {
@@ -632,6 +513,51 @@ async fn wrong_context_is_refused() {
     // Naming the context explicitly is the deliberate way to deploy there.
     let out = run(&["--context", "staging-eu"]).await;
     assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = run(&["--context", "staging-eu", "--set", "image.tag=0.2.0"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out));
+
+    // rollback: the revisions recorded the cluster their values named; going back to one of them
+    // is refused elsewhere, as its deploy was, and with -f the values are checked as deploy does.
+    let rollback = |extra: &'static [&'static str]| {
+        let path = path.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
+                .arg("--kubeconfig")
+                .arg(&path)
+                .args(["rollback", "-n", ns, "--timeout", "2m"])
+                .args(extra)
+                .env_remove("NO_COLOR")
+                .output()
+                .await
+                .expect("audctl")
+        }
+    };
+    let unchanged = |h: Vec<Value>| states(&h) == vec![(2, "deployed".into()), (1, "superseded".into())];
+    let out = rollback(&[]).await;
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("refusing to roll back to revision 1") && err.contains("staging-eu"), "{}", text(&out));
+    assert!(unchanged(history(k, ns).await), "a refused rollback recorded a revision");
+    assert!(image_of(&deployment(&c, ns).await).ends_with(":0.2.0"), "a refused rollback changed the Deployment");
+    let values = ["-f", "", "--set", "namespace.name=d-ctx", "--set", "cluster.context=staging-eu"];
+    let local = local();
+    let with_values: Vec<&str> = values.iter().map(|v| if v.is_empty() { local.as_str() } else { v }).collect();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .arg("--kubeconfig")
+        .arg(&path)
+        .args(["rollback", "--timeout", "2m"])
+        .args(&with_values)
+        .env_remove("NO_COLOR")
+        .output()
+        .await
+        .expect("audctl");
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(stderr(&out).contains("refusing to roll back on this cluster"), "{}", text(&out));
+    assert!(unchanged(history(k, ns).await), "a refused rollback recorded a revision");
+    // Named explicitly: rolled back.
+    let out = rollback(&["--context", "staging-eu"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(image_of(&deployment(&c, ns).await).ends_with(":0.1.0"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -657,4 +583,21 @@ async fn missing_crds_are_all_reported_before_anything_is_applied() {
     }
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c);
     assert!(namespaces.get_opt("d-crds").await.expect("get ns").is_none(), "the namespace was applied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_flag_overrides_the_values() {
+    let k = cluster().await;
+    let c = client(k).await;
+    let ns = "d-nsflag";
+    // values-local names namespace audit-trail; -n (before or after the verb) moves the release.
+    deploy_ok(k, &["-n", ns, "-f", &local()]).await;
+    assert!(image_of(&deployment(&c, ns).await).ends_with(":0.1.0"));
+    assert_eq!(states(&history(k, ns).await), vec![(1, "deployed".into())]);
+    let out = audctl(k, &["diff", "-f", &local(), "-n", ns]).await;
+    assert_eq!(code(&out), 0, "diff compared another namespace: {}", text(&out));
+    let out = audctl(k, &["diff", "-f", &local(), "-n", ns, "--set", "image.tag=0.3.0"]).await;
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    assert!(namespaces.get_opt("audit-trail").await.expect("get ns").is_none(), "the values' namespace was used");
 }

@@ -15,7 +15,7 @@ use crate::cli::{DiffArgs, GlobalArgs};
 use crate::error::CheckFailed;
 
 pub async fn diff(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<()> {
-    let rendered = render(&args.values, &args.set, args.templates.as_deref())?;
+    let rendered = render(&args.values, &global.render_sets(&args.set), args.templates.as_deref())?;
     let settings = settings(global)?;
     let client = settings.client().await?;
     let (values, manifests) = (&rendered.values, &rendered.manifests);

@@ -7,7 +7,9 @@
 //! roll back -> record + evidence.
 
 pub mod apply;
+pub mod canary;
 mod diff;
+pub mod gate;
 pub mod lock;
 pub mod plan;
 pub mod release;
@@ -31,6 +33,7 @@ use crate::evidence::{self, Evidence, Outcome as EvOutcome};
 use crate::kube::KubeSettings;
 use crate::output::{self, Report};
 use crate::values::Values;
+use crate::values::model::ClusterValues;
 
 pub use diff::diff as run_diff_async;
 
@@ -83,8 +86,13 @@ pub fn render(files: &[PathBuf], sets: &[String], templates: Option<&Path>) -> a
 
 /// Wrong-cluster protection: the values may name the context and/or API server the release belongs
 /// to. Elsewhere is refused (exit 2) unless `--context` explicitly names the context in use.
-pub fn check_cluster(values: &Values, global: &GlobalArgs, settings: &KubeSettings) -> anyhow::Result<()> {
-    let expected = &values.cluster;
+/// `verb` is what would be refused ("deploy", "roll back").
+pub fn check_cluster(
+    expected: &ClusterValues,
+    global: &GlobalArgs,
+    settings: &KubeSettings,
+    verb: &str,
+) -> anyhow::Result<()> {
     if expected.context.is_none() && expected.server.is_none() {
         return Ok(());
     }
@@ -115,7 +123,7 @@ pub fn check_cluster(values: &Values, global: &GlobalArgs, settings: &KubeSettin
         return Ok(());
     }
     Err(usage(format!(
-        "refusing to deploy to this cluster: {} (values cluster.context / cluster.server). Switch context, or name \
+        "refusing to {verb} on this cluster: {} (values cluster.context / cluster.server). Switch context, or name \
          it explicitly with --context if this really is the cluster",
         wrong.join("; ")
     )))
@@ -169,6 +177,33 @@ pub struct DeployReport {
     pub pruned: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolled_back_to: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryReport>,
+}
+
+/// What a canary deploy did: its steps as measured, and how it ended.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryReport {
+    /// "promoted", "rolled back", or "promotion failed".
+    pub outcome: String,
+    /// The thresholds applied, as read from the rendered HighErrorRate and HighLatency rules.
+    pub max_error_rate: f64,
+    pub max_latency_seconds: f64,
+    pub latency_quantile: f64,
+    pub steps: Vec<canary::Step>,
+}
+
+impl CanaryReport {
+    fn new(outcome: &str, rules: &gate::Rules, steps: Vec<canary::Step>) -> Self {
+        CanaryReport {
+            outcome: outcome.into(),
+            max_error_rate: rules.max_error_rate,
+            max_latency_seconds: rules.max_latency,
+            latency_quantile: rules.quantile,
+            steps,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -185,6 +220,13 @@ impl Report for DeployReport {
         }
         for p in &self.pruned {
             t.add_row(vec![p.clone(), if self.dry_run { "would prune".into() } else { "pruned".to_owned() }]);
+        }
+        for s in self.canary.iter().flat_map(|c| &c.steps) {
+            let verdict = if s.passed { "passed".to_owned() } else { format!("FAILED: {}", s.detail) };
+            t.add_row(vec![
+                format!("canary {}% ({} pods, {:.0}s)", s.weight, s.pods, s.seconds),
+                format!("{verdict}: {}", s.summary()),
+            ]);
         }
         let rev = self.revision.map(|r| format!("revision {r}")).unwrap_or_else(|| "dry run".into());
         t.add_row(vec![format!("{} in {} ({rev})", self.release, self.namespace), self.outcome.clone()]);
@@ -381,9 +423,18 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     let started_at = Instant::now();
     let started_wall = chrono::Utc::now();
     let started = release::now();
-    let Rendered { values, manifests } = render(&args.values, &args.set, args.templates.as_deref())?;
+    let Rendered { values, manifests } =
+        render(&args.values, &global.render_sets(&args.set), args.templates.as_deref())?;
+    // Everything a canary needs from the render is checked before the cluster is touched.
+    let canary_plan = match &args.canary {
+        Some(_) => Some(
+            canary::plan(&manifests, &values.name, &values.service_monitor.path)
+                .map_err(|e| usage(format!("--canary: {e}")))?,
+        ),
+        None => None,
+    };
     let settings = settings(global)?;
-    check_cluster(&values, global, &settings)?;
+    check_cluster(&values.cluster, global, &settings, "deploy")?;
     let client = settings.client().await?;
     let ns = values.namespace.name.clone();
     let name = values.name.clone();
@@ -426,10 +477,34 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
             audctl_version: env!("CARGO_PKG_VERSION").into(),
             inventory: plan::inventory(&manifests),
             manifests: manifests.iter().map(|m| m.body.clone()).collect(),
+            cluster: Some(values.cluster.clone()),
+        };
+        let stable_replicas = match (&canary_plan, &args.canary) {
+            (Some(cp), Some(weights)) => {
+                let stable = revs.iter().find(|r| r.state == State::Deployed).map(|r| r.revision);
+                let live = resources.get(&client, &cp.stable).await?;
+                let (Some(_), Some(live)) = (stable, live) else {
+                    return Err(usage(format!(
+                        "--canary: release {name} has no deployed revision with a live {} to compare the canary \
+                         with; deploy it once without --canary",
+                        cp.stable
+                    )));
+                };
+                let w: Vec<String> = weights.0.iter().map(u8::to_string).collect();
+                rev.action = format!("canary {} ({:?} steps)", w.join(","), args.step_duration);
+                // Listed while the canary runs: a later deploy prunes them if this run is killed.
+                rev.inventory.extend(cp.inventory()?);
+                live.pointer("/spec/replicas").and_then(serde_json::Value::as_i64).unwrap_or(1) as i32
+            }
+            _ => 0,
         };
         release::create(&client, &rev).await?;
         eprintln!("release {name}: revision {number} ({}) in namespace {ns}", image.as_deref().unwrap_or("no image"));
         let run = Run { client: client.clone(), resources, release: &name, ns: &ns, args: &args.apply };
+        if let Some(cp) = &canary_plan {
+            let canary = Canary { plan: cp, args, stable_replicas, manifests: &manifests, previous: &previous };
+            return canary_deploy(&run, &mut revs, &mut rev, &canary, started_at, &held).await;
+        }
         let timeout = args.apply.timeout.saturating_sub(started_at.elapsed()).max(Duration::from_secs(1));
         let applied = run.apply_and_wait(&manifests, &previous, timeout, &held).await;
         let applied = match applied {
@@ -448,6 +523,10 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
         .figure("revision", report.revision.unwrap_or(0))
         .figure("seconds", report.seconds)
         .figure("image", report.image.clone().unwrap_or_default());
+    let ev = match &report.canary {
+        Some(c) => ev.figure("canary", c),
+        None => ev,
+    };
     if let Err(e) = evidence::record(&client, &ns, &ev).await {
         eprintln!("warning: could not write the deploy evidence record: {e:#}");
     }
@@ -459,6 +538,105 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
         }
         None => Ok(()),
     }
+}
+
+/// A canary deploy's inputs besides the run.
+struct Canary<'a> {
+    plan: &'a canary::Plan,
+    args: &'a DeployArgs,
+    stable_replicas: i32,
+    manifests: &'a [Manifest],
+    previous: &'a [ObjectRef],
+}
+
+/// Run the canary steps; promote (the normal apply, wait and record of the whole render) when all
+/// pass, else remove the canary objects and record the revision failed. The stable Deployment is
+/// only ever changed by the promotion.
+async fn canary_deploy(
+    run: &Run<'_>,
+    revs: &mut [Revision],
+    rev: &mut Revision,
+    c: &Canary<'_>,
+    started_at: Instant,
+    lock: &lock::Held,
+) -> anyhow::Result<(DeployReport, Option<String>)> {
+    let args = c.args;
+    let weights = args.canary.as_ref().map(|w| w.0.clone()).unwrap_or_default();
+    let settings = canary::Settings {
+        weights: &weights,
+        step: args.step_duration,
+        metrics_urls: &args.canary_metrics_url,
+        timeout: args.apply.timeout,
+    };
+    let timeout = args.apply.timeout;
+    let outcome = canary::run(&run.client, &run.resources, c.plan, run.ns, c.stable_replicas, &settings, lock).await;
+    let (steps, why) = match outcome {
+        Ok(canary::Outcome::Passed(steps)) => {
+            eprintln!("canary passed {} step(s): promoting it to {}", steps.len(), c.plan.stable);
+            let applied = match run.apply_and_wait(c.manifests, c.previous, timeout, lock).await {
+                Ok(a) => a,
+                Err(e) => Applied::Failed { what: vec![format!("{e:#}")] },
+            };
+            let promoted = matches!(applied, Applied::Ready { .. });
+            rev.inventory = plan::inventory(c.manifests);
+            let (mut report, mut failure) = finish(run, revs, rev, applied, args.no_rollback, started_at, lock).await?;
+            // The stable Deployment now serves the new version (or, after a failed promotion, the
+            // rolled-back one): traffic goes back to it as the canary objects go.
+            let removed = canary::remove(&run.client, &run.resources, c.plan, timeout).await;
+            if promoted {
+                rev.outcome = format!("canary passed {} step(s), promoted: {}", steps.len(), rev.outcome);
+                release::update(&run.client, rev).await?;
+                report.outcome = rev.outcome.clone();
+            }
+            if let Err(e) = removed {
+                report.outcome = format!("{}; removing the canary objects failed: {e:#}", report.outcome);
+                failure = Some(report.outcome.clone());
+            }
+            let outcome = if promoted { "promoted" } else { "promotion failed" };
+            report.canary = Some(CanaryReport::new(outcome, &c.plan.rules, steps));
+            return Ok((report, failure));
+        }
+        Ok(canary::Outcome::Failed { steps, why }) => (steps, why),
+        Err(e) => (Vec::new(), format!("{e:#}")),
+    };
+    eprintln!("{}: {why}", output::paint_error("canary failed"));
+    let mut msg = format!("{why}; canary rolled back");
+    match canary::remove(&run.client, &run.resources, c.plan, timeout).await {
+        Ok(()) => msg.push_str(" (canary objects removed)"),
+        Err(e) => msg.push_str(&format!(", but removing the canary objects failed: {e:#}")),
+    }
+    // The stable Deployment was never touched: say that it serves (or what is wrong with it).
+    let stable = std::slice::from_ref(&c.plan.stable);
+    let current = revs.iter().find(|r| r.state == State::Deployed).map(|r| r.revision).unwrap_or(0);
+    match wait::wait(&run.client, &run.resources, stable, timeout, &|| None).await {
+        Ok(wait::Outcome::Ready) => msg.push_str(&format!("; {} of revision {current} is serving", c.plan.stable)),
+        Ok(wait::Outcome::Failed(w)) => msg.push_str(&format!("; {} is not ready: {}", c.plan.stable, w.join("; "))),
+        Err(e) => msg.push_str(&format!("; could not read {}: {e:#}", c.plan.stable)),
+    }
+    rev.state = State::Failed;
+    rev.outcome = msg.clone();
+    rev.finished = Some(release::now());
+    release::update(&run.client, rev).await?;
+    let objects = c
+        .plan
+        .inventory()?
+        .iter()
+        .map(|r| ObjectLine { object: r.to_string(), action: "canary, removed".into() })
+        .collect();
+    let report = DeployReport {
+        release: rev.release.clone(),
+        namespace: rev.namespace.clone(),
+        revision: Some(rev.revision),
+        dry_run: false,
+        outcome: msg.clone(),
+        image: rev.image.clone(),
+        seconds: started_at.elapsed().as_secs_f64(),
+        objects,
+        pruned: Vec::new(),
+        rolled_back_to: None,
+        canary: Some(CanaryReport::new("rolled back", &c.plan.rules, steps)),
+    };
+    Ok((report, Some(msg)))
 }
 
 /// Record the outcome of `rev`; on failure roll back to the last good revision (unless told not to).
@@ -484,6 +662,7 @@ async fn finish(
         objects,
         pruned: Vec::new(),
         rolled_back_to: None,
+        canary: None,
     };
     match applied {
         Applied::Ready { pruned } => {
@@ -664,6 +843,7 @@ async fn dry_run(
         objects,
         pruned,
         rolled_back_to: None,
+        canary: None,
     };
     output::emit(global.output, &report)?;
     if problems.is_empty() {
@@ -731,9 +911,18 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
     let started_at = Instant::now();
     let started_wall = chrono::Utc::now();
     let settings = settings(global)?;
+    let values = if args.values.is_empty() && args.set.is_empty() {
+        None
+    } else {
+        Some(crate::values::load(&args.values, &global.render_sets(&args.set))?)
+    };
+    if let Some(v) = &values {
+        check_cluster(&v.cluster, global, &settings, "roll back")?;
+    }
     let client = settings.client().await?;
-    let ns = global.namespace.clone();
-    let name = release_name(&client, &ns, args.release.as_deref()).await?;
+    let ns = values.as_ref().map(|v| v.namespace.name.clone()).unwrap_or_else(|| global.namespace.clone());
+    let given = args.release.as_deref().or(values.as_ref().map(|v| v.name.as_str()));
+    let name = release_name(&client, &ns, given).await?;
     let holder = lock::identity("rollback");
     let held = lock::acquire(&client, &ns, &name, &holder, &lock_options(&args.apply, "rollback")).await?;
     let result = async {
@@ -753,6 +942,10 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
             };
         if target.manifests.is_empty() {
             return Err(usage(format!("revision {} of {name} recorded no objects", target.revision)));
+        }
+        // The revision goes back only where its deploy was allowed to go (its values' cluster).
+        if let Some(expected) = &target.cluster {
+            check_cluster(expected, global, &settings, &format!("roll back to revision {}", target.revision))?;
         }
         let manifests = plan::from_bodies(target.manifests.clone(), &name)?;
         let resources = resolve_all(&client, &manifests, &live_inventory(&revs)).await?;
@@ -814,6 +1007,7 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
             .collect(),
         pruned: Vec::new(),
         rolled_back_to: Some(target.revision),
+        canary: None,
     };
     output::emit(global.output, &report)?;
     match failure {

@@ -81,6 +81,10 @@ pub struct Revision {
     /// The applied bodies, in apply order (not shown by `history`).
     #[serde(default, skip_serializing)]
     pub manifests: Vec<Value>,
+    /// The cluster the deploy's values named (`cluster.context` / `cluster.server`): a rollback to
+    /// this revision is refused elsewhere, as its deploy was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::values::model::ClusterValues>,
 }
 
 pub fn now() -> String {
@@ -218,6 +222,7 @@ mod tests {
             audctl_version: "0.1.0".into(),
             inventory: vec![],
             manifests: vec![serde_json::json!({"kind": "ConfigMap"})],
+            cluster: None,
         };
         let secret = to_secret(&rev).expect("secret");
         assert_eq!(secret.metadata.name.as_deref(), Some("audctl-release-audit-trail-v3"));

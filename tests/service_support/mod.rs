@@ -26,6 +26,11 @@ pub struct Server {
 
 impl Server {
     pub async fn start(backend: Backend, db: &str) -> anyhow::Result<Server> {
+        Self::start_with(backend, db, |_| {}).await
+    }
+
+    /// Start with `tweak` applied to the configuration last (e.g. a short append timeout).
+    pub async fn start_with(backend: Backend, db: &str, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new().prefix("audctl-service-test-").tempdir()?;
         let mut config = Config::local(dir.path().join("data"));
         config.listen = "127.0.0.1:0".parse()?;
@@ -38,6 +43,7 @@ impl Server {
             config.request_timeout = Duration::from_secs(5);
             pg = Some(p);
         }
+        tweak(&mut config);
         let server = audit_server::spawn(config).await.context("starting the audit server")?;
         Ok(Server { server, dir, pg })
     }
