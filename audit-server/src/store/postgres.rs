@@ -1,9 +1,10 @@
-//! PostgreSQL store. An append transaction carries the runs of many tenants in a constant number
-//! of round trips: one statement locks every touched chain head row (in tenant order, held until
-//! commit), one writes every event, idempotency record and head (INSERT .. SELECT FROM UNNEST of
-//! arrays): the per-tenant cost is rows in arrays, not statements.
+//! PostgreSQL store. A group commit carries the runs of many tenants in a constant number of round
+//! trips: the per-tenant cost is rows in arrays (UNNEST), not statements. Runs on chain heads this
+//! process wrote last take ONE statement, its own transaction ([`APPEND`]: lock the heads in tenant
+//! order, check they did not move, insert, move them); the others a transaction of four round
+//! trips (BEGIN, lock every head, the same statement, COMMIT).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,22 @@ pub struct PgStore {
     /// two round trips per transaction on the busiest path, where a connection that committed a
     /// moment ago needs neither. One kept longer than [`WARM_FOR`] goes back to the pool instead.
     warm: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    /// Chain heads (last sequence, last hash) this process committed last, per tenant: appends on
+    /// them take one statement (see [`PgStore::append_on_known_heads`]). Only a hint: the statement
+    /// checks each head, and an entry is dropped whenever its outcome is not known.
+    heads: Mutex<HashMap<String, (i64, String)>>,
     max: u32,
+}
+
+/// Remembered chain heads at most (beyond it the map starts over: memory stays bounded with any
+/// number of tenants, and a forgotten head only costs one shared transaction).
+const KNOWN_HEADS_MAX: usize = 100_000;
+
+fn remember(heads: &mut HashMap<String, (i64, String)>, tenant: &str, seq: i64, hash: String) {
+    if heads.len() >= KNOWN_HEADS_MAX && !heads.contains_key(tenant) {
+        heads.clear();
+    }
+    heads.insert(tenant.to_owned(), (seq, hash));
 }
 
 /// How long a kept append connection is used without the pool's liveness check.
@@ -84,7 +100,9 @@ impl PgStore {
             .max_connections(append_connections.max(1))
             .acquire_timeout(append_timeout.max(Duration::from_secs(1)))
             .connect_lazy_with(append_options);
-        Ok(PgStore { pool, appends, warm: Mutex::new(Vec::new()), max: max_connections + append_connections.max(1) })
+        Ok(PgStore { pool, appends, warm: Mutex::new(Vec::new()),
+            heads: Mutex::new(HashMap::new()),
+            max: max_connections + append_connections.max(1) })
     }
 
     /// Delete idempotency records created before `before`; how many.
@@ -97,11 +115,7 @@ impl PgStore {
     /// A connection of the append pool answers and the database takes writes (a kept one if
     /// there is one: when every lane's connection is kept, the pool has none to hand out).
     pub async fn writable(&self) -> Result<(), StoreError> {
-        let kept = lock(&self.warm).pop();
-        let mut conn = match kept {
-            Some((conn, _)) => conn,
-            None => self.appends.acquire().await?,
-        };
+        let mut conn = self.append_connection().await?;
         let row = sqlx::query("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
             .fetch_one(&mut *conn)
             .await?;
@@ -113,11 +127,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// All runs in one transaction, whatever their number, in four round trips: BEGIN, one
-    /// statement locking every touched chain head (in tenant order), one writing every event,
-    /// idempotency record and head, COMMIT (plus one reading idempotency keys when a job has one).
-    /// The caller sorts the runs by tenant.
-    pub(crate) async fn append(&self, runs: &[Run], phases: &mut Phases) -> Result<Vec<Vec<JobOutcome>>, TxError> {
+    /// Runs in one transaction, whatever their number, in four round trips: BEGIN, one statement
+    /// locking every touched chain head (in tenant order), the [`APPEND`] statement writing every
+    /// event, idempotency record and head, COMMIT (plus one reading idempotency keys when a job
+    /// has one). The caller sorts the runs by tenant.
+    pub(crate) async fn append(&self, runs: &[&Run], phases: &mut Phases) -> Result<Vec<Vec<JobOutcome>>, TxError> {
         let before = |e: sqlx::Error| TxError::BeforeCommit(e.into());
         let t = Instant::now();
         let mut conn = self.append_connection().await.map_err(before)?;
@@ -128,28 +142,148 @@ impl PgStore {
         let mut known = known_keys(&mut tx, runs).await.map_err(TxError::BeforeCommit)?;
         let t = Phases::lap(&mut phases.lock, t);
         let mut plans = Vec::with_capacity(runs.len());
+        let mut olds = Vec::with_capacity(runs.len());
         for run in runs {
             let (seq, hash) = heads.remove(run.tenant_id.as_str()).ok_or_else(|| {
                 TxError::BeforeCommit(StoreError::Internal(format!("no chain head came back for {}", run.tenant_id)))
             })?;
+            olds.push((seq, hash.clone()));
             plans.push(plan(seq, hash, &run.jobs, known.remove(run.tenant_id.as_str()).unwrap_or_default()));
         }
         let t = Phases::lap(&mut phases.hash, t);
-        write(&mut tx, runs, &plans).await.map_err(before)?;
+        // Heads locked by this transaction cannot have moved: every run is written.
+        let written = write(&mut tx, runs, &olds, &plans).await.map_err(before)?;
+        if written.len() != plans.iter().filter(|p| !p.rows.is_empty()).count() {
+            let e = StoreError::Internal("a locked chain head moved during its transaction".into());
+            return Err(TxError::BeforeCommit(e));
+        }
         let t = Phases::lap(&mut phases.write, t);
+        self.forget_heads(runs.iter().map(|r| r.tenant_id.as_str()));
         tx.commit().await.map_err(|e| TxError::AtCommit(e.into()))?;
         Phases::lap(&mut phases.commit, t);
         self.keep(conn);
+        self.remember_heads(runs.iter().zip(&plans).map(|(r, p)| (r.tenant_id.as_str(), p)));
         Ok(plans.into_iter().map(|p| p.outcomes).collect())
     }
 
+    /// Runs whose chain head this process wrote last and whose jobs carry no idempotency key, in
+    /// ONE statement that is its own transaction (one round trip, commit included): the events are
+    /// chained on the remembered heads, and [`APPEND`] writes a tenant's run only if its head is
+    /// still what was remembered, so a head moved by another process writes nothing. Per run:
+    /// `Some(outcome)` when decided (stored, or failed with nothing stored or an unknown outcome),
+    /// `None` when it must go through the shared transaction (head not known or moved, or a
+    /// database error that may be one run's fault).
+    pub(crate) async fn append_on_known_heads(
+        &self,
+        runs: &[Run],
+        phases: &mut Phases,
+    ) -> Vec<Option<Result<Vec<JobOutcome>, StoreError>>> {
+        let mut results: Vec<Option<Result<Vec<JobOutcome>, StoreError>>> = runs.iter().map(|_| None).collect();
+        let (mut fast, mut olds, mut plans, mut at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let t = Instant::now();
+        {
+            let heads = lock(&self.heads);
+            for (i, run) in runs.iter().enumerate() {
+                if run.jobs.iter().any(|j| j.idempotency.is_some()) {
+                    continue; // stored keys must be read with the head locked: the shared path
+                }
+                if let Some((seq, hash)) = heads.get(&run.tenant_id) {
+                    fast.push(run);
+                    olds.push((*seq, hash.clone()));
+                    at.push(i);
+                }
+            }
+        }
+        if fast.is_empty() {
+            return results;
+        }
+        for (run, (seq, hash)) in fast.iter().zip(&olds) {
+            plans.push(plan(*seq, hash.clone(), &run.jobs, HashMap::new()));
+        }
+        let t = Phases::lap(&mut phases.hash, t);
+        let mut conn = match self.append_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = StoreError::from(e);
+                for &i in &at {
+                    results[i] = Some(Err(e.duplicate()));
+                }
+                return results;
+            }
+        };
+        let t = Phases::lap(&mut phases.begin, t);
+        let outcome = write(&mut conn, &fast, &olds, &plans).await;
+        Phases::lap(&mut phases.write, t);
+        let tenants = fast.iter().map(|r| r.tenant_id.as_str());
+        match outcome {
+            Ok(written) => {
+                self.keep(conn);
+                self.forget_heads(tenants);
+                let mut stored = Vec::new();
+                for ((&i, run), plan) in at.iter().zip(&fast).zip(plans) {
+                    if written.contains(&run.tenant_id) {
+                        stored.push((run.tenant_id.as_str(), plan.head_sequence, plan.head_hash.clone()));
+                        results[i] = Some(Ok(plan.outcomes));
+                    }
+                }
+                let mut heads = lock(&self.heads);
+                for (tenant, seq, hash) in stored {
+                    remember(&mut heads, tenant, seq, hash);
+                }
+            }
+            // The server refused the statement: it rolled back, nothing was written.
+            Err(sqlx::Error::Database(db)) => {
+                self.forget_heads(tenants);
+                match StoreError::from(sqlx::Error::Database(db)) {
+                    e @ StoreError::Unavailable(_) => {
+                        for &i in &at {
+                            results[i] = Some(Err(e.duplicate()));
+                        }
+                    }
+                    e => tracing::warn!(runs = fast.len(), error = %e, "append on known heads failed, retrying"),
+                }
+            }
+            // The connection failed with the statement (and its commit) sent: unknown.
+            Err(e) => {
+                self.forget_heads(tenants);
+                let e = StoreError::CommitUnknown(e.to_string());
+                for &i in &at {
+                    results[i] = Some(Err(e.duplicate()));
+                }
+            }
+        }
+        results
+    }
+
+    fn forget_heads<'a>(&self, tenants: impl Iterator<Item = &'a str>) {
+        let mut heads = lock(&self.heads);
+        for t in tenants {
+            heads.remove(t);
+        }
+    }
+
+    fn remember_heads<'a>(&self, plans: impl Iterator<Item = (&'a str, &'a Plan)>) {
+        let mut heads = lock(&self.heads);
+        for (tenant, plan) in plans {
+            remember(&mut heads, tenant, plan.head_sequence, plan.head_hash.clone());
+        }
+    }
+
     /// The most recently kept append connection if it is fresh, else one from the pool (which
-    /// checks it). A stale kept one is dropped: back to the pool, which checks it too.
+    /// checks it). Stale kept ones go back to the pool first (it checks them too): they hold its
+    /// slots, and the pool has no more than one per lane.
     async fn append_connection(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        let kept = lock(&self.warm).pop();
-        match kept {
-            Some((conn, since)) if since.elapsed() < WARM_FOR => Ok(conn),
-            _ => self.appends.acquire().await,
+        let (fresh, stale) = {
+            let mut warm = lock(&self.warm);
+            // Kept in the order they were put back: the stale ones come first.
+            let cut = warm.partition_point(|(_, since)| since.elapsed() >= WARM_FOR);
+            let stale: Vec<_> = warm.drain(..cut).collect();
+            (warm.pop(), stale)
+        };
+        drop(stale);
+        match fresh {
+            Some((conn, _)) => Ok(conn),
+            None => self.appends.acquire().await,
         }
     }
 
@@ -259,7 +393,7 @@ impl PgStore {
 /// (so locked) in the order of the SELECT, sorted by tenant in byte order (`COLLATE "C"`, the order
 /// of Rust's `str`), the same in every process and every version of this server: two transactions
 /// holding several heads cannot wait on each other in a cycle.
-async fn lock_heads(tx: &mut PgConnection, runs: &[Run]) -> Result<HashMap<String, (i64, String)>, sqlx::Error> {
+async fn lock_heads(tx: &mut PgConnection, runs: &[&Run]) -> Result<HashMap<String, (i64, String)>, sqlx::Error> {
     let tenants: Vec<&str> = runs.iter().map(|r| r.tenant_id.as_str()).collect();
     let rows = sqlx::query(
         "INSERT INTO chain_heads (tenant_id, last_sequence, last_hash)
@@ -279,7 +413,7 @@ type Known = HashMap<String, (String, Vec<EventReceipt>)>;
 
 /// Idempotency records of the keys the jobs carry, per tenant: read after the heads are locked (a
 /// new statement, a new snapshot), so a retry committed by another replica meanwhile is seen.
-async fn known_keys(tx: &mut PgConnection, runs: &[Run]) -> Result<HashMap<String, Known>, StoreError> {
+async fn known_keys(tx: &mut PgConnection, runs: &[&Run]) -> Result<HashMap<String, Known>, StoreError> {
     let (mut tenants, mut keys) = (Vec::new(), Vec::new());
     for run in runs {
         for idem in run.jobs.iter().filter_map(|j| j.idempotency.as_ref()) {
@@ -307,11 +441,43 @@ async fn known_keys(tx: &mut PgConnection, runs: &[Run]) -> Result<HashMap<Strin
     Ok(known)
 }
 
-/// Every row a transaction writes, column by column across all its tenants: the arrays bound to
-/// the one statement that writes them. Another table's per-event rows (an outbox) can be inserted
-/// from the same arrays.
+/// The one statement that writes appends, in both paths: for each tenant of `u` whose chain head
+/// is still (old_sequence, old_hash), locked in tenant byte order, its events, its idempotency
+/// records and its new head; returns the tenants written. A tenant whose head moved writes nothing.
+/// Per-event rows of another table (an outbox) go in as one more CTE from the same event arrays,
+/// filtered the same way:
+///   `o AS (INSERT INTO outbox (tenant_id, event_id, ..) SELECT r.tenant_id, r.id, .. FROM UNNEST($6, $7, ..)
+///    AS r (..) WHERE r.tenant_id IN (SELECT tenant_id FROM l))`
+const APPEND: &str = "WITH u AS (
+        SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[])
+            AS u (tenant_id, old_sequence, old_hash, new_sequence, new_hash)
+    ), l AS MATERIALIZED (
+        SELECT h.tenant_id FROM chain_heads AS h JOIN u ON h.tenant_id = u.tenant_id
+        WHERE h.last_sequence = u.old_sequence AND h.last_hash = u.old_hash
+        ORDER BY h.tenant_id COLLATE \"C\" FOR UPDATE OF h
+    ), e AS (
+        INSERT INTO events (tenant_id, id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash)
+        SELECT r.* FROM UNNEST($6::text[], $7::uuid[], $8::bigint[], $9::timestamptz[], $10::text[], $11::text[],
+                               $12::text[], $13::text[], $14::text[], $15::text[])
+            AS r (tenant_id, id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash)
+        WHERE r.tenant_id IN (SELECT tenant_id FROM l)
+    ), k AS (
+        INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts)
+        SELECT x.* FROM UNNEST($16::text[], $17::text[], $18::text[], $19::text[]) AS x (tenant_id, key, fingerprint, receipts)
+        WHERE x.tenant_id IN (SELECT tenant_id FROM l)
+    )
+    UPDATE chain_heads AS h SET last_sequence = u.new_sequence, last_hash = u.new_hash
+    FROM u WHERE h.tenant_id = u.tenant_id AND h.tenant_id IN (SELECT tenant_id FROM l)
+    RETURNING h.tenant_id";
+
+/// Every row of one [`APPEND`], column by column across all its tenants: the arrays it binds.
 #[derive(Default)]
 struct Columns<'a> {
+    head_tenant: Vec<&'a str>,
+    old_sequence: Vec<i64>,
+    old_hash: Vec<&'a str>,
+    head_sequence: Vec<i64>,
+    head_hash: Vec<&'a str>,
     tenant: Vec<&'a str>,
     id: Vec<Uuid>,
     sequence: Vec<i64>,
@@ -326,19 +492,27 @@ struct Columns<'a> {
     key: Vec<&'a str>,
     fingerprint: Vec<&'a str>,
     receipts: Vec<&'a str>,
-    head_tenant: Vec<&'a str>,
-    head_sequence: Vec<i64>,
-    head_hash: Vec<&'a str>,
 }
 
-/// The events, idempotency records and new chain heads of all runs, in one statement.
-async fn write(tx: &mut PgConnection, runs: &[Run], plans: &[Plan]) -> Result<(), sqlx::Error> {
+/// Run [`APPEND`] for the runs (planned on the heads `olds`); the tenants written. Runs with
+/// nothing to write (only replays) are left out.
+async fn write(
+    conn: &mut PgConnection,
+    runs: &[&Run],
+    olds: &[(i64, String)],
+    plans: &[Plan],
+) -> Result<HashSet<String>, sqlx::Error> {
     let mut c = Columns::default();
-    for (run, plan) in runs.iter().zip(plans) {
+    for ((run, (old_sequence, old_hash)), plan) in runs.iter().zip(olds).zip(plans) {
         if plan.rows.is_empty() {
-            continue; // only replays: nothing to write, the head stays
+            continue;
         }
         let tenant = run.tenant_id.as_str();
+        c.head_tenant.push(tenant);
+        c.old_sequence.push(*old_sequence);
+        c.old_hash.push(old_hash);
+        c.head_sequence.push(plan.head_sequence);
+        c.head_hash.push(&plan.head_hash);
         for r in &plan.rows {
             c.tenant.push(tenant);
             c.id.push(r.id);
@@ -357,49 +531,33 @@ async fn write(tx: &mut PgConnection, runs: &[Run], plans: &[Plan]) -> Result<()
             c.fingerprint.push(&k.fingerprint);
             c.receipts.push(&k.receipts);
         }
-        c.head_tenant.push(tenant);
-        c.head_sequence.push(plan.head_sequence);
-        c.head_hash.push(&plan.head_hash);
     }
     if c.head_tenant.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
-    // The heads are already locked by this transaction (lock_heads): the UPDATE waits for nobody.
-    // Per-event rows of another table go in as one more CTE, e.g.
-    //   o AS (INSERT INTO outbox (tenant_id, event_id, sequence, ..) SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], ..))
-    sqlx::query(
-        "WITH e AS (
-            INSERT INTO events (tenant_id, id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash)
-            SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::text[], $10::text[])
-         ), k AS (
-            INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts)
-            SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[])
-         )
-         UPDATE chain_heads AS h SET last_sequence = u.last_sequence, last_hash = u.last_hash
-         FROM UNNEST($15::text[], $16::bigint[], $17::text[]) AS u (tenant_id, last_sequence, last_hash)
-         WHERE h.tenant_id = u.tenant_id",
-    )
-    .bind(&c.tenant)
-    .bind(&c.id)
-    .bind(&c.sequence)
-    .bind(&c.ts)
-    .bind(&c.actor)
-    .bind(&c.resource)
-    .bind(&c.action)
-    .bind(&c.body)
-    .bind(&c.hash)
-    .bind(&c.previous)
-    .bind(&c.key_tenant)
-    .bind(&c.key)
-    .bind(&c.fingerprint)
-    .bind(&c.receipts)
-    .bind(&c.head_tenant)
-    .bind(&c.head_sequence)
-    .bind(&c.head_hash)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    let rows = sqlx::query(APPEND)
+        .bind(&c.head_tenant)
+        .bind(&c.old_sequence)
+        .bind(&c.old_hash)
+        .bind(&c.head_sequence)
+        .bind(&c.head_hash)
+        .bind(&c.tenant)
+        .bind(&c.id)
+        .bind(&c.sequence)
+        .bind(&c.ts)
+        .bind(&c.actor)
+        .bind(&c.resource)
+        .bind(&c.action)
+        .bind(&c.body)
+        .bind(&c.hash)
+        .bind(&c.previous)
+        .bind(&c.key_tenant)
+        .bind(&c.key)
+        .bind(&c.fingerprint)
+        .bind(&c.receipts)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// Poisoning only follows a panic while holding the lock; a list of connections stays usable.

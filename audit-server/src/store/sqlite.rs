@@ -48,7 +48,7 @@ impl SqliteStore {
     }
 
     /// All runs in one transaction (BEGIN IMMEDIATE holds the database write lock throughout).
-    pub(crate) async fn append(&self, runs: &[Run], phases: &mut Phases) -> Result<Vec<Vec<JobOutcome>>, TxError> {
+    pub(crate) async fn append(&self, runs: &[&Run], phases: &mut Phases) -> Result<Vec<Vec<JobOutcome>>, TxError> {
         let t = std::time::Instant::now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| TxError::BeforeCommit(e.into()))?;
         let mut t = Phases::lap(&mut phases.begin, t);
