@@ -28,6 +28,9 @@ use crate::store::{AppendJob, JobOutcome, Run, Store, StoreError};
 
 type Reply = oneshot::Sender<Result<JobOutcome, StoreError>>;
 
+/// Jobs taken for one transaction, grouped by tenant (sorted: the lock order).
+type Batch = BTreeMap<String, Vec<(AppendJob, Reply)>>;
+
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const ABANDONED: u8 = 2;
@@ -183,7 +186,11 @@ impl Appender {
             q.pending.push_back(Entry {
                 tenant: tenant_id.to_owned(),
                 queued_at: Instant::now(),
-                job, bytes, reply: tx, state: state.clone() });
+                job,
+                bytes,
+                reply: tx,
+                state: state.clone(),
+            });
             let spawn = q.lanes < self.limits.lanes && !q.in_flight.contains(tenant_id);
             if spawn {
                 q.lanes += 1;
@@ -264,11 +271,11 @@ impl Appender {
     /// The next batch: pending jobs of tenants no other lane holds, grouped by tenant, now marked
     /// taken, with the time its jobs waited in the queue (summed); or None (and this lane ends)
     /// when there is none.
-    fn take_batch(&self) -> Option<(BTreeMap<String, Vec<(AppendJob, Reply)>>, std::time::Duration)> {
+    fn take_batch(&self) -> Option<(Batch, std::time::Duration)> {
         let mut q = lock(&self.queue);
         let now = Instant::now();
         let mut queued = std::time::Duration::ZERO;
-        let mut batch: BTreeMap<String, Vec<(AppendJob, Reply)>> = BTreeMap::new();
+        let mut batch: Batch = BTreeMap::new();
         let mut events = 0;
         let mut kept = VecDeque::with_capacity(q.pending.len());
         while let Some(entry) = q.pending.pop_front() {

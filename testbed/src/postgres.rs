@@ -68,7 +68,8 @@ pub async fn postgres() -> anyhow::Result<Postgres> {
 pub async fn postgres_with(opts: PgOptions) -> anyhow::Result<Postgres> {
     let bin = bin_dir()?;
     let owner = run_as_user()?;
-    let dir = if opts.disk { scratch::instance_dir_on_disk("audctl-pg-")? } else { scratch::instance_dir("audctl-pg-")? };
+    let dir =
+        if opts.disk { scratch::instance_dir_on_disk("audctl-pg-")? } else { scratch::instance_dir("audctl-pg-")? };
     let base = dir.path().to_owned();
     let sockets = base.join("sockets");
     let archive = opts.archive.then(|| base.join("wal-archive"));

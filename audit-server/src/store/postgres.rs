@@ -100,9 +100,13 @@ impl PgStore {
             .max_connections(append_connections.max(1))
             .acquire_timeout(append_timeout.max(Duration::from_secs(1)))
             .connect_lazy_with(append_options);
-        Ok(PgStore { pool, appends, warm: Mutex::new(Vec::new()),
+        Ok(PgStore {
+            pool,
+            appends,
+            warm: Mutex::new(Vec::new()),
             heads: Mutex::new(HashMap::new()),
-            max: max_connections + append_connections.max(1) })
+            max: max_connections + append_connections.max(1),
+        })
     }
 
     /// Delete idempotency records created before `before`; how many.
@@ -436,7 +440,10 @@ async fn known_keys(tx: &mut PgConnection, runs: &[&Run]) -> Result<HashMap<Stri
     .await?;
     for row in rows {
         let receipts: String = row.try_get(3)?;
-        known.entry(row.try_get(0)?).or_default().insert(row.try_get(1)?, (row.try_get(2)?, parse_receipts(&receipts)?));
+        known
+            .entry(row.try_get(0)?)
+            .or_default()
+            .insert(row.try_get(1)?, (row.try_get(2)?, parse_receipts(&receipts)?));
     }
     Ok(known)
 }

@@ -54,7 +54,8 @@ impl SqliteStore {
         let mut t = Phases::lap(&mut phases.begin, t);
         let mut outcomes = Vec::with_capacity(runs.len());
         for run in runs {
-            let (o, next) = append_run(&mut tx, &run.tenant_id, &run.jobs, phases, t).await.map_err(TxError::BeforeCommit)?;
+            let (o, next) =
+                append_run(&mut tx, &run.tenant_id, &run.jobs, phases, t).await.map_err(TxError::BeforeCommit)?;
             outcomes.push(o);
             t = next;
         }
