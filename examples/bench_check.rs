@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let runs = args.runs.max(1);
     let (kube, pg, redis, kafka, search) = tokio::try_join!(
         testbed::kube(),
-        testbed::postgres_with(testbed::PgOptions { replica: true, archive: true }),
+        testbed::postgres_with(testbed::PgOptions { replica: true, archive: true, ..Default::default() }),
         testbed::redis_sentinel(),
         testbed::kafka(3),
         testbed::search(),

@@ -225,7 +225,7 @@ async fn datastores_section_end_to_end() -> anyhow::Result<()> {
     use testbed::PgOptions;
     let dir = tempfile::tempdir()?;
     let (pg, mut redis, kafka, search) = tokio::try_join!(
-        testbed::postgres_with(PgOptions { replica: true, archive: true }),
+        testbed::postgres_with(PgOptions { replica: true, archive: true, ..Default::default() }),
         testbed::redis_sentinel(),
         testbed::kafka(3),
         testbed::search(),

@@ -27,7 +27,7 @@ async fn sql_on(url: &str, sql: &str) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_and_archiving() -> anyhow::Result<()> {
-    let pg = postgres_with(PgOptions { replica: true, archive: true }).await?;
+    let pg = postgres_with(PgOptions { replica: true, archive: true, ..Default::default() }).await?;
     let t = targets(pg.target());
     let one_replica = values(&["postgresql.readReplicas.replicaCount=1"]);
 

@@ -1,44 +1,79 @@
 //! `cargo xtask bench server` runs this: a measured run (not a test) against the testbed's real
-//! PostgreSQL. First the raw ceiling with pgbench (single-row insert commits, and 100-row insert
-//! transactions), then the server in-process: single events on one tenant and on 100 tenants, and
-//! batches of 100, each a closed loop of concurrent clients for a fixed duration after a warm-up.
-//! Prints each figure and its ratio to the matching ceiling.
+//! PostgreSQL, its data directory on a disk with fsync and synchronous_commit on (as deployed).
+//! First the raw ceiling with pgbench (single-row insert commits, and 100-row insert
+//! transactions), then the server in-process: single events on 1, 100 and 1000 tenants, and batches
+//! of 100, each a closed loop of concurrent clients for a fixed duration after a warm-up. Prints
+//! each figure, its ratio to the matching ceiling of the same run, the load average when it was
+//! taken, and where the append transactions' time went (the server's phase counters). Then a soak:
+//! the server in a process of its own, single events over 100 tenants, its RSS sampled throughout.
 //!
-//!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64] [--batch-clients 16] [--pool N]
+//!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64]
+//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS]
 
-use std::process::Command;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use audit_server::metrics::APPEND_PHASES;
 use audit_server::{ApiKeyConfig, Config};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
 const KEY: &str = "bench-key";
 
+#[derive(Clone, Copy, PartialEq)]
+enum Storage {
+    Disk,
+    Tmpfs,
+}
+
 struct Args {
     seconds: u64,
     clients: usize,
     batch_clients: usize,
     pool: u32,
+    storages: Vec<Storage>,
+    soak: u64,
+    /// Internal: serve on this database URL until stdin closes (the soak's server process).
+    serve: Option<String>,
 }
 
 fn args() -> Result<Args> {
     // The server's pool defaults to as many connections as pgbench's clients: a like-for-like ceiling.
-    let mut a = Args { seconds: 10, clients: 64, batch_clients: 16, pool: 0 };
+    let mut a = Args {
+        seconds: 10,
+        clients: 64,
+        batch_clients: 16,
+        pool: 0,
+        storages: vec![Storage::Disk],
+        soak: 60,
+        serve: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || -> Result<u64> {
-            let v = it.next().with_context(|| format!("{flag} needs a value"))?;
-            v.parse().with_context(|| format!("{flag} {v}: expected a number"))
-        };
+        let mut text = || it.next().with_context(|| format!("{flag} needs a value"));
+        let number = |v: String| -> Result<u64> { v.parse().with_context(|| format!("{v}: expected a number")) };
         match flag.as_str() {
-            "--seconds" => a.seconds = value()?,
-            "--clients" => a.clients = value()? as usize,
-            "--batch-clients" => a.batch_clients = value()? as usize,
-            "--pool" => a.pool = value()? as u32,
-            other => bail!("unknown argument {other}; expected --seconds N, --clients N, --batch-clients N"),
+            "--seconds" => a.seconds = number(text()?)?,
+            "--clients" => a.clients = number(text()?)? as usize,
+            "--batch-clients" => a.batch_clients = number(text()?)? as usize,
+            "--pool" => a.pool = number(text()?)? as u32,
+            "--soak" => a.soak = number(text()?)?,
+            "--storage" => {
+                a.storages = match text()?.as_str() {
+                    "disk" => vec![Storage::Disk],
+                    "tmpfs" => vec![Storage::Tmpfs],
+                    "both" => vec![Storage::Disk, Storage::Tmpfs],
+                    other => bail!("--storage {other}: expected disk, tmpfs or both"),
+                }
+            }
+            "--serve" => a.serve = Some(text()?),
+            other => bail!(
+                "unknown argument {other}; expected --seconds N, --clients N, --batch-clients N, --pool N, \
+                 --storage disk|tmpfs|both, --soak SECONDS"
+            ),
         }
     }
     if a.pool == 0 {
@@ -57,78 +92,96 @@ struct Figure {
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     errors: u64,
+    /// 1-minute load average at the end of the measurement.
+    load: f64,
+    /// Where the server's append time went (server scenarios).
+    phases: Option<String>,
+}
+
+impl Figure {
+    fn ceiling(name: String, events_per_sec: f64) -> Figure {
+        Figure { name, events_per_sec, p50_ms: None, p99_ms: None, errors: 0, load: load(), phases: None }
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
-    eprintln!("starting PostgreSQL (testbed)...");
-    let pg = testbed::postgres::postgres().await?;
-    let mut figures = Vec::new();
+    if let Some(url) = &args.serve {
+        return serve(url, args.pool).await;
+    }
+    for storage in args.storages.clone() {
+        let (label, disk) = match storage {
+            Storage::Disk => ("a disk directory (ext4 here), fsync and synchronous_commit on", true),
+            Storage::Tmpfs => ("tmpfs (/dev/shm: fsync costs nothing), fsync and synchronous_commit on", false),
+        };
+        eprintln!("starting PostgreSQL (testbed) on {label}...");
+        let pg = testbed::postgres::postgres_with(testbed::PgOptions { disk, ..Default::default() }).await?;
+        let figures = suite(&pg, &args).await?;
+        print_table(&figures, &args, label);
+        if storage == Storage::Disk && args.soak > 0 {
+            soak(&pg, &args).await?;
+        }
+    }
+    Ok(())
+}
 
+/// The ceilings, then the server's scenarios, on one PostgreSQL.
+async fn suite(pg: &testbed::postgres::Postgres, args: &Args) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
     // The ceiling: what PostgreSQL itself commits on this machine, through pgbench.
     let raw_url = pg.create_database("bench_raw").await?;
     raw_setup(&raw_url).await?;
     let single = pgbench(
-        &pg,
+        pg,
         "bench_raw",
         args.clients,
         args.seconds,
         "INSERT INTO raw_events (tenant_id, body) VALUES ('t', repeat('x', 600));\n",
     )?;
-    figures.push(Figure {
-        name: format!("pgbench single-row insert, {} clients", args.clients),
-        events_per_sec: single,
-        p50_ms: None,
-        p99_ms: None,
-        errors: 0,
-    });
+    figures.push(Figure::ceiling(format!("pgbench single-row insert, {} clients", args.clients), single));
     let batch_tps = pgbench(
-        &pg,
+        pg,
         "bench_raw",
         args.clients,
         args.seconds,
         "INSERT INTO raw_events (tenant_id, body) SELECT 't', repeat('x', 600) FROM generate_series(1, 100);\n",
     )?;
-    figures.push(Figure {
-        name: format!("pgbench 100-row transactions, {} clients", args.clients),
-        events_per_sec: batch_tps * 100.0,
-        p50_ms: None,
-        p99_ms: None,
-        errors: 0,
-    });
+    figures.push(Figure::ceiling(format!("pgbench 100-row transactions, {} clients", args.clients), batch_tps * 100.0));
 
     // The server, in this process, on its own database.
     let url = pg.create_database("bench_server").await?;
     let dir = tempfile::tempdir()?;
-    let mut config = Config::local(dir.path().join("data"));
-    config.listen = "127.0.0.1:0".parse()?;
-    config.database_url = Some(url);
-    config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
-    config.db_max_connections = args.pool;
-    let server = audit_server::spawn(config).await?;
+    let server = audit_server::spawn(server_config(dir.path(), &url, args.pool)?).await?;
     let base = server.base_url();
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
-    let single_body = |tenant: usize| body_bytes(&event(&format!("tenant-{tenant}")));
-    let one_tenant = Arc::new(vec![single_body(0)]);
-    let hundred = Arc::new((0..100).map(single_body).collect::<Vec<_>>());
+    let singles = |prefix: &str, n: usize| {
+        Arc::new((0..n).map(|t| body_bytes(&event(&format!("{prefix}-{t}")))).collect::<Vec<_>>())
+    };
     let batches = Arc::new(
         (0..100)
             .map(|t| body_bytes(&json!({"events": (0..100).map(|_| event(&format!("batch-{t}"))).collect::<Vec<_>>()})))
             .collect::<Vec<_>>(),
     );
-    let scenarios: [Scenario; 3] = [
+    let scenarios: [Scenario; 4] = [
         (
             format!("server single events, 1 tenant, {} clients", args.clients),
             "/api/v1/events".into(),
-            one_tenant,
+            singles("one", 1),
             args.clients,
             1,
         ),
         (
             format!("server single events, 100 tenants, {} clients", args.clients),
             "/api/v1/events".into(),
-            hundred,
+            singles("tenant", 100),
+            args.clients,
+            1,
+        ),
+        (
+            format!("server single events, 1000 tenants, {} clients", args.clients),
+            "/api/v1/events".into(),
+            singles("many", 1000),
             args.clients,
             1,
         ),
@@ -146,62 +199,172 @@ async fn main() -> Result<()> {
         let f = drive(&http, &format!("{base}{path}"), bodies, clients, per_request, Duration::from_secs(args.seconds))
             .await?;
         let after = scrape(&http, &base).await?;
-        let runs = after.0 - before.0;
-        let jobs = after.1 - before.1;
-        eprintln!(
-            "  group commit: {jobs} requests in {runs} transactions ({:.1} per transaction)",
-            jobs as f64 / runs.max(1.0)
-        );
-        figures.push(Figure { name, ..f });
+        let phases = after.since(&before);
+        eprintln!("  {phases}");
+        figures.push(Figure { name, phases: Some(phases), ..f });
     }
     // Every chain the run wrote must verify.
-    for tenant in ["tenant-0", "tenant-57", "batch-3"] {
-        let report: serde_json::Value = http
-            .get(format!("{base}/api/v1/integrity/verify?tenantId={tenant}"))
-            .header("x-api-key", KEY)
-            .send()
-            .await?
-            .json()
-            .await?;
-        if report["verified"] != true {
-            bail!("chain of {tenant} does not verify after the bench: {report}");
-        }
+    for tenant in ["one-0", "tenant-57", "many-999", "batch-3"] {
+        verify(&http, &base, tenant).await?;
     }
     server.shutdown().await?;
+    Ok(figures)
+}
 
+fn server_config(dir: &std::path::Path, url: &str, pool: u32) -> Result<Config> {
+    let mut config = Config::local(dir.join("data"));
+    config.listen = "127.0.0.1:0".parse()?;
+    config.database_url = Some(url.to_owned());
+    config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
+    config.db_max_connections = pool;
+    Ok(config)
+}
+
+async fn verify(http: &reqwest::Client, base: &str, tenant: &str) -> Result<()> {
+    let report: serde_json::Value = http
+        .get(format!("{base}/api/v1/integrity/verify?tenantId={tenant}"))
+        .header("x-api-key", KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    if report["verified"] != true || report["checked"].as_u64().unwrap_or(0) == 0 {
+        bail!("chain of {tenant} does not verify after the bench: {report}");
+    }
+    Ok(())
+}
+
+fn print_table(figures: &[Figure], args: &Args, storage: &str) {
     println!(
-        "\naudit-server benchmark against PostgreSQL ({} s per scenario, server pool {}, this machine: {} cores)",
+        "\naudit-server benchmark, PostgreSQL on {storage} ({} s per scenario, server pool {}, this machine: {} cores)",
         args.seconds,
         args.pool,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    println!("{:<52} {:>12} {:>9} {:>9} {:>7} {:>9}", "scenario", "events/s", "p50 ms", "p99 ms", "errors", "ratio");
+    println!(
+        "{:<52} {:>10} {:>8} {:>8} {:>7} {:>6} {:>6}",
+        "scenario", "events/s", "p50 ms", "p99 ms", "errors", "ratio", "load"
+    );
     let ceiling =
         |name: &str| if name.contains("batches") { figures[1].events_per_sec } else { figures[0].events_per_sec };
-    for f in &figures {
-        let ms = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
-        let ratio = if f.name.starts_with("server") {
-            format!("{:.2}", f.events_per_sec / ceiling(&f.name))
-        } else {
-            "1.00".into()
-        };
+    for f in figures {
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+        let ratio = if f.name.starts_with("server") { f.events_per_sec / ceiling(&f.name) } else { 1.0 };
         println!(
-            "{:<52} {:>12.0} {:>9} {:>9} {:>7} {:>9}",
+            "{:<52} {:>10.0} {:>8} {:>8} {:>7} {:>6.2} {:>6.2}",
             f.name,
             f.events_per_sec,
             ms(f.p50_ms),
             ms(f.p99_ms),
             f.errors,
-            ratio
+            ratio,
+            f.load
         );
     }
+    println!("\nwhere the append time went, per scenario:");
+    for f in figures {
+        if let Some(p) = &f.phases {
+            println!("  {}: {p}", f.name);
+        }
+    }
     println!(
-        "\nratio: server events/s divided by the pgbench figure of the same shape (single rows or 100-row transactions)."
+        "\nratio: server events/s divided by the pgbench figure of the same shape, same run (single rows or 100-row \
+         transactions); load: 1-minute load average at the end of the figure."
     );
     println!(
-        "aims (issue 14): single events >= 0.5 x pgbench single-row with p99 < 20 ms, on one tenant too; batches >= 20000 events/s."
+        "aims (issue 23): single events >= 0.5 x pgbench single-row with p99 < 20 ms on 100 tenants (aim past: 1.0) \
+         and on one tenant; batches >= 20000 events/s and >= 0.25 x pgbench 100-row; 1000 tenants like 100."
     );
+}
+
+/// The server in a process of its own (so its RSS is its own), single events over 100 tenants for
+/// `--soak` seconds: RSS after the warm-up and at the end, and in between.
+async fn soak(pg: &testbed::postgres::Postgres, args: &Args) -> Result<()> {
+    let url = pg.create_database("bench_soak").await?;
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["--serve", &url, "--pool", &args.pool.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the soak's server process")?;
+    let pid = child.id();
+    let mut lines = std::io::BufReader::new(child.stdout.take().context("server stdout")?).lines();
+    let base = lines.next().context("the server process exited before listening")??;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let bodies = Arc::new((0..100).map(|t| body_bytes(&event(&format!("soak-{t}")))).collect::<Vec<_>>());
+    eprintln!("soak: {} s, server pid {pid}", args.soak);
+    let url_events = format!("{base}/api/v1/events");
+    let driving = tokio::spawn({
+        let http = http.clone();
+        let clients = args.clients;
+        let seconds = args.soak;
+        async move { drive(&http, &url_events, bodies, clients, 1, Duration::from_secs(seconds)).await }
+    });
+    // drive() warms up for 2 s: the first sample is taken once it measures.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let mut samples = vec![(0u64, rss_kib(pid)?)];
+    let every = Duration::from_secs((args.soak / 10).max(1));
+    while !driving.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if started.elapsed() >= every * samples.len() as u32 {
+            samples.push((started.elapsed().as_secs(), rss_kib(pid)?));
+        }
+    }
+    let f = driving.await??;
+    samples.push((started.elapsed().as_secs(), rss_kib(pid)?));
+    verify(&http, &base, "soak-42").await?;
+    drop(child.stdin.take()); // the server process shuts down when its stdin closes
+    let status = child.wait()?;
+    let (first, last) = (samples[0].1, samples[samples.len() - 1].1);
+    println!(
+        "\nsoak: server process, single events over 100 tenants, {} clients, {} s: {:.0} events/s, p99 {:.1} ms, \
+         {} errors, load {:.2}",
+        args.clients,
+        args.soak,
+        f.events_per_sec,
+        f.p99_ms.unwrap_or(0.0),
+        f.errors,
+        load()
+    );
+    println!(
+        "  RSS start {:.1} MiB, end {:.1} MiB ({:+.1} %); samples (s: MiB): {}",
+        first as f64 / 1024.0,
+        last as f64 / 1024.0,
+        (last as f64 / first as f64 - 1.0) * 100.0,
+        samples.iter().map(|(s, k)| format!("{s}: {:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
+    );
+    if !status.success() {
+        bail!("the soak's server process exited with {status}");
+    }
     Ok(())
+}
+
+/// The soak's server process: print the base URL, serve until stdin closes, shut down.
+async fn serve(url: &str, pool: u32) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = audit_server::spawn(server_config(dir.path(), url, pool)?).await?;
+    println!("{}", server.base_url());
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+    })
+    .await?;
+    server.shutdown().await
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+fn load() -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
 }
 
 async fn raw_setup(url: &str) -> Result<()> {
@@ -316,14 +479,49 @@ async fn drive(
         p50_ms: Some(hist.value_at_quantile(0.5) as f64 / 1000.0),
         p99_ms: Some(hist.value_at_quantile(0.99) as f64 / 1000.0),
         errors,
+        load: load(),
+        phases: None,
     })
 }
 
-/// (group-commit runs, jobs) counters from the server's metrics.
-async fn scrape(http: &reqwest::Client, base: &str) -> Result<(f64, f64)> {
+/// The server's group-commit counters at one instant.
+struct Counters {
+    runs: f64,
+    jobs: f64,
+    /// Seconds per phase, in the order of [`APPEND_PHASES`].
+    phases: Vec<f64>,
+}
+
+impl Counters {
+    /// Requests per transaction, queue wait per request, then each phase per transaction.
+    fn since(&self, before: &Counters) -> String {
+        let runs = (self.runs - before.runs).max(1.0);
+        let jobs = (self.jobs - before.jobs).max(1.0);
+        let ms: Vec<f64> = self.phases.iter().zip(&before.phases).map(|(a, b)| (a - b) * 1000.0).collect();
+        let mut text = format!(
+            "{jobs:.0} requests in {runs:.0} transactions ({:.1} per transaction); queue wait {:.2} ms per request; \
+             per transaction (ms):",
+            jobs / runs,
+            ms[0] / jobs
+        );
+        for (phase, v) in APPEND_PHASES.iter().zip(&ms).skip(1) {
+            text.push_str(&format!(" {phase} {:.2}", v / runs));
+        }
+        text
+    }
+}
+
+async fn scrape(http: &reqwest::Client, base: &str) -> Result<Counters> {
     let text = http.get(format!("{base}/actuator/prometheus")).send().await?.text().await?;
     let value = |name: &str| {
         text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0)
     };
-    Ok((value("audit_group_commit_runs_total"), value("audit_group_commit_jobs_total")))
+    Ok(Counters {
+        runs: value("audit_group_commit_runs_total"),
+        jobs: value("audit_group_commit_jobs_total"),
+        phases: APPEND_PHASES
+            .iter()
+            .map(|p| value(&format!("audit_append_phase_seconds_total{{phase=\"{p}\"}}")))
+            .collect(),
+    })
 }

@@ -28,6 +28,9 @@ use crate::store::{AppendJob, JobOutcome, Run, Store, StoreError};
 
 type Reply = oneshot::Sender<Result<JobOutcome, StoreError>>;
 
+/// Jobs taken for one transaction, grouped by tenant (sorted: the lock order).
+type Batch = BTreeMap<String, Vec<(AppendJob, Reply)>>;
+
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const ABANDONED: u8 = 2;
@@ -72,6 +75,7 @@ pub struct QueueStats {
 
 struct Entry {
     tenant: String,
+    queued_at: Instant,
     job: AppendJob,
     bytes: usize,
     reply: Reply,
@@ -179,7 +183,14 @@ impl Appender {
             }
             q.events += n;
             q.bytes += bytes;
-            q.pending.push_back(Entry { tenant: tenant_id.to_owned(), job, bytes, reply: tx, state: state.clone() });
+            q.pending.push_back(Entry {
+                tenant: tenant_id.to_owned(),
+                queued_at: Instant::now(),
+                job,
+                bytes,
+                reply: tx,
+                state: state.clone(),
+            });
             let spawn = q.lanes < self.limits.lanes && !q.in_flight.contains(tenant_id);
             if spawn {
                 q.lanes += 1;
@@ -204,7 +215,7 @@ impl Appender {
     }
 
     async fn lane(self: Arc<Self>) {
-        while let Some(batch) = self.take_batch() {
+        while let Some((batch, queued)) = self.take_batch() {
             let tenants: Vec<String> = batch.keys().cloned().collect();
             // Sorted by tenant (the store's lock order); each tenant's jobs keep their arrival order.
             let (runs, replies): (Vec<Run>, Vec<Vec<Reply>>) = batch
@@ -217,7 +228,10 @@ impl Appender {
             // In a task of its own so that a panic fails this batch's requests, not the queue.
             let store = self.store.clone();
             let results = match tokio::spawn(async move { store.append_runs(&runs).await }).await {
-                Ok(results) => results,
+                Ok((results, phases)) => {
+                    self.metrics.append_phases(queued, &phases);
+                    results
+                }
                 Err(e) => {
                     replies.iter().map(|_| Err(StoreError::Internal(format!("append task failed: {e}")))).collect()
                 }
@@ -255,10 +269,13 @@ impl Appender {
     }
 
     /// The next batch: pending jobs of tenants no other lane holds, grouped by tenant, now marked
-    /// taken; or None (and this lane ends) when there is none.
-    fn take_batch(&self) -> Option<BTreeMap<String, Vec<(AppendJob, Reply)>>> {
+    /// taken, with the time its jobs waited in the queue (summed); or None (and this lane ends)
+    /// when there is none.
+    fn take_batch(&self) -> Option<(Batch, std::time::Duration)> {
         let mut q = lock(&self.queue);
-        let mut batch: BTreeMap<String, Vec<(AppendJob, Reply)>> = BTreeMap::new();
+        let now = Instant::now();
+        let mut queued = std::time::Duration::ZERO;
+        let mut batch: Batch = BTreeMap::new();
         let mut events = 0;
         let mut kept = VecDeque::with_capacity(q.pending.len());
         while let Some(entry) = q.pending.pop_front() {
@@ -276,6 +293,7 @@ impl Appender {
                 continue; // abandoned by its requester: dropped unwritten
             }
             events += entry.job.events.len();
+            queued += now - entry.queued_at;
             batch.entry(entry.tenant).or_default().push((entry.job, entry.reply));
         }
         q.pending = kept;
@@ -286,7 +304,7 @@ impl Appender {
         for t in batch.keys() {
             q.in_flight.insert(t.clone());
         }
-        Some(batch)
+        Some((batch, queued))
     }
 }
 

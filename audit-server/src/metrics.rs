@@ -24,7 +24,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_integrity_passes_total",
     "audit_integrity_links_verified_total",
     "audit_integrity_verify_errors_total",
+    "audit_append_phase_seconds_total",
 ];
+
+/// The `phase` labels of `audit_append_phase_seconds_total`: `queue` is summed over requests (time
+/// from arrival to the start of their transaction), the others over transactions.
+pub const APPEND_PHASES: [&str; 6] = ["queue", "begin", "lock", "hash", "write", "commit"];
 
 /// Upper bounds (seconds) of the request latency histogram.
 const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -45,6 +50,8 @@ pub struct Metrics {
     jobs: AtomicU64,
     /// The background verifier's results (`crate::integrity`).
     pub integrity: IntegrityMetrics,
+    /// Nanoseconds per phase of [`APPEND_PHASES`].
+    phases: [AtomicU64; APPEND_PHASES.len()],
 }
 
 /// Results of the background verifier. Counts, not per-tenant series: the number of tenants is
@@ -84,6 +91,14 @@ impl Metrics {
         self.jobs.fetch_add(jobs, Ordering::Relaxed);
     }
 
+    /// Time spent in each phase of append transactions; `queued` summed over their requests.
+    pub fn append_phases(&self, queued: Duration, p: &crate::store::Phases) {
+        let times = [queued, p.begin, p.lock, p.hash, p.write, p.commit];
+        for (counter, t) in self.phases.iter().zip(times) {
+            counter.fetch_add(t.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// The exposition text; `pool` is (connections in use, maximum).
     pub fn render(&self, pool: (u64, u64), queue: crate::appender::QueueStats) -> String {
         let mut out = String::with_capacity(4096);
@@ -110,6 +125,14 @@ impl Metrics {
         for (name, help, value) in counters {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let name = "audit_append_phase_seconds_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time spent in each phase of append transactions (queue: summed over requests).\n# TYPE {name} counter"
+        );
+        for (phase, ns) in APPEND_PHASES.iter().zip(&self.phases) {
+            let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", ns.load(Ordering::Relaxed) as f64 / 1e9);
         }
         let gauges = [
             ("audit_db_pool_connections_active", "Database connections in use.", pool.0),

@@ -4,7 +4,9 @@
 //! root): the data directories, the unix sockets, the WAL archive and the logs. Servers listen on
 //! 127.0.0.1 with random ports and password (SCRAM) authentication, as in production; the unix
 //! socket (in the private temp dir) trusts local connections so the testbed itself needs no password.
-//! `fsync` stays on: the audit server's durability tests kill the primary and count what survived.
+//! `fsync` and `synchronous_commit` stay on (written explicitly): the audit server's durability
+//! tests kill the primary and count what survived. The temp dir is on tmpfs by default (fast to
+//! create, fsync costs nothing); [`PgOptions::disk`] puts it on a disk, for measurements.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +32,9 @@ pub struct PgOptions {
     pub replica: bool,
     /// `archive_mode = on`, segments copied into [`Postgres::wal_archive_dir`].
     pub archive: bool,
+    /// Data directories on a disk (the system temp dir) instead of the scratch dir (usually
+    /// tmpfs), so every commit pays a real fsync: benchmarks measure what a deployment would.
+    pub disk: bool,
 }
 
 /// A running PostgreSQL primary (and optional replica). Stopped, and its files removed, on drop.
@@ -63,7 +68,8 @@ pub async fn postgres() -> anyhow::Result<Postgres> {
 pub async fn postgres_with(opts: PgOptions) -> anyhow::Result<Postgres> {
     let bin = bin_dir()?;
     let owner = run_as_user()?;
-    let dir = scratch::instance_dir("audctl-pg-")?;
+    let dir =
+        if opts.disk { scratch::instance_dir_on_disk("audctl-pg-")? } else { scratch::instance_dir("audctl-pg-")? };
     let base = dir.path().to_owned();
     let sockets = base.join("sockets");
     let archive = opts.archive.then(|| base.join("wal-archive"));
@@ -420,13 +426,15 @@ fn write_config(data: &Path, archive: Option<&Path>) -> anyhow::Result<()> {
     let path = data.join("postgresql.conf");
     let mut conf =
         std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // Small memory footprint; everything durability-related keeps PostgreSQL's defaults. Dynamic
+    // Small memory footprint; everything durability-related keeps PostgreSQL's defaults, and the two
+    // that decide whether a commit is durable are written out so no template change can turn them
+    // off (the benchmark's ceiling and the crash tests depend on them). Dynamic
     // shared memory as files in the data dir (pg_dynshmem) rather than /dev/shm/PostgreSQL.*, so an
     // instance killed with its test run leaves nothing behind once its directory is swept.
     let mut text = String::from(
         "\n# audctl testbed\nshared_buffers = 32MB\nmax_connections = 100\ntimezone = 'UTC'\nlog_timezone = 'UTC'\n\
          max_wal_senders = 5\nmax_replication_slots = 5\nhot_standby = on\nwal_level = replica\n\
-         dynamic_shared_memory_type = mmap\n",
+         dynamic_shared_memory_type = mmap\nfsync = on\nsynchronous_commit = on\n",
     );
     if let Some(dir) = archive {
         // Refuse to overwrite an archived segment, as the documentation's example does.

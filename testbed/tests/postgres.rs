@@ -53,7 +53,7 @@ async fn wrong_password_is_refused() -> anyhow::Result<()> {
 #[tokio::test]
 async fn replica_streams_and_wal_is_archived() -> anyhow::Result<()> {
     let start = Instant::now();
-    let pg = postgres_with(PgOptions { replica: true, archive: true }).await?;
+    let pg = postgres_with(PgOptions { replica: true, archive: true, ..Default::default() }).await?;
     eprintln!("primary + replica + archive ready in {:?}", start.elapsed());
 
     let primary = pool(&pg.url()).await?;
@@ -118,7 +118,7 @@ async fn committed_rows_survive_a_hard_kill() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn processes_and_files_are_gone_after_drop() -> anyhow::Result<()> {
-    let pg = postgres_with(PgOptions { replica: true, archive: false }).await?;
+    let pg = postgres_with(PgOptions { replica: true, archive: false, ..Default::default() }).await?;
     let data = pg.data_dir().to_owned();
     // Postmasters and their backends (checkpointer, walsender, walreceiver...).
     let pids: Vec<i32> = pg.primary_pids().into_iter().chain(pg.replica_pids()).collect();

@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// Length of the load generator's memory soak, in seconds (the full soak: 600).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub soak: u64,
+    /// Arguments after `--` go to the server benchmark (`-- --soak 300 --storage both`; see
+    /// audit-server/examples/bench.rs).
+    #[arg(last = true, value_name = "SERVER_BENCH_ARGS")]
+    pub server_args: Vec<String>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -36,7 +40,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         render()?;
     }
     if all || args.target == BenchTarget::Server {
-        server()?;
+        server(&args.server_args)?;
     }
     if all || args.target == BenchTarget::Check {
         check()?;
@@ -64,12 +68,12 @@ fn render() -> anyhow::Result<()> {
 
 /// The audit-server crate's `bench` example does the work (it starts PostgreSQL through the
 /// testbed, runs pgbench for the ceiling, then drives the server), so xtask stays light. For other
-/// durations or client counts run it directly:
-/// `cargo run --release -p audit-server --example bench -- --seconds 30 --clients 64 --batch-clients 16`.
-fn server() -> anyhow::Result<()> {
+/// durations or client counts pass its flags after `--`:
+/// `cargo xtask bench server -- --seconds 30 --clients 64 --batch-clients 16 --soak 300`.
+fn server(extra: &[String]) -> anyhow::Result<()> {
     crate::util::step(
-        "bench server (pgbench ceiling, then the audit server on PostgreSQL)",
-        crate::util::cargo().args(["run", "--release", "-p", "audit-server", "--example", "bench"]),
+        "bench server (pgbench ceiling, then the audit server on PostgreSQL on disk, then a soak)",
+        crate::util::cargo().args(["run", "--release", "-p", "audit-server", "--example", "bench", "--"]).args(extra),
     )
 }
 

@@ -13,7 +13,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    AppendJob, JobOutcome, ListQuery, Run, Start, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan,
+    AppendJob, JobOutcome, ListQuery, Phases, Run, Start, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan,
 };
 use crate::chain;
 
@@ -48,13 +48,19 @@ impl SqliteStore {
     }
 
     /// All runs in one transaction (BEGIN IMMEDIATE holds the database write lock throughout).
-    pub(crate) async fn append(&self, runs: &[Run]) -> Result<Vec<Vec<JobOutcome>>, TxError> {
+    pub(crate) async fn append(&self, runs: &[&Run], phases: &mut Phases) -> Result<Vec<Vec<JobOutcome>>, TxError> {
+        let t = std::time::Instant::now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| TxError::BeforeCommit(e.into()))?;
+        let mut t = Phases::lap(&mut phases.begin, t);
         let mut outcomes = Vec::with_capacity(runs.len());
         for run in runs {
-            outcomes.push(append_run(&mut tx, &run.tenant_id, &run.jobs).await.map_err(TxError::BeforeCommit)?);
+            let (o, next) =
+                append_run(&mut tx, &run.tenant_id, &run.jobs, phases, t).await.map_err(TxError::BeforeCommit)?;
+            outcomes.push(o);
+            t = next;
         }
         tx.commit().await.map_err(|e| TxError::AtCommit(e.into()))?;
+        Phases::lap(&mut phases.commit, t);
         Ok(outcomes)
     }
 
@@ -166,12 +172,15 @@ impl SqliteStore {
     }
 }
 
-/// One tenant's run inside the shared transaction.
+/// One tenant's run inside the shared transaction (SQLite runs in process: a statement per
+/// tenant costs no network round trip). Its time goes to `phases` from `t`; returns when it ended.
 async fn append_run(
     tx: &mut SqliteConnection,
     tenant_id: &str,
     jobs: &[AppendJob],
-) -> Result<Vec<JobOutcome>, StoreError> {
+    phases: &mut Phases,
+    t: std::time::Instant,
+) -> Result<(Vec<JobOutcome>, std::time::Instant), StoreError> {
     let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
         .bind(tenant_id)
         .fetch_optional(&mut *tx)
@@ -192,7 +201,9 @@ async fn append_run(
             known.insert(key.clone(), (row.try_get(0)?, parse_receipts(&receipts)?));
         }
     }
+    let t = Phases::lap(&mut phases.lock, t);
     let plan = plan(seq, hash, jobs, known);
+    let t = Phases::lap(&mut phases.hash, t);
     for chunk in plan.rows.chunks(ROWS_PER_INSERT) {
         let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO events ({COLUMNS}) "));
         b.push_values(chunk, |mut v, r| {
@@ -233,7 +244,7 @@ async fn append_run(
         .execute(&mut *tx)
         .await?;
     }
-    Ok(plan.outcomes)
+    Ok((plan.outcomes, Phases::lap(&mut phases.write, t)))
 }
 
 fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, StoreError> {

@@ -155,7 +155,10 @@ async fn serve_inner(ctx: &Ctx) -> anyhow::Result<()> {
     let start = Instant::now();
     // Concurrently: the stack is up when its slowest component is.
     let (pg, redis, kafka, search, kube) = tokio::try_join!(
-        timed("postgresql", testbed::postgres::postgres_with(PgOptions { replica: true, archive: true })),
+        timed(
+            "postgresql",
+            testbed::postgres::postgres_with(PgOptions { replica: true, archive: true, ..Default::default() })
+        ),
         timed("redis+sentinel", testbed::redis::redis_sentinel()),
         timed("kafka (3 brokers)", testbed::kafka::kafka(3)),
         timed("elasticsearch", testbed::search::search()),
