@@ -333,36 +333,9 @@ pub struct RollbackArgs {
     pub apply: ApplyArgs,
 }
 
-/// "90s", "5m", "1h", "1m30s" or plain seconds.
+/// "90s", "5m", "1h", "1m30s" or plain seconds (one reading for every flag: [`crate::duration`]).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return if secs >= 0.0 {
-            Ok(std::time::Duration::from_secs_f64(secs))
-        } else {
-            Err("negative duration".into())
-        };
-    }
-    let mut total = 0.0;
-    let mut number = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            number.push(c);
-            continue;
-        }
-        let n: f64 = number.parse().map_err(|_| format!("{s:?}: expected a duration like 90s, 5m or 1h"))?;
-        total += n * match c {
-            'h' => 3600.0,
-            'm' => 60.0,
-            's' => 1.0,
-            _ => return Err(format!("{s:?}: unknown unit {c:?} (use s, m or h)")),
-        };
-        number.clear();
-    }
-    if !number.is_empty() {
-        return Err(format!("{s:?}: a number without unit at the end (use s, m or h)"));
-    }
-    Ok(std::time::Duration::from_secs_f64(total))
+    crate::duration::parse_or_seconds(s)
 }
 
 /// `audctl verify`: an export (`GET /api/v1/events/export?tenantId=`) checked without the server.

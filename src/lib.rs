@@ -8,6 +8,7 @@ pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod deploy;
+pub mod duration;
 pub mod error;
 pub mod evidence;
 pub mod kube;

@@ -238,46 +238,13 @@ pub fn expand<'a>(probe: &str, probe_ids: &[&'a str]) -> Vec<&'a str> {
     }
 }
 
-/// `30d`, `12h`, `90m`, `45s`, `2w`, or a combination like `1d12h`.
+/// `30d`, `12h`, `90m`, `45s`, `2w`, or a combination like `1d12h`; a unit is required.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration (expected e.g. 7d, 12h, 30m)".into());
-    }
-    let mut total = 0u64;
-    let mut digits = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(format!("{text:?}: unknown unit {c:?} (expected s, m, h, d or w)")),
-        };
-        let n: u64 = digits.parse().map_err(|_| format!("{text:?}: a number must come before {c:?}"))?;
-        total = total.saturating_add(n.saturating_mul(unit));
-        digits.clear();
-    }
-    if !digits.is_empty() {
-        return Err(format!("{text:?}: missing unit after {digits} (expected e.g. 7d, 12h, 30m)"));
-    }
-    Ok(Duration::from_secs(total))
+    crate::duration::parse(text)
 }
 
 pub fn format_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s >= 86_400 => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
-        s if s >= 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        s if s >= 60 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
+    crate::duration::format(d)
 }
 
 #[cfg(test)]

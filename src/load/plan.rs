@@ -112,32 +112,7 @@ pub fn split(n: usize, index: usize, count: usize) -> usize {
 
 /// `250ms`, `30s`, `2m`, `1h`, `1m30s`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?}: not a valid duration"));
-    }
-    let mut total = 0.0;
-    let mut rest = t;
-    if rest.is_empty() {
-        return Err("empty duration: expected e.g. 30s, 2m, 250ms".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(digits);
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let value: f64 = num.parse().map_err(|_| format!("{text:?}: expected a duration such as 30s, 2m, 250ms"))?;
-        let factor = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-        };
-        total += value * factor;
-        rest = tail;
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("{text:?}: not a valid duration"))
+    crate::duration::parse_or_seconds(text)
 }
 
 /// `1%`, `0.5%` or a fraction `0.01`.
