@@ -16,8 +16,8 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    AppendJob, JobOutcome, ListQuery, Phases, Plan, Run, Start, StoreError, StoredRow, TxError, Verifier, parse_receipts,
-    plan,
+    AppendJob, JobOutcome, ListQuery, Phases, Plan, Run, Start, StoreError, StoredRow, TxError, Verifier,
+    parse_receipts, plan,
 };
 use crate::chain;
 

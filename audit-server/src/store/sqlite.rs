@@ -13,7 +13,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    AppendJob, JobOutcome, ListQuery, Phases, Run, Start, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan,
+    AppendJob, JobOutcome, ListQuery, Phases, Run, Start, StoreError, StoredRow, TxError, Verifier, parse_receipts,
+    plan,
 };
 use crate::chain;
 
