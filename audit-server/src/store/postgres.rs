@@ -23,9 +23,11 @@ pub struct PgStore {
     /// sessions carry lock_timeout and statement_timeout, so a locked chain head fails fast.
     appends: PgPool,
     max: u32,
+    /// Write an outbox row with every event (a consumer such as Kafka is configured).
+    pub(crate) outbox: bool,
 }
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "id::text AS id, tenant_id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash";
 
 impl PgStore {
@@ -73,7 +75,7 @@ impl PgStore {
             .max_connections(append_connections.max(1))
             .acquire_timeout(append_timeout.max(Duration::from_secs(1)))
             .connect_lazy_with(append_options);
-        Ok(PgStore { pool, appends, max: max_connections + append_connections.max(1) })
+        Ok(PgStore { pool, appends, max: max_connections + append_connections.max(1), outbox: false })
     }
 
     /// Delete idempotency records created before `before`; how many.
@@ -100,7 +102,9 @@ impl PgStore {
         let mut tx = self.appends.begin().await.map_err(|e| TxError::BeforeCommit(e.into()))?;
         let mut outcomes = Vec::with_capacity(runs.len());
         for run in runs {
-            outcomes.push(append_run(&mut tx, &run.tenant_id, &run.jobs).await.map_err(TxError::BeforeCommit)?);
+            outcomes.push(
+                append_run(&mut tx, &run.tenant_id, &run.jobs, self.outbox).await.map_err(TxError::BeforeCommit)?,
+            );
         }
         tx.commit().await.map_err(|e| TxError::AtCommit(e.into()))?;
         Ok(outcomes)
@@ -197,7 +201,12 @@ impl PgStore {
 }
 
 /// One tenant's run inside the shared transaction.
-async fn append_run(tx: &mut PgConnection, tenant_id: &str, jobs: &[AppendJob]) -> Result<Vec<JobOutcome>, StoreError> {
+async fn append_run(
+    tx: &mut PgConnection,
+    tenant_id: &str,
+    jobs: &[AppendJob],
+    outbox: bool,
+) -> Result<Vec<JobOutcome>, StoreError> {
     // Creates the head on first use and row-locks it either way (DO UPDATE locks the row), in
     // one round trip. Held until commit: this is what serializes a tenant across replicas.
     let head = sqlx::query(
@@ -238,6 +247,9 @@ async fn append_run(tx: &mut PgConnection, tenant_id: &str, jobs: &[AppendJob]) 
              ), k AS (
                 INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts)
                 SELECT $1, * FROM UNNEST($11::text[], $12::text[], $13::text[])
+             ), outbox_rows AS (
+                -- The transactional outbox (src/outbox): the events' sequences, committed with them.
+                INSERT INTO outbox (tenant_id, sequence) SELECT $1, s FROM UNNEST($3::bigint[]) AS s WHERE $16
              )
              UPDATE chain_heads SET last_sequence = $14, last_hash = $15 WHERE tenant_id = $1",
         )
@@ -256,13 +268,14 @@ async fn append_run(tx: &mut PgConnection, tenant_id: &str, jobs: &[AppendJob]) 
         .bind(k.iter().map(|x| x.receipts.as_str()).collect::<Vec<&str>>())
         .bind(plan.head_sequence)
         .bind(&plan.head_hash)
+        .bind(outbox)
         .execute(&mut *tx)
         .await?;
     }
     Ok(plan.outcomes)
 }
 
-fn to_row(r: &sqlx::postgres::PgRow) -> Result<StoredRow, StoreError> {
+pub(crate) fn to_row(r: &sqlx::postgres::PgRow) -> Result<StoredRow, StoreError> {
     let ts: DateTime<Utc> = r.try_get("ts")?;
     Ok(StoredRow {
         id: r.try_get("id")?,

@@ -17,13 +17,16 @@ use crate::chain;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-const COLUMNS: &str = "id, tenant_id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash";
+pub(crate) const COLUMNS: &str =
+    "id, tenant_id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash";
 /// Rows per INSERT statement: 10 parameters each stays far below SQLite's 32766 variables.
 const ROWS_PER_INSERT: usize = 500;
 
 pub struct SqliteStore {
     pool: SqlitePool,
     max: u32,
+    /// Write an outbox row with every event (a consumer such as Kafka is configured).
+    pub(crate) outbox: bool,
 }
 
 impl SqliteStore {
@@ -42,7 +45,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
-        Ok(SqliteStore { pool, max: max_connections })
+        Ok(SqliteStore { pool, max: max_connections, outbox: false })
     }
 
     /// All runs in one transaction (BEGIN IMMEDIATE holds the database write lock throughout).
@@ -50,7 +53,9 @@ impl SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| TxError::BeforeCommit(e.into()))?;
         let mut outcomes = Vec::with_capacity(runs.len());
         for run in runs {
-            outcomes.push(append_run(&mut tx, &run.tenant_id, &run.jobs).await.map_err(TxError::BeforeCommit)?);
+            outcomes.push(
+                append_run(&mut tx, &run.tenant_id, &run.jobs, self.outbox).await.map_err(TxError::BeforeCommit)?,
+            );
         }
         tx.commit().await.map_err(|e| TxError::AtCommit(e.into()))?;
         Ok(outcomes)
@@ -158,6 +163,7 @@ async fn append_run(
     tx: &mut SqliteConnection,
     tenant_id: &str,
     jobs: &[AppendJob],
+    outbox: bool,
 ) -> Result<Vec<JobOutcome>, StoreError> {
     let head = sqlx::query("SELECT last_sequence, last_hash FROM chain_heads WHERE tenant_id = ?")
         .bind(tenant_id)
@@ -196,6 +202,9 @@ async fn append_run(
         });
         b.build().execute(&mut *tx).await?;
     }
+    if outbox {
+        crate::outbox::sqlite_insert(&mut *tx, tenant_id, &plan.rows).await?;
+    }
     let now = chain::format_timestamp(chain::now());
     for k in &plan.keys {
         sqlx::query(
@@ -223,7 +232,7 @@ async fn append_run(
     Ok(plan.outcomes)
 }
 
-fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, StoreError> {
+pub(crate) fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, StoreError> {
     Ok(StoredRow {
         id: r.try_get("id")?,
         tenant_id: r.try_get("tenant_id")?,
