@@ -460,14 +460,8 @@ fn in_chain_order(pending: Vec<Pending>) -> Vec<Pending> {
         let Some(mut rows) = by_tenant.remove(&tenant) else { continue };
         rows.sort_by_key(|p| p.row.sequence);
         let Some(first) = rows.first() else { continue };
-        let mut next = first.after.map_or(first.row.sequence, |a| a + 1);
-        for p in rows {
-            if p.row.sequence != next {
-                break;
-            }
-            next += 1;
-            out.push(p);
-        }
+        let from = first.after.map_or(first.row.sequence, |a| a + 1);
+        out.extend((from..).zip(rows).take_while(|(next, p)| p.row.sequence == *next).map(|(_, p)| p));
     }
     out
 }
@@ -573,7 +567,7 @@ fn read_ends(config: &KafkaConfig, stream: &str, from: &BTreeMap<i32, i64>) -> a
 /// destroy blocks until its threads end).
 async fn discard(producer: FutureProducer) {
     let _ = tokio::task::spawn_blocking(move || {
-        let _ = producer.purge(PurgeConfig::default().queue().inflight());
+        producer.purge(PurgeConfig::default().queue().inflight());
         drop(producer);
     })
     .await;
@@ -587,5 +581,41 @@ async fn wait(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredRow;
+
+    fn pending(position: i64, tenant: &str, sequence: i64, after: Option<i64>) -> Pending {
+        let row = StoredRow {
+            id: format!("{tenant}-{sequence}"),
+            tenant_id: tenant.into(),
+            sequence,
+            timestamp: String::new(),
+            actor_id: String::new(),
+            resource_id: String::new(),
+            action_type: String::new(),
+            body: String::new(),
+            hash: String::new(),
+            previous_hash: String::new(),
+        };
+        Pending { position, after, row }
+    }
+
+    #[test]
+    fn publishes_each_tenant_from_its_cursor_without_gaps() {
+        let rows = vec![
+            pending(1, "b", 8, Some(6)), // b's cursor is 6: 7 is not visible yet, b waits
+            pending(2, "a", 4, Some(2)),
+            pending(3, "a", 3, Some(2)), // out of position order: sorted back
+            pending(4, "c", 10, None),   // never handled: starts at its oldest row
+            pending(5, "a", 6, Some(2)), // after a gap (5 missing): waits
+            pending(6, "c", 11, None),
+        ];
+        let order: Vec<String> = in_chain_order(rows).iter().map(|p| p.row.id.clone()).collect();
+        assert_eq!(order, ["a-3", "a-4", "c-10", "c-11"]);
     }
 }
