@@ -154,6 +154,11 @@ fn rendered_server_config_is_read_by_the_server() {
         assert_eq!(config.request_timeout.as_secs_f64(), s.request_timeout_seconds, "{file}");
         assert_eq!(config.group_commit_max_events, s.group_commit_max_events as usize, "{file}");
         assert!(config.database_url.is_some(), "{file}: DATABASE_URL not passed");
+        if file.ends_with("values-prod.yaml") {
+            let kafka = config.kafka.as_ref().unwrap_or_else(|| panic!("{file}: Kafka settings not passed"));
+            assert_eq!(kafka.bootstrap_servers, "audit-trail-kafka-kafka-bootstrap.audit-trail.svc:9092", "{file}");
+            assert_eq!(kafka.topic, values.kafka.topic.name, "{file}");
+        }
         let tenants: Vec<Vec<String>> = config.api_keys.iter().map(|k| k.tenants.clone()).collect();
         assert_eq!(tenants, [vec!["acme".to_owned(), "globex".to_owned()], vec!["*".to_owned()]], "{file}");
     }

@@ -108,7 +108,7 @@ pub fn release(v: &Values) -> Release {
     datastores.insert("KAFKA_TOPIC".into(), v.kafka.topic.name.clone());
 
     Release {
-        server_config: server_config(v),
+        server_config: server_config(v, &kafka),
         name,
         namespace,
         image,
@@ -128,9 +128,9 @@ fn external_names(release: &str, what: &str, e: &crate::values::model::External,
 
 /// The server's config file (audit-server's FileConfig keys). Rendered here, not in a template, so
 /// the Deployment's checksum/config annotation hashes exactly what the ConfigMap holds.
-fn server_config(v: &Values) -> String {
+fn server_config(v: &Values, kafka: &Names) -> String {
     let s = &v.server;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "listen": format!("0.0.0.0:{}", s.port),
         "dataDir": s.data_dir,
         "dbMaxConnections": s.db_max_connections,
@@ -140,6 +140,11 @@ fn server_config(v: &Values) -> String {
         "requestTimeoutSeconds": s.request_timeout_seconds,
         "groupCommitMaxEvents": s.group_commit_max_events,
     });
+    // Kafka deployed or external: every stored event is published to the topic (outbox relay).
+    if !kafka.host.is_empty() {
+        config["kafkaBootstrapServers"] = format!("{}:{}", kafka.host, kafka.port).into();
+        config["kafkaTopic"] = v.kafka.topic.name.clone().into();
+    }
     serde_yaml::to_string(&config).unwrap_or_default()
 }
 

@@ -291,6 +291,9 @@ pub struct PrometheusRuleValues {
     pub latency_p99_seconds: f64,
     /// Alert when this fraction of the database pool is in use.
     pub pool_usage_threshold: f64,
+    /// Alert when the oldest stored event not yet published to Kafka is older than this many
+    /// seconds (the outbox relay is behind or Kafka is down). Rendered when Kafka is configured.
+    pub kafka_publish_lag_seconds: f64,
 }
 
 /// Persistent volume of a datastore.
