@@ -76,6 +76,8 @@ impl RunningServer {
 
 /// The Kafka relay and its lag sampler.
 struct KafkaTasks {
+    /// This database's stream id (message header `stream`).
+    stream: String,
     stop: watch::Sender<bool>,
     relay: JoinHandle<()>,
     lag: JoinHandle<()>,
@@ -148,7 +150,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     };
     let appender = appender::Appender::new(store.clone(), metrics.clone(), limits);
     let signer = match &config.signing_key_file {
-        Some(path) => Some(Arc::new(checkpoint::Signer::from_pem_file(path, config.checkpoint_dir.clone())?)),
+        Some(path) => Some(checkpoint::Signer::from_pem_file(path, config.checkpoint_dir.clone())?),
         None if config.database_url.is_none() => {
             // Local runs: a generated key and checkpoints next to the database (see the README).
             let path = config.data_dir.join("checkpoint-key.pem");
@@ -156,13 +158,19 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
                 write_private(&path, &checkpoint::Signer::generate_pem()?)?;
             }
             let dir = config.checkpoint_dir.clone().unwrap_or_else(|| config.data_dir.join("checkpoints"));
-            Some(Arc::new(checkpoint::Signer::from_pem_file(&path, Some(dir))?))
+            Some(checkpoint::Signer::from_pem_file(&path, Some(dir))?)
         }
         None => {
             tracing::warn!("no AUDIT_SIGNING_KEY_FILE: signed checkpoints are off (see the audit-server README)");
             None
         }
     };
+    // Issue 25: checkpoints also go to the audit topic, beside the events, when Kafka is configured.
+    let signer = match (signer, &config.kafka, &kafka) {
+        (Some(s), Some(k), Some(tasks)) => Some(s.with_kafka(k, &tasks.stream)?),
+        (s, _, _) => s,
+    }
+    .map(Arc::new);
     let state = AppState(Arc::new(Inner {
         store,
         appender,
@@ -215,13 +223,13 @@ async fn start_kafka(
         store: store.clone(),
         metrics: metrics.clone(),
         config: k.clone(),
-        stream,
+        stream: stream.clone(),
         holder: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
     };
     let relay = tokio::spawn(relay.run(stopped));
     let lag = tokio::spawn(sample_lag(store.clone(), metrics.clone()));
     tracing::info!(servers = %k.bootstrap_servers, topic = %k.topic, "publishing events to Kafka through the outbox");
-    Ok(KafkaTasks { stop, relay, lag })
+    Ok(KafkaTasks { stream, stop, relay, lag })
 }
 
 /// Every replica samples the publishing lag from the database (not only the relay's leader).

@@ -285,12 +285,8 @@ impl Relay {
     }
 
     fn producer(&self) -> anyhow::Result<FutureProducer> {
-        let mut c = ClientConfig::new();
-        for (k, v) in &self.config.properties {
-            c.set(k, v);
-        }
-        c.set("bootstrap.servers", &self.config.bootstrap_servers)
-            .set("client.id", "audit-server-outbox")
+        let mut c = client_config(&self.config);
+        c.set("client.id", "audit-server-outbox")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "0")
@@ -479,12 +475,8 @@ struct Found {
 /// Blocking: read each partition of the topic from `from` (its low watermark when absent or
 /// out of range) to the high watermark taken at the start.
 fn read_ends(config: &KafkaConfig, stream: &str, from: &BTreeMap<i32, i64>) -> anyhow::Result<Found> {
-    let mut c = ClientConfig::new();
-    for (k, v) in &config.properties {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &config.bootstrap_servers)
-        .set("client.id", "audit-server-outbox-resync")
+    let mut c = client_config(config);
+    c.set("client.id", "audit-server-outbox-resync")
         .set("group.id", "audit-server-outbox-resync")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -561,6 +553,63 @@ fn read_ends(config: &KafkaConfig, stream: &str, from: &BTreeMap<i32, i64>) -> a
         }
     }
     Ok(found)
+}
+
+/// The configured librdkafka properties and the brokers (each client adds its own settings).
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.bootstrap_servers);
+    c
+}
+
+/// Signed checkpoints on the audit topic (issue 25): key = tenant, value = the checkpoint as
+/// published to the checkpoint directory, headers `tenantId`, `sequence`, `hash`, `stream` and
+/// `type: checkpoint`. Not through the outbox: the directory is the record, this a copy for
+/// consumers of the topic (a duplicate is the same signed bytes); the relay skips these messages.
+pub struct CheckpointStream {
+    producer: FutureProducer,
+    topic: String,
+    stream: String,
+}
+
+impl CheckpointStream {
+    pub fn new(config: &KafkaConfig, stream: &str) -> anyhow::Result<CheckpointStream> {
+        let producer = client_config(config)
+            .set("client.id", "audit-server-checkpoints")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .create()
+            .context("creating the Kafka producer for checkpoints")?;
+        Ok(CheckpointStream { producer, topic: config.topic.clone(), stream: stream.to_owned() })
+    }
+
+    /// Enqueue one checkpoint; its delivery is awaited (and a failure logged) in the background.
+    pub fn send(&self, cp: &audit_api::checkpoint::SignedCheckpoint) {
+        let Ok(value) = serde_json::to_vec(cp) else { return };
+        let sequence = cp.sequence.to_string();
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header { key: HEADER_TENANT, value: Some(cp.tenant_id.as_str()) })
+            .insert(Header { key: HEADER_SEQUENCE, value: Some(sequence.as_str()) })
+            .insert(Header { key: HEADER_HASH, value: Some(cp.hash.as_str()) })
+            .insert(Header { key: HEADER_STREAM, value: Some(self.stream.as_str()) })
+            .insert(Header { key: HEADER_TYPE, value: Some("checkpoint") });
+        let record = FutureRecord::to(&self.topic).key(&cp.tenant_id).payload(&value).headers(headers);
+        let tenant = cp.tenant_id.clone();
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    if !matches!(delivery.await, Ok(Ok(_))) {
+                        tracing::warn!(tenant, "checkpoint not delivered to Kafka (it is in the checkpoint directory)");
+                    }
+                });
+            }
+            Err((e, _)) => tracing::warn!(tenant, error = %e, "checkpoint not queued for Kafka"),
+        }
+    }
 }
 
 /// Drop a producer without delivering what it still holds (off the async threads: librdkafka's
