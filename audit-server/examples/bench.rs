@@ -6,6 +6,9 @@
 //!
 //!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64] [--batch-clients 16] [--pool N]
 
+#[path = "bench_support/kafka.rs"]
+mod kafka;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,6 +171,9 @@ async fn main() -> Result<()> {
         }
     }
     server.shutdown().await?;
+    let (outbox, outbox_summary) =
+        kafka::outbox_cost(&pg, &http, args.clients, args.pool, Duration::from_secs(args.seconds)).await?;
+    figures.extend(outbox);
 
     println!(
         "\naudit-server benchmark against PostgreSQL ({} s per scenario, server pool {}, this machine: {} cores)",
@@ -198,6 +204,7 @@ async fn main() -> Result<()> {
     println!(
         "\nratio: server events/s divided by the pgbench figure of the same shape (single rows or 100-row transactions)."
     );
+    println!("{outbox_summary}");
     println!(
         "aims (issue 14): single events >= 0.5 x pgbench single-row with p99 < 20 ms, on one tenant too; batches >= 20000 events/s."
     );
