@@ -185,6 +185,11 @@ fn rendered_server_config_is_read_by_the_server() {
             }
             None => assert!(config.signing_key_file.is_none() && mount("signing-key").is_none(), "{file}"),
         }
+        if file.ends_with("values-prod.yaml") {
+            let kafka = config.kafka.as_ref().unwrap_or_else(|| panic!("{file}: Kafka settings not passed"));
+            assert_eq!(kafka.bootstrap_servers, "audit-trail-kafka-kafka-bootstrap.audit-trail.svc:9092", "{file}");
+            assert_eq!(kafka.topic, values.kafka.topic.name, "{file}");
+        }
         let tenants: Vec<Vec<String>> = config.api_keys.iter().map(|k| k.tenants.clone()).collect();
         assert_eq!(tenants, [vec!["acme".to_owned(), "globex".to_owned()], vec!["*".to_owned()]], "{file}");
     }

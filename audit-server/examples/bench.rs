@@ -10,6 +10,9 @@
 //!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64]
 //!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS]
 
+#[path = "bench_support/kafka.rs"]
+mod kafka;
+
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -117,8 +120,20 @@ async fn main() -> Result<()> {
         };
         eprintln!("starting PostgreSQL (testbed) on {label}...");
         let pg = testbed::postgres::postgres_with(testbed::PgOptions { disk, ..Default::default() }).await?;
-        let figures = suite(&pg, &args).await?;
+        let mut figures = suite(&pg, &args).await?;
+        let mut outbox_summary = None;
+        if storage == Storage::Disk {
+            // The Kafka outbox's cost (issue 22): the same ingest with and without it, alternating.
+            let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+            let (outbox, summary) =
+                kafka::outbox_cost(&pg, &http, args.clients, args.pool, Duration::from_secs(args.seconds)).await?;
+            figures.extend(outbox);
+            outbox_summary = Some(summary);
+        }
         print_table(&figures, &args, label);
+        if let Some(summary) = outbox_summary {
+            println!("{summary}");
+        }
         if storage == Storage::Disk && args.soak > 0 {
             soak(&pg, &args).await?;
         }

@@ -22,6 +22,8 @@ pub struct Signer {
     pair: Ed25519KeyPair,
     key_id: String,
     dir: Option<PathBuf>,
+    /// Also published to the audit topic (with Kafka configured).
+    kafka: Option<crate::outbox::kafka::CheckpointStream>,
 }
 
 /// Why a checkpoint was not signed.
@@ -55,7 +57,13 @@ impl Signer {
             std::fs::create_dir_all(d).with_context(|| format!("creating the checkpoint directory {}", d.display()))?;
         }
         let key_id = checkpoint::key_id(pair.public_key().as_ref());
-        Ok(Signer { pair, key_id, dir })
+        Ok(Signer { pair, key_id, dir, kafka: None })
+    }
+
+    /// Publish every new checkpoint to the Kafka audit topic too (issue 25).
+    pub fn with_kafka(mut self, config: &crate::config::KafkaConfig, stream: &str) -> anyhow::Result<Signer> {
+        self.kafka = Some(crate::outbox::kafka::CheckpointStream::new(config, stream)?);
+        Ok(self)
     }
 
     /// A new PEM PKCS#8 Ed25519 private key (for local runs and tests).
@@ -168,6 +176,9 @@ impl Signer {
         }
         let cp = self.sign(tenant_id, sequence, &hash);
         self.publish(&cp).map_err(CheckpointError::Io)?;
+        if let Some(kafka) = &self.kafka {
+            kafka.send(&cp);
+        }
         Ok(cp)
     }
 }

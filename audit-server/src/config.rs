@@ -114,6 +114,59 @@ pub struct Config {
     /// event when the last full one is older than this (default 86400); the others start at the
     /// last verified position.
     pub verify_full_interval: Duration,
+    /// `AUDIT_KAFKA_BOOTSTRAP_SERVERS` and the other `AUDIT_KAFKA_*`: publish every stored event to
+    /// Kafka through the outbox (src/outbox). Unset: off, no outbox rows are written.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// The Kafka event stream (see the README's Kafka section).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `AUDIT_KAFKA_BOOTSTRAP_SERVERS` (`kafkaBootstrapServers`): `host:port,host:port`.
+    pub bootstrap_servers: String,
+    /// `AUDIT_KAFKA_TOPIC` (`kafkaTopic`), default `audit-events`.
+    pub topic: String,
+    /// `AUDIT_KAFKA_LEASE_SECONDS` (`kafkaLeaseSeconds`), default 30: the relay lease; after a
+    /// crash another replica takes over within it.
+    pub lease: Duration,
+    /// `AUDIT_KAFKA_BATCH_MAX_EVENTS` (`kafkaBatchMaxEvents`), default 1000: events per relay batch.
+    pub batch_max_events: usize,
+    /// `AUDIT_KAFKA_POLL_INTERVAL_SECONDS` (`kafkaPollIntervalSeconds`), default 0.05: how often an
+    /// idle relay looks for new outbox rows.
+    pub poll_interval: Duration,
+    /// `AUDIT_KAFKA_PROPERTIES` (`kafkaProperties`): more librdkafka properties (TLS, SASL, ...),
+    /// `;`-separated `key=value` (file: a map). Values are never logged.
+    pub properties: Vec<(String, String)>,
+}
+
+/// librdkafka properties the relay's guarantees depend on (src/outbox/kafka.rs): not overridable.
+const KAFKA_FIXED: &[&str] = &[
+    "bootstrap.servers",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "enable.gapless.guarantee",
+    "partitioner",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "retries",
+    "message.send.max.retries",
+    "transactional.id",
+];
+
+impl KafkaConfig {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            topic: "audit-events".into(),
+            lease: Duration::from_secs(30),
+            batch_max_events: 1000,
+            poll_interval: Duration::from_millis(50),
+            properties: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +195,12 @@ struct FileConfig {
     checkpoint_interval_seconds: Option<f64>,
     verify_interval_seconds: Option<f64>,
     verify_full_interval_seconds: Option<f64>,
+    kafka_bootstrap_servers: Option<String>,
+    kafka_topic: Option<String>,
+    kafka_lease_seconds: Option<f64>,
+    kafka_batch_max_events: Option<usize>,
+    kafka_poll_interval_seconds: Option<f64>,
+    kafka_properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Config {
@@ -171,6 +230,7 @@ impl Config {
             checkpoint_interval: Some(Duration::from_secs(300)),
             verify_interval: None,
             verify_full_interval: Duration::from_secs(24 * 3600),
+            kafka: None,
         }
     }
 
@@ -189,7 +249,9 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let mut c = Config::local(file.data_dir.unwrap_or_else(default_data_dir));
+        let kafka = kafka_config(&file, &env)?;
+        let mut c = Config::local(file.data_dir.clone().unwrap_or_else(default_data_dir));
+        c.kafka = kafka;
         c.listen = file.listen.unwrap_or(c.listen);
         c.database_url = file.database_url;
         c.api_keys = file.api_keys.unwrap_or_default();
@@ -314,6 +376,53 @@ impl Config {
     }
 }
 
+/// The Kafka settings of the file, overridden by `AUDIT_KAFKA_*`; None without bootstrap servers.
+fn kafka_config(file: &FileConfig, env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<KafkaConfig>> {
+    let servers = env("AUDIT_KAFKA_BOOTSTRAP_SERVERS").or_else(|| file.kafka_bootstrap_servers.clone());
+    let Some(servers) = servers.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let mut k = KafkaConfig::new(servers);
+    if let Some(t) = env("AUDIT_KAFKA_TOPIC").or_else(|| file.kafka_topic.clone()) {
+        k.topic = t.trim().to_owned();
+    }
+    let lease = number::<f64>(env, "AUDIT_KAFKA_LEASE_SECONDS")?.or(file.kafka_lease_seconds);
+    if let Some(s) = lease {
+        k.lease = secs(s)?;
+    }
+    k.batch_max_events =
+        number(env, "AUDIT_KAFKA_BATCH_MAX_EVENTS")?.or(file.kafka_batch_max_events).unwrap_or(k.batch_max_events);
+    if let Some(s) = number::<f64>(env, "AUDIT_KAFKA_POLL_INTERVAL_SECONDS")?.or(file.kafka_poll_interval_seconds) {
+        k.poll_interval = secs(s)?;
+    }
+    k.properties = file.kafka_properties.clone().unwrap_or_default().into_iter().collect();
+    if let Some(v) = env("AUDIT_KAFKA_PROPERTIES") {
+        for (i, entry) in v.split(';').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+            let Some((key, value)) = entry.split_once('=') else {
+                bail!("AUDIT_KAFKA_PROPERTIES entry {}: expected key=value (e.g. security.protocol=SSL)", i + 1);
+            };
+            k.properties.retain(|(existing, _)| existing != key.trim());
+            k.properties.push((key.trim().to_owned(), value.to_owned()));
+        }
+    }
+    if let Some((key, _)) = k.properties.iter().find(|(key, _)| KAFKA_FIXED.contains(&key.as_str())) {
+        bail!(
+            "Kafka property {key} cannot be configured: the relay sets it (idempotent producer, acks=all, no message \
+             timeout; see the audit-server README)"
+        );
+    }
+    if k.topic.is_empty() {
+        bail!("AUDIT_KAFKA_TOPIC must not be empty");
+    }
+    if k.lease < Duration::from_secs(2) {
+        bail!("AUDIT_KAFKA_LEASE_SECONDS must be at least 2");
+    }
+    if k.batch_max_events == 0 || k.poll_interval.is_zero() {
+        bail!("AUDIT_KAFKA_BATCH_MAX_EVENTS and AUDIT_KAFKA_POLL_INTERVAL_SECONDS must be above 0");
+    }
+    Ok(Some(k))
+}
+
 /// `$XDG_DATA_HOME/audit-server`, else `~/.local/share/audit-server`, else `./audit-data`.
 fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
@@ -422,6 +531,39 @@ mod tests {
         assert!(err.to_string().contains("AUDIT_DB_MAX_CONNECTIONS"), "{err}");
         let err = parse_inline_keys("nokey").unwrap_err();
         assert!(err.to_string().contains("TENANTS=KEY"), "{err}");
+    }
+
+    #[test]
+    fn kafka_settings_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "kafkaBootstrapServers: k1:9092,k2:9092\nkafkaTopic: t\nkafkaProperties:\n  security.protocol: SSL\n",
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let env = |k: &str| match k {
+            "AUDIT_CONFIG_FILE" => Some(path.clone()),
+            "AUDIT_KAFKA_LEASE_SECONDS" => Some("12".to_owned()),
+            "AUDIT_KAFKA_PROPERTIES" => Some("client.rack=a; security.protocol=SASL_SSL".to_owned()),
+            _ => None,
+        };
+        let k = Config::from_lookup(env).unwrap().kafka.unwrap();
+        assert_eq!((k.bootstrap_servers.as_str(), k.topic.as_str()), ("k1:9092,k2:9092", "t"));
+        assert_eq!(k.lease, Duration::from_secs(12));
+        assert_eq!(
+            k.properties,
+            [("client.rack".to_owned(), "a".to_owned()), ("security.protocol".to_owned(), "SASL_SSL".to_owned())]
+        );
+        assert!(Config::from_lookup(|_| None).unwrap().kafka.is_none(), "Kafka is off by default");
+        let err = Config::from_lookup(|k| match k {
+            "AUDIT_KAFKA_BOOTSTRAP_SERVERS" => Some("k:9092".to_owned()),
+            "AUDIT_KAFKA_PROPERTIES" => Some("acks=1".to_owned()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("acks"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod integrity;
 pub mod metrics;
+pub mod outbox;
 pub mod serve;
 pub mod store;
 
@@ -35,6 +36,7 @@ pub struct RunningServer {
     purger: JoinHandle<()>,
     publisher: Option<JoinHandle<()>>,
     verifier: Option<JoinHandle<()>>,
+    kafka: Option<KafkaTasks>,
     shutdown_delay: std::time::Duration,
     /// Set when no key was configured and a local one was generated (SQLite only).
     pub local_key_file: Option<PathBuf>,
@@ -74,14 +76,38 @@ impl RunningServer {
         if let Some(v) = &self.verifier {
             v.abort();
         }
+        if let Some(k) = self.kafka {
+            k.stop().await;
+        }
         self.state.store.close().await;
         served.context("serving HTTP")
     }
 }
 
+/// The Kafka relay and its lag sampler.
+struct KafkaTasks {
+    /// This database's stream id (message header `stream`).
+    stream: String,
+    stop: watch::Sender<bool>,
+    relay: JoinHandle<()>,
+    lag: JoinHandle<()>,
+}
+
+impl KafkaTasks {
+    /// Stop the relay (it gives its lease up, so another replica leads at once).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.lag.abort();
+        let mut relay = self.relay;
+        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut relay).await.is_err() {
+            relay.abort();
+        }
+    }
+}
+
 /// Open the store (migrating it), bind the listener and start serving.
 pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
-    let store = match &config.database_url {
+    let mut store = match &config.database_url {
         Some(url) => Store::Postgres(
             PgStore::connect(
                 url,
@@ -116,8 +142,15 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         local_key_file = Some(path);
     }
     let keys = KeyRing::new(&key_configs)?;
+    if config.kafka.is_some() {
+        store.enable_outbox();
+    }
     let store = Arc::new(store);
     let metrics = Arc::new(metrics::Metrics::default());
+    let kafka = match &config.kafka {
+        Some(k) => Some(start_kafka(k, &store, &metrics).await?),
+        None => None,
+    };
     let limits = appender::Limits {
         max_run_events: config.group_commit_max_events,
         // SQLite has one writer: a second lane would only wait for the first one's lock.
@@ -127,7 +160,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     };
     let appender = appender::Appender::new(store.clone(), metrics.clone(), limits);
     let signer = match &config.signing_key_file {
-        Some(path) => Some(Arc::new(checkpoint::Signer::from_pem_file(path, config.checkpoint_dir.clone())?)),
+        Some(path) => Some(checkpoint::Signer::from_pem_file(path, config.checkpoint_dir.clone())?),
         None if config.database_url.is_none() => {
             // Local runs: a generated key and checkpoints next to the database (see the README).
             let path = config.data_dir.join("checkpoint-key.pem");
@@ -135,13 +168,19 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
                 write_private(&path, &checkpoint::Signer::generate_pem()?)?;
             }
             let dir = config.checkpoint_dir.clone().unwrap_or_else(|| config.data_dir.join("checkpoints"));
-            Some(Arc::new(checkpoint::Signer::from_pem_file(&path, Some(dir))?))
+            Some(checkpoint::Signer::from_pem_file(&path, Some(dir))?)
         }
         None => {
             tracing::warn!("no AUDIT_SIGNING_KEY_FILE: signed checkpoints are off (see the audit-server README)");
             None
         }
     };
+    // Issue 25: checkpoints also go to the audit topic, beside the events, when Kafka is configured.
+    let signer = match (signer, &config.kafka, &kafka) {
+        (Some(s), Some(k), Some(tasks)) => Some(s.with_kafka(k, &tasks.stream)?),
+        (s, _, _) => s,
+    }
+    .map(Arc::new);
     let state = AppState(Arc::new(Inner {
         store,
         appender,
@@ -186,9 +225,47 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         purger,
         publisher,
         verifier,
+        kafka,
         shutdown_delay: config.shutdown_delay,
         local_key_file,
     })
+}
+
+/// Register the Kafka consumer of the outbox and start its relay and lag sampler.
+async fn start_kafka(
+    k: &config::KafkaConfig,
+    store: &Arc<Store>,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<KafkaTasks> {
+    let stream = store.outbox_register(outbox::KAFKA).await.context("registering the Kafka outbox consumer")?;
+    let (stop, stopped) = watch::channel(false);
+    let relay = outbox::kafka::Relay {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        config: k.clone(),
+        stream: stream.clone(),
+        holder: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
+    };
+    let relay = tokio::spawn(relay.run(stopped));
+    let lag = tokio::spawn(sample_lag(store.clone(), metrics.clone()));
+    tracing::info!(servers = %k.bootstrap_servers, topic = %k.topic, "publishing events to Kafka through the outbox");
+    Ok(KafkaTasks { stream, stop, relay, lag })
+}
+
+/// Every replica samples the publishing lag from the database (not only the relay's leader).
+async fn sample_lag(store: Arc<Store>, metrics: Arc<metrics::Metrics>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.outbox_lag(outbox::KAFKA).await {
+            Ok((events, age)) => {
+                metrics.kafka.lag_events.store(events, Ordering::Relaxed);
+                metrics.kafka.lag_seconds.store(age.as_secs_f64().to_bits(), Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "sampling the Kafka publishing lag failed"),
+        }
+    }
 }
 
 /// Forget Idempotency-Keys older than their retention, every quarter of it (at most hourly).

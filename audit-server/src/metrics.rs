@@ -25,6 +25,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_integrity_links_verified_total",
     "audit_integrity_verify_errors_total",
     "audit_append_phase_seconds_total",
+    "audit_kafka_publish_lag_events",
+    "audit_kafka_publish_lag_seconds",
+    "audit_kafka_published_total",
+    "audit_kafka_publish_failures_total",
+    "audit_kafka_resync_skipped_total",
+    "audit_kafka_relay_leader",
 ];
 
 /// The `phase` labels of `audit_append_phase_seconds_total`: `queue` is summed over requests (time
@@ -52,6 +58,7 @@ pub struct Metrics {
     pub integrity: IntegrityMetrics,
     /// Nanoseconds per phase of [`APPEND_PHASES`].
     phases: [AtomicU64; APPEND_PHASES.len()],
+    pub kafka: KafkaMetrics,
 }
 
 /// Results of the background verifier. Counts, not per-tenant series: the number of tenants is
@@ -68,6 +75,25 @@ pub struct IntegrityMetrics {
     pub links: AtomicU64,
     /// Tenant verifications that could not run (database errors).
     pub errors: AtomicU64,
+}
+
+/// The Kafka relay's figures (all zero with Kafka off). Lag is sampled from the database by every
+/// replica, so any replica's scrape shows it, not only the leader's.
+#[derive(Default)]
+pub struct KafkaMetrics {
+    /// Events acknowledged by Kafka.
+    pub published: AtomicU64,
+    /// Events whose publication failed (refused or failed delivery; they are retried).
+    pub failed: AtomicU64,
+    /// Events found already on the topic when a relay took over or recovered, recorded without
+    /// being sent again.
+    pub resynced: AtomicU64,
+    /// 1 while this replica's relay holds the lease.
+    pub leader: AtomicU64,
+    /// Outbox rows not yet published.
+    pub lag_events: AtomicU64,
+    /// Age of the oldest of them (f64 bits).
+    pub lag_seconds: AtomicU64,
 }
 
 impl Metrics {
@@ -122,6 +148,16 @@ impl Metrics {
             ("audit_group_commit_runs_total", "Append transactions committed (one per group-commit run).", &self.runs),
             ("audit_group_commit_jobs_total", "Requests appended by those runs.", &self.jobs),
         ];
+        let k = &self.kafka;
+        let counters = counters.into_iter().chain([
+            ("audit_kafka_published_total", "Events published to Kafka (acknowledged, acks=all).", &k.published),
+            ("audit_kafka_publish_failures_total", "Events whose publication to Kafka failed (retried).", &k.failed),
+            (
+                "audit_kafka_resync_skipped_total",
+                "Events found already on the topic after a relay restart or failure, recorded and not sent again.",
+                &k.resynced,
+            ),
+        ]);
         for (name, help, value) in counters {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
@@ -140,10 +176,26 @@ impl Metrics {
             ("audit_append_queue_events", "Events waiting for an append transaction.", queue.events),
             ("audit_append_queue_bytes", "Request bytes waiting for an append transaction.", queue.bytes),
             ("audit_append_tenants_in_flight", "Tenants inside a running append transaction.", queue.tenants_in_flight),
+            (
+                "audit_kafka_publish_lag_events",
+                "Stored events not yet published to Kafka.",
+                k.lag_events.load(Ordering::Relaxed),
+            ),
+            (
+                "audit_kafka_relay_leader",
+                "1 while this replica's Kafka relay holds the lease.",
+                k.leader.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        let lag = f64::from_bits(k.lag_seconds.load(Ordering::Relaxed));
+        let name = "audit_kafka_publish_lag_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Age of the oldest stored event not yet published to Kafka.\n# TYPE {name} gauge\n{name} {lag}"
+        );
         self.render_integrity(&mut out);
         out
     }

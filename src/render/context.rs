@@ -108,7 +108,7 @@ pub fn release(v: &Values) -> Release {
     datastores.insert("KAFKA_TOPIC".into(), v.kafka.topic.name.clone());
 
     Release {
-        server_config: server_config(v),
+        server_config: server_config(v, &kafka),
         name,
         namespace,
         image,
@@ -131,7 +131,7 @@ pub const SIGNING_KEY_DIR: &str = "/etc/audit-trail/signing-key";
 
 /// The server's config file (audit-server's FileConfig keys). Rendered here, not in a template, so
 /// the Deployment's checksum/config annotation hashes exactly what the ConfigMap holds.
-fn server_config(v: &Values) -> String {
+fn server_config(v: &Values, kafka: &Names) -> String {
     let s = &v.server;
     let mut config = serde_json::json!({
         "listen": format!("0.0.0.0:{}", s.port),
@@ -152,6 +152,11 @@ fn server_config(v: &Values) -> String {
         map.insert("checkpointIntervalSeconds".into(), i.checkpoint_interval_seconds.into());
         map.insert("verifyIntervalSeconds".into(), i.verify_interval_seconds.into());
         map.insert("verifyFullIntervalSeconds".into(), i.verify_full_interval_seconds.into());
+    }
+    // Kafka deployed or external: every stored event is published to the topic (outbox relay).
+    if !kafka.host.is_empty() {
+        config["kafkaBootstrapServers"] = format!("{}:{}", kafka.host, kafka.port).into();
+        config["kafkaTopic"] = v.kafka.topic.name.clone().into();
     }
     serde_yaml::to_string(&config).unwrap_or_default()
 }

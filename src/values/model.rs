@@ -318,6 +318,9 @@ pub struct PrometheusRuleValues {
     pub pool_usage_threshold: f64,
     /// Alert when no background verification pass completed for this long (with the verifier on).
     pub verifier_stale_seconds: f64,
+    /// Alert when the oldest stored event not yet published to Kafka is older than this many
+    /// seconds (the outbox relay is behind or Kafka is down). Rendered when Kafka is configured.
+    pub kafka_publish_lag_seconds: f64,
 }
 
 /// Persistent volume of a datastore.

@@ -67,7 +67,8 @@ fn render() -> anyhow::Result<()> {
 }
 
 /// The audit-server crate's `bench` example does the work (it starts PostgreSQL through the
-/// testbed, runs pgbench for the ceiling, then drives the server), so xtask stays light. For other
+/// testbed, runs pgbench for the ceiling, then drives the server; then the same ingest with and
+/// without the Kafka outbox, alternating, on 3 testbed brokers), so xtask stays light. For other
 /// durations or client counts pass its flags after `--`:
 /// `cargo xtask bench server -- --seconds 30 --clients 64 --batch-clients 16 --soak 300`.
 fn server(extra: &[String]) -> anyhow::Result<()> {

@@ -215,6 +215,7 @@ pub struct ListQuery {
 }
 
 /// An event row as stored, for reading and verifying.
+#[derive(Clone)]
 pub(crate) struct StoredRow {
     pub id: String,
     pub tenant_id: String,

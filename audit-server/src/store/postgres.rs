@@ -16,8 +16,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    AppendJob, JobOutcome, ListQuery, Phases, Plan, Run, Start, StoreError, StoredRow, TxError, Verifier,
-    parse_receipts, plan,
+    JobOutcome, ListQuery, Phases, Plan, Run, Start, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan,
 };
 use crate::chain;
 
@@ -39,6 +38,8 @@ pub struct PgStore {
     /// checks each head, and an entry is dropped whenever its outcome is not known.
     heads: Mutex<HashMap<String, (i64, String)>>,
     max: u32,
+    /// Write an outbox row with every event (a consumer such as Kafka is configured).
+    pub(crate) outbox: bool,
 }
 
 /// Remembered chain heads at most (beyond it the map starts over: memory stays bounded with any
@@ -55,7 +56,7 @@ fn remember(heads: &mut HashMap<String, (i64, String)>, tenant: &str, seq: i64, 
 /// How long a kept append connection is used without the pool's liveness check.
 const WARM_FOR: Duration = Duration::from_secs(1);
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "id::text AS id, tenant_id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash";
 
 impl PgStore {
@@ -109,6 +110,7 @@ impl PgStore {
             warm: Mutex::new(Vec::new()),
             heads: Mutex::new(HashMap::new()),
             max: max_connections + append_connections.max(1),
+            outbox: false,
         })
     }
 
@@ -159,7 +161,7 @@ impl PgStore {
         }
         let t = Phases::lap(&mut phases.hash, t);
         // Heads locked by this transaction cannot have moved: every run is written.
-        let written = write(&mut tx, runs, &olds, &plans).await.map_err(before)?;
+        let written = write(&mut tx, self.outbox, runs, &olds, &plans).await.map_err(before)?;
         if written.len() != plans.iter().filter(|p| !p.rows.is_empty()).count() {
             let e = StoreError::Internal("a locked chain head moved during its transaction".into());
             return Err(TxError::BeforeCommit(e));
@@ -219,7 +221,7 @@ impl PgStore {
             }
         };
         let t = Phases::lap(&mut phases.begin, t);
-        let outcome = write(&mut conn, &fast, &olds, &plans).await;
+        let outcome = write(&mut conn, self.outbox, &fast, &olds, &plans).await;
         Phases::lap(&mut phases.write, t);
         let tenants = fast.iter().map(|r| r.tenant_id.as_str());
         match outcome {
@@ -465,10 +467,7 @@ async fn known_keys(tx: &mut PgConnection, runs: &[&Run]) -> Result<HashMap<Stri
 /// The one statement that writes appends, in both paths: for each tenant of `u` whose chain head
 /// is still (old_sequence, old_hash), locked in tenant byte order, its events, its idempotency
 /// records and its new head; returns the tenants written. A tenant whose head moved writes nothing.
-/// Per-event rows of another table (an outbox) go in as one more CTE from the same event arrays,
-/// filtered the same way:
-///   `o AS (INSERT INTO outbox (tenant_id, event_id, ..) SELECT r.tenant_id, r.id, .. FROM UNNEST($6, $7, ..)
-///    AS r (..) WHERE r.tenant_id IN (SELECT tenant_id FROM l))`
+/// The outbox rows (`o`) come from the same event arrays, filtered the same way.
 const APPEND: &str = "WITH u AS (
         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[])
             AS u (tenant_id, old_sequence, old_hash, new_sequence, new_hash)
@@ -486,6 +485,12 @@ const APPEND: &str = "WITH u AS (
         INSERT INTO idempotency_keys (tenant_id, key, fingerprint, receipts)
         SELECT x.* FROM UNNEST($16::text[], $17::text[], $18::text[], $19::text[]) AS x (tenant_id, key, fingerprint, receipts)
         WHERE x.tenant_id IN (SELECT tenant_id FROM l)
+    ), o AS (
+        -- The transactional outbox (src/outbox): the events' sequences, committed with them, when
+        -- a consumer is configured ($20).
+        INSERT INTO outbox (tenant_id, sequence)
+        SELECT r.tenant_id, r.sequence FROM UNNEST($6::text[], $8::bigint[]) AS r (tenant_id, sequence)
+        WHERE $20 AND r.tenant_id IN (SELECT tenant_id FROM l)
     )
     UPDATE chain_heads AS h SET last_sequence = u.new_sequence, last_hash = u.new_hash
     FROM u WHERE h.tenant_id = u.tenant_id AND h.tenant_id IN (SELECT tenant_id FROM l)
@@ -519,6 +524,7 @@ struct Columns<'a> {
 /// nothing to write (only replays) are left out.
 async fn write(
     conn: &mut PgConnection,
+    outbox: bool,
     runs: &[&Run],
     olds: &[(i64, String)],
     plans: &[Plan],
@@ -576,6 +582,7 @@ async fn write(
         .bind(&c.key)
         .bind(&c.fingerprint)
         .bind(&c.receipts)
+        .bind(outbox)
         .fetch_all(&mut *conn)
         .await?;
     rows.iter().map(|r| r.try_get(0)).collect()
@@ -586,7 +593,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn to_row(r: &sqlx::postgres::PgRow) -> Result<StoredRow, StoreError> {
+pub(crate) fn to_row(r: &sqlx::postgres::PgRow) -> Result<StoredRow, StoreError> {
     let ts: DateTime<Utc> = r.try_get("ts")?;
     Ok(StoredRow {
         id: r.try_get("id")?,

@@ -20,13 +20,16 @@ use crate::chain;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-const COLUMNS: &str = "id, tenant_id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash";
+pub(crate) const COLUMNS: &str =
+    "id, tenant_id, sequence, ts, actor_id, resource_id, action_type, body, hash, previous_hash";
 /// Rows per INSERT statement: 10 parameters each stays far below SQLite's 32766 variables.
 const ROWS_PER_INSERT: usize = 500;
 
 pub struct SqliteStore {
     pool: SqlitePool,
     max: u32,
+    /// Write an outbox row with every event (a consumer such as Kafka is configured).
+    pub(crate) outbox: bool,
 }
 
 impl SqliteStore {
@@ -45,7 +48,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
-        Ok(SqliteStore { pool, max: max_connections })
+        Ok(SqliteStore { pool, max: max_connections, outbox: false })
     }
 
     /// All runs in one transaction (BEGIN IMMEDIATE holds the database write lock throughout).
@@ -55,8 +58,9 @@ impl SqliteStore {
         let mut t = Phases::lap(&mut phases.begin, t);
         let mut outcomes = Vec::with_capacity(runs.len());
         for run in runs {
-            let (o, next) =
-                append_run(&mut tx, &run.tenant_id, &run.jobs, phases, t).await.map_err(TxError::BeforeCommit)?;
+            let (o, next) = append_run(&mut tx, &run.tenant_id, &run.jobs, self.outbox, phases, t)
+                .await
+                .map_err(TxError::BeforeCommit)?;
             outcomes.push(o);
             t = next;
         }
@@ -179,6 +183,7 @@ async fn append_run(
     tx: &mut SqliteConnection,
     tenant_id: &str,
     jobs: &[AppendJob],
+    outbox: bool,
     phases: &mut Phases,
     t: std::time::Instant,
 ) -> Result<(Vec<JobOutcome>, std::time::Instant), StoreError> {
@@ -221,6 +226,9 @@ async fn append_run(
         });
         b.build().execute(&mut *tx).await?;
     }
+    if outbox {
+        crate::outbox::sqlite_insert(&mut *tx, tenant_id, &plan.rows).await?;
+    }
     let now = chain::format_timestamp(chain::now());
     for k in &plan.keys {
         sqlx::query(
@@ -248,7 +256,7 @@ async fn append_run(
     Ok((plan.outcomes, Phases::lap(&mut phases.write, t)))
 }
 
-fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, StoreError> {
+pub(crate) fn to_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, StoreError> {
     Ok(StoredRow {
         id: r.try_get("id")?,
         tenant_id: r.try_get("tenant_id")?,

@@ -2,11 +2,14 @@
 //! two tenants and an admin, event builders, raw SQL access for tamper tests.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, Result, ensure};
 use audit_server::{ApiKeyConfig, Config, RunningServer};
 use serde_json::{Value, json};
+use testbed::Process;
 
 /// Each scenario as `<name>::sqlite` and `<name>::postgres` (the caller imports `Backend`).
 #[allow(unused_macros)] // fuzz.rs shares this module without using the macro
@@ -169,5 +172,110 @@ pub async fn wait_ready(api: &Api, timeout: Duration) -> anyhow::Result<()> {
         }
         anyhow::ensure!(start.elapsed() < timeout, "{} not ready after {timeout:?}", api.base);
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Start the audit-server binary on `db`; returns the process and a client. The port from
+/// free_port() can be taken before the server binds it: then again on another one.
+pub async fn start_process(db: &Db, name: &str) -> Result<(Process, Api)> {
+    start_process_with(db, name, &[]).await
+}
+
+/// [`start_process`] with more environment variables (e.g. `AUDIT_KAFKA_*`).
+pub async fn start_process_with(db: &Db, name: &str, env: &[(String, String)]) -> Result<(Process, Api)> {
+    let mut attempt = 1;
+    loop {
+        match try_start_process(db, name, env).await {
+            Err(e) if attempt < 3 && testbed::process::is_port_clash(&e) => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn try_start_process(db: &Db, name: &str, env: &[(String, String)]) -> Result<(Process, Api)> {
+    let port = testbed::free_port()?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-server"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AUDIT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("AUDIT_DATA_DIR", db.dir.path().join("data"))
+        .env("AUDIT_API_KEYS", format!("*={ADMIN_KEY}"))
+        .env("AUDIT_LOG", "warn")
+        // Inside the test's instance dir, which identifies a server left behind by a killed run.
+        .current_dir(db.dir.path());
+    if let Some(url) = &db.url {
+        cmd.env("DATABASE_URL", url);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut process = Process::spawn(name, cmd, db.dir.path().join(format!("{name}.log")))?;
+    let api = Api::new(format!("http://127.0.0.1:{port}"));
+    let probe = api.clone();
+    testbed::wait_until(&mut process, Duration::from_secs(60), move || {
+        let probe = probe.clone();
+        async move { Ok(wait_ready(&probe, Duration::from_millis(1)).await.is_ok()) }
+    })
+    .await?;
+    // A killed test run's server would be found and swept by the next start.
+    testbed::scratch::check_swept_if_abandoned(&[process.pid()])?;
+    Ok((process, api))
+}
+
+/// Clients that post single events (and every 10th a batch of 5) until `stop`, recording the ids
+/// of every event that got a 201.
+pub fn ingest(
+    api: Api,
+    tenants: &'static [&'static str],
+    client: usize,
+    stop: Arc<Mutex<bool>>,
+    acked: Arc<Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut errors = 0;
+        for i in 0.. {
+            if *stop.lock().unwrap_or_else(|p| p.into_inner()) {
+                break;
+            }
+            let actor = format!("c{client}-{i}");
+            // Each client walks the tenants from its own starting point.
+            let tenant = tenants[(client + i) % tenants.len()];
+            let result = if i % 10 == 9 {
+                let batch = json!({"events": (0..5).map(|j| event(tenant, &format!("{actor}-{j}"), "BATCH")).collect::<Vec<_>>()});
+                api.post(ADMIN_KEY, "/api/v1/events/batch", &batch).await.map(|(s, b)| {
+                    let ids = b["results"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                        .collect::<Vec<_>>();
+                    (s, ids)
+                })
+            } else {
+                api.post(ADMIN_KEY, "/api/v1/events", &event(tenant, &actor, "SINGLE"))
+                    .await
+                    .map(|(s, b)| (s, b["id"].as_str().map(str::to_owned).into_iter().collect()))
+            };
+            match result {
+                Ok((201, ids)) => acked.lock().unwrap_or_else(|p| p.into_inner()).extend(ids),
+                _ => {
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        errors
+    })
+}
+
+/// Wait until at least `count` events are acknowledged; an error after `timeout` (a deadline for a
+/// stalled ingest, not a throughput target: a loaded machine may take most of it).
+pub async fn wait_for_acks(acked: &Mutex<Vec<String>>, count: usize, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let n = acked.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if n >= count {
+            return Ok(());
+        }
+        ensure!(start.elapsed() < timeout, "only {n} of {count} events acknowledged after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,339 @@
+//! The transactional outbox: every append transaction also inserts one `outbox` row per event
+//! (PostgreSQL: a CTE of the append statement; SQLite: [`sqlite_insert`]), so a row exists if and
+//! only if its event committed. Consumers read the outbox, not the request path: the Kafka relay
+//! ([`kafka`]) today, the search indexer later. Each consumer keeps a cursor per tenant (the last
+//! sequence it handled) and a lease, and a row is purged once every registered consumer's cursor
+//! has passed it.
+//!
+//! Why cursors per tenant and not one global position: positions are taken when a transaction
+//! inserts and become visible when it commits, and concurrent transactions (several lanes, several
+//! replicas) commit out of position order, so a reader that saw position 11 cannot conclude that 10
+//! will never appear. A tenant's sequences, in contrast, commit strictly in order (its chain head
+//! row is locked by each append until commit): when sequence N+1 is visible, N is too. The global
+//! `position` only orders reads, oldest first, so that no tenant starves while the relay catches up.
+//!
+//! One active relay per consumer, across any number of replicas: a lease row in
+//! `outbox_consumers` (holder, expiry). On PostgreSQL the expiry is computed and compared with the
+//! database's clock, so replicas' clocks do not matter; SQLite is local (one host, one clock).
+//! Every write of a consumer's progress renews and checks the lease in the same transaction, so a
+//! relay that lost its lease cannot move cursors. How the Kafka relay bounds what a former holder
+//! may still have in flight is explained in [`kafka`].
+
+pub mod kafka;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row};
+
+use crate::chain;
+use crate::store::{NewRow, Store, StoreError, StoredRow};
+
+/// The Kafka relay's consumer name (cursors, lease, purge).
+pub const KAFKA: &str = "kafka";
+
+/// Outbox rows per INSERT statement on SQLite (2 parameters each, far below its variable limit).
+const ROWS_PER_INSERT: usize = 2000;
+
+/// Dispatch one body over both stores: `$pool` is the store's read/write pool. The body is
+/// compiled once per database, so the SQL must be valid for both (numbered `$N` parameters are).
+macro_rules! on_store {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Postgres(s) => {
+                let $pool = s.pool();
+                $body
+            }
+            Store::Sqlite(s) => {
+                let $pool = s.pool();
+                $body
+            }
+        }
+    };
+}
+
+/// SQLite's part of the append transaction: the outbox rows of a tenant's new events.
+pub(crate) async fn sqlite_insert(
+    tx: &mut sqlx::SqliteConnection,
+    tenant_id: &str,
+    rows: &[NewRow],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut b: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new("INSERT INTO outbox (tenant_id, sequence) ");
+        b.push_values(chunk, |mut v, r| {
+            v.push_bind(tenant_id).push_bind(r.sequence);
+        });
+        b.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// An outbox row with its event, as a consumer reads it.
+pub(crate) struct Pending {
+    pub position: i64,
+    /// The consumer's cursor for this tenant when the row was read (every sequence up to it was
+    /// handled): the row must be `after + 1`, or follow another pending row. None: the consumer
+    /// never handled this tenant (its stream starts at its oldest outbox row: events stored
+    /// while the consumer was not configured have no rows).
+    pub after: Option<i64>,
+    pub row: StoredRow,
+}
+
+/// A row is passed by every registered consumer (then it is purged).
+const PASSED_BY_ALL: &str = "NOT EXISTS (SELECT 1 FROM outbox_consumers r WHERE COALESCE((SELECT c.sequence FROM \
+     outbox_cursors c WHERE c.consumer = r.consumer AND c.tenant_id = outbox.tenant_id), 0) < outbox.sequence)";
+
+/// The statements of [`Store::outbox_advance`] after the lease check, for either database
+/// (`$greatest`: the two-argument maximum, GREATEST or max).
+macro_rules! advance_body {
+    ($tx:ident, $p:expr, $greatest:literal) => {{
+        if !$p.handled.is_empty() {
+            let mut b = QueryBuilder::new("INSERT INTO outbox_cursors (consumer, tenant_id, sequence) ");
+            b.push_values($p.handled.iter(), |mut v, (tenant, sequence)| {
+                v.push_bind($p.consumer).push_bind(tenant.as_str()).push_bind(*sequence);
+            });
+            b.push(concat!(
+                " ON CONFLICT (consumer, tenant_id) DO UPDATE SET sequence = ",
+                $greatest,
+                "(outbox_cursors.sequence, excluded.sequence)"
+            ));
+            b.build().execute(&mut *$tx).await?;
+        }
+        let mut purge = QueryBuilder::new("DELETE FROM outbox WHERE ");
+        purge.push(PASSED_BY_ALL);
+        if let Some(max) = $p.max_position {
+            purge.push(" AND position <= ").push_bind(max);
+        }
+        purge.build().execute(&mut *$tx).await?;
+        if let Some((topic, offsets)) = $p.offsets
+            && !offsets.is_empty()
+        {
+            let mut b = QueryBuilder::new("INSERT INTO outbox_kafka_offsets (topic, partition, next_offset) ");
+            b.push_values(offsets.iter(), |mut v, (partition, next)| {
+                v.push_bind(topic).push_bind(*partition).push_bind(*next);
+            });
+            b.push(" ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset");
+            b.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+impl Store {
+    /// Write outbox rows with every append from now on (call before serving).
+    pub fn enable_outbox(&mut self) {
+        match self {
+            Store::Postgres(s) => s.outbox = true,
+            Store::Sqlite(s) => s.outbox = true,
+        }
+    }
+
+    /// Register a consumer (its cursors then hold back the purge); returns the stream id of this
+    /// database, created at the first registration.
+    pub async fn outbox_register(&self, consumer: &str) -> Result<String, StoreError> {
+        let fresh = uuid::Uuid::new_v4().to_string();
+        on_store!(self, pool => {
+            sqlx::query("INSERT INTO outbox_consumers (consumer, stream_id) VALUES ($1, $2) ON CONFLICT (consumer) DO NOTHING")
+                .bind(consumer)
+                .bind(&fresh)
+                .execute(pool)
+                .await?;
+            Ok(sqlx::query_scalar("SELECT stream_id FROM outbox_consumers WHERE consumer = $1")
+                .bind(consumer)
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+
+    /// Take or renew the consumer's lease for `ttl`; false when another holder's lease is valid.
+    pub async fn outbox_lease(&self, consumer: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let taken = match self {
+            Store::Postgres(s) => sqlx::query(
+                "UPDATE outbox_consumers SET lease_holder = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $3)
+                 WHERE consumer = $1 AND (lease_holder = $2 OR lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())",
+            )
+            .bind(consumer)
+            .bind(holder)
+            .bind(ttl.as_secs_f64())
+            .execute(s.pool())
+            .await?
+            .rows_affected(),
+            Store::Sqlite(s) => {
+                let now = chain::now();
+                sqlx::query(
+                    "UPDATE outbox_consumers SET lease_holder = $2, lease_expires_at = $3
+                     WHERE consumer = $1 AND (lease_holder = $2 OR lease_expires_at IS NULL OR lease_expires_at < $4)",
+                )
+                .bind(consumer)
+                .bind(holder)
+                .bind(expiry(now, ttl))
+                .bind(chain::format_timestamp(now))
+                .execute(s.pool())
+                .await?
+                .rows_affected()
+            }
+        };
+        Ok(taken == 1)
+    }
+
+    /// Give the lease up (graceful shutdown: another replica takes over at once).
+    pub async fn outbox_release(&self, consumer: &str, holder: &str) -> Result<(), StoreError> {
+        on_store!(self, pool => {
+            sqlx::query("UPDATE outbox_consumers SET lease_expires_at = NULL WHERE consumer = $1 AND lease_holder = $2")
+                .bind(consumer)
+                .bind(holder)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// The oldest rows the consumer has not passed yet, with their events, in position order.
+    pub(crate) async fn outbox_pending(&self, consumer: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = |id: &str| {
+            format!(
+                "SELECT {id} AS id, e.tenant_id, e.sequence, e.ts, e.actor_id, e.resource_id, e.action_type, e.body, \
+                 e.hash, e.previous_hash, o.position, c.sequence AS after
+                 FROM outbox o
+                 JOIN events e ON e.tenant_id = o.tenant_id AND e.sequence = o.sequence
+                 LEFT JOIN outbox_cursors c ON c.consumer = $1 AND c.tenant_id = o.tenant_id
+                 WHERE o.sequence > COALESCE(c.sequence, 0) ORDER BY o.position LIMIT $2"
+            )
+        };
+        let mut out = Vec::new();
+        match self {
+            Store::Postgres(s) => {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql("e.id::text")))
+                    .bind(consumer)
+                    .bind(limit)
+                    .fetch_all(s.pool())
+                    .await?;
+                for r in &rows {
+                    out.push(Pending {
+                        position: r.try_get("position")?,
+                        after: r.try_get("after")?,
+                        row: crate::store::postgres::to_row(r)?,
+                    });
+                }
+            }
+            Store::Sqlite(s) => {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql("e.id")))
+                    .bind(consumer)
+                    .bind(limit)
+                    .fetch_all(s.pool())
+                    .await?;
+                for r in &rows {
+                    out.push(Pending {
+                        position: r.try_get("position")?,
+                        after: r.try_get("after")?,
+                        row: crate::store::sqlite::to_row(r)?,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Kafka: the recorded next offset of each partition of `topic`.
+    pub async fn outbox_kafka_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
+        on_store!(self, pool => {
+            let rows: Vec<(i32, i64)> =
+                sqlx::query_as("SELECT partition, next_offset FROM outbox_kafka_offsets WHERE topic = $1")
+                    .bind(topic)
+                    .fetch_all(pool)
+                    .await?;
+            Ok(rows.into_iter().collect())
+        })
+    }
+
+    /// Record a consumer's progress in one transaction: renew its lease (false, and nothing
+    /// written, if `holder` no longer holds it), move its cursors forward to `handled` (tenant ->
+    /// last sequence), purge the rows every consumer has passed (up to `max_position` when
+    /// given), and set the Kafka offsets below which every message is reflected in the cursors.
+    pub async fn outbox_advance(&self, progress: &Progress<'_>) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(s) => {
+                let mut tx = s.pool().begin().await?;
+                let renewed = sqlx::query(
+                    "UPDATE outbox_consumers SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
+                     WHERE consumer = $1 AND lease_holder = $2",
+                )
+                .bind(progress.consumer)
+                .bind(progress.holder)
+                .bind(progress.ttl.as_secs_f64())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if renewed != 1 {
+                    return Ok(false);
+                }
+                advance_body!(tx, progress, "GREATEST");
+                tx.commit().await?;
+            }
+            Store::Sqlite(s) => {
+                let mut tx = s.pool().begin_with("BEGIN IMMEDIATE").await?;
+                let renewed = sqlx::query(
+                    "UPDATE outbox_consumers SET lease_expires_at = $3 WHERE consumer = $1 AND lease_holder = $2",
+                )
+                .bind(progress.consumer)
+                .bind(progress.holder)
+                .bind(expiry(chain::now(), progress.ttl))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if renewed != 1 {
+                    return Ok(false);
+                }
+                advance_body!(tx, progress, "max");
+                tx.commit().await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The consumer's lag: rows not passed yet, and the age of the oldest one's event.
+    pub async fn outbox_lag(&self, consumer: &str) -> Result<(u64, Duration), StoreError> {
+        let not_passed = "o.sequence > COALESCE((SELECT c.sequence FROM outbox_cursors c WHERE c.consumer = $1 AND \
+                          c.tenant_id = o.tenant_id), 0)";
+        let count_sql = format!("SELECT count(*) FROM outbox o WHERE {not_passed}");
+        let oldest_sql = format!(
+            "SELECT e.ts FROM outbox o JOIN events e ON e.tenant_id = o.tenant_id AND e.sequence = o.sequence \
+             WHERE {not_passed} ORDER BY o.position LIMIT 1"
+        );
+        let (count, oldest): (i64, Option<DateTime<Utc>>) = match self {
+            Store::Postgres(s) => (
+                sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql)).bind(consumer).fetch_one(s.pool()).await?,
+                sqlx::query_scalar(sqlx::AssertSqlSafe(oldest_sql)).bind(consumer).fetch_optional(s.pool()).await?,
+            ),
+            Store::Sqlite(s) => {
+                let ts: Option<String> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(oldest_sql)).bind(consumer).fetch_optional(s.pool()).await?;
+                (
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql)).bind(consumer).fetch_one(s.pool()).await?,
+                    ts.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)),
+                )
+            }
+        };
+        let age = oldest.and_then(|t| (chain::now() - t).to_std().ok()).unwrap_or_default();
+        Ok((u64::try_from(count).unwrap_or(0), age))
+    }
+}
+
+/// What [`Store::outbox_advance`] records.
+pub struct Progress<'a> {
+    pub consumer: &'a str,
+    pub holder: &'a str,
+    pub ttl: Duration,
+    /// Tenant -> last sequence handled (cursors only move forward).
+    pub handled: &'a BTreeMap<String, i64>,
+    /// Purge passed rows up to this position (None: anywhere, after a resync).
+    pub max_position: Option<i64>,
+    /// Kafka: (topic, partition -> next offset).
+    pub offsets: Option<(&'a str, &'a BTreeMap<i32, i64>)>,
+}
+
+/// SQLite lease expiry: fixed-width RFC 3339 text, comparable as text.
+fn expiry(now: DateTime<Utc>, ttl: Duration) -> String {
+    chain::format_timestamp(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(365)))
+}

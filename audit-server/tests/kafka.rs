@@ -1,0 +1,375 @@
+//! The Kafka event stream on the testbed's real Kafka (3 brokers, KRaft): every stored event is on
+//! the audit topic exactly once per tenant sequence, in chain order, with a value that re-hashes
+//! (checked by the Python verifier, which shares no code with the server), after a happy run, a
+//! broker stopped and started during ingest, and the server binary killed with -9 between a
+//! publish and its record (then restarted). The topic is read with rdkafka and compared with the
+//! events in the database, never with the relay's own bookkeeping.
+
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use audit_server::config::KafkaConfig;
+use common::{ADMIN_KEY, Api, Backend, Db, event, ingest, start_process_with, wait_for_acks};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+on_both!(every_event_once_in_order);
+
+const TOPIC: &str = "audit-events";
+const TENANTS: &[&str] = &["t-alpha", "t-bravo", "t-charlie", "t-delta", "t-echo"];
+/// Generous deadlines: three JVMs and the server share a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// A 3-broker cluster with the audit topic: 3 partitions, replicated 3 times, min.insync 2.
+async fn kafka_with_topic() -> Result<testbed::Kafka> {
+    let kafka = testbed::kafka(3).await?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create()?;
+    let topic = NewTopic::new(TOPIC, 3, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
+    let results = admin.create_topics(&[topic], &AdminOptions::new().operation_timeout(Some(DEADLINE))).await?;
+    for r in results {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    Ok(kafka)
+}
+
+fn kafka_config(kafka: &testbed::Kafka) -> KafkaConfig {
+    KafkaConfig { lease: Duration::from_secs(4), ..KafkaConfig::new(kafka.bootstrap_servers()) }
+}
+
+/// One message of the topic.
+struct Record {
+    partition: i32,
+    headers: BTreeMap<String, String>,
+    key: String,
+    value: Value,
+}
+
+/// Every message of the topic, partition by partition in offset order, up to the ends as they
+/// were when called.
+async fn read_topic(servers: &str) -> Result<Vec<Record>> {
+    let servers = servers.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &servers)
+            .set("group.id", "kafka-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in 0..3 {
+            let (low, high) = consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(30))?;
+            if high > low {
+                tpl.add_partition_offset(TOPIC, p, Offset::Offset(low))?;
+                ends.insert(p, high);
+            }
+        }
+        let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        consumer.assign(&tpl)?;
+        let start = Instant::now();
+        while !ends.is_empty() {
+            ensure!(start.elapsed() < Duration::from_secs(120), "reading the topic took over 120 s");
+            let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+            let m = m?;
+            let Some(end) = ends.get(&m.partition()).copied() else { continue };
+            if m.offset() >= end {
+                continue;
+            }
+            let mut headers = BTreeMap::new();
+            for h in m.headers().map(|h| h.iter().collect::<Vec<_>>()).unwrap_or_default() {
+                headers.insert(h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
+            }
+            by_partition.entry(m.partition()).or_default().push(Record {
+                partition: m.partition(),
+                headers,
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                value: serde_json::from_slice(m.payload().unwrap_or_default())?,
+            });
+            if m.offset() + 1 >= end {
+                ends.remove(&m.partition());
+            }
+        }
+        Ok(by_partition.into_values().flatten().collect())
+    })
+    .await?
+}
+
+/// Wait until the topic holds at least every stored event of `tenants`, then until the outbox is
+/// drained (no late duplicate can still come), then read the topic once more and check it against
+/// the database (through the API): per tenant, the sequences 1..=n exactly once and in order on
+/// one partition, each value equal to the stored event, the headers naming it, the whole re-hashed
+/// by the Python verifier. Returns the event ids found.
+async fn check_topic(api: &Api, db: &Db, servers: &str, tenants: &[&str]) -> Result<HashSet<String>> {
+    let mut stored = BTreeMap::new();
+    for t in tenants {
+        stored.insert(*t, api.all_events(t).await?);
+    }
+    let start = Instant::now();
+    loop {
+        let records = read_topic(servers).await?;
+        let covered = stored.iter().all(|(t, events)| events_of(&records, t).count() >= events.len());
+        if covered && outbox_rows(db).await? == 0 {
+            break;
+        }
+        ensure!(start.elapsed() < DEADLINE, "the topic does not hold every stored event after {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let records = read_topic(servers).await?;
+    let mut ids = HashSet::new();
+    for (tenant, events) in &stored {
+        let mine: Vec<&Record> = events_of(&records, tenant).collect();
+        let sequences: Vec<i64> = mine.iter().map(|r| r.headers["sequence"].parse().unwrap_or(-1)).collect();
+        let expected: Vec<i64> = (1..=events.len() as i64).collect();
+        ensure!(
+            sequences == expected,
+            "{tenant}: topic sequences {} (first differences: {:?}), database 1..={}",
+            sequences.len(),
+            sequences.iter().zip(&expected).filter(|(a, b)| a != b).take(5).collect::<Vec<_>>(),
+            events.len()
+        );
+        let partitions: HashSet<i32> = mine.iter().map(|r| r.partition).collect();
+        ensure!(partitions.len() == 1, "{tenant} is on several partitions: {partitions:?}");
+        let mut ndjson = String::new();
+        for (r, e) in mine.iter().zip(events) {
+            ensure!(r.value == *e, "{tenant}: the message differs from the stored event\n{}\n{e}", r.value);
+            ensure!(
+                r.headers["tenantId"] == *tenant && r.headers["eventId"] == e["id"],
+                "{tenant}: headers {:?}",
+                r.headers
+            );
+            ensure!(
+                r.headers["hash"] == e["hash"] && r.headers["type"] == "event",
+                "{tenant}: headers {:?}",
+                r.headers
+            );
+            ndjson.push_str(&serde_json::to_string(&r.value)?);
+            ndjson.push('\n');
+            ids.insert(e["id"].as_str().unwrap_or_default().to_owned());
+        }
+        let file = db.dir.path().join(format!("topic-{tenant}.ndjson"));
+        std::fs::write(&file, ndjson)?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/verify_export.py");
+        let out = std::process::Command::new("python3").arg(&script).arg(&file).output().context("running python3")?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && said.trim() == format!("verified {}", events.len()),
+            "{tenant}: the Python verifier says {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(ids)
+}
+
+/// The event messages of a tenant (checkpoints share the topic).
+fn events_of<'a>(records: &'a [Record], tenant: &'a str) -> impl Iterator<Item = &'a Record> {
+    records.iter().filter(move |r| r.key == tenant && r.headers.get("type").map(String::as_str) == Some("event"))
+}
+
+/// Outbox rows left (only to know when the relay is done: the checks read the topic).
+async fn outbox_rows(db: &Db) -> Result<i64> {
+    Ok(match &db.url {
+        Some(url) => {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut conn).await?
+        }
+        None => {
+            let url = format!("sqlite://{}", db.dir.path().join("data/audit.db").display());
+            let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await?;
+            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut conn).await?
+        }
+    })
+}
+
+/// A metric's value from /actuator/prometheus.
+async fn metric(api: &Api, name: &str) -> Result<f64> {
+    let text = api.http.get(api.url("/actuator/prometheus")).send().await?.text().await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("{name} missing from the scrape"))
+}
+
+fn stop_clients(stop: &Mutex<bool>) {
+    *stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+}
+
+fn acked_ids(acked: &Mutex<Vec<String>>) -> Vec<String> {
+    acked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+async fn every_event_once_in_order(backend: Backend) -> Result<()> {
+    let kafka = kafka_with_topic().await?;
+    let db = Db::new(backend, "kafka_happy").await?;
+    let mut config = db.config();
+    config.kafka = Some(kafka_config(&kafka));
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    let stop = Arc::new(Mutex::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8).map(|c| ingest(api.clone(), TENANTS, c, stop.clone(), acked.clone())).collect();
+    let reached = wait_for_acks(&acked, 400, DEADLINE).await;
+    stop_clients(&stop);
+    for c in clients {
+        c.await?;
+    }
+    reached?;
+    let on_topic = check_topic(&api, &db, &kafka.bootstrap_servers(), TENANTS).await?;
+    let acked = acked_ids(&acked);
+    ensure!(acked.iter().all(|id| on_topic.contains(id)), "an acknowledged event is not on the topic");
+    ensure!(metric(&api, "audit_kafka_published_total").await? >= acked.len() as f64);
+    ensure!(metric(&api, "audit_kafka_relay_leader").await? == 1.0);
+    if backend == Backend::Sqlite {
+        // Issue 25: a signed checkpoint (SQLite generates a key) also goes to the topic.
+        let (s, body) = api.get(ADMIN_KEY, "/api/v1/integrity/checkpoints?tenantId=t-alpha").await?;
+        ensure!(s == 200, "{body}");
+        let signed = &body["checkpoints"][0];
+        let start = Instant::now();
+        loop {
+            let records = read_topic(&kafka.bootstrap_servers()).await?;
+            let found = records.iter().find(|r| r.headers.get("type").map(String::as_str) == Some("checkpoint"));
+            if let Some(r) = found {
+                ensure!(r.key == "t-alpha" && r.value == *signed, "checkpoint message {} vs {signed}", r.value);
+                break;
+            }
+            ensure!(start.elapsed() < DEADLINE, "the checkpoint never reached the topic");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    // The lag is sampled every 2 s: it must come back to zero.
+    let start = Instant::now();
+    while metric(&api, "audit_kafka_publish_lag_events").await? != 0.0 {
+        ensure!(start.elapsed() < Duration::from_secs(60), "publishing lag stays above 0");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{backend:?}: {} acknowledged events, each once and in order on the topic", acked.len());
+    server.shutdown().await
+}
+
+/// A broker is stopped during ingest, then started again: every acknowledged event is on the topic
+/// exactly once and in order, and ingest never stopped (readiness does not depend on Kafka).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_during_ingest() -> Result<()> {
+    let mut kafka = kafka_with_topic().await?;
+    let db = Db::new(Backend::Postgres, "kafka_broker").await?;
+    let mut config = db.config();
+    config.kafka = Some(kafka_config(&kafka));
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    let stop = Arc::new(Mutex::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8).map(|c| ingest(api.clone(), TENANTS, c, stop.clone(), acked.clone())).collect();
+    let run = async {
+        wait_for_acks(&acked, 200, DEADLINE).await?;
+        kafka.kill_broker(0);
+        let during = acked_ids(&acked).len();
+        wait_for_acks(&acked, during + 300, DEADLINE).await.context("ingest stalled with a broker down")?;
+        let ready = api.http.get(api.url("/actuator/health/readiness")).send().await?.status();
+        ensure!(ready == 200, "readiness {ready} with one broker down");
+        kafka.restart_broker(0).await?;
+        let after = acked_ids(&acked).len();
+        wait_for_acks(&acked, after + 200, DEADLINE).await
+    };
+    let outcome = run.await;
+    stop_clients(&stop);
+    for c in clients {
+        c.await?;
+    }
+    outcome?;
+    let on_topic = check_topic(&api, &db, &kafka.bootstrap_servers(), TENANTS).await?;
+    let acked = acked_ids(&acked);
+    let missing = acked.iter().filter(|id| !on_topic.contains(*id)).count();
+    ensure!(missing == 0, "{missing} of {} acknowledged events are not on the topic", acked.len());
+    eprintln!("broker stopped and started: {} acknowledged events, each once and in order", acked.len());
+    server.shutdown().await
+}
+
+/// The server binary is killed with -9 after Kafka acknowledged a batch and before the relay
+/// recorded it (its recording transaction is held on a table lock from another session), then
+/// started again: the new relay finds the batch on the topic and does not send it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_publish_and_record() -> Result<()> {
+    let kafka = kafka_with_topic().await?;
+    let db = Db::new(Backend::Postgres, "kafka_kill").await?;
+    let url = db.url.clone().context("PostgreSQL URL")?;
+    let env = [
+        ("AUDIT_KAFKA_BOOTSTRAP_SERVERS".to_owned(), kafka.bootstrap_servers()),
+        ("AUDIT_KAFKA_LEASE_SECONDS".to_owned(), "4".to_owned()),
+    ];
+    let (mut server, api) = start_process_with(&db, "victim", &env).await?;
+    let stop = Arc::new(Mutex::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8).map(|c| ingest(api.clone(), TENANTS, c, stop.clone(), acked.clone())).collect();
+    let mut lock = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    let run = async {
+        wait_for_acks(&acked, 200, DEADLINE).await?;
+        sqlx::raw_sql("BEGIN; LOCK TABLE outbox_kafka_offsets IN EXCLUSIVE MODE").execute(&mut lock).await?;
+        // The relay publishes its next batch, then waits on the lock to record it.
+        let start = Instant::now();
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'outbox_kafka_offsets'::regclass AND NOT granted",
+            )
+            .fetch_one(&mut lock)
+            .await?;
+            if waiting > 0 {
+                break;
+            }
+            ensure!(start.elapsed() < DEADLINE, "the relay never tried to record a batch");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The topic holds messages beyond the offsets the database has recorded.
+        let recorded: i64 =
+            sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM outbox_kafka_offsets")
+                .fetch_one(&mut lock)
+                .await?;
+        let published = read_topic(&kafka.bootstrap_servers()).await?.len() as i64;
+        ensure!(
+            published > recorded,
+            "no message is published but unrecorded ({published} on the topic, {recorded} recorded)"
+        );
+        Ok(published - recorded)
+    };
+    let outcome = run.await;
+    server.kill_hard();
+    stop_clients(&stop);
+    for c in clients {
+        c.await?;
+    }
+    let unrecorded = outcome?;
+    // The killed session's transaction goes on once the lock is gone, then finds its client dead.
+    sqlx::raw_sql("ROLLBACK").execute(&mut lock).await?;
+
+    let (mut restarted, api) = start_process_with(&db, "restarted", &env).await?;
+    for t in TENANTS {
+        let (s, r) = api.post(ADMIN_KEY, "/api/v1/events", &event(t, "after", "RESTART")).await?;
+        ensure!(s == 201, "{r}");
+    }
+    let on_topic = check_topic(&api, &db, &kafka.bootstrap_servers(), TENANTS).await?;
+    let acked = acked_ids(&acked);
+    let missing = acked.iter().filter(|id| !on_topic.contains(*id)).count();
+    ensure!(missing == 0, "{missing} of {} acknowledged events are not on the topic", acked.len());
+    let skipped = metric(&api, "audit_kafka_resync_skipped_total").await?;
+    eprintln!(
+        "killed with {unrecorded} messages published but not recorded; the restarted relay skipped {skipped}; {} \
+         acknowledged events each once and in order",
+        acked.len()
+    );
+    restarted.stop();
+    if skipped == 0.0 {
+        bail!("the restarted relay found nothing to skip: the crash did not fall between publish and record");
+    }
+    Ok(())
+}
