@@ -151,7 +151,11 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
                     format!("sentinels {} master set {master_set}", sentinels.join(","))
                 }
             };
-            tracing::info!(redis = %where_, fail_open = redis.fail_open, "rate limits shared through Redis");
+            if config.rate_limit_per_second > 0.0 {
+                tracing::info!(redis = %where_, fail_open = redis.fail_open, "rate limits shared through Redis");
+            } else {
+                tracing::warn!(redis = %where_, "Redis configured but no rate limit (AUDIT_RATE_LIMIT_PER_SECOND): unused");
+            }
             RateLimiter::shared(config.rate_limit_per_second, config.rate_limit_burst, redis, metrics.clone())?
         }
         None => RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
