@@ -185,6 +185,18 @@ fn rendered_server_config_is_read_by_the_server() {
             }
             None => assert!(config.signing_key_file.is_none() && mount("signing-key").is_none(), "{file}"),
         }
+        // Shared rate limits: the in-cluster Redis through its Sentinels, password from its Secret.
+        match (&config.redis, values.redis.enabled) {
+            (Some(r), true) => {
+                let audit_server::config::RedisTarget::Sentinel { master_set, .. } = &r.target else {
+                    panic!("{file}: Redis without Sentinel: {:?}", r.target)
+                };
+                assert_eq!(master_set, &values.redis.sentinel.master_set, "{file}");
+                assert!(r.password.is_some(), "{file}: no AUDIT_REDIS_PASSWORD");
+            }
+            (None, false) => {}
+            (r, enabled) => panic!("{file}: redis.enabled={enabled} but the server's Redis is {r:?}"),
+        }
         let tenants: Vec<Vec<String>> = config.api_keys.iter().map(|k| k.tenants.clone()).collect();
         assert_eq!(tenants, [vec!["acme".to_owned(), "globex".to_owned()], vec!["*".to_owned()]], "{file}");
     }
