@@ -27,12 +27,13 @@ local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- Milliseconds: 13 digits, kept exactly by tostring (%.14g); microseconds would be rounded.
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(v[1]) or burst
 local ts = tonumber(v[2]) or now
 if now > ts then
-  tokens = math.min(burst, tokens + (now - ts) / 1000000 * rate)
+  tokens = math.min(burst, tokens + (now - ts) / 1000 * rate)
   ts = now
 end
 local need = math.min(cost, burst)

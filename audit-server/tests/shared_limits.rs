@@ -90,6 +90,12 @@ async fn two_servers_share_one_limit() -> Result<()> {
     let mut conn = client.get_multiplexed_async_connection().await?;
     let ttl: i64 = redis::cmd("PTTL").arg("audit-server:ratelimit:key#2").query_async(&mut conn).await?;
     ensure!(ttl > 0 && ttl <= 42_000 + 1_000, "bucket TTL {ttl} ms");
+    // Refill at the configured rate: one token every 2 s (0.5/s), so well within 10 s.
+    let drained = Instant::now();
+    while post(&apis[1], "refill").await?.0 != 201 {
+        ensure!(drained.elapsed() < Duration::from_secs(10), "no token refilled within 10 s at 0.5/s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     s1.shutdown().await?;
     s2.shutdown().await
 }
