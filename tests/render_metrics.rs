@@ -190,6 +190,18 @@ fn rendered_server_config_is_read_by_the_server() {
             assert_eq!(kafka.bootstrap_servers, "audit-trail-kafka-kafka-bootstrap.audit-trail.svc:9092", "{file}");
             assert_eq!(kafka.topic, values.kafka.topic.name, "{file}");
         }
+        // Shared rate limits: the in-cluster Redis through its Sentinels, password from its Secret.
+        match (&config.redis, values.redis.enabled) {
+            (Some(r), true) => {
+                let audit_server::config::RedisTarget::Sentinel { master_set, .. } = &r.target else {
+                    panic!("{file}: Redis without Sentinel: {:?}", r.target)
+                };
+                assert_eq!(master_set, &values.redis.sentinel.master_set, "{file}");
+                assert!(r.password.is_some(), "{file}: no AUDIT_REDIS_PASSWORD");
+            }
+            (None, false) => {}
+            (r, enabled) => panic!("{file}: redis.enabled={enabled} but the server's Redis is {r:?}"),
+        }
         let tenants: Vec<Vec<String>> = config.api_keys.iter().map(|k| k.tenants.clone()).collect();
         assert_eq!(tenants, [vec!["acme".to_owned(), "globex".to_owned()], vec!["*".to_owned()]], "{file}");
     }

@@ -117,6 +117,62 @@ pub struct Config {
     /// `AUDIT_KAFKA_BOOTSTRAP_SERVERS` and the other `AUDIT_KAFKA_*`: publish every stored event to
     /// Kafka through the outbox (src/outbox). Unset: off, no outbox rows are written.
     pub kafka: Option<KafkaConfig>,
+    /// `AUDIT_REDIS_*` / `redis` in the file: rate limits shared by every replica. Unset: in-process.
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where the shared rate limits live and what to do when Redis does not answer.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
+    /// `AUDIT_REDIS_PASSWORD` or `AUDIT_REDIS_PASSWORD_FILE` (`passwordFile`): of the data nodes and
+    /// the sentinels (the chart uses one).
+    pub password: Option<Password>,
+    /// `AUDIT_REDIS_FAILURE_MODE`: `open` (default: requests go through unlimited) or `closed` (503).
+    pub fail_open: bool,
+    /// `AUDIT_REDIS_TIMEOUT_SECONDS`: longest wait for Redis per request, default 0.5.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisTarget {
+    /// `AUDIT_REDIS_URL` (`url`): one server, `redis://[:password@]host:port[/db]`.
+    Url(String),
+    /// `AUDIT_REDIS_SENTINELS` (`sentinels`, comma-separated HOST:PORT) and `AUDIT_REDIS_MASTER_SET`
+    /// (`masterSet`, default `mymaster`).
+    Sentinel { sentinels: Vec<String>, master_set: String },
+}
+
+/// A secret that `{:?}` does not print.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Password(secret.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The `redis` section of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileRedis {
+    url: Option<String>,
+    sentinels: Option<Vec<String>>,
+    master_set: Option<String>,
+    password_file: Option<PathBuf>,
+    failure_mode: Option<String>,
+    timeout_seconds: Option<f64>,
 }
 
 /// The Kafka event stream (see the README's Kafka section).
@@ -201,6 +257,7 @@ struct FileConfig {
     kafka_batch_max_events: Option<usize>,
     kafka_poll_interval_seconds: Option<f64>,
     kafka_properties: Option<std::collections::BTreeMap<String, String>>,
+    redis: Option<FileRedis>,
 }
 
 impl Config {
@@ -231,6 +288,7 @@ impl Config {
             verify_interval: None,
             verify_full_interval: Duration::from_secs(24 * 3600),
             kafka: None,
+            redis: None,
         }
     }
 
@@ -282,6 +340,7 @@ impl Config {
         if let Some(s) = file.verify_full_interval_seconds {
             c.verify_full_interval = secs(s)?;
         }
+        let file_redis = file.redis.unwrap_or_default();
 
         if let Some(v) = env("AUDIT_LISTEN_ADDR") {
             c.listen = v
@@ -349,6 +408,7 @@ impl Config {
         if let Some(s) = number::<f64>(&env, "AUDIT_VERIFY_FULL_INTERVAL_SECONDS")? {
             c.verify_full_interval = secs(s)?;
         }
+        c.redis = redis_config(&env, file_redis)?;
         if c.idempotency_retention.is_zero() {
             bail!("AUDIT_IDEMPOTENCY_RETENTION_SECONDS must be above 0");
         }
@@ -421,6 +481,51 @@ fn kafka_config(file: &FileConfig, env: &impl Fn(&str) -> Option<String>) -> any
         bail!("AUDIT_KAFKA_BATCH_MAX_EVENTS and AUDIT_KAFKA_POLL_INTERVAL_SECONDS must be above 0");
     }
     Ok(Some(k))
+}
+
+/// The `redis` file section overridden by `AUDIT_REDIS_*`; None when neither names a server.
+fn redis_config(env: &impl Fn(&str) -> Option<String>, file: FileRedis) -> anyhow::Result<Option<RedisConfig>> {
+    let nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let url = nonempty("AUDIT_REDIS_URL").or(file.url);
+    let sentinels = match nonempty("AUDIT_REDIS_SENTINELS") {
+        Some(v) => Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+        None => file.sentinels,
+    };
+    let master_set = nonempty("AUDIT_REDIS_MASTER_SET").or(file.master_set).unwrap_or_else(|| "mymaster".into());
+    let target = match (url, sentinels) {
+        (Some(_), Some(_)) => bail!("AUDIT_REDIS_URL and AUDIT_REDIS_SENTINELS are exclusive: give one"),
+        (Some(url), None) => RedisTarget::Url(url),
+        (None, Some(sentinels)) if sentinels.is_empty() => bail!("AUDIT_REDIS_SENTINELS is empty"),
+        (None, Some(sentinels)) => RedisTarget::Sentinel { sentinels, master_set },
+        (None, None) => {
+            if nonempty("AUDIT_REDIS_FAILURE_MODE").is_some() || nonempty("AUDIT_REDIS_PASSWORD_FILE").is_some() {
+                bail!("AUDIT_REDIS_* settings given without AUDIT_REDIS_URL or AUDIT_REDIS_SENTINELS");
+            }
+            return Ok(None);
+        }
+    };
+    let password_file = nonempty("AUDIT_REDIS_PASSWORD_FILE").map(PathBuf::from).or(file.password_file);
+    let password = match (nonempty("AUDIT_REDIS_PASSWORD"), password_file) {
+        (Some(p), _) => Some(p),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading AUDIT_REDIS_PASSWORD_FILE {}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let fail_open = match nonempty("AUDIT_REDIS_FAILURE_MODE").or(file.failure_mode).as_deref().map(str::trim) {
+        None | Some("open") => true,
+        Some("closed") => false,
+        Some(v) => bail!("AUDIT_REDIS_FAILURE_MODE={v:?}: expected open or closed"),
+    };
+    let timeout = match number::<f64>(env, "AUDIT_REDIS_TIMEOUT_SECONDS")?.or(file.timeout_seconds) {
+        Some(s) if s > 0.0 => secs(s)?,
+        Some(_) => bail!("AUDIT_REDIS_TIMEOUT_SECONDS must be above 0"),
+        None => Duration::from_millis(500),
+    };
+    Ok(Some(RedisConfig { target, password: password.map(Password), fail_open, timeout }))
 }
 
 /// `$XDG_DATA_HOME/audit-server`, else `~/.local/share/audit-server`, else `./audit-data`.
@@ -564,6 +669,31 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("acks"), "{err}");
+    }
+
+    #[test]
+    fn redis_settings() {
+        let env = |k: &str| match k {
+            "AUDIT_REDIS_SENTINELS" => Some("s1:26379, s2:26379".to_owned()),
+            "AUDIT_REDIS_PASSWORD" => Some("pw-not-printed".to_owned()),
+            "AUDIT_REDIS_FAILURE_MODE" => Some("closed".to_owned()),
+            _ => None,
+        };
+        let r = Config::from_lookup(env).unwrap().redis.expect("redis configured");
+        let sentinels = vec!["s1:26379".to_owned(), "s2:26379".to_owned()];
+        assert_eq!(r.target, RedisTarget::Sentinel { sentinels, master_set: "mymaster".into() });
+        assert!(!r.fail_open);
+        assert_eq!(r.timeout, Duration::from_millis(500));
+        assert!(!format!("{r:?}").contains("pw-not-printed"), "password in Debug output");
+        assert!(Config::from_lookup(|_| None).unwrap().redis.is_none());
+        let both = |k: &str| matches!(k, "AUDIT_REDIS_URL" | "AUDIT_REDIS_SENTINELS").then(|| "h:1".to_owned());
+        assert!(Config::from_lookup(both).unwrap_err().to_string().contains("exclusive"));
+        let bad = |k: &str| match k {
+            "AUDIT_REDIS_URL" => Some("redis://h:6379".to_owned()),
+            "AUDIT_REDIS_FAILURE_MODE" => Some("sideways".to_owned()),
+            _ => None,
+        };
+        assert!(Config::from_lookup(bad).unwrap_err().to_string().contains("AUDIT_REDIS_FAILURE_MODE"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod integrity;
 pub mod metrics;
 pub mod outbox;
 pub mod serve;
+pub mod shared_limit;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -181,11 +182,28 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         (s, _, _) => s,
     }
     .map(Arc::new);
+    let limiter = match &config.redis {
+        Some(redis) => {
+            let where_ = match &redis.target {
+                config::RedisTarget::Url(url) => config::redact_url(url),
+                config::RedisTarget::Sentinel { sentinels, master_set } => {
+                    format!("sentinels {} master set {master_set}", sentinels.join(","))
+                }
+            };
+            if config.rate_limit_per_second > 0.0 {
+                tracing::info!(redis = %where_, fail_open = redis.fail_open, "rate limits shared through Redis");
+            } else {
+                tracing::warn!(redis = %where_, "Redis configured but no rate limit (AUDIT_RATE_LIMIT_PER_SECOND): unused");
+            }
+            RateLimiter::shared(config.rate_limit_per_second, config.rate_limit_burst, redis, metrics.clone())?
+        }
+        None => RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+    };
     let state = AppState(Arc::new(Inner {
         store,
         appender,
         keys,
-        limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+        limiter,
         metrics,
         draining: AtomicBool::new(false),
         request_timeout: config.request_timeout,

@@ -31,6 +31,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_kafka_publish_failures_total",
     "audit_kafka_resync_skipped_total",
     "audit_kafka_relay_leader",
+    "audit_ratelimit_limited_total",
+    "audit_ratelimit_redis_errors_total",
+    "audit_ratelimit_fail_open_total",
+    "audit_ratelimit_fail_closed_total",
 ];
 
 /// The `phase` labels of `audit_append_phase_seconds_total`: `queue` is summed over requests (time
@@ -59,6 +63,19 @@ pub struct Metrics {
     /// Nanoseconds per phase of [`APPEND_PHASES`].
     phases: [AtomicU64; APPEND_PHASES.len()],
     pub kafka: KafkaMetrics,
+    /// The rate limiter's decisions and its Redis's failures (`crate::api::auth`).
+    pub redis: RateLimitMetrics,
+}
+
+#[derive(Default)]
+pub struct RateLimitMetrics {
+    /// Requests answered 429 (in-process or shared limiter).
+    pub limited: AtomicU64,
+    /// Rate-limit calls to Redis that failed (unreachable, timeout, error reply).
+    pub errors: AtomicU64,
+    /// Of those, requests let through unlimited (fail open) or refused with 503 (fail closed).
+    pub fail_open: AtomicU64,
+    pub fail_closed: AtomicU64,
 }
 
 /// Results of the background verifier. Counts, not per-tenant series: the number of tenants is
@@ -147,6 +164,18 @@ impl Metrics {
             ("audit_events_ingested_total", "Events committed to a hash chain.", &self.ingested),
             ("audit_group_commit_runs_total", "Append transactions committed (one per group-commit run).", &self.runs),
             ("audit_group_commit_jobs_total", "Requests appended by those runs.", &self.jobs),
+            ("audit_ratelimit_limited_total", "Requests refused with 429 by the rate limiter.", &self.redis.limited),
+            ("audit_ratelimit_redis_errors_total", "Rate-limit calls to Redis that failed.", &self.redis.errors),
+            (
+                "audit_ratelimit_fail_open_total",
+                "Requests let through unlimited because Redis failed (fail open).",
+                &self.redis.fail_open,
+            ),
+            (
+                "audit_ratelimit_fail_closed_total",
+                "Requests refused with 503 because Redis failed (fail closed).",
+                &self.redis.fail_closed,
+            ),
         ];
         let k = &self.kafka;
         let counters = counters.into_iter().chain([

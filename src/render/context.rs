@@ -108,7 +108,7 @@ pub fn release(v: &Values) -> Release {
     datastores.insert("KAFKA_TOPIC".into(), v.kafka.topic.name.clone());
 
     Release {
-        server_config: server_config(v, &kafka),
+        server_config: server_config(v, &kafka, &redis),
         name,
         namespace,
         image,
@@ -131,7 +131,7 @@ pub const SIGNING_KEY_DIR: &str = "/etc/audit-trail/signing-key";
 
 /// The server's config file (audit-server's FileConfig keys). Rendered here, not in a template, so
 /// the Deployment's checksum/config annotation hashes exactly what the ConfigMap holds.
-fn server_config(v: &Values, kafka: &Names) -> String {
+fn server_config(v: &Values, kafka: &Names, redis: &Names) -> String {
     let s = &v.server;
     let mut config = serde_json::json!({
         "listen": format!("0.0.0.0:{}", s.port),
@@ -152,6 +152,19 @@ fn server_config(v: &Values, kafka: &Names) -> String {
         map.insert("checkpointIntervalSeconds".into(), i.checkpoint_interval_seconds.into());
         map.insert("verifyIntervalSeconds".into(), i.verify_interval_seconds.into());
         map.insert("verifyFullIntervalSeconds".into(), i.verify_full_interval_seconds.into());
+        // Rate limits shared by the replicas (audit-server README, "Redis"): the in-cluster Redis
+        // through its Sentinels. The password comes from Redis's Secret (Deployment env), not here.
+        if v.redis.enabled {
+            let r = if v.redis.sentinel.enabled {
+                serde_json::json!({
+                    "sentinels": [format!("{}:{}", redis.host, redis.port)],
+                    "masterSet": v.redis.sentinel.master_set,
+                })
+            } else {
+                serde_json::json!({"url": format!("redis://{}:6379", redis.host)})
+            };
+            map.insert("redis".into(), r);
+        }
     }
     // Kafka deployed or external: every stored event is published to the topic (outbox relay).
     if !kafka.host.is_empty() {

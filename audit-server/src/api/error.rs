@@ -14,11 +14,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Vec<FieldError>>,
+    /// Extra response headers (the rate limiter's Retry-After and RateLimit-*).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: None }
+        ApiError { status, code, message: message.into(), details: None, headers: Vec::new() }
     }
 
     pub fn invalid(details: Vec<FieldError>) -> Self {
@@ -102,6 +104,11 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if retry {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
         }
         response
     }

@@ -52,10 +52,10 @@ pub async fn post_event(
     let sign = receipt_signer(&state, params)?;
     let mut errors = Vec::new();
     let Some(event) = input::event(&body, "", &mut errors) else {
-        charge_events(&state, &scope, 1)?;
+        charge_events(&state, &scope, 1).await?;
         return Err(ApiError::invalid(errors));
     };
-    charge_events(&state, &scope, 1)?;
+    charge_events(&state, &scope, 1).await?;
     let tenant = event.metadata.tenant_id.clone();
     scope.require(&tenant)?;
     let key = input::idempotency_key(&headers)?;
@@ -100,12 +100,12 @@ pub async fn post_batch(
     let events = match input::batch(&body) {
         Ok(events) => events,
         Err(e) => {
-            charge_events(&state, &scope, 1)?;
+            charge_events(&state, &scope, 1).await?;
             return Err(e);
         }
     };
     // The rate limit counts events: a batch of 100 costs 100.
-    charge_events(&state, &scope, events.len())?;
+    charge_events(&state, &scope, events.len()).await?;
     let tenant = events[0].metadata.tenant_id.clone();
     scope.require(&tenant)?;
     let key = input::idempotency_key(&headers)?;
