@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde_json::json;
@@ -112,7 +113,22 @@ async fn act_as_operators(c: kube::Client, stop: Arc<AtomicBool>) {
         ("kafka.strimzi.io", "v1", "KafkaTopic", "kafkatopics"),
         ("external-secrets.io", "v1", "ExternalSecret", "externalsecrets"),
     ];
+    // The checkpoint volume of values-prod (`integrity.checkpointClaimName`) is the storage team's,
+    // not the release's: created here as they would, in each bench namespace.
+    let claim = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "audit-trail-checkpoints"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    });
     while !stop.load(Ordering::Relaxed) {
+        let namespaces: Api<Namespace> = Api::all(c.clone());
+        if let Ok(list) = namespaces.list(&ListParams::default()).await {
+            for ns in list.items.iter().filter_map(|n| n.metadata.name.as_deref()).filter(|n| n.starts_with("bench-")) {
+                let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), ns);
+                let apply = PatchParams::apply("storage-team");
+                let _ = claims.patch("audit-trail-checkpoints", &apply, &Patch::Apply(&claim)).await;
+            }
+        }
         for (group, version, kind, plural) in kinds {
             let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
             let all: Api<DynamicObject> = Api::all_with(c.clone(), &ar);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -148,7 +148,18 @@ async fn act_as_operators(c: kube::Client, ns: String, stop: std::sync::Arc<std:
         ("kafka.strimzi.io", "v1", "KafkaTopic", "kafkatopics"),
         ("external-secrets.io", "v1", "ExternalSecret", "externalsecrets"),
     ];
+    // The checkpoint volume (values-prod `integrity.checkpointClaimName`) is provisioned by the
+    // storage team on write-once storage, not by the release (values/defaults.yaml, README): the test
+    // creates it as they would, once the deploy has made the namespace.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns);
+    let claim = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "audit-trail-checkpoints"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    });
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ =
+            claims.patch("audit-trail-checkpoints", &PatchParams::apply("storage-team"), &Patch::Apply(&claim)).await;
         for (group, version, kind, plural) in kinds {
             let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
             let api: Api<DynamicObject> = Api::namespaced_with(c.clone(), &ns, &ar);
