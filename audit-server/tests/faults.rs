@@ -239,6 +239,52 @@ async fn locked_tenant_does_not_stall_others() -> Result<()> {
     server.shutdown().await
 }
 
+/// PostgreSQL, one append lane kept busy by a steady stream of appends: readiness stays true (the
+/// appends commit). It must not wait for an append connection behind the queue: a pod serving
+/// well under load would otherwise be taken out of its Service (seen in CI with a Kafka broker
+/// down and three test binaries at once), and while it waited it took the lane's connection slot,
+/// so appends failed with 503 (seen here before the fix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_true_while_every_lane_is_busy() -> Result<()> {
+    let db = Db::new(Backend::Postgres, "busy_lanes").await?;
+    let mut config = db.config();
+    config.append_lanes = 1;
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let (api, stop) = (api.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut stored = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (s, _, b) = post(&api, &format!("t{}", c % 4), &format!("c{c}-{stored}")).await?;
+                    ensure!(s == 201, "append under load: {s} {b}");
+                    stored += 1;
+                }
+                anyhow::Ok(stored)
+            })
+        })
+        .collect();
+    wait_for("appends flow", || async { Ok(gauge(&api, "audit_events_ingested_total").await.unwrap_or(0.0) >= 200.0) })
+        .await?;
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        let r = api.http.get(api.url("/actuator/health/readiness")).send().await?;
+        if r.status() != 200 {
+            refused.push(r.status().as_u16());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut stored = 0;
+    for c in clients {
+        stored += c.await??;
+    }
+    ensure!(refused.is_empty(), "readiness refused {} of 20 times under load: {refused:?}", refused.len());
+    eprintln!("{stored} events stored during 20 readiness checks, all 200");
+    server.shutdown().await
+}
+
 /// PostgreSQL turns read-only (as a replica or a read-only failover target would be): readiness
 /// turns false without echoing the database's error, appends answer 503; then back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

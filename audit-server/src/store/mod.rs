@@ -628,8 +628,9 @@ impl Store {
         }
     }
 
-    /// Whether appends can commit now: a connection of the append pool answers within the
-    /// caller's timeout and the database takes writes (not a replica, not read-only).
+    /// Whether appends can commit now: an append committed in the last 2 s, or else a connection
+    /// of the append pool answers within the caller's timeout and the database takes writes (not a
+    /// replica, not read-only).
     pub async fn writable(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(s) => s.writable().await,

@@ -38,6 +38,9 @@ pub struct PgStore {
     /// checks each head, and an entry is dropped whenever its outcome is not known.
     heads: Mutex<HashMap<String, (i64, String)>>,
     max: u32,
+    /// When an append transaction last committed: proof that appends commit, so readiness need
+    /// not queue for an append connection behind busy lanes (see [`PgStore::writable`]).
+    last_commit: Mutex<Option<Instant>>,
     /// Write an outbox row with every event (a consumer such as Kafka is configured).
     pub(crate) outbox: bool,
 }
@@ -52,6 +55,9 @@ fn remember(heads: &mut HashMap<String, (i64, String)>, tenant: &str, seq: i64, 
     }
     heads.insert(tenant.to_owned(), (seq, hash));
 }
+
+/// How recent a commit must be to stand for a readiness check.
+const COMMIT_PROVES_WRITABLE: Duration = Duration::from_secs(2);
 
 /// How long a kept append connection is used without the pool's liveness check.
 const WARM_FOR: Duration = Duration::from_secs(1);
@@ -110,6 +116,7 @@ impl PgStore {
             warm: Mutex::new(Vec::new()),
             heads: Mutex::new(HashMap::new()),
             max: max_connections + append_connections.max(1),
+            last_commit: Mutex::new(None),
             outbox: false,
         })
     }
@@ -124,6 +131,12 @@ impl PgStore {
     /// A connection of the append pool answers and the database takes writes (a kept one if
     /// there is one: when every lane's connection is kept, the pool has none to hand out).
     pub async fn writable(&self) -> Result<(), StoreError> {
+        // Under load every append connection is busy and the check would wait behind the queue
+        // (and fail readiness, taking a pod that serves well out of the Service). A commit a
+        // moment ago proves what the query would: the database answers and takes writes.
+        if lock(&self.last_commit).is_some_and(|at| at.elapsed() < COMMIT_PROVES_WRITABLE) {
+            return Ok(());
+        }
         let mut conn = self.append_connection().await?;
         let row = sqlx::query("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
             .fetch_one(&mut *conn)
@@ -170,6 +183,7 @@ impl PgStore {
         self.forget_heads(runs.iter().map(|r| r.tenant_id.as_str()));
         tx.commit().await.map_err(|e| TxError::AtCommit(e.into()))?;
         Phases::lap(&mut phases.commit, t);
+        self.committed();
         self.keep(conn);
         self.remember_heads(runs.iter().zip(&plans).map(|(r, p)| (r.tenant_id.as_str(), p)));
         Ok(plans.into_iter().map(|p| p.outcomes).collect())
@@ -226,6 +240,7 @@ impl PgStore {
         let tenants = fast.iter().map(|r| r.tenant_id.as_str());
         match outcome {
             Ok(written) => {
+                self.committed();
                 self.keep(conn);
                 self.forget_heads(tenants);
                 let mut stored = Vec::new();
@@ -294,6 +309,10 @@ impl PgStore {
             Some((conn, _)) => Ok(conn),
             None => self.appends.acquire().await,
         }
+    }
+
+    fn committed(&self) {
+        *lock(&self.last_commit) = Some(Instant::now());
     }
 
     /// Keep a connection that just completed a statement (it is alive and idle) for the next
