@@ -132,6 +132,9 @@ pub struct RedisConfig {
     pub fail_open: bool,
     /// `AUDIT_REDIS_TIMEOUT_SECONDS`: longest wait for Redis per request, default 0.5.
     pub timeout: Duration,
+    /// `AUDIT_REDIS_EVENT_CACHE_SECONDS` (`eventCacheSeconds`): how long GET by id keeps an event
+    /// in Redis, default 60; 0 turns the cache off.
+    pub event_cache: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +176,7 @@ struct FileRedis {
     password_file: Option<PathBuf>,
     failure_mode: Option<String>,
     timeout_seconds: Option<f64>,
+    event_cache_seconds: Option<u64>,
 }
 
 /// The Kafka event stream (see the README's Kafka section).
@@ -525,7 +529,10 @@ fn redis_config(env: &impl Fn(&str) -> Option<String>, file: FileRedis) -> anyho
         Some(_) => bail!("AUDIT_REDIS_TIMEOUT_SECONDS must be above 0"),
         None => Duration::from_millis(500),
     };
-    Ok(Some(RedisConfig { target, password: password.map(Password), fail_open, timeout }))
+    let event_cache = Duration::from_secs(
+        number::<u64>(env, "AUDIT_REDIS_EVENT_CACHE_SECONDS")?.or(file.event_cache_seconds).unwrap_or(60),
+    );
+    Ok(Some(RedisConfig { target, password: password.map(Password), fail_open, timeout, event_cache }))
 }
 
 /// `$XDG_DATA_HOME/audit-server`, else `~/.local/share/audit-server`, else `./audit-data`.
@@ -684,7 +691,14 @@ mod tests {
         assert_eq!(r.target, RedisTarget::Sentinel { sentinels, master_set: "mymaster".into() });
         assert!(!r.fail_open);
         assert_eq!(r.timeout, Duration::from_millis(500));
+        assert_eq!(r.event_cache, Duration::from_secs(60));
         assert!(!format!("{r:?}").contains("pw-not-printed"), "password in Debug output");
+        let off = |k: &str| match k {
+            "AUDIT_REDIS_URL" => Some("redis://h:6379".to_owned()),
+            "AUDIT_REDIS_EVENT_CACHE_SECONDS" => Some("0".to_owned()),
+            _ => None,
+        };
+        assert_eq!(Config::from_lookup(off).unwrap().redis.expect("redis").event_cache, Duration::ZERO);
         assert!(Config::from_lookup(|_| None).unwrap().redis.is_none());
         let both = |k: &str| matches!(k, "AUDIT_REDIS_URL" | "AUDIT_REDIS_SENTINELS").then(|| "h:1".to_owned());
         assert!(Config::from_lookup(both).unwrap_err().to_string().contains("exclusive"));

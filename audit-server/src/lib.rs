@@ -6,9 +6,11 @@ pub mod appender;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
+pub mod event_cache;
 pub mod integrity;
 pub mod metrics;
 pub mod outbox;
+pub mod redis_conn;
 pub mod serve;
 pub mod shared_limit;
 pub mod store;
@@ -182,23 +184,35 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         (s, _, _) => s,
     }
     .map(Arc::new);
-    let limiter = match &config.redis {
-        Some(redis) => {
-            let where_ = match &redis.target {
+    let redis = config.redis.as_ref().map(|r| anyhow::Ok((r, Arc::new(redis_conn::RedisConn::new(r)?)))).transpose()?;
+    let limiter = match &redis {
+        Some((settings, conn)) => {
+            let where_ = match &settings.target {
                 config::RedisTarget::Url(url) => config::redact_url(url),
                 config::RedisTarget::Sentinel { sentinels, master_set } => {
                     format!("sentinels {} master set {master_set}", sentinels.join(","))
                 }
             };
-            if config.rate_limit_per_second > 0.0 {
-                tracing::info!(redis = %where_, fail_open = redis.fail_open, "rate limits shared through Redis");
-            } else {
-                tracing::warn!(redis = %where_, "Redis configured but no rate limit (AUDIT_RATE_LIMIT_PER_SECOND): unused");
-            }
-            RateLimiter::shared(config.rate_limit_per_second, config.rate_limit_burst, redis, metrics.clone())?
+            tracing::info!(
+                redis = %where_,
+                rate_limit = config.rate_limit_per_second > 0.0,
+                fail_open = settings.fail_open,
+                event_cache_seconds = settings.event_cache.as_secs(),
+                "Redis: shared rate limits (when a rate is set) and the GET-by-id cache"
+            );
+            RateLimiter::shared(
+                config.rate_limit_per_second,
+                config.rate_limit_burst,
+                conn.clone(),
+                settings.fail_open,
+                metrics.clone(),
+            )
         }
         None => RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
     };
+    let event_cache = redis.as_ref().filter(|(settings, _)| !settings.event_cache.is_zero()).map(|(settings, conn)| {
+        Arc::new(event_cache::EventCache::new(conn.clone(), settings.event_cache, metrics.clone()))
+    });
     let state = AppState(Arc::new(Inner {
         store,
         appender,
@@ -208,6 +222,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         draining: AtomicBool::new(false),
         request_timeout: config.request_timeout,
         signer: signer.clone(),
+        event_cache,
     }));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

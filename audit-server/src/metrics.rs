@@ -35,6 +35,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_ratelimit_redis_errors_total",
     "audit_ratelimit_fail_open_total",
     "audit_ratelimit_fail_closed_total",
+    "audit_event_cache_hits_total",
+    "audit_event_cache_misses_total",
+    "audit_event_cache_errors_total",
 ];
 
 /// The `phase` labels of `audit_append_phase_seconds_total`: `queue` is summed over requests (time
@@ -65,6 +68,17 @@ pub struct Metrics {
     pub kafka: KafkaMetrics,
     /// The rate limiter's decisions and its Redis's failures (`crate::api::auth`).
     pub redis: RateLimitMetrics,
+    /// The GET-by-id cache in Redis (`crate::event_cache`).
+    pub cache: CacheMetrics,
+}
+
+#[derive(Default)]
+pub struct CacheMetrics {
+    pub hits: AtomicU64,
+    /// Not cached (or an entry that did not parse): the database answered.
+    pub misses: AtomicU64,
+    /// Cache reads or writes that Redis could not serve (unreachable, timeout, error reply).
+    pub errors: AtomicU64,
 }
 
 #[derive(Default)]
@@ -177,8 +191,11 @@ impl Metrics {
                 &self.redis.fail_closed,
             ),
         ];
-        let k = &self.kafka;
+        let (k, c) = (&self.kafka, &self.cache);
         let counters = counters.into_iter().chain([
+            ("audit_event_cache_hits_total", "GET by id answered from the Redis cache.", &c.hits),
+            ("audit_event_cache_misses_total", "GET by id not in the Redis cache (read from the database).", &c.misses),
+            ("audit_event_cache_errors_total", "Event cache reads or writes Redis could not serve.", &c.errors),
             ("audit_kafka_published_total", "Events published to Kafka (acknowledged, acks=all).", &k.published),
             ("audit_kafka_publish_failures_total", "Events whose publication to Kafka failed (retried).", &k.failed),
             (

@@ -3,6 +3,7 @@
 //! failover, and with Redis gone ingestion continues (fail open) or answers 503 (fail closed).
 //!
 //! The two servers have their own SQLite databases: what they share here is only the limit.
+//! Also here: the GET-by-id event cache in the same Redis.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use audit_server::config::{Password, RedisConfig, RedisTarget};
 use audit_server::{Config, RunningServer};
-use common::{Api, Backend, Db, KEY_A, event};
+use common::{Api, Backend, Db, KEY_A, KEY_B, event};
 
 const RATE: f64 = 0.5;
 const BURST: u32 = 20;
@@ -25,6 +26,7 @@ fn limited(db: &Db, redis: &testbed::redis::RedisSentinel, fail_open: bool) -> C
         password: Some(Password::new(redis.password())),
         fail_open,
         timeout: Duration::from_secs(2),
+        event_cache: Duration::ZERO,
     });
     c
 }
@@ -173,4 +175,76 @@ async fn redis_down_fails_open_or_closed() -> Result<()> {
     ensure!(metric(&closed, "audit_ratelimit_fail_closed_total").await? >= 1);
     open.shutdown().await?;
     closed.shutdown().await
+}
+
+/// A server whose Redis holds the GET-by-id cache (no rate limit).
+fn cached(db: &Db, target: RedisTarget, password: Option<&str>) -> Config {
+    let mut c = db.config();
+    c.redis = Some(RedisConfig {
+        target,
+        password: password.map(Password::new),
+        fail_open: true,
+        timeout: Duration::from_secs(2),
+        event_cache: Duration::from_secs(60),
+    });
+    c
+}
+
+/// GET by id: the first read fills the cache (checked in Redis itself), the next is answered from
+/// it (an entry changed in Redis shows through, so it really is the cache that answers), the
+/// caller's tenant scope applies to cached events too, and with Redis unreachable the database
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_by_id_is_cached_and_scoped() -> Result<()> {
+    let redis = testbed::redis::redis_sentinel().await?;
+    let db = Db::new(Backend::Sqlite, "cache").await?;
+    let target = RedisTarget::Sentinel { sentinels: redis.sentinel_addrs(), master_set: "mymaster".into() };
+    let server = audit_server::spawn(cached(&db, target, Some(redis.password()))).await?;
+    let api = Api::of(&server);
+    let (s, stored) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "alice", "READ")).await?;
+    ensure!(s == 201, "{stored}");
+    let id = stored["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id in {stored}"))?.to_owned();
+    let path = format!("/api/v1/events/{id}");
+    let (s, first) = api.get(KEY_A, &path).await?;
+    ensure!(s == 200 && first["id"] == id.as_str(), "{s} {first}");
+    ensure!(metric(&server, "audit_event_cache_misses_total").await? == 1);
+
+    // The entry, read from the master without the server's code.
+    let key = format!("audit-server:event:{id}");
+    let client =
+        redis::Client::open(format!("redis://:{}@127.0.0.1:{}/", redis.password(), redis.master_addr().await?))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let start = Instant::now();
+    let entry: String = loop {
+        if let Some(v) = redis::AsyncCommands::get::<_, Option<String>>(&mut conn, &key).await? {
+            break v;
+        }
+        ensure!(start.elapsed() < Duration::from_secs(30), "{key} never written to Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(serde_json::from_str::<serde_json::Value>(&entry)? == first, "cached {entry} vs served {first}");
+    let ttl: i64 = redis::AsyncCommands::ttl(&mut conn, &key).await?;
+    ensure!((1..=60).contains(&ttl), "TTL {ttl}");
+
+    // Changed in Redis, the change is what GET serves: the cache answered, not the database.
+    let mut changed = first.clone();
+    changed["actor"]["id"] = "from-the-cache".into();
+    redis::AsyncCommands::set_ex::<_, _, ()>(&mut conn, &key, changed.to_string(), 60).await?;
+    let (s, second) = api.get(KEY_A, &path).await?;
+    ensure!(s == 200 && second == changed, "{s} {second}");
+    ensure!(metric(&server, "audit_event_cache_hits_total").await? == 1);
+    // Another tenant's key: the same 404 as for a missing event, cached or not.
+    let (s, body) = api.get(KEY_B, &path).await?;
+    ensure!(s == 404, "tenant b read tenant a's cached event: {s} {body}");
+    server.shutdown().await?;
+
+    // Redis unreachable (nothing listens on the port): the database answers, the error is counted.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let server =
+        audit_server::spawn(cached(&db, RedisTarget::Url(format!("redis://127.0.0.1:{closed}/")), None)).await?;
+    let api = Api::of(&server);
+    let (s, body) = api.get(KEY_A, &path).await?;
+    ensure!(s == 200 && body == first, "{s} {body}");
+    ensure!(metric(&server, "audit_event_cache_errors_total").await? >= 1);
+    server.shutdown().await
 }

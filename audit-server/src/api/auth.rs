@@ -119,12 +119,13 @@ impl RateLimiter {
     pub fn shared(
         per_second: f64,
         burst: u32,
-        config: &crate::config::RedisConfig,
+        redis: Arc<crate::redis_conn::RedisConn>,
+        fail_open: bool,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> anyhow::Result<Self> {
-        let buckets = crate::shared_limit::SharedBuckets::new(config)?;
-        let shared = Shared { buckets, fail_open: config.fail_open, metrics, last_warning: Mutex::new(None) };
-        Ok(RateLimiter { shared: Some(shared), ..Self::new(per_second, burst) })
+    ) -> Self {
+        let buckets = crate::shared_limit::SharedBuckets::new(redis);
+        let shared = Shared { buckets, fail_open, metrics, last_warning: Mutex::new(None) };
+        RateLimiter { shared: Some(shared), ..Self::new(per_second, burst) }
     }
 
     /// The bucket size (the `RateLimit-Limit` header).

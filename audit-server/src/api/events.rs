@@ -202,7 +202,22 @@ pub async fn get_event(
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::field("id", "must be a UUID"))?;
     // Another tenant's event is answered exactly like a missing one: a key learns nothing about
     // events (or tenants) it may not read.
-    match state.store.get(id).await? {
+    // The cache holds the stored event, tenant included: the same scope check applies to it.
+    let cached = match &state.event_cache {
+        Some(cache) => cache.get(id).await,
+        None => None,
+    };
+    let event = match cached {
+        Some(event) => Some(event),
+        None => {
+            let event = state.store.get(id).await?;
+            if let (Some(cache), Some(e)) = (&state.event_cache, &event) {
+                cache.put(e);
+            }
+            event
+        }
+    };
+    match event {
         Some(event) if scope.allows(&event.metadata.tenant_id) => Ok(Json(event)),
         _ => Err(ApiError::not_found(format!("no event {id}"))),
     }

@@ -36,6 +36,8 @@ pub struct Inner {
     pub request_timeout: Duration,
     /// Signs checkpoints; None when no key is configured.
     pub signer: Option<Arc<crate::checkpoint::Signer>>,
+    /// GET by id through Redis; None without Redis or with the cache off.
+    pub event_cache: Option<Arc<crate::event_cache::EventCache>>,
 }
 
 #[derive(Clone)]
