@@ -130,7 +130,13 @@ fn rendered_server_config_is_read_by_the_server() {
 
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("config.yaml");
-        std::fs::write(&config_path, config_map["data"]["config.yaml"].as_str().unwrap_or_default()).expect("write");
+        // The search credentials' mount (ECK's Secrets) stands in as files under the temp dir.
+        let search_dir = dir.path().join("search");
+        std::fs::create_dir(&search_dir).expect("mkdir");
+        std::fs::write(search_dir.join("password"), "stand-in\n").expect("write");
+        let rendered = config_map["data"]["config.yaml"].as_str().unwrap_or_default();
+        let config_text = rendered.replace("/etc/audit-trail/search/", &format!("{}/", search_dir.display()));
+        std::fs::write(&config_path, config_text).expect("write");
         let keys_path = dir.path().join("api-keys.yaml");
         let keys = format!(
             "- name: ingest-acme\n  sha256: {}\n  tenants: [acme, globex]\n- name: auditors\n  key: plain-key\n  tenants: [\"*\"]\n",
@@ -186,6 +192,23 @@ fn rendered_server_config_is_read_by_the_server() {
             None => assert!(config.signing_key_file.is_none() && mount("signing-key").is_none(), "{file}"),
         }
         if file.ends_with("values-prod.yaml") {
+            // Search: ECK's HTTP service, its elastic user and CA through one read-only mount.
+            let search = config.search.as_ref().unwrap_or_else(|| panic!("{file}: search settings not passed"));
+            assert_eq!(search.url, "https://audit-trail-es-http.audit-trail.svc:9200", "{file}");
+            assert_eq!(search.username.as_deref(), Some("elastic"), "{file}");
+            assert_eq!(search.password.as_ref().map(|p| p.expose()), Some("stand-in"), "{file}");
+            assert!(rendered.contains("searchCaFile: /etc/audit-trail/search/ca.crt"), "{file}");
+            assert_eq!(search.index_settings["index.refresh_interval"], "5s", "{file}: the seed's index settings");
+            let m = mount("search-credentials").unwrap_or_else(|| panic!("{file}: search credentials not mounted"));
+            assert_eq!(
+                (m["mountPath"].as_str(), m["readOnly"].as_bool()),
+                (Some("/etc/audit-trail/search"), Some(true))
+            );
+            let sources = &volume("search-credentials").expect("search-credentials volume")["projected"]["sources"];
+            assert_eq!(sources[0]["secret"]["name"].as_str(), Some("audit-trail-es-elastic-user"), "{file}");
+            assert_eq!(sources[0]["secret"]["items"][0]["path"].as_str(), Some("password"), "{file}");
+            assert_eq!(sources[1]["secret"]["name"].as_str(), Some("audit-trail-es-http-certs-public"), "{file}");
+            assert_eq!(sources[1]["secret"]["items"][0]["path"].as_str(), Some("ca.crt"), "{file}");
             let kafka = config.kafka.as_ref().unwrap_or_else(|| panic!("{file}: Kafka settings not passed"));
             assert_eq!(kafka.bootstrap_servers, "audit-trail-kafka-kafka-bootstrap.audit-trail.svc:9092", "{file}");
             assert_eq!(kafka.topic, values.kafka.topic.name, "{file}");

@@ -117,6 +117,9 @@ pub struct Config {
     /// `AUDIT_KAFKA_BOOTSTRAP_SERVERS` and the other `AUDIT_KAFKA_*`: publish every stored event to
     /// Kafka through the outbox (src/outbox). Unset: off, no outbox rows are written.
     pub kafka: Option<KafkaConfig>,
+    /// `AUDIT_SEARCH_*` (`search*` in the file): index events into Elasticsearch/OpenSearch and
+    /// answer `POST /api/v1/search` from it. Unset: search answers from the database.
+    pub search: Option<SearchConfig>,
     /// `AUDIT_REDIS_*` / `redis` in the file: rate limits shared by every replica. Unset: in-process.
     pub redis: Option<RedisConfig>,
 }
@@ -199,6 +202,51 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
 }
 
+/// The search index (see the README's Search section).
+#[derive(Debug, Clone)]
+pub struct SearchConfig {
+    /// `AUDIT_SEARCH_URL` (`searchUrl`): `https://host:9200` (credentials go in the settings below).
+    pub url: String,
+    /// `AUDIT_SEARCH_INDEX_PREFIX` (`searchIndexPrefix`), default `audit-events`: monthly indices
+    /// `<prefix>-YYYY.MM` and the index template `<prefix>`.
+    pub index_prefix: String,
+    /// `AUDIT_SEARCH_USERNAME` (`searchUsername`) and `AUDIT_SEARCH_PASSWORD` or
+    /// `AUDIT_SEARCH_PASSWORD_FILE` (`searchPasswordFile`): basic authentication.
+    pub username: Option<String>,
+    pub password: Option<Password>,
+    /// `AUDIT_SEARCH_CA_FILE` (`searchCaFile`): PEM CA the server's certificate must chain to
+    /// (default: the system's roots; the certificate is always verified).
+    pub ca_file: Option<PathBuf>,
+    /// `AUDIT_SEARCH_TIMEOUT_SECONDS` (`searchTimeoutSeconds`), default 5: per request to the
+    /// cluster; a search that takes longer is answered from the database.
+    pub timeout: Duration,
+    /// `AUDIT_SEARCH_BATCH_MAX_EVENTS`, default 1000: events per bulk request.
+    pub batch_max_events: usize,
+    /// `searchIndexSettings` (file only): index settings of the template (shards, replicas,
+    /// refresh interval...), e.g. `{"index.number_of_shards": "3"}`.
+    pub index_settings: serde_json::Map<String, serde_json::Value>,
+    /// The indexer's lease (as the Kafka relay's) and how often an idle indexer looks for rows.
+    pub lease: Duration,
+    pub poll_interval: Duration,
+}
+
+impl SearchConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        SearchConfig {
+            url: url.into(),
+            index_prefix: "audit-events".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+            batch_max_events: 1000,
+            index_settings: serde_json::Map::new(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
 /// librdkafka properties the relay's guarantees depend on (src/outbox/kafka.rs): not overridable.
 const KAFKA_FIXED: &[&str] = &[
     "bootstrap.servers",
@@ -261,6 +309,13 @@ struct FileConfig {
     kafka_batch_max_events: Option<usize>,
     kafka_poll_interval_seconds: Option<f64>,
     kafka_properties: Option<std::collections::BTreeMap<String, String>>,
+    search_url: Option<String>,
+    search_index_prefix: Option<String>,
+    search_username: Option<String>,
+    search_password_file: Option<PathBuf>,
+    search_ca_file: Option<PathBuf>,
+    search_timeout_seconds: Option<f64>,
+    search_index_settings: Option<serde_json::Map<String, serde_json::Value>>,
     redis: Option<FileRedis>,
 }
 
@@ -292,6 +347,7 @@ impl Config {
             verify_interval: None,
             verify_full_interval: Duration::from_secs(24 * 3600),
             kafka: None,
+            search: None,
             redis: None,
         }
     }
@@ -314,6 +370,7 @@ impl Config {
         let kafka = kafka_config(&file, &env)?;
         let mut c = Config::local(file.data_dir.clone().unwrap_or_else(default_data_dir));
         c.kafka = kafka;
+        c.search = search_config(&file, &env)?;
         c.listen = file.listen.unwrap_or(c.listen);
         c.database_url = file.database_url;
         c.api_keys = file.api_keys.unwrap_or_default();
@@ -438,6 +495,62 @@ impl Config {
     pub fn local_key_path(&self) -> PathBuf {
         self.data_dir.join("local-api-key")
     }
+}
+
+/// The search settings of the file, overridden by `AUDIT_SEARCH_*`; None without a URL.
+fn search_config(file: &FileConfig, env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<SearchConfig>> {
+    let nonempty = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let Some(url) = nonempty("AUDIT_SEARCH_URL").or_else(|| file.search_url.clone()) else {
+        return Ok(None);
+    };
+    let parsed =
+        reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("AUDIT_SEARCH_URL {}: {e}", redact_url(&url)))?;
+    if !matches!(parsed.scheme(), "http" | "https") || !parsed.username().is_empty() || parsed.password().is_some() {
+        bail!(
+            "AUDIT_SEARCH_URL {}: expected http(s)://host:port without credentials (use AUDIT_SEARCH_USERNAME and \
+             AUDIT_SEARCH_PASSWORD_FILE)",
+            redact_url(&url)
+        );
+    }
+    let mut s = SearchConfig::new(url);
+    if let Some(p) = nonempty("AUDIT_SEARCH_INDEX_PREFIX").or_else(|| file.search_index_prefix.clone()) {
+        let ok = !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !ok || p.starts_with(['-', '_', '.']) {
+            bail!(
+                "AUDIT_SEARCH_INDEX_PREFIX={p:?}: expected lowercase letters, digits, '-', '_' or '.' (an index name)"
+            );
+        }
+        s.index_prefix = p;
+    }
+    s.username = nonempty("AUDIT_SEARCH_USERNAME").or_else(|| file.search_username.clone());
+    let password_file =
+        nonempty("AUDIT_SEARCH_PASSWORD_FILE").map(PathBuf::from).or_else(|| file.search_password_file.clone());
+    s.password = match (env("AUDIT_SEARCH_PASSWORD").filter(|p| !p.is_empty()), password_file) {
+        (Some(p), _) => Some(Password(p)),
+        (None, Some(path)) => Some(Password(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading AUDIT_SEARCH_PASSWORD_FILE {}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        )),
+        (None, None) => None,
+    };
+    if s.password.is_some() != s.username.is_some() {
+        bail!("AUDIT_SEARCH_USERNAME and AUDIT_SEARCH_PASSWORD(_FILE) go together");
+    }
+    s.ca_file = nonempty("AUDIT_SEARCH_CA_FILE").map(PathBuf::from).or_else(|| file.search_ca_file.clone());
+    if let Some(t) = number::<f64>(env, "AUDIT_SEARCH_TIMEOUT_SECONDS")?.or(file.search_timeout_seconds) {
+        if t <= 0.0 {
+            bail!("AUDIT_SEARCH_TIMEOUT_SECONDS must be above 0");
+        }
+        s.timeout = secs(t)?;
+    }
+    s.batch_max_events = number(env, "AUDIT_SEARCH_BATCH_MAX_EVENTS")?.unwrap_or(s.batch_max_events);
+    s.index_settings = file.search_index_settings.clone().unwrap_or_default();
+    if s.batch_max_events == 0 {
+        bail!("AUDIT_SEARCH_BATCH_MAX_EVENTS must be above 0");
+    }
+    Ok(Some(s))
 }
 
 /// The Kafka settings of the file, overridden by `AUDIT_KAFKA_*`; None without bootstrap servers.
@@ -643,6 +756,44 @@ mod tests {
         assert!(err.to_string().contains("AUDIT_DB_MAX_CONNECTIONS"), "{err}");
         let err = parse_inline_keys("nokey").unwrap_err();
         assert!(err.to_string().contains("TENANTS=KEY"), "{err}");
+    }
+
+    #[test]
+    fn search_settings_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "pw-not-printed\n").unwrap();
+        let yaml = format!(
+            "searchUrl: https://es:9200\nsearchUsername: elastic\nsearchPasswordFile: {}\nsearchIndexSettings:\n  index.number_of_shards: '3'\n",
+            secret.display()
+        );
+        std::fs::write(&file, yaml).unwrap();
+        let path = file.display().to_string();
+        let env = |k: &str| match k {
+            "AUDIT_CONFIG_FILE" => Some(path.clone()),
+            "AUDIT_SEARCH_INDEX_PREFIX" => Some("audit-x".to_owned()),
+            _ => None,
+        };
+        let s = Config::from_lookup(env).unwrap().search.expect("search configured");
+        assert_eq!((s.url.as_str(), s.index_prefix.as_str()), ("https://es:9200", "audit-x"));
+        assert_eq!(s.password.as_ref().map(Password::expose), Some("pw-not-printed"));
+        assert_eq!(s.index_settings["index.number_of_shards"], "3");
+        assert!(!format!("{s:?}").contains("pw-not-printed"), "password in Debug output");
+        assert!(Config::from_lookup(|_| None).unwrap().search.is_none(), "search is off by default");
+        let with = |extra: &'static str, value: &'static str| {
+            move |k: &str| match k {
+                "AUDIT_SEARCH_URL" => Some("http://es:9200".to_owned()),
+                k if k == extra => Some(value.to_owned()),
+                _ => None,
+            }
+        };
+        let err = |e: anyhow::Error| e.to_string();
+        assert!(err(Config::from_lookup(with("AUDIT_SEARCH_INDEX_PREFIX", "Bad*")).unwrap_err()).contains("PREFIX"));
+        assert!(err(Config::from_lookup(with("AUDIT_SEARCH_USERNAME", "u")).unwrap_err()).contains("go together"));
+        let creds = |k: &str| (k == "AUDIT_SEARCH_URL").then(|| "https://u:pw-not-printed@es:9200".to_owned());
+        let e = err(Config::from_lookup(creds).unwrap_err());
+        assert!(e.contains("without credentials") && !e.contains("pw-not-printed"), "{e}");
     }
 
     #[test]

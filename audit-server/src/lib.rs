@@ -11,6 +11,7 @@ pub mod integrity;
 pub mod metrics;
 pub mod outbox;
 pub mod redis_conn;
+pub mod search;
 pub mod serve;
 pub mod shared_limit;
 pub mod store;
@@ -39,7 +40,8 @@ pub struct RunningServer {
     purger: JoinHandle<()>,
     publisher: Option<JoinHandle<()>>,
     verifier: Option<JoinHandle<()>>,
-    kafka: Option<KafkaTasks>,
+    kafka: Option<ConsumerTasks>,
+    search: Option<ConsumerTasks>,
     shutdown_delay: std::time::Duration,
     /// Set when no key was configured and a local one was generated (SQLite only).
     pub local_key_file: Option<PathBuf>,
@@ -79,25 +81,25 @@ impl RunningServer {
         if let Some(v) = &self.verifier {
             v.abort();
         }
-        if let Some(k) = self.kafka {
-            k.stop().await;
+        for c in [self.kafka, self.search].into_iter().flatten() {
+            c.stop().await;
         }
         self.state.store.close().await;
         served.context("serving HTTP")
     }
 }
 
-/// The Kafka relay and its lag sampler.
-struct KafkaTasks {
-    /// This database's stream id (message header `stream`).
+/// An outbox consumer (the Kafka relay, the search indexer) and its lag sampler.
+struct ConsumerTasks {
+    /// This database's stream id (Kafka message header `stream`).
     stream: String,
     stop: watch::Sender<bool>,
     relay: JoinHandle<()>,
     lag: JoinHandle<()>,
 }
 
-impl KafkaTasks {
-    /// Stop the relay (it gives its lease up, so another replica leads at once).
+impl ConsumerTasks {
+    /// Stop the consumer (it gives its lease up, so another replica leads at once).
     async fn stop(self) {
         let _ = self.stop.send(true);
         self.lag.abort();
@@ -145,7 +147,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         local_key_file = Some(path);
     }
     let keys = KeyRing::new(&key_configs)?;
-    if config.kafka.is_some() {
+    if config.kafka.is_some() || config.search.is_some() {
         store.enable_outbox();
     }
     let store = Arc::new(store);
@@ -153,6 +155,13 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
     let kafka = match &config.kafka {
         Some(k) => Some(start_kafka(k, &store, &metrics).await?),
         None => None,
+    };
+    let (search, search_client) = match &config.search {
+        Some(c) => {
+            let (tasks, client) = start_search(c, &store, &metrics).await?;
+            (Some(tasks), Some(client))
+        }
+        None => (None, None),
     };
     let limits = appender::Limits {
         max_run_events: config.group_commit_max_events,
@@ -223,6 +232,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         request_timeout: config.request_timeout,
         signer: signer.clone(),
         event_cache,
+        search: search_client,
     }));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -259,6 +269,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         publisher,
         verifier,
         kafka,
+        search,
         shutdown_delay: config.shutdown_delay,
         local_key_file,
     })
@@ -269,7 +280,7 @@ async fn start_kafka(
     k: &config::KafkaConfig,
     store: &Arc<Store>,
     metrics: &Arc<metrics::Metrics>,
-) -> anyhow::Result<KafkaTasks> {
+) -> anyhow::Result<ConsumerTasks> {
     let stream = store.outbox_register(outbox::KAFKA).await.context("registering the Kafka outbox consumer")?;
     let (stop, stopped) = watch::channel(false);
     let relay = outbox::kafka::Relay {
@@ -280,23 +291,56 @@ async fn start_kafka(
         holder: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
     };
     let relay = tokio::spawn(relay.run(stopped));
-    let lag = tokio::spawn(sample_lag(store.clone(), metrics.clone()));
+    let lag = tokio::spawn(sample_lag(store.clone(), metrics.clone(), outbox::KAFKA, |m| {
+        (&m.kafka.lag_events, &m.kafka.lag_seconds)
+    }));
     tracing::info!(servers = %k.bootstrap_servers, topic = %k.topic, "publishing events to Kafka through the outbox");
-    Ok(KafkaTasks { stream, stop, relay, lag })
+    Ok(ConsumerTasks { stream, stop, relay, lag })
 }
 
-/// Every replica samples the publishing lag from the database (not only the relay's leader).
-async fn sample_lag(store: Arc<Store>, metrics: Arc<metrics::Metrics>) {
+/// Register the search consumer of the outbox and start its indexer and lag sampler.
+async fn start_search(
+    c: &config::SearchConfig,
+    store: &Arc<Store>,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<(ConsumerTasks, Arc<search::client::SearchClient>)> {
+    let client = Arc::new(search::client::SearchClient::new(c)?);
+    let stream = store.outbox_register(search::SEARCH).await.context("registering the search outbox consumer")?;
+    let (stop, stopped) = watch::channel(false);
+    let indexer = search::indexer::Indexer {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        client: client.clone(),
+        config: c.clone(),
+        holder: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
+    };
+    let relay = tokio::spawn(indexer.run(stopped));
+    let lag = tokio::spawn(sample_lag(store.clone(), metrics.clone(), search::SEARCH, |m| {
+        (&m.search.lag_events, &m.search.lag_seconds)
+    }));
+    tracing::info!(url = %config::redact_url(&c.url), prefix = %c.index_prefix, "indexing events for search through the outbox");
+    Ok((ConsumerTasks { stream, stop, relay, lag }, client))
+}
+
+/// Every replica samples a consumer's lag from the database (not only its leader): (events, age
+/// as f64 bits) into the gauges `gauges` picks.
+async fn sample_lag(
+    store: Arc<Store>,
+    metrics: Arc<metrics::Metrics>,
+    consumer: &'static str,
+    gauges: fn(&metrics::Metrics) -> (&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64),
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match store.outbox_lag(outbox::KAFKA).await {
+        match store.outbox_lag(consumer).await {
             Ok((events, age)) => {
-                metrics.kafka.lag_events.store(events, Ordering::Relaxed);
-                metrics.kafka.lag_seconds.store(age.as_secs_f64().to_bits(), Ordering::Relaxed);
+                let (count, seconds) = gauges(&metrics);
+                count.store(events, Ordering::Relaxed);
+                seconds.store(age.as_secs_f64().to_bits(), Ordering::Relaxed);
             }
-            Err(e) => tracing::debug!(error = %e, "sampling the Kafka publishing lag failed"),
+            Err(e) => tracing::debug!(error = %e, consumer, "sampling the outbox lag failed"),
         }
     }
 }

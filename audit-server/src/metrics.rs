@@ -38,6 +38,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_event_cache_hits_total",
     "audit_event_cache_misses_total",
     "audit_event_cache_errors_total",
+    "audit_search_indexed_total",
+    "audit_search_index_failures_total",
+    "audit_search_fallbacks_total",
+    "audit_search_indexer_leader",
+    "audit_search_index_lag_events",
+    "audit_search_index_lag_seconds",
 ];
 
 /// The `phase` labels of `audit_append_phase_seconds_total`: `queue` is summed over requests (time
@@ -70,6 +76,23 @@ pub struct Metrics {
     pub redis: RateLimitMetrics,
     /// The GET-by-id cache in Redis (`crate::event_cache`).
     pub cache: CacheMetrics,
+    pub search: SearchMetrics,
+}
+
+/// The search indexer's figures (all zero without search). Lag is sampled from the database by
+/// every replica, like Kafka's.
+#[derive(Default)]
+pub struct SearchMetrics {
+    /// Events the search cluster acknowledged (bulk items created or updated).
+    pub indexed: AtomicU64,
+    /// Bulk requests or items that failed (retried).
+    pub failures: AtomicU64,
+    /// Searches answered from the database because the cluster did not (search configured).
+    pub fallbacks: AtomicU64,
+    pub leader: AtomicU64,
+    pub lag_events: AtomicU64,
+    /// f64 bits.
+    pub lag_seconds: AtomicU64,
 }
 
 #[derive(Default)]
@@ -243,7 +266,49 @@ impl Metrics {
             "# HELP {name} Age of the oldest stored event not yet published to Kafka.\n# TYPE {name} gauge\n{name} {lag}"
         );
         self.render_integrity(&mut out);
+        self.render_search(&mut out);
         out
+    }
+
+    fn render_search(&self, out: &mut String) {
+        let s = &self.search;
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed).to_string();
+        let families = [
+            ("audit_search_indexed_total", "counter", "Events indexed in the search cluster.", load(&s.indexed)),
+            (
+                "audit_search_index_failures_total",
+                "counter",
+                "Bulk requests and items the search cluster refused or did not answer (retried).",
+                load(&s.failures),
+            ),
+            (
+                "audit_search_fallbacks_total",
+                "counter",
+                "Searches answered from the database because the search cluster did not answer.",
+                load(&s.fallbacks),
+            ),
+            (
+                "audit_search_indexer_leader",
+                "gauge",
+                "1 while this replica's indexer holds the lease.",
+                load(&s.leader),
+            ),
+            (
+                "audit_search_index_lag_events",
+                "gauge",
+                "Stored events not yet indexed for search.",
+                load(&s.lag_events),
+            ),
+            (
+                "audit_search_index_lag_seconds",
+                "gauge",
+                "Age of the oldest stored event not yet indexed for search.",
+                f64::from_bits(s.lag_seconds.load(Ordering::Relaxed)).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
     }
 
     fn render_integrity(&self, out: &mut String) {

@@ -108,7 +108,7 @@ pub fn release(v: &Values) -> Release {
     datastores.insert("KAFKA_TOPIC".into(), v.kafka.topic.name.clone());
 
     Release {
-        server_config: server_config(v, &kafka, &redis),
+        server_config: server_config(v, &kafka, &redis, &elasticsearch, &datastores),
         name,
         namespace,
         image,
@@ -131,7 +131,16 @@ pub const SIGNING_KEY_DIR: &str = "/etc/audit-trail/signing-key";
 
 /// The server's config file (audit-server's FileConfig keys). Rendered here, not in a template, so
 /// the Deployment's checksum/config annotation hashes exactly what the ConfigMap holds.
-fn server_config(v: &Values, kafka: &Names, redis: &Names) -> String {
+/// Where the Deployment mounts the search credentials (ECK's elastic user and HTTP CA).
+pub const SEARCH_CREDENTIALS_DIR: &str = "/etc/audit-trail/search";
+
+fn server_config(
+    v: &Values,
+    kafka: &Names,
+    redis: &Names,
+    es: &Elasticsearch,
+    datastores: &BTreeMap<String, String>,
+) -> String {
     let s = &v.server;
     let mut config = serde_json::json!({
         "listen": format!("0.0.0.0:{}", s.port),
@@ -170,6 +179,19 @@ fn server_config(v: &Values, kafka: &Names, redis: &Names) -> String {
     if !kafka.host.is_empty() {
         config["kafkaBootstrapServers"] = format!("{}:{}", kafka.host, kafka.port).into();
         config["kafkaTopic"] = v.kafka.topic.name.clone().into();
+    }
+    // Search (audit-server README, "Search"): events indexed from the outbox, searches answered
+    // from the index. In-cluster ECK: its elastic user and HTTP CA, mounted by the Deployment; the
+    // index template carries the seed's index settings (the server's template is the one that
+    // applies to its indices, so it must hold them).
+    if !es.host.is_empty() {
+        config["searchUrl"] = datastores.get("ELASTICSEARCH_URL").cloned().unwrap_or_default().into();
+        config["searchIndexSettings"] = serde_json::to_value(&es.index_settings).unwrap_or_default();
+        if v.elasticsearch.enabled {
+            config["searchUsername"] = "elastic".into();
+            config["searchPasswordFile"] = format!("{SEARCH_CREDENTIALS_DIR}/password").into();
+            config["searchCaFile"] = format!("{SEARCH_CREDENTIALS_DIR}/ca.crt").into();
+        }
     }
     serde_yaml::to_string(&config).unwrap_or_default()
 }

@@ -321,6 +321,9 @@ pub struct PrometheusRuleValues {
     /// Alert when the oldest stored event not yet published to Kafka is older than this many
     /// seconds (the outbox relay is behind or Kafka is down). Rendered when Kafka is configured.
     pub kafka_publish_lag_seconds: f64,
+    /// Alert when the oldest stored event not yet indexed for search is older than this many
+    /// seconds. Rendered when Elasticsearch is configured.
+    pub search_index_lag_seconds: f64,
 }
 
 /// Persistent volume of a datastore.

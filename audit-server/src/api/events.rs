@@ -485,7 +485,7 @@ pub(crate) fn required_tenant(v: Option<&str>) -> Result<String, ApiError> {
 }
 
 /// RFC 3339 within years 1..=9999 (what both databases can compare).
-fn time(v: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn time(v: &str) -> Result<DateTime<Utc>, String> {
     let t = DateTime::parse_from_rfc3339(v)
         .map_err(|e| format!("must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z ({e})"))?
         .with_timezone(&Utc);

@@ -6,6 +6,7 @@ pub mod events;
 pub mod input;
 pub mod integrity;
 mod ops;
+pub mod search;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -38,6 +39,8 @@ pub struct Inner {
     pub signer: Option<Arc<crate::checkpoint::Signer>>,
     /// GET by id through Redis; None without Redis or with the cache off.
     pub event_cache: Option<Arc<crate::event_cache::EventCache>>,
+    /// The search index; None: searches answer from the database.
+    pub search: Option<Arc<crate::search::client::SearchClient>>,
 }
 
 #[derive(Clone)]
@@ -61,7 +64,8 @@ impl std::ops::Deref for AppState {
         events::verify,
         integrity::export,
         integrity::checkpoints,
-        integrity::public_key
+        integrity::public_key,
+        search::search
     ),
     components(schemas(events::Order)),
     modifiers(&ApiKeyScheme),
@@ -84,6 +88,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/events", post(events::post_event).get(events::list_events))
         .route("/events/batch", post(events::post_batch))
+        .route("/search", post(search::search))
         .route("/events/export", get(integrity::export))
         .route("/integrity/checkpoints", get(integrity::checkpoints))
         .route("/integrity/public-key", get(integrity::public_key))

@@ -1,0 +1,48 @@
+//! `POST /api/v1/search` (see [`crate::search`]).
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::search::query::{self, Search, SearchRequest, SearchResponse};
+
+/// Full-text and filtered search of one tenant's events, with aggregations and pagination. From
+/// the search index when one is configured and answers, else from the database (`backend` says
+/// which; the filters, the full-text rule and the aggregations are the same).
+#[utoipa::path(
+    post, path = "/api/v1/search", tag = "events", request_body = SearchRequest,
+    responses(
+        (status = 200, description = "A page of matching events, newest first by default", body = SearchResponse),
+        (status = 400, description = "Invalid request", body = audit_api::ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = audit_api::ErrorBody),
+        (status = 403, description = "Key not allowed for the tenant", body = audit_api::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn search(
+    State(state): State<AppState>,
+    Caller(scope): Caller,
+    body: Result<Json<SearchRequest>, JsonRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let s = Search::parse(request, super::events::time).map_err(|errors| {
+        ApiError::invalid(errors.into_iter().map(|(field, message)| audit_api::FieldError { field, message }).collect())
+    })?;
+    scope.require(&s.tenant)?;
+    if let Some(client) = &state.search {
+        let answer = async { query::from_es(&s, &client.search(&query::es_body(&s)).await?) };
+        match answer.await {
+            Ok(r) => return Ok(Json(r)),
+            Err(e) => {
+                state.metrics.search.fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "search: the index did not answer, answering from the database");
+            }
+        }
+    }
+    Ok(Json(query::from_database(&state.store, &s).await?))
+}

@@ -1,0 +1,184 @@
+//! The search cluster as the server uses it: an index template designed for the filters, monthly
+//! indices, bulk indexing with per-item results, and raw searches. Plain REST paths that
+//! Elasticsearch 8 and OpenSearch 2 both serve.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use audit_api::StoredEvent;
+use elasticsearch::Elasticsearch;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use elasticsearch::http::{Method, Url};
+use serde_json::{Value, json};
+
+use crate::config::SearchConfig;
+
+pub struct SearchClient {
+    es: Elasticsearch,
+    prefix: String,
+    timeout: Duration,
+    settings: serde_json::Map<String, Value>,
+}
+
+/// Keyword fields (exact filters and aggregations) and text fields (full text) of a document.
+const KEYWORDS: [&str; 9] =
+    ["id", "tenantId", "actorId", "actorType", "actionType", "actionCategory", "resourceType", "resourceId", "source"];
+pub const TEXT_FIELDS: [&str; 3] = ["description", "actorName", "resourceName"];
+
+impl SearchClient {
+    pub fn new(c: &SearchConfig) -> anyhow::Result<Self> {
+        let url = Url::parse(&c.url).map_err(|e| anyhow::anyhow!("AUDIT_SEARCH_URL: {e}"))?;
+        let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url)).timeout(c.timeout);
+        if let (Some(user), Some(password)) = (&c.username, &c.password) {
+            b = b.auth(Credentials::Basic(user.clone(), password.expose().to_owned()));
+        }
+        if let Some(path) = &c.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("reading AUDIT_SEARCH_CA_FILE {}: {e}", path.display()))?;
+            let ca = Certificate::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("AUDIT_SEARCH_CA_FILE {}: not a PEM certificate: {e}", path.display()))?;
+            b = b.cert_validation(CertificateValidation::Full(ca));
+        }
+        let transport = b.build().map_err(|e| anyhow::anyhow!("search client: {e}"))?;
+        Ok(SearchClient {
+            es: Elasticsearch::new(transport),
+            prefix: c.index_prefix.clone(),
+            timeout: c.timeout,
+            settings: c.index_settings.clone(),
+        })
+    }
+
+    /// The monthly index of an event (`<prefix>-YYYY.MM`, by its storage timestamp).
+    pub fn index_of(&self, timestamp: &str) -> String {
+        let month = timestamp.get(..7).unwrap_or("0000-00").replace('-', ".");
+        format!("{}-{month}", self.prefix)
+    }
+
+    /// Every index of the events (the template's pattern).
+    pub fn pattern(&self) -> String {
+        format!("{}-*", self.prefix)
+    }
+
+    /// Put the composable index template (idempotent): strict mappings, so a document that does
+    /// not fit is refused instead of silently widening the mapping.
+    pub async fn install_template(&self) -> Result<(), String> {
+        let mut properties: BTreeMap<&str, Value> = BTreeMap::new();
+        for k in KEYWORDS {
+            properties.insert(k, json!({"type": "keyword"}));
+        }
+        for t in TEXT_FIELDS {
+            properties.insert(t, json!({"type": "text"}));
+        }
+        properties.insert("correlationId", json!({"type": "keyword"}));
+        properties.insert("tags", json!({"type": "keyword"}));
+        properties.insert("sequence", json!({"type": "long"}));
+        properties.insert("timestamp", json!({"type": "date"}));
+        properties.insert("occurredAt", json!({"type": "date"}));
+        // The event as stored, returned by searches; kept, not indexed.
+        properties.insert("event", json!({"type": "object", "enabled": false}));
+        let body = json!({
+            "index_patterns": [self.pattern()],
+            "priority": 200,
+            "template": {"settings": self.settings, "mappings": {"dynamic": "strict", "properties": properties}},
+            "_meta": {"managed_by": "audit-server"}
+        });
+        let path = format!("/_index_template/{}", self.prefix);
+        self.call(Method::Put, &path, Some(body.to_string()), None).await.map(|_| ())
+    }
+
+    /// Index events in one bulk request: one result per event, in order (a 200 can carry failed
+    /// items). Err: the request itself failed (nothing known of the items).
+    pub async fn bulk(&self, events: &[StoredEvent]) -> Result<Vec<Result<(), String>>, String> {
+        let mut body = String::new();
+        for e in events {
+            let action = json!({"index": {"_index": self.index_of(&e.timestamp), "_id": e.id}});
+            body.push_str(&action.to_string());
+            body.push('\n');
+            body.push_str(&document(e).to_string());
+            body.push('\n');
+        }
+        let answer = self.call(Method::Post, "/_bulk", Some(body), Some("application/x-ndjson")).await?;
+        let items = answer["items"].as_array().ok_or("bulk answer without items")?;
+        if items.len() != events.len() {
+            return Err(format!("bulk answered {} items for {} events", items.len(), events.len()));
+        }
+        Ok(items
+            .iter()
+            .map(|item| {
+                let r = &item["index"];
+                match r["status"].as_u64() {
+                    Some(200 | 201) => Ok(()),
+                    status => Err(format!("status {status:?}: {}", r["error"]["reason"].as_str().unwrap_or("?"))),
+                }
+            })
+            .collect())
+    }
+
+    /// A search over every index of the events.
+    pub async fn search(&self, body: &Value) -> Result<Value, String> {
+        let path = format!("/{}/_search?ignore_unavailable=true&allow_no_indices=true", self.pattern());
+        self.call(Method::Post, &path, Some(body.to_string()), None).await
+    }
+
+    /// Make what was indexed visible to searches now (tests, tools; the cluster does it every second).
+    pub async fn refresh(&self) -> Result<(), String> {
+        self.call(Method::Post, &format!("/{}/_refresh", self.pattern()), None, None).await.map(|_| ())
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        kind: Option<&str>,
+    ) -> Result<Value, String> {
+        let mut headers = HeaderMap::new();
+        if let Some(k) = kind {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_str(k).map_err(|e| e.to_string())?);
+        }
+        let r = self
+            .es
+            .send::<String, ()>(method, path, headers, None, body, Some(self.timeout))
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        let status = r.status_code().as_u16();
+        let text = r.text().await.map_err(|e| format!("{path}: reading the answer: {e}"))?;
+        if !(200..300).contains(&status) {
+            let reason = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["reason"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.chars().take(200).collect());
+            return Err(format!("{path}: status {status}: {reason}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{path}: answer is not JSON: {e}"))
+    }
+}
+
+/// The document of an event: the filterable fields flattened, tags as `name=value` keywords, and
+/// the event itself (what searches return).
+pub fn document(e: &StoredEvent) -> Value {
+    let tags: Vec<String> = e.metadata.tags.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    json!({
+        "id": e.id,
+        "tenantId": e.metadata.tenant_id,
+        "sequence": e.sequence,
+        "timestamp": e.timestamp,
+        "occurredAt": e.occurred_at,
+        "actorId": e.actor.id,
+        "actorType": e.actor.kind,
+        "actorName": e.actor.name,
+        "actionType": e.action.kind,
+        "actionCategory": e.action.category,
+        "description": e.action.description,
+        "resourceType": e.resource.kind,
+        "resourceId": e.resource.id,
+        "resourceName": e.resource.name,
+        "source": e.metadata.source,
+        "correlationId": e.metadata.correlation_id,
+        "tags": tags,
+        "event": e,
+    })
+}

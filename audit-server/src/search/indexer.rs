@@ -1,0 +1,136 @@
+//! The search indexer: a consumer of the outbox (see [`crate::outbox`]) that bulk-indexes events
+//! and moves its per-tenant cursors only past events the cluster acknowledged. Documents are keyed
+//! by event id, so sending one twice (a crash between the bulk and the cursor update, two replicas
+//! around a lease change) only rewrites it: unlike the Kafka relay, the indexer needs no care about
+//! what a former leader still has in flight, only the lease to avoid doing the work twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::SEARCH;
+use super::client::SearchClient;
+use crate::config::SearchConfig;
+use crate::metrics::Metrics;
+use crate::outbox::Progress;
+use crate::store::Store;
+
+pub struct Indexer {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub client: Arc<SearchClient>,
+    pub config: SearchConfig,
+    pub holder: String,
+}
+
+/// Longest pause after failures (doubling from the poll interval).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Indexer {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut template = false;
+        let mut backoff = self.config.poll_interval;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            // The template must exist before the first document creates an index: without it
+            // the index would get dynamic mappings (ids analysed as text, filters that miss).
+            if !template {
+                match self.client.install_template().await {
+                    Ok(()) => template = true,
+                    Err(e) => tracing::warn!(error = %e, "search: installing the index template failed"),
+                }
+            }
+            let pause = if !template {
+                Some(MAX_BACKOFF)
+            } else {
+                match self.step().await {
+                    Ok(0) => Some(self.config.poll_interval),
+                    Ok(_) => {
+                        backoff = self.config.poll_interval;
+                        None
+                    }
+                    Err(e) => {
+                        self.metrics.search.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "search: indexing failed, retrying");
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        Some(backoff)
+                    }
+                }
+            };
+            if let Some(p) = pause
+                && tokio::time::timeout(p, stop.changed()).await.is_ok()
+            {
+                break;
+            }
+        }
+        self.metrics.search.leader.store(0, Ordering::Relaxed);
+        if let Err(e) = self.store.outbox_release(SEARCH, &self.holder).await {
+            tracing::warn!(error = %e, "search: releasing the indexer lease failed");
+        }
+    }
+
+    /// Take or renew the lease, then index one batch; how many events were indexed (0: not the
+    /// leader or nothing pending).
+    async fn step(&self) -> Result<usize, String> {
+        let ttl = self.config.lease;
+        let leading = self.store.outbox_lease(SEARCH, &self.holder, ttl).await.map_err(|e| e.to_string())?;
+        self.metrics.search.leader.store(u64::from(leading), Ordering::Relaxed);
+        if !leading {
+            return Ok(0);
+        }
+        let pending =
+            self.store.outbox_pending(SEARCH, self.config.batch_max_events).await.map_err(|e| e.to_string())?;
+        let Some(max_position) = pending.iter().map(|p| p.position).max() else { return Ok(0) };
+        let mut rows = Vec::with_capacity(pending.len());
+        let mut events = Vec::with_capacity(pending.len());
+        for p in pending {
+            rows.push((p.row.tenant_id.clone(), p.row.sequence));
+            events.push(p.row.into_event().map_err(|e| e.to_string())?);
+        }
+        let results = self.client.bulk(&events).await?;
+        // A tenant's cursor moves to the last sequence before its first failed item (rows come in
+        // position order, which is sequence order within a tenant).
+        let mut handled: BTreeMap<String, i64> = BTreeMap::new();
+        let mut failed: BTreeSet<String> = BTreeSet::new();
+        let mut indexed = 0usize;
+        let mut first_error = None;
+        for ((tenant, sequence), r) in rows.into_iter().zip(results) {
+            if failed.contains(&tenant) {
+                continue;
+            }
+            match r {
+                Ok(()) => {
+                    indexed += 1;
+                    handled.insert(tenant, sequence);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(format!("tenant {tenant} sequence {sequence}: {e}"));
+                    failed.insert(tenant);
+                }
+            }
+        }
+        let progress = Progress {
+            consumer: SEARCH,
+            holder: &self.holder,
+            ttl,
+            handled: &handled,
+            max_position: Some(max_position),
+            offsets: None,
+        };
+        let kept = self.store.outbox_advance(&progress).await.map_err(|e| e.to_string())?;
+        self.metrics.search.indexed.fetch_add(indexed as u64, Ordering::Relaxed);
+        if !kept {
+            self.metrics.search.leader.store(0, Ordering::Relaxed);
+            return Ok(0);
+        }
+        match first_error {
+            Some(e) => Err(format!("{} of the batch refused, first: {e}", failed.len())),
+            None => Ok(indexed),
+        }
+    }
+}
