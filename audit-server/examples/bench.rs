@@ -8,7 +8,7 @@
 //! the server in a process of its own, single events over 100 tenants, its RSS sampled throughout.
 //!
 //!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64]
-//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS]
+//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS] [--no-outbox]
 
 #[path = "bench_support/kafka.rs"]
 mod kafka;
@@ -37,8 +37,13 @@ struct Args {
     clients: usize,
     batch_clients: usize,
     pool: u32,
+    /// The server's append lanes (`AUDIT_APPEND_LANES`); 0: the server's default.
+    lanes: usize,
     storages: Vec<Storage>,
     soak: u64,
+    /// Run the with/without Kafka outbox comparison after the suite (`--no-outbox` skips it: it
+    /// starts three brokers, which a profiling run does not need).
+    outbox: bool,
     /// Internal: serve on this database URL until stdin closes (the soak's server process).
     serve: Option<String>,
 }
@@ -50,8 +55,10 @@ fn args() -> Result<Args> {
         clients: 64,
         batch_clients: 16,
         pool: 0,
+        lanes: 0,
         storages: vec![Storage::Disk],
         soak: 60,
+        outbox: true,
         serve: None,
     };
     let mut it = std::env::args().skip(1);
@@ -63,6 +70,7 @@ fn args() -> Result<Args> {
             "--clients" => a.clients = number(text()?)? as usize,
             "--batch-clients" => a.batch_clients = number(text()?)? as usize,
             "--pool" => a.pool = number(text()?)? as u32,
+            "--lanes" => a.lanes = number(text()?)? as usize,
             "--soak" => a.soak = number(text()?)?,
             "--storage" => {
                 a.storages = match text()?.as_str() {
@@ -72,10 +80,11 @@ fn args() -> Result<Args> {
                     other => bail!("--storage {other}: expected disk, tmpfs or both"),
                 }
             }
+            "--no-outbox" => a.outbox = false,
             "--serve" => a.serve = Some(text()?),
             other => bail!(
-                "unknown argument {other}; expected --seconds N, --clients N, --batch-clients N, --pool N, \
-                 --storage disk|tmpfs|both, --soak SECONDS"
+                "unknown argument {other}; expected --seconds N, --clients N, --batch-clients N, --pool N, --lanes N, \
+                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox"
             ),
         }
     }
@@ -111,7 +120,7 @@ impl Figure {
 async fn main() -> Result<()> {
     let args = args()?;
     if let Some(url) = &args.serve {
-        return serve(url, args.pool).await;
+        return serve(url, &args).await;
     }
     for storage in args.storages.clone() {
         let (label, disk) = match storage {
@@ -122,7 +131,7 @@ async fn main() -> Result<()> {
         let pg = testbed::postgres::postgres_with(testbed::PgOptions { disk, ..Default::default() }).await?;
         let mut figures = suite(&pg, &args).await?;
         let mut outbox_summary = None;
-        if storage == Storage::Disk {
+        if storage == Storage::Disk && args.outbox {
             // The Kafka outbox's cost (issue 22): the same ingest with and without it, alternating.
             let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
             let (outbox, summary) =
@@ -167,7 +176,7 @@ async fn suite(pg: &testbed::postgres::Postgres, args: &Args) -> Result<Vec<Figu
     // The server, in this process, on its own database.
     let url = pg.create_database("bench_server").await?;
     let dir = tempfile::tempdir()?;
-    let server = audit_server::spawn(server_config(dir.path(), &url, args.pool)?).await?;
+    let server = audit_server::spawn(server_config(dir.path(), &url, args)?).await?;
     let base = server.base_url();
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let singles = |prefix: &str, n: usize| {
@@ -226,12 +235,15 @@ async fn suite(pg: &testbed::postgres::Postgres, args: &Args) -> Result<Vec<Figu
     Ok(figures)
 }
 
-fn server_config(dir: &std::path::Path, url: &str, pool: u32) -> Result<Config> {
+fn server_config(dir: &std::path::Path, url: &str, args: &Args) -> Result<Config> {
     let mut config = Config::local(dir.join("data"));
     config.listen = "127.0.0.1:0".parse()?;
     config.database_url = Some(url.to_owned());
     config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
-    config.db_max_connections = pool;
+    config.db_max_connections = args.pool;
+    if args.lanes > 0 {
+        config.append_lanes = args.lanes;
+    }
     Ok(config)
 }
 
@@ -298,7 +310,7 @@ async fn soak(pg: &testbed::postgres::Postgres, args: &Args) -> Result<()> {
     let url = pg.create_database("bench_soak").await?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
-        .args(["--serve", &url, "--pool", &args.pool.to_string()])
+        .args(["--serve", &url, "--pool", &args.pool.to_string(), "--lanes", &args.lanes.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -357,9 +369,9 @@ async fn soak(pg: &testbed::postgres::Postgres, args: &Args) -> Result<()> {
 }
 
 /// The soak's server process: print the base URL, serve until stdin closes, shut down.
-async fn serve(url: &str, pool: u32) -> Result<()> {
+async fn serve(url: &str, args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = audit_server::spawn(server_config(dir.path(), url, pool)?).await?;
+    let server = audit_server::spawn(server_config(dir.path(), url, args)?).await?;
     println!("{}", server.base_url());
     tokio::task::spawn_blocking(|| {
         let mut sink = String::new();

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::{ADMIN_KEY, Api, Backend, Db, event, ingest, start_process, wait_for_acks};
+use common::{ADMIN_KEY, Api, Backend, Db, event, ingest, start_process, start_process_with, wait_for_acks};
 
 on_both!(three_processes_one_chain, kill_9_during_ingest, tenants_across_processes_without_deadlock);
 
@@ -55,13 +55,22 @@ async fn three_processes_one_chain(backend: Backend) -> Result<()> {
 
 /// Two processes whose group-commit transactions each hold several tenants' chain heads: the heads
 /// are locked in tenant order, so the processes cannot deadlock (PostgreSQL would abort one
-/// transaction, failing its requests with 503), and every chain stays whole.
+/// transaction, failing its requests with 503), and every chain stays whole. Made to catch a
+/// wrong lock order (checked: `ORDER BY random()` in `lock_heads` fails it with 503s, which the
+/// earlier version of this test did not notice): half the clients send an Idempotency-Key with
+/// every request, so their jobs take the shared transaction where `lock_heads` decides the order
+/// (the others mostly take the one statement on remembered heads); one lane per process, so a
+/// transaction holds several heads; and on PostgreSQL another session keeps taking a head in the
+/// middle, so both processes stop half-way through their heads at the same time.
 async fn tenants_across_processes_without_deadlock(backend: Backend) -> Result<()> {
     const TENANTS: &[&str] = &["t-1", "t-2", "t-3", "t-4", "t-5"];
     let db = Db::new(backend, "lock_order").await?;
     let mut servers = Vec::new();
+    // One lane per process: each transaction takes every pending tenant (up to all five), so the
+    // two processes' transactions overlap on several heads at once.
+    let one_lane = [("AUDIT_APPEND_LANES".to_owned(), "1".to_owned())];
     for i in 0..2 {
-        servers.push(start_process(&db, &format!("server-{i}")).await?);
+        servers.push(start_process_with(&db, &format!("server-{i}"), &one_lane).await?);
     }
     let stop = Arc::new(Mutex::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -69,10 +78,32 @@ async fn tenants_across_processes_without_deadlock(backend: Backend) -> Result<(
     for (s, (_, api)) in servers.iter().enumerate() {
         for c in 0..10 {
             clients.push(ingest(api.clone(), TENANTS, s * 10 + c, stop.clone(), acked.clone()));
+            clients.push(ingest_keyed(api.clone(), TENANTS, s * 10 + c, stop.clone(), acked.clone()));
         }
     }
-    let reached = wait_for_acks(&acked, 500, Duration::from_secs(300)).await;
+    // PostgreSQL: another session keeps taking the middle tenant's head for a while, so both
+    // processes' lock statements stop half-way through their heads and resume together: with a
+    // wrong lock order their transactions then wait on each other in a cycle.
+    let holder = db.url.clone().map(|url| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            while !*stop.lock().unwrap_or_else(|p| p.into_inner()) {
+                let mut tx = conn.begin().await?;
+                sqlx::query("SELECT 1 FROM chain_heads WHERE tenant_id = 't-3' FOR UPDATE").execute(&mut *tx).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await; // how long the head stays taken
+                tx.commit().await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        })
+    });
+    let reached = wait_for_acks(&acked, 1000, Duration::from_secs(300)).await;
     *stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    if let Some(h) = holder {
+        h.await??;
+    }
     let mut errors = 0;
     for c in clients {
         errors += c.await?;
@@ -92,6 +123,49 @@ async fn tenants_across_processes_without_deadlock(backend: Backend) -> Result<(
         p.stop();
     }
     Ok(())
+}
+
+/// A client posting single events, each with an Idempotency-Key of its own, until `stop`; records
+/// the ids that got a 201 and counts the other answers.
+fn ingest_keyed(
+    api: Api,
+    tenants: &'static [&'static str],
+    client: usize,
+    stop: Arc<Mutex<bool>>,
+    acked: Arc<Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut errors = 0;
+        for i in 0.. {
+            if *stop.lock().unwrap_or_else(|p| p.into_inner()) {
+                break;
+            }
+            let actor = format!("k{client}-{i}");
+            let tenant = tenants[(client + i) % tenants.len()];
+            let sent = api
+                .http
+                .post(api.url("/api/v1/events"))
+                .header("x-api-key", ADMIN_KEY)
+                .header("idempotency-key", format!("lock-order-{actor}"))
+                .json(&event(tenant, &actor, "KEYED"))
+                .send()
+                .await;
+            let id = match sent {
+                Ok(r) if r.status().as_u16() == 201 => {
+                    r.json::<serde_json::Value>().await.ok().and_then(|b| b["id"].as_str().map(str::to_owned))
+                }
+                _ => None,
+            };
+            match id {
+                Some(id) => acked.lock().unwrap_or_else(|p| p.into_inner()).push(id),
+                None => {
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        errors
+    })
 }
 
 async fn kill_9_during_ingest(backend: Backend) -> Result<()> {
