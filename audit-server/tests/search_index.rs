@@ -298,7 +298,8 @@ impl Drop for Frozen {
     }
 }
 
-/// The search node stops answering (frozen) during ingest: appends go on, readiness stays true,
+/// Bulk items refused by the cluster (a write block: 200 with failed items) are retried, not
+/// counted; then the search node stops answering (frozen) during ingest: appends go on, readiness stays true,
 /// the lag grows, searches are answered from the database; back, the lag returns to 0 and every
 /// acknowledged event is in the index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,8 +310,28 @@ async fn search_down_then_back() -> Result<()> {
     let api = Api::of(&server);
     let mut data = ingest(&api, "tenant-a", KEY_A, 10, 0).await?;
     wait_indexed(&server, 10.0).await?;
+
+    // Refused items in a bulk answered 200: the month's index blocked for writes (403 per item).
+    let http = reqwest::Client::new();
+    let index = format!("{}/audit-events-{}", search.url(), &data[0].timestamp[..7].replace('-', "."));
+    let block = |on: bool| http.put(format!("{index}/_settings")).json(&json!({"index.blocks.write": on})).send();
+    block(true).await?.error_for_status()?;
+    data.extend(ingest(&api, "tenant-a", KEY_A, 10, 10).await?);
+    let start = Instant::now();
+    while metric(&server, "audit_search_index_failures_total").await? < 1.0
+        || metric(&server, "audit_search_index_lag_events").await? < 10.0
+    {
+        ensure!(start.elapsed() < DEADLINE, "refused bulk items never showed as failures and lag");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(metric(&server, "audit_search_indexed_total").await? == 10.0, "refused items counted as indexed");
+    block(false).await?.error_for_status()?;
+    wait_indexed(&server, 20.0).await?;
+    ensure!(count_in_cluster(&search, "tenant-a").await? == 20, "refused items not indexed after the block was lifted");
+
+    // The node stops answering altogether.
     let frozen = Frozen::freeze(search.pid())?;
-    data.extend(ingest(&api, "tenant-a", KEY_A, 30, 10).await?);
+    data.extend(ingest(&api, "tenant-a", KEY_A, 30, 20).await?);
     let ready = api.http.get(api.url("/actuator/health/readiness")).send().await?.status();
     ensure!(ready == 200, "readiness {ready} with search down");
     let start = Instant::now();
@@ -319,11 +340,11 @@ async fn search_down_then_back() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (ids, _, backend) = search_all(&api, KEY_A, json!({"tenantId": "tenant-a"})).await?;
-    ensure!(backend == "database" && ids.len() == 40, "search with the index down: {backend}, {} events", ids.len());
+    ensure!(backend == "database" && ids.len() == 50, "search with the index down: {backend}, {} events", ids.len());
     ensure!(metric(&server, "audit_search_fallbacks_total").await? >= 1.0);
     drop(frozen);
-    wait_indexed(&server, 40.0).await?;
-    ensure!(count_in_cluster(&search, "tenant-a").await? == 40, "events missing from the index after it came back");
+    wait_indexed(&server, 50.0).await?;
+    ensure!(count_in_cluster(&search, "tenant-a").await? == 50, "events missing from the index after it came back");
     let (ids, _, backend) = search_all(&api, KEY_A, json!({"tenantId": "tenant-a"})).await?;
     let want = expected(&data, "tenant-a", &|_| true).0;
     ensure!(
