@@ -315,6 +315,20 @@ async fn killed_between_publish_and_record() -> Result<()> {
     let mut lock = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
     let run = async {
         wait_for_acks(&acked, 200, DEADLINE).await?;
+        // The relay's start-up resync also writes offsets (before publishing anything): wait for
+        // a first recorded batch, so the lock below catches a publish, not the resync.
+        let start = Instant::now();
+        loop {
+            let recorded: i64 =
+                sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM outbox_kafka_offsets")
+                    .fetch_one(&mut lock)
+                    .await?;
+            if recorded > 0 {
+                break;
+            }
+            ensure!(start.elapsed() < DEADLINE, "the relay never recorded a batch");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         sqlx::raw_sql("BEGIN; LOCK TABLE outbox_kafka_offsets IN EXCLUSIVE MODE").execute(&mut lock).await?;
         // The relay publishes its next batch, then waits on the lock to record it.
         let start = Instant::now();
