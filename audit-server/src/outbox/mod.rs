@@ -100,12 +100,21 @@ macro_rules! advance_body {
             ));
             b.build().execute(&mut *$tx).await?;
         }
-        let mut purge = QueryBuilder::new("DELETE FROM outbox WHERE ");
-        purge.push(PASSED_BY_ALL);
-        if let Some(max) = $p.max_position {
-            purge.push(" AND position <= ").push_bind(max);
+        // Only the cursors of the handled tenants moved, so only their rows can have become
+        // purgeable: look them up by tenant (index outbox_tenant_sequence) rather than testing
+        // every row of the outbox, which holds the slowest consumer's whole backlog.
+        if !$p.handled.is_empty() {
+            let mut purge = QueryBuilder::new("DELETE FROM outbox WHERE tenant_id IN (");
+            let mut tenants = purge.separated(", ");
+            for tenant in $p.handled.keys() {
+                tenants.push_bind(tenant.as_str());
+            }
+            purge.push(") AND ").push(PASSED_BY_ALL);
+            if let Some(max) = $p.max_position {
+                purge.push(" AND position <= ").push_bind(max);
+            }
+            purge.build().execute(&mut *$tx).await?;
         }
-        purge.build().execute(&mut *$tx).await?;
         if let Some((topic, offsets)) = $p.offsets
             && !offsets.is_empty()
         {
@@ -191,14 +200,20 @@ impl Store {
     /// The oldest rows the consumer has not passed yet, with their events, in position order.
     pub(crate) async fn outbox_pending(&self, consumer: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The outbox rows first (LIMIT inside a materialized CTE), then their events by primary
+        // key: joined in one query, the planner sometimes (stale statistics of a table that is a
+        // queue) joined the whole outbox to the events and sorted it, spilling to disk, on every poll.
         let sql = |id: &str| {
             format!(
-                "SELECT {id} AS id, e.tenant_id, e.sequence, e.ts, e.actor_id, e.resource_id, e.action_type, e.body, \
-                 e.hash, e.previous_hash, o.position, c.sequence AS after
-                 FROM outbox o
-                 JOIN events e ON e.tenant_id = o.tenant_id AND e.sequence = o.sequence
-                 LEFT JOIN outbox_cursors c ON c.consumer = $1 AND c.tenant_id = o.tenant_id
-                 WHERE o.sequence > COALESCE(c.sequence, 0) ORDER BY o.position LIMIT $2"
+                "WITH p AS MATERIALIZED (
+                     SELECT o.position, o.tenant_id, o.sequence, c.sequence AS after
+                     FROM outbox o
+                     LEFT JOIN outbox_cursors c ON c.consumer = $1 AND c.tenant_id = o.tenant_id
+                     WHERE o.sequence > COALESCE(c.sequence, 0) ORDER BY o.position LIMIT $2)
+                 SELECT {id} AS id, e.tenant_id, e.sequence, e.ts, e.actor_id, e.resource_id, e.action_type, e.body, \
+                 e.hash, e.previous_hash, p.position, p.after
+                 FROM p JOIN events e ON e.tenant_id = p.tenant_id AND e.sequence = p.sequence
+                 ORDER BY p.position"
             )
         };
         let mut out = Vec::new();
@@ -249,8 +264,8 @@ impl Store {
 
     /// Record a consumer's progress in one transaction: renew its lease (false, and nothing
     /// written, if `holder` no longer holds it), move its cursors forward to `handled` (tenant ->
-    /// last sequence), purge the rows every consumer has passed (up to `max_position` when
-    /// given), and set the Kafka offsets below which every message is reflected in the cursors.
+    /// last sequence), purge those tenants' rows every consumer has passed (up to `max_position`
+    /// when given), and set the Kafka offsets below which every message is reflected in the cursors.
     pub async fn outbox_advance(&self, progress: &Progress<'_>) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => {
