@@ -10,6 +10,8 @@
 //!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64]
 //!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS] [--no-outbox]
 
+#[path = "bench_support/cpu.rs"]
+mod cpu;
 #[path = "bench_support/kafka.rs"]
 mod kafka;
 
@@ -32,7 +34,7 @@ enum Storage {
     Tmpfs,
 }
 
-struct Args {
+pub struct Args {
     seconds: u64,
     clients: usize,
     batch_clients: usize,
@@ -44,6 +46,13 @@ struct Args {
     /// Run the with/without Kafka outbox comparison after the suite (`--no-outbox` skips it: it
     /// starts three brokers, which a profiling run does not need).
     outbox: bool,
+    /// PostgreSQL with the production guide's tuning (the default) or the testbed's small
+    /// footprint (`--pg testbed`: 32 MB of shared buffers).
+    production_tuning: bool,
+    /// Run only the server scenarios whose names contain one of these (`--only 1000,batches`).
+    only: Vec<String>,
+    /// The brokers' and the search node's JVMs: steady state (the default) or the tests' fast start.
+    jvm: testbed::Jvm,
     /// Internal: serve on this database URL until stdin closes (the soak's server process).
     serve: Option<String>,
 }
@@ -59,6 +68,9 @@ fn args() -> Result<Args> {
         storages: vec![Storage::Disk],
         soak: 60,
         outbox: true,
+        production_tuning: true,
+        only: Vec::new(),
+        jvm: testbed::Jvm::Steady,
         serve: None,
     };
     let mut it = std::env::args().skip(1);
@@ -81,10 +93,25 @@ fn args() -> Result<Args> {
                 }
             }
             "--no-outbox" => a.outbox = false,
+            "--pg" => {
+                a.production_tuning = match text()?.as_str() {
+                    "production" => true,
+                    "testbed" => false,
+                    other => bail!("--pg {other}: expected production or testbed"),
+                }
+            }
+            "--jvm" => {
+                a.jvm = match text()?.as_str() {
+                    "steady" => testbed::Jvm::Steady,
+                    "fast-start" => testbed::Jvm::FastStart,
+                    other => bail!("--jvm {other}: expected steady or fast-start"),
+                }
+            }
+            "--only" => a.only = text()?.split(',').map(str::to_owned).collect(),
             "--serve" => a.serve = Some(text()?),
             other => bail!(
                 "unknown argument {other}; expected --seconds N, --clients N, --batch-clients N, --pool N, --lanes N, \
-                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox"
+                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --pg production|testbed, --jvm steady|fast-start, --only LIST"
             ),
         }
     }
@@ -127,19 +154,25 @@ async fn main() -> Result<()> {
             Storage::Disk => ("a disk directory (ext4 here), fsync and synchronous_commit on", true),
             Storage::Tmpfs => ("tmpfs (/dev/shm: fsync costs nothing), fsync and synchronous_commit on", false),
         };
+        let tuning = if args.production_tuning {
+            "the production guide's postgresql.conf tuning (shared_buffers 4GB, max_wal_size 4GB, ...)"
+        } else {
+            "the testbed's small footprint (shared_buffers 32MB)"
+        };
+        let label = format!("{label}; {tuning}");
         eprintln!("starting PostgreSQL (testbed) on {label}...");
-        let pg = testbed::postgres::postgres_with(testbed::PgOptions { disk, ..Default::default() }).await?;
+        let options = testbed::PgOptions { disk, production_tuning: args.production_tuning, ..Default::default() };
+        let pg = testbed::postgres::postgres_with(options).await?;
         let mut figures = suite(&pg, &args).await?;
         let mut outbox_summary = None;
         if storage == Storage::Disk && args.outbox {
             // The Kafka outbox's cost (issue 22): the same ingest with and without it, alternating.
             let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
-            let (outbox, summary) =
-                kafka::outbox_cost(&pg, &http, args.clients, args.pool, Duration::from_secs(args.seconds)).await?;
+            let (outbox, summary) = kafka::outbox_cost(&pg, &http, &args, Duration::from_secs(args.seconds)).await?;
             figures.extend(outbox);
             outbox_summary = Some(summary);
         }
-        print_table(&figures, &args, label);
+        print_table(&figures, &args, &label);
         if let Some(summary) = outbox_summary {
             println!("{summary}");
         }
@@ -217,18 +250,26 @@ async fn suite(pg: &testbed::postgres::Postgres, args: &Args) -> Result<Vec<Figu
             100,
         ),
     ];
-    for (name, path, bodies, clients, per_request) in scenarios {
+    // A tenant of each scenario, in the scenarios' order: their chains are verified after the run.
+    let samples = ["one-0", "tenant-57", "many-999", "batch-3"];
+    let mut written = Vec::new();
+    for ((name, path, bodies, clients, per_request), sample) in scenarios.into_iter().zip(samples) {
+        if !args.only.is_empty() && !args.only.iter().any(|o| name.contains(&format!(" {o} "))) {
+            continue;
+        }
         eprintln!("running: {name}");
+        written.push(sample);
         let before = scrape(&http, &base).await?;
+        let cpu_before = cpu::sample();
         let f = drive(&http, &format!("{base}{path}"), bodies, clients, per_request, Duration::from_secs(args.seconds))
             .await?;
         let after = scrape(&http, &base).await?;
-        let phases = after.since(&before);
+        let phases = format!("{}; {}", after.since(&before), cpu::sample().since(&cpu_before));
         eprintln!("  {phases}");
         figures.push(Figure { name, phases: Some(phases), ..f });
     }
     // Every chain the run wrote must verify.
-    for tenant in ["one-0", "tenant-57", "many-999", "batch-3"] {
+    for tenant in written {
         verify(&http, &base, tenant).await?;
     }
     server.shutdown().await?;
@@ -288,7 +329,7 @@ fn print_table(figures: &[Figure], args: &Args, storage: &str) {
             f.load
         );
     }
-    println!("\nwhere the append time went, per scenario:");
+    println!("\nwhere the append time went and the cores each component used, per scenario:");
     for f in figures {
         if let Some(p) = &f.phases {
             println!("  {}: {p}", f.name);

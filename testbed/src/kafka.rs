@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
+use crate::Jvm;
 use crate::process::{Process, free_port, wait_until};
 
 /// The Kafka the testbed runs; the one place it is kept (`cargo xtask deps install` fetches it).
@@ -53,6 +54,7 @@ pub struct Kafka {
     // Declared before `dir` so the processes stop before their data directory is removed.
     nodes: Vec<Node>,
     lib: PathBuf,
+    jvm: Jvm,
     dir: TempDir,
 }
 
@@ -67,6 +69,11 @@ struct Node {
 
 /// Start a KRaft cluster of `brokers` nodes (1 or 3) and wait until every node serves.
 pub async fn kafka(brokers: usize) -> anyhow::Result<Kafka> {
+    kafka_with(brokers, Jvm::FastStart).await
+}
+
+/// [`kafka`] with the brokers' JVM profile chosen: benchmarks take [`Jvm::Steady`].
+pub async fn kafka_with(brokers: usize, jvm: Jvm) -> anyhow::Result<Kafka> {
     if brokers != 1 && brokers != 3 {
         bail!("testbed::kafka supports 1 or 3 nodes, not {brokers}");
     }
@@ -75,14 +82,14 @@ pub async fn kafka(brokers: usize) -> anyhow::Result<Kafka> {
     // free_port() leaves a short window before the broker binds; on a collision start afresh.
     let mut attempt = 1;
     loop {
-        match start(brokers, &lib).await {
+        match start(brokers, &lib, jvm).await {
             Err(e) if attempt < 3 && crate::process::is_port_clash(&e) => attempt += 1,
             other => return other,
         }
     }
 }
 
-async fn start(brokers: usize, lib: &Path) -> anyhow::Result<Kafka> {
+async fn start(brokers: usize, lib: &Path, jvm: Jvm) -> anyhow::Result<Kafka> {
     let dir = crate::scratch::instance_dir_on_disk("audctl-kafka-")?;
     std::fs::write(dir.path().join("log4j2-broker.properties"), BROKER_LOG4J)?;
     std::fs::write(dir.path().join("log4j2-tool.properties"), TOOL_LOG4J)?;
@@ -131,7 +138,7 @@ async fn start(brokers: usize, lib: &Path) -> anyhow::Result<Kafka> {
         }
     }
 
-    let mut kafka = Kafka { nodes, lib: lib.to_owned(), dir };
+    let mut kafka = Kafka { nodes, lib: lib.to_owned(), jvm, dir };
     let mut offsets = Vec::with_capacity(brokers);
     for i in 0..brokers {
         offsets.push(kafka.spawn_node(i)?);
@@ -203,11 +210,18 @@ impl Kafka {
         let root = self.dir.path().to_owned();
         let log4j = root.join("log4j2-broker.properties");
         let lib = self.lib.join("*");
+        let jvm = self.jvm;
         let node = self.node_mut(i);
         let offset = std::fs::metadata(&node.log).map(|m| m.len()).unwrap_or(0);
         let mut cmd = Command::new(java());
-        // The cleaner's dedupe buffer (128 MiB by default) lives on the heap: shrink it with the heap.
-        cmd.args(["-Xms32m", "-Xmx192m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"])
+        let options: &[&str] = match jvm {
+            // The cleaner's dedupe buffer (128 MiB by default) lives on the heap: shrink it with the heap.
+            Jvm::FastStart => &["-Xms32m", "-Xmx192m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"],
+            // What kafka-server-start.sh gives a broker: a 1 GiB heap and G1, the full JIT.
+            Jvm::Steady => &["-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"],
+        };
+        cmd.args(options)
+            .arg("-Djava.awt.headless=true")
             .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
             .arg("-cp")
             .arg(lib)

@@ -13,12 +13,21 @@ pub mod search;
 
 use std::path::PathBuf;
 
-pub use kafka::{Kafka, kafka};
+pub use kafka::{Kafka, kafka, kafka_with};
 pub use kube::{Kube, KubeOptions, kube, kube_with};
 pub use postgres::{PgOptions, Postgres, postgres, postgres_with};
 pub use process::{Process, free_port, wait_until};
 pub use redis::{RedisSentinel, redis_sentinel};
-pub use search::{Product, Search, search, search_with};
+pub use search::{Product, Search, search, search_jvm, search_with};
+
+/// How the testbed's JVMs (Kafka brokers, search nodes) run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jvm {
+    /// Small heaps and the C1 compiler only: tests start many clusters and care for start-up time.
+    FastStart,
+    /// Deployment-sized heaps and the full JIT: benchmarks measure steady state, as production runs.
+    Steady,
+}
 
 /// Where `cargo xtask deps install` puts binaries, jars and distributions: `$AUDCTL_CACHE`, else
 /// `$XDG_CACHE_HOME/audctl`, else `~/.cache/audctl`. Outside the clone so CI and new clones reuse it.

@@ -18,6 +18,7 @@ use nix::unistd::{Gid, Uid};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::Jvm;
 use crate::process::{Process, free_port, wait_until};
 
 /// The distributions the testbed runs; the one place they are kept (`cargo xtask deps install`
@@ -77,19 +78,24 @@ pub async fn search() -> anyhow::Result<Search> {
 }
 
 pub async fn search_with(product: Product) -> anyhow::Result<Search> {
+    search_jvm(product, Jvm::FastStart).await
+}
+
+/// [`search_with`] with the node's JVM profile chosen: benchmarks take [`Jvm::Steady`].
+pub async fn search_jvm(product: Product, jvm: Jvm) -> anyhow::Result<Search> {
     let home = crate::cache_dir().join(product.dist());
     crate::require(&product.dist(), &home.join("bin").join(product.stem()))?;
     // free_port() leaves a short window before the node binds; on a collision start afresh.
     let mut attempt = 1;
     loop {
-        match start(product, &home).await {
+        match start(product, &home, jvm).await {
             Err(e) if attempt < 3 && crate::process::is_port_clash(&e) => attempt += 1,
             other => return other,
         }
     }
 }
 
-async fn start(product: Product, dist: &Path) -> anyhow::Result<Search> {
+async fn start(product: Product, dist: &Path, jvm: Jvm) -> anyhow::Result<Search> {
     let owner = run_as_owner()?;
     let dir = crate::scratch::instance_dir_on_disk(&format!("audctl-{}-", product.stem()))?;
     let root = dir.path();
@@ -150,8 +156,15 @@ cluster.routing.allocation.disk.threshold_enabled: false
     };
     cmd.current_dir(root)
         .env(product.env("PATH_CONF"), &conf)
-        // C1 only: start-up is JIT-bound; measured 63 s -> 34 s for ES at load ~5 on 2 cores.
-        .env(product.env("JAVA_OPTS"), "-Xms256m -Xmx512m -XX:TieredStopAtLevel=1")
+        .env(
+            product.env("JAVA_OPTS"),
+            match jvm {
+                // C1 only: start-up is JIT-bound; measured 63 s -> 34 s for ES at load ~5 on 2 cores.
+                Jvm::FastStart => "-Xms256m -Xmx512m -XX:TieredStopAtLevel=1",
+                // values/defaults.yaml's elasticsearch.javaOpts, the full JIT.
+                Jvm::Steady => "-Xms1g -Xmx1g",
+            },
+        )
         .env(product.env("JAVA_HOME"), java_home()?)
         .env(product.env("TMPDIR"), &tmp);
     let mut process = Process::spawn(product.stem(), cmd, root.join(format!("{}.log", product.stem())))?;

@@ -16,26 +16,29 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
-use super::{Figure, KEY, body_bytes, drive, event};
+use super::{Figure, KEY, body_bytes, cpu, drive, event};
 
 /// The figures of both servers and a summary line.
 pub async fn outbox_cost(
     pg: &testbed::postgres::Postgres,
     http: &reqwest::Client,
-    clients: usize,
-    pool: u32,
+    args: &super::Args,
     duration: Duration,
 ) -> Result<(Vec<Figure>, String)> {
-    eprintln!("starting Kafka (testbed, 3 brokers)...");
-    let kafka = testbed::kafka(3).await?;
+    let (clients, pool) = (args.clients, args.pool);
+    // Steady-state JVMs (deployment heaps, the full JIT), not the tests' fast-start profile: on
+    // two shared cores the brokers' and the node's CPU per event is taken from the servers'.
+    eprintln!("starting Kafka (testbed, 3 brokers, steady-state JVMs)...");
+    let kafka = testbed::kafka_with(3, args.jvm).await?;
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create()?;
     let topic = NewTopic::new("audit-events", 3, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
     for r in admin.create_topics(&[topic], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
     }
-    eprintln!("starting Elasticsearch (testbed)...");
-    let search = testbed::search().await?;
+    eprintln!("starting Elasticsearch (testbed, steady-state JVM)...");
+    let search = testbed::search_jvm(testbed::Product::Elasticsearch, args.jvm).await?;
+    let index_settings = production_index_settings()?;
     let mut servers = Vec::new();
     for (name, with_kafka) in [("bench_plain", false), ("bench_outbox", true)] {
         let dir = tempfile::tempdir()?;
@@ -45,18 +48,27 @@ pub async fn outbox_cost(
         config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
         config.db_max_connections = pool;
         config.kafka = with_kafka.then(|| KafkaConfig::new(kafka.bootstrap_servers()));
-        config.search = with_kafka.then(|| SearchConfig::new(search.url()));
+        config.search = with_kafka.then(|| {
+            let mut s = SearchConfig::new(search.url());
+            s.index_settings = index_settings.clone();
+            s
+        });
         servers.push((audit_server::spawn(config).await?, dir));
     }
     let bodies = Arc::new((0..100).map(|t| body_bytes(&event(&format!("tenant-{t}")))).collect::<Vec<_>>());
     let mut rates = [Vec::new(), Vec::new()];
+    let mut cores = [Vec::new(), Vec::new()];
     for (round, order) in [[0, 1], [1, 0]].into_iter().enumerate() {
         for i in order {
             let server = &servers[i].0;
             let label = if i == 0 { "without the outbox" } else { "with the outbox (Kafka and search)" };
             eprintln!("running: outbox comparison, round {}, {label}", round + 1);
             let url = format!("{}/api/v1/events", server.base_url());
+            let before = cpu::sample();
             let f = drive(http, &url, bodies.clone(), clients, 1, duration).await?;
+            let used = cpu::sample().since(&before);
+            eprintln!("  {:.0} events/s; {used}", f.events_per_sec);
+            cores[i].push(used);
             rates[i].push(f);
         }
     }
@@ -95,7 +107,7 @@ pub async fn outbox_cost(
             p99_ms: runs.iter().filter_map(|f| f.p99_ms).reduce(f64::max),
             errors: runs.iter().map(|f| f.errors).sum(),
             load: runs.iter().map(|f| f.load).fold(0.0, f64::max),
-            phases: None,
+            phases: Some(cores[i].join("; ")),
         });
     }
     let summary = format!(
@@ -107,4 +119,15 @@ pub async fn outbox_cost(
         means[1] / means[0].max(1.0),
     );
     Ok((figures, summary))
+}
+
+/// The index settings a deployment gives the audit indices: values/defaults.yaml's
+/// `elasticsearch.indexSettings` (refresh every 5 s, asynchronous translog), read from the file.
+fn production_index_settings() -> Result<serde_json::Map<String, serde_json::Value>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../values/defaults.yaml");
+    let values: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
+    match &values["elasticsearch"]["indexSettings"] {
+        serde_json::Value::Object(settings) => Ok(settings.clone()),
+        other => bail!("{path}: elasticsearch.indexSettings is not a mapping: {other}"),
+    }
 }
