@@ -26,9 +26,7 @@ pub async fn outbox_cost(
     duration: Duration,
 ) -> Result<(Vec<Figure>, String)> {
     let (clients, pool) = (args.clients, args.pool);
-    // Steady-state JVMs (deployment heaps, the full JIT), not the tests' fast-start profile: on
-    // two shared cores the brokers' and the node's CPU per event is taken from the servers'.
-    eprintln!("starting Kafka (testbed, 3 brokers, steady-state JVMs)...");
+    eprintln!("starting Kafka (testbed, 3 brokers, {:?} JVMs)...", args.jvm);
     let kafka = testbed::kafka_with(3, args.jvm).await?;
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create()?;
@@ -36,7 +34,7 @@ pub async fn outbox_cost(
     for r in admin.create_topics(&[topic], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
     }
-    eprintln!("starting Elasticsearch (testbed, steady-state JVM)...");
+    eprintln!("starting Elasticsearch (testbed, {:?} JVM)...", args.jvm);
     let search = testbed::search_jvm(testbed::Product::Elasticsearch, args.jvm).await?;
     let index_settings = production_index_settings()?;
     let mut servers = Vec::new();
