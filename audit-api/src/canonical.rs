@@ -92,7 +92,8 @@ fn write_number(n: &serde_json::Number, out: &mut String) {
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
+/// Append the JCS text of a string (quoted, with the escapes RFC 8785 prescribes).
+pub fn write_string(s: &str, out: &mut String) {
     out.push('"');
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
