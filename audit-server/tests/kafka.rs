@@ -179,6 +179,16 @@ fn events_of<'a>(records: &'a [Record], tenant: &'a str) -> impl Iterator<Item =
     records.iter().filter(move |r| r.key == tenant && r.headers.get("type").map(String::as_str) == Some("event"))
 }
 
+/// Poll a count until it is above zero (every 50 ms, up to [`DEADLINE`]).
+async fn until_positive(conn: &mut sqlx::PgConnection, count: &'static str, never: &str) -> Result<()> {
+    let start = Instant::now();
+    while sqlx::query_scalar::<_, i64>(count).fetch_one(&mut *conn).await? <= 0 {
+        ensure!(start.elapsed() < DEADLINE, "{never}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Outbox rows left (only to know when the relay is done: the checks read the topic).
 async fn outbox_rows(db: &Db) -> Result<i64> {
     Ok(match &db.url {
@@ -317,33 +327,12 @@ async fn killed_between_publish_and_record() -> Result<()> {
         wait_for_acks(&acked, 200, DEADLINE).await?;
         // The relay's start-up resync also writes offsets (before publishing anything): wait for
         // a first recorded batch, so the lock below catches a publish, not the resync.
-        let start = Instant::now();
-        loop {
-            let recorded: i64 =
-                sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM outbox_kafka_offsets")
-                    .fetch_one(&mut lock)
-                    .await?;
-            if recorded > 0 {
-                break;
-            }
-            ensure!(start.elapsed() < DEADLINE, "the relay never recorded a batch");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let recorded = "SELECT COALESCE(sum(next_offset), 0)::bigint FROM outbox_kafka_offsets";
+        until_positive(&mut lock, recorded, "the relay never recorded a batch").await?;
         sqlx::raw_sql("BEGIN; LOCK TABLE outbox_kafka_offsets IN EXCLUSIVE MODE").execute(&mut lock).await?;
         // The relay publishes its next batch, then waits on the lock to record it.
-        let start = Instant::now();
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE relation = 'outbox_kafka_offsets'::regclass AND NOT granted",
-            )
-            .fetch_one(&mut lock)
-            .await?;
-            if waiting > 0 {
-                break;
-            }
-            ensure!(start.elapsed() < DEADLINE, "the relay never tried to record a batch");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'outbox_kafka_offsets'::regclass AND NOT granted";
+        until_positive(&mut lock, waiting, "the relay never tried to record a batch").await?;
         // The topic holds messages beyond the offsets the database has recorded.
         let recorded: i64 =
             sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::bigint FROM outbox_kafka_offsets")
