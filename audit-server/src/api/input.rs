@@ -155,8 +155,8 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
     if errors.len() > before {
         return None;
     }
-    // Deserialized from the borrowed value: no copy of the event (a clone here was a tenth of
-    // the server's time with batches, docs/profile.md).
+    // Deserialized from the borrowed value: no copy of the event (the clone it replaces showed
+    // in the profile with batches, docs/profile.md).
     match NewEvent::deserialize(value) {
         Ok(mut e) => {
             e.occurred_at = occurred_at;
