@@ -38,6 +38,7 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
     purger: JoinHandle<()>,
+    outbox_upkeep: Option<JoinHandle<()>>,
     publisher: Option<JoinHandle<()>>,
     verifier: Option<JoinHandle<()>>,
     kafka: Option<ConsumerTasks>,
@@ -75,6 +76,9 @@ impl RunningServer {
         let _ = self.stop.send(true);
         let served = self.task.await.context("server task panicked")?;
         self.purger.abort();
+        if let Some(u) = &self.outbox_upkeep {
+            u.abort();
+        }
         if let Some(p) = &self.publisher {
             p.abort();
         }
@@ -163,6 +167,15 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         }
         None => (None, None),
     };
+    let mut running = Vec::new();
+    if config.kafka.is_some() {
+        running.push(outbox::KAFKA);
+    }
+    if config.search.is_some() {
+        running.push(search::SEARCH);
+    }
+    let outbox_upkeep =
+        (!running.is_empty()).then(|| tokio::spawn(outbox_upkeep(store.clone(), metrics.clone(), running)));
     let limits = appender::Limits {
         max_run_events: config.group_commit_max_events,
         // SQLite has one writer: a second lane would only wait for the first one's lock.
@@ -266,6 +279,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         stop,
         task,
         purger,
+        outbox_upkeep,
         publisher,
         verifier,
         kafka,
@@ -341,6 +355,42 @@ async fn sample_lag(
                 seconds.store(age.as_secs_f64().to_bits(), Ordering::Relaxed);
             }
             Err(e) => tracing::debug!(error = %e, consumer, "sampling the outbox lag failed"),
+        }
+    }
+}
+
+/// Every replica with the outbox on: warn at start about consumers registered in the database
+/// that this replica does not run (their cursors hold rows back), then sample the outbox's size
+/// every 2 s and purge every row all consumers passed every 10 s (see
+/// [`Store::outbox_purge_passed`]).
+async fn outbox_upkeep(store: Arc<Store>, metrics: Arc<metrics::Metrics>, running: Vec<&'static str>) {
+    match store.outbox_consumers().await {
+        Ok(registered) => {
+            for c in registered.iter().filter(|c| !running.contains(&c.as_str())) {
+                tracing::warn!(
+                    consumer = %c,
+                    unregister = %format!(
+                        "DELETE FROM outbox_cursors WHERE consumer = '{c}'; DELETE FROM outbox_consumers WHERE consumer = '{c}'"
+                    ),
+                    "an outbox consumer is registered in the database but not configured on this replica: outbox rows \
+                     are kept until it passes them (audit_outbox_rows grows); if it was removed for good, unregister it"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing the outbox consumers failed"),
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u64.. {
+        tick.tick().await;
+        if n % 5 == 4
+            && let Err(e) = store.outbox_purge_passed().await
+        {
+            tracing::debug!(error = %e, "purging passed outbox rows failed");
+        }
+        match store.outbox_rows().await {
+            Ok(rows) => metrics.outbox_rows.store(rows, Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "sampling the outbox size failed"),
         }
     }
 }

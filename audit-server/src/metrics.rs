@@ -44,6 +44,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_search_indexer_leader",
     "audit_search_index_lag_events",
     "audit_search_index_lag_seconds",
+    "audit_outbox_rows",
 ];
 
 /// The `phase` labels of `audit_append_phase_seconds_total`: `queue` is summed over requests (time
@@ -77,6 +78,8 @@ pub struct Metrics {
     /// The GET-by-id cache in Redis (`crate::event_cache`).
     pub cache: CacheMetrics,
     pub search: SearchMetrics,
+    /// Rows in the outbox (all consumers), sampled by every replica with the outbox on.
+    pub outbox_rows: AtomicU64,
 }
 
 /// The search indexer's figures (all zero without search). Lag is sampled from the database by
@@ -254,6 +257,11 @@ impl Metrics {
                 "audit_kafka_relay_leader",
                 "1 while this replica's Kafka relay holds the lease.",
                 k.leader.load(Ordering::Relaxed),
+            ),
+            (
+                "audit_outbox_rows",
+                "Outbox rows some registered consumer has not passed (grows if a registered consumer no longer runs).",
+                self.outbox_rows.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in gauges {

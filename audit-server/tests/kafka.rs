@@ -376,3 +376,48 @@ async fn killed_between_publish_and_record() -> Result<()> {
     }
     Ok(())
 }
+
+/// A consumer registered in the database but run by no replica (search switched off, say) holds
+/// its rows back: `audit_outbox_rows` shows them while Kafka's lag is 0. Once it is unregistered,
+/// the periodic purge removes them, also for tenants that get no new events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_consumer_releases_the_outbox() -> Result<()> {
+    let kafka = kafka_with_topic().await?;
+    let db = Db::new(Backend::Postgres, "kafka_gone").await?;
+    let url = db.url.clone().context("PostgreSQL URL")?;
+    let mut config = db.config();
+    config.kafka = Some(kafka_config(&kafka));
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::query("INSERT INTO outbox_consumers (consumer, stream_id) VALUES ('gone', 'gone')")
+        .execute(&mut conn)
+        .await?;
+    for i in 0..30 {
+        let tenant = TENANTS[i % 3];
+        let (status, body) = api.post(ADMIN_KEY, "/api/v1/events", &event(tenant, "alice", "LOGIN")).await?;
+        ensure!(status == 201, "append {i}: {status} {body}");
+    }
+    let until = |name: &'static str, want: f64| {
+        let api = api.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let value = metric(&api, name).await?;
+                if value == want {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                ensure!(start.elapsed() < DEADLINE, "{name} stays at {value}, expected {want}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    until("audit_kafka_publish_lag_events", 0.0).await?;
+    until("audit_outbox_rows", 30.0).await.context("the rows the unrun consumer holds back")?;
+    ensure!(outbox_rows(&db).await? == 30, "the database disagrees with audit_outbox_rows");
+    sqlx::query("DELETE FROM outbox_consumers WHERE consumer = 'gone'").execute(&mut conn).await?;
+    // No new events: only the periodic purge can remove them.
+    until("audit_outbox_rows", 0.0).await.context("rows passed by every remaining consumer")?;
+    ensure!(outbox_rows(&db).await? == 0, "rows left in the outbox");
+    server.shutdown().await
+}

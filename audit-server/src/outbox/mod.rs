@@ -250,6 +250,31 @@ impl Store {
         Ok(out)
     }
 
+    /// Rows in the outbox: events some registered consumer has not passed yet.
+    pub async fn outbox_rows(&self) -> Result<u64, StoreError> {
+        on_store!(self, pool => {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(pool).await?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    /// The consumers registered in this database (whether or not a replica runs them).
+    pub async fn outbox_consumers(&self) -> Result<Vec<String>, StoreError> {
+        on_store!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT consumer FROM outbox_consumers ORDER BY consumer").fetch_all(pool).await?)
+        })
+    }
+
+    /// Delete every row all registered consumers have passed, whatever its tenant. The consumers'
+    /// own purges look only at the tenants they just handled; this catches rows a consumer held
+    /// back before it was unregistered, for tenants that get no new events.
+    pub async fn outbox_purge_passed(&self) -> Result<u64, StoreError> {
+        let sql = format!("DELETE FROM outbox WHERE {PASSED_BY_ALL}");
+        on_store!(self, pool => {
+            Ok(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(pool).await?.rows_affected())
+        })
+    }
+
     /// Kafka: the recorded next offset of each partition of `topic`.
     pub async fn outbox_kafka_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
         on_store!(self, pool => {
