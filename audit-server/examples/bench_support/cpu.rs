@@ -15,13 +15,24 @@ pub struct Sample {
     ticks: BTreeMap<&'static str, u64>,
 }
 
-/// Which component a process is: this process (the servers and the load clients), PostgreSQL,
-/// a Kafka broker, the search node, or anything else.
-fn component(pid: u32, comm: &str, cmdline: &str) -> &'static str {
-    if pid == std::process::id() {
-        "bench process (servers + clients)"
-    } else if comm.starts_with("postgres") || comm.starts_with("postmaster") {
-        "postgres"
+/// This process's threads that run the load clients (a runtime of their own, see
+/// [`client_runtime`]); the rest of the process is the servers (and, outside the outbox
+/// comparison, clients on the main runtime too).
+pub const CLIENT_THREAD: &str = "bench-client";
+pub const SERVERS: &str = "bench process less load-client threads";
+pub const CLIENTS: &str = "load clients";
+pub const POSTGRES: &str = "postgres";
+
+/// A runtime for the load clients alone, so that their CPU is told apart from the servers'.
+pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(CLIENT_THREAD).enable_all().build()
+}
+
+/// Which component a process is: PostgreSQL, a Kafka broker, the search node, or anything else
+/// (this process is counted per thread, see [`sample`]).
+fn component(comm: &str, cmdline: &str) -> &'static str {
+    if comm.starts_with("postgres") || comm.starts_with("postmaster") {
+        POSTGRES
     } else if cmdline.contains("kafka.Kafka") {
         "kafka brokers"
     } else if cmdline.contains("elasticsearch") || cmdline.contains("opensearch") {
@@ -31,25 +42,61 @@ fn component(pid: u32, comm: &str, cmdline: &str) -> &'static str {
     }
 }
 
+/// comm and utime + stime of one /proc/<pid> or /proc/<pid>/task/<tid> entry.
+fn stat(dir: &std::path::Path) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // comm is in parentheses and may hold spaces: the fields after the last ')' are fixed.
+    let close = stat.rfind(')')?;
+    let comm = stat[..close].split_once('(').map(|(_, c)| c).unwrap_or("");
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // After ')': state(3) ... utime is field 14 and stime 15 of the whole line, here 11 and 12.
+    let used = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Some((comm.to_owned(), used(11) + used(12)))
+}
+
 pub fn sample() -> Sample {
     let mut ticks = BTreeMap::new();
+    let me = std::process::id();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // comm is in parentheses and may hold spaces: the fields after the last ')' are fixed.
-        let Some(close) = stat.rfind(')') else { continue };
-        let comm = stat[..close].split_once('(').map(|(_, c)| c).unwrap_or("");
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After ')': state(3) ... utime is field 14 and stime 15 of the whole line, here 11 and 12.
-        let used = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if pid == me {
+            // The whole process (threads that ended included) less the client runtime's threads
+            // (told apart by name; they live as long as the runtime).
+            let Some((_, total)) = stat(&entry.path()) else { continue };
+            let clients: u64 = std::fs::read_dir(entry.path().join("task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|task| stat(&task.path()))
+                .filter(|(comm, _)| comm.starts_with(CLIENT_THREAD))
+                .map(|(_, used)| used)
+                .sum();
+            ticks.insert(CLIENTS, clients);
+            ticks.insert(SERVERS, total.saturating_sub(clients));
+            continue;
+        }
+        let Some((comm, used)) = stat(&entry.path()) else { continue };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        *ticks.entry(component(pid, comm, &cmdline)).or_insert(0) += used(11) + used(12);
+        *ticks.entry(component(&comm, &cmdline)).or_insert(0) += used;
     }
     Sample { at: Instant::now(), ticks }
 }
 
 impl Sample {
+    /// Cores the named components used together since `before`.
+    pub fn cores(&self, before: &Sample, names: &[&str]) -> f64 {
+        let seconds = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
+        let ticks: u64 = names
+            .iter()
+            .map(|n| {
+                let now = self.ticks.get(n).copied().unwrap_or(0);
+                now.saturating_sub(before.ticks.get(n).copied().unwrap_or(0))
+            })
+            .sum();
+        ticks as f64 / TICKS_PER_SECOND / seconds
+    }
+
     /// Cores used by each component since `before` ("postgres 0.91, kafka brokers 0.35, ...").
     /// Processes that ended in between are not counted (their ticks are gone with them).
     pub fn since(&self, before: &Sample) -> String {

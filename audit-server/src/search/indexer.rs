@@ -50,9 +50,12 @@ impl Indexer {
             } else {
                 match self.step().await {
                     Ok(0) => Some(self.config.poll_interval),
-                    Ok(_) => {
+                    // A full batch: more is waiting, go on at once. A partial one: the indexer
+                    // keeps up, so let the next batch fill for one poll interval rather than
+                    // paying a bulk request and a cursor transaction for every few events.
+                    Ok(n) => {
                         backoff = self.config.poll_interval;
-                        None
+                        (n < self.config.batch_max_events).then_some(self.config.poll_interval)
                     }
                     Err(e) => {
                         self.metrics.search.failures.fetch_add(1, Ordering::Relaxed);
