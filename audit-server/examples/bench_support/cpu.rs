@@ -100,11 +100,9 @@ impl Sample {
     /// Cores used by each component since `before` ("postgres 0.91, kafka brokers 0.35, ...").
     /// Processes that ended in between are not counted (their ticks are gone with them).
     pub fn since(&self, before: &Sample) -> String {
-        let seconds = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
         let mut parts = Vec::new();
-        for (name, &now) in &self.ticks {
-            let was = before.ticks.get(name).copied().unwrap_or(0);
-            let cores = now.saturating_sub(was) as f64 / TICKS_PER_SECOND / seconds;
+        for name in self.ticks.keys() {
+            let cores = self.cores(before, &[name]);
             if cores >= 0.005 {
                 parts.push(format!("{name} {cores:.2}"));
             }

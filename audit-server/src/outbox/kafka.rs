@@ -228,16 +228,17 @@ impl Relay {
                         };
                         let asked = Instant::now();
                         match self.store.outbox_advance(&progress).await {
-                            // A partial batch: the relay keeps up; let the next one fill for a
-                            // poll interval (fewer, larger produce requests and cursor writes).
-                            Ok(true) if pending.len() < self.config.batch_max_events => {
+                            Ok(true) => {
                                 valid_from = asked;
-                                if wait(stop, self.config.poll_interval).await {
+                                // A partial batch: the relay keeps up; let the next one fill for a
+                                // poll interval (fewer, larger produce requests and cursor writes).
+                                if pending.len() < self.config.batch_max_events
+                                    && wait(stop, self.config.poll_interval).await
+                                {
                                     discard(producer).await;
                                     return Ended::Stopped;
                                 }
                             }
-                            Ok(true) => valid_from = asked,
                             Ok(false) => {
                                 discard(producer).await;
                                 return Ended::LeaseLost;

@@ -12,6 +12,7 @@ use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::{Method, Url};
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Value, json};
 
 use crate::config::SearchConfig;
@@ -86,7 +87,7 @@ impl SearchClient {
             "_meta": {"managed_by": "audit-server"}
         });
         let path = format!("/_index_template/{}", self.prefix);
-        self.call(Method::Put, &path, Some(body.to_string()), None).await.map(|_| ())
+        self.call::<IgnoredAny>(Method::Put, &path, Some(body.to_string()), None).await.map(|_| ())
     }
 
     /// Index events in one bulk request: one result per event, in order (a 200 can carry failed
@@ -106,8 +107,7 @@ impl SearchClient {
         // Only each item's status and error come back (filter_path), not its index, id, version
         // and shard counts: a smaller answer for the cluster to write and for us to read.
         let path = "/_bulk?filter_path=items.*.status,items.*.error";
-        let text = self.call_text(Method::Post, path, Some(body), Some("application/x-ndjson")).await?;
-        let answer: BulkAnswer = serde_json::from_str(&text).map_err(|e| format!("{path}: unexpected answer: {e}"))?;
+        let answer: BulkAnswer = self.call(Method::Post, path, Some(body), Some("application/x-ndjson")).await?;
         if answer.items.len() != events.len() {
             return Err(format!("bulk answered {} items for {} events", answer.items.len(), events.len()));
         }
@@ -132,28 +132,17 @@ impl SearchClient {
 
     /// Make what was indexed visible to searches now (tests, tools; the cluster does it every second).
     pub async fn refresh(&self) -> Result<(), String> {
-        self.call(Method::Post, &format!("/{}/_refresh", self.pattern()), None, None).await.map(|_| ())
+        self.call::<IgnoredAny>(Method::Post, &format!("/{}/_refresh", self.pattern()), None, None).await.map(|_| ())
     }
 
-    async fn call(
+    /// A request whose 2xx answer is read as `T` (any other status is an error).
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<String>,
         kind: Option<&str>,
-    ) -> Result<Value, String> {
-        let text = self.call_text(method, path, body, kind).await?;
-        serde_json::from_str(&text).map_err(|e| format!("{path}: answer is not JSON: {e}"))
-    }
-
-    /// A request whose 2xx answer is returned as text (any other status is an error).
-    async fn call_text(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-        kind: Option<&str>,
-    ) -> Result<String, String> {
+    ) -> Result<T, String> {
         let mut headers = HeaderMap::new();
         if let Some(k) = kind {
             headers.insert(CONTENT_TYPE, HeaderValue::from_str(k).map_err(|e| e.to_string())?);
@@ -172,7 +161,7 @@ impl SearchClient {
                 .unwrap_or_else(|| text.chars().take(200).collect());
             return Err(format!("{path}: status {status}: {reason}"));
         }
-        Ok(text)
+        serde_json::from_str(&text).map_err(|e| format!("{path}: unexpected answer: {e}"))
     }
 }
 
