@@ -451,6 +451,12 @@ fn write_config(data: &Path, archive: Option<&Path>, tuning: bool) -> anyhow::Re
         // Later lines win in postgresql.conf: these replace the small footprint above.
         text.push_str(PRODUCTION_TUNING);
     }
+    // Profiling aid (never set by the tests): more lines, e.g.
+    // `shared_preload_libraries = 'pg_stat_statements'` for a benchmark run.
+    if let Ok(extra) = std::env::var("AUDCTL_TESTBED_PG_CONF") {
+        text.push_str(&extra.replace(';', "\n"));
+        text.push('\n');
+    }
     if let Some(dir) = archive {
         // Refuse to overwrite an archived segment, as the documentation's example does.
         text.push_str(&format!(

@@ -45,10 +45,22 @@ pub async fn outbox_cost(
         config.database_url = Some(pg.create_database(name).await?);
         config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
         config.db_max_connections = pool;
-        config.kafka = with_kafka.then(|| KafkaConfig::new(kafka.bootstrap_servers()));
+        config.kafka = with_kafka.then(|| {
+            let mut k = KafkaConfig::new(kafka.bootstrap_servers());
+            k.properties = knob("BENCH_KAFKA_PROPERTIES")
+                .map(|p| p.split(';').filter_map(|kv| kv.split_once('=')).map(|(a, b)| (a.into(), b.into())).collect())
+                .unwrap_or_default();
+            if let Some(ms) = knob("BENCH_KAFKA_POLL_MS").and_then(|v| v.parse().ok()) {
+                k.poll_interval = Duration::from_millis(ms);
+            }
+            k
+        });
         config.search = with_kafka.then(|| {
             let mut s = SearchConfig::new(search.url());
             s.index_settings = index_settings.clone();
+            if let Some(ms) = knob("BENCH_SEARCH_POLL_MS").and_then(|v| v.parse().ok()) {
+                s.poll_interval = Duration::from_millis(ms);
+            }
             s
         });
         servers.push((audit_server::spawn(config).await?, dir));
@@ -167,4 +179,9 @@ fn production_index_settings() -> Result<serde_json::Map<String, serde_json::Val
         serde_json::Value::Object(settings) => Ok(settings.clone()),
         other => bail!("{path}: elasticsearch.indexSettings is not a mapping: {other}"),
     }
+}
+
+/// Experiment knob (environment), for trying relay and indexer settings.
+fn knob(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }

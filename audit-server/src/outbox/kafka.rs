@@ -64,6 +64,9 @@ const BLOCKING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long reading the partition ends may take before the resync is retried.
 const RESYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The relay producer's defaults, overridable with `AUDIT_KAFKA_PROPERTIES`.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("linger.ms", "5")];
+
 /// Message headers (the dedup key is `stream` + `tenantId` + `sequence`).
 pub const HEADER_TENANT: &str = "tenantId";
 pub const HEADER_SEQUENCE: &str = "sequence";
@@ -295,16 +298,7 @@ impl Relay {
     }
 
     fn producer(&self) -> anyhow::Result<FutureProducer> {
-        let mut c = client_config(&self.config);
-        c.set("client.id", "audit-server-outbox")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "0")
-            .set("enable.gapless.guarantee", "true")
-            .set("partitioner", "murmur2_random")
-            .set("max.in.flight.requests.per.connection", "5")
-            .set("linger.ms", "5");
-        c.create().context("creating the Kafka producer (check AUDIT_KAFKA_PROPERTIES)")
+        producer_config(&self.config).create().context("creating the Kafka producer (check AUDIT_KAFKA_PROPERTIES)")
     }
 
     /// Enqueue the batch in order and wait for every acknowledgement, renewing the lease meanwhile.
@@ -567,7 +561,29 @@ fn read_ends(config: &KafkaConfig, stream: &str, from: &BTreeMap<i32, i64>) -> a
 
 /// The configured librdkafka properties and the brokers (each client adds its own settings).
 fn client_config(config: &KafkaConfig) -> ClientConfig {
+    client_config_over(config, &[])
+}
+
+/// The relay producer's settings: defaults, then the operator's properties, then the guarantees.
+fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config_over(config, PRODUCER_DEFAULTS);
+    c.set("client.id", "audit-server-outbox")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("enable.gapless.guarantee", "true")
+        .set("partitioner", "murmur2_random")
+        .set("max.in.flight.requests.per.connection", "5");
+    c
+}
+
+/// [`client_config`] over `defaults`: properties the operator may override (a throughput trade-off
+/// such as `linger.ms`), unlike those set after it (the guarantees, [`crate::config`]'s KAFKA_FIXED).
+fn client_config_over(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     for (k, v) in &config.properties {
         c.set(k, v);
     }
@@ -662,6 +678,20 @@ mod tests {
             previous_hash: String::new(),
         };
         Pending { position, after, row }
+    }
+
+    #[test]
+    fn operator_properties_override_the_defaults_but_not_the_guarantees() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092");
+        let c = producer_config(&config);
+        assert_eq!(c.get("linger.ms"), Some("5"));
+        config.properties = vec![("linger.ms".into(), "20".into()), ("compression.type".into(), "lz4".into())];
+        let c = producer_config(&config);
+        assert_eq!(c.get("linger.ms"), Some("20"));
+        assert_eq!(c.get("compression.type"), Some("lz4"));
+        // The config loader refuses fixed keys; even if one got through, the guarantee is set last.
+        config.properties = vec![("acks".into(), "1".into())];
+        assert_eq!(producer_config(&config).get("acks"), Some("all"));
     }
 
     #[test]
