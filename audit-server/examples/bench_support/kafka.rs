@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use audit_server::config::{KafkaConfig, SearchConfig};
 use audit_server::{ApiKeyConfig, Config};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -37,6 +36,16 @@ pub async fn outbox_cost(
     eprintln!("starting Elasticsearch (testbed, {:?} JVM)...", args.jvm);
     let search = testbed::search_jvm(testbed::Product::Elasticsearch, args.jvm).await?;
     let index_settings = production_index_settings()?;
+    // The relay's and the indexer's settings come through the server's own loader, from this
+    // environment's AUDIT_KAFKA_* and AUDIT_SEARCH_* (e.g. AUDIT_KAFKA_PROPERTIES): a bench run
+    // tries exactly what a deployment would set, refused where the server would refuse it.
+    let (bootstrap, search_url) = (kafka.bootstrap_servers().to_string(), search.url().to_string());
+    let tuned = Config::from_lookup(|name| match name {
+        "AUDIT_KAFKA_BOOTSTRAP_SERVERS" => Some(bootstrap.clone()),
+        "AUDIT_SEARCH_URL" => Some(search_url.clone()),
+        n if n.starts_with("AUDIT_KAFKA_") || n.starts_with("AUDIT_SEARCH_") => std::env::var(n).ok(),
+        _ => None,
+    })?;
     let mut servers = Vec::new();
     for (name, with_kafka) in [("bench_plain", false), ("bench_outbox", true)] {
         let dir = tempfile::tempdir()?;
@@ -45,22 +54,9 @@ pub async fn outbox_cost(
         config.database_url = Some(pg.create_database(name).await?);
         config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
         config.db_max_connections = pool;
-        config.kafka = with_kafka.then(|| {
-            let mut k = KafkaConfig::new(kafka.bootstrap_servers());
-            k.properties = knob("BENCH_KAFKA_PROPERTIES")
-                .map(|p| p.split(';').filter_map(|kv| kv.split_once('=')).map(|(a, b)| (a.into(), b.into())).collect())
-                .unwrap_or_default();
-            if let Some(ms) = knob("BENCH_KAFKA_POLL_MS").and_then(|v| v.parse().ok()) {
-                k.poll_interval = Duration::from_millis(ms);
-            }
-            k
-        });
-        config.search = with_kafka.then(|| {
-            let mut s = SearchConfig::new(search.url());
+        config.kafka = with_kafka.then(|| tuned.kafka.clone()).flatten();
+        config.search = with_kafka.then(|| tuned.search.clone()).flatten().map(|mut s| {
             s.index_settings = index_settings.clone();
-            if let Some(ms) = knob("BENCH_SEARCH_POLL_MS").and_then(|v| v.parse().ok()) {
-                s.poll_interval = Duration::from_millis(ms);
-            }
             s
         });
         servers.push((audit_server::spawn(config).await?, dir));
@@ -179,9 +175,4 @@ fn production_index_settings() -> Result<serde_json::Map<String, serde_json::Val
         serde_json::Value::Object(settings) => Ok(settings.clone()),
         other => bail!("{path}: elasticsearch.indexSettings is not a mapping: {other}"),
     }
-}
-
-/// Experiment knob (environment), for trying relay and indexer settings.
-fn knob(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
