@@ -361,7 +361,7 @@ async fn sample_lag(
 
 /// Every replica with the outbox on: warn at start about consumers registered in the database
 /// that this replica does not run (their cursors hold rows back), then sample the outbox's size
-/// every 2 s and purge every row all consumers passed every 10 s (see
+/// every 2 s and purge every passed row every 10 s (see
 /// [`Store::outbox_purge_passed`]).
 async fn outbox_upkeep(store: Arc<Store>, metrics: Arc<metrics::Metrics>, running: Vec<&'static str>) {
     match store.outbox_consumers().await {
@@ -370,10 +370,11 @@ async fn outbox_upkeep(store: Arc<Store>, metrics: Arc<metrics::Metrics>, runnin
                 tracing::warn!(
                     consumer = %c,
                     unregister = %format!(
-                        "DELETE FROM outbox_cursors WHERE consumer = '{c}'; DELETE FROM outbox_consumers WHERE consumer = '{c}'"
+                        "DELETE FROM outbox_cursors WHERE consumer = '{c}'; DELETE FROM outbox_consumers WHERE consumer = '{c}'; \
+                         DELETE FROM outbox WHERE consumer = '{c}'"
                     ),
-                    "an outbox consumer is registered in the database but not configured on this replica: outbox rows \
-                     are kept until it passes them (audit_outbox_rows grows); if it was removed for good, unregister it"
+                    "an outbox consumer is registered in the database but not configured on this replica: its outbox \
+                     rows are kept until it passes them (audit_outbox_rows grows); if it was removed for good, unregister it"
                 );
             }
         }

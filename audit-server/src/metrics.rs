@@ -78,7 +78,7 @@ pub struct Metrics {
     /// The GET-by-id cache in Redis (`crate::event_cache`).
     pub cache: CacheMetrics,
     pub search: SearchMetrics,
-    /// Rows in the outbox (all consumers), sampled by every replica with the outbox on.
+    /// Rows in the outbox (one per event and consumer), sampled by every replica with the outbox on.
     pub outbox_rows: AtomicU64,
 }
 
@@ -260,7 +260,7 @@ impl Metrics {
             ),
             (
                 "audit_outbox_rows",
-                "Outbox rows some registered consumer has not passed (grows if a registered consumer no longer runs).",
+                "Outbox rows (one per event and registered consumer) not passed yet (grows if a registered consumer no longer runs).",
                 self.outbox_rows.load(Ordering::Relaxed),
             ),
         ];

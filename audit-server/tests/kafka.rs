@@ -377,8 +377,8 @@ async fn killed_between_publish_and_record() -> Result<()> {
     Ok(())
 }
 
-/// A consumer registered in the database but run by no replica (search switched off, say) holds
-/// its rows back: `audit_outbox_rows` shows them while Kafka's lag is 0. Once it is unregistered,
+/// A consumer registered in the database but run by no replica (search switched off, say) gets
+/// rows of its own: `audit_outbox_rows` shows them while Kafka's lag is 0. Once it is unregistered,
 /// the periodic purge removes them, also for tenants that get no new events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistered_consumer_releases_the_outbox() -> Result<()> {
@@ -415,8 +415,8 @@ async fn unregistered_consumer_releases_the_outbox() -> Result<()> {
     until("audit_kafka_publish_lag_events", 0.0).await?;
     until("audit_outbox_rows", 30.0).await.context("the rows the unrun consumer holds back")?;
     ensure!(outbox_rows(&db).await? == 30, "the database disagrees with audit_outbox_rows");
-    // The slower consumer passed the first 4 events of one tenant: the relay's next progress on
-    // that tenant (or the periodic purge) removes exactly those, the rows up to the lowest cursor.
+    // The unrun consumer passed the first 4 events of one tenant: the periodic purge removes
+    // exactly those of its rows (the relay's progress purges only the relay's own rows).
     sqlx::query("INSERT INTO outbox_cursors (consumer, tenant_id, sequence) VALUES ('gone', $1, 4)")
         .bind(TENANTS[0])
         .execute(&mut conn)
@@ -424,7 +424,7 @@ async fn unregistered_consumer_releases_the_outbox() -> Result<()> {
     let (status, body) = api.post(ADMIN_KEY, "/api/v1/events", &event(TENANTS[0], "alice", "LOGIN")).await?;
     ensure!(status == 201, "append 31: {status} {body}");
     until("audit_kafka_publish_lag_events", 0.0).await?;
-    until("audit_outbox_rows", 27.0).await.context("30 + 1 rows, less the 4 both consumers passed")?;
+    until("audit_outbox_rows", 27.0).await.context("30 + 1 rows of the unrun consumer, less the 4 it passed")?;
     sqlx::query("DELETE FROM outbox_consumers WHERE consumer = 'gone'").execute(&mut conn).await?;
     // No new events: only the periodic purge can remove them.
     until("audit_outbox_rows", 0.0).await.context("rows passed by every remaining consumer")?;

@@ -1,9 +1,11 @@
-//! The transactional outbox: every append transaction also inserts one `outbox` row per event
-//! (PostgreSQL: a CTE of the append statement; SQLite: [`sqlite_insert`]), so a row exists if and
-//! only if its event committed. Consumers read the outbox, not the request path: the Kafka relay
-//! ([`kafka`]) today, the search indexer later. Each consumer keeps a cursor per tenant (the last
-//! sequence it handled) and a lease, and a row is purged once every registered consumer's cursor
-//! has passed it.
+//! The transactional outbox: every append transaction also inserts one `outbox` row per event and
+//! registered consumer (PostgreSQL: a CTE of the append statement; SQLite: [`sqlite_insert`]), so
+//! a row exists if and only if its event committed. Consumers read the outbox, not the request
+//! path: the Kafka relay ([`kafka`]) and the search indexer. Each consumer keeps a cursor per
+//! tenant (the last sequence it handled) and a lease, reads only its own rows, and purges them
+//! once its cursor has passed them. Rows are per consumer, not shared, so that a consumer never
+//! reads past rows it already handled that a slower consumer still holds (the bench measured that
+//! costing as much as the appends), and a stopped consumer costs the others nothing.
 //!
 //! Why cursors per tenant and not one global position: positions are taken when a transaction
 //! inserts and become visible when it commits, and concurrent transactions (several lanes, several
@@ -53,17 +55,23 @@ macro_rules! on_store {
     };
 }
 
-/// SQLite's part of the append transaction: the outbox rows of a tenant's new events.
+/// SQLite's part of the append transaction: the outbox rows of a tenant's new events, one per
+/// registered consumer.
 pub(crate) async fn sqlite_insert(
     tx: &mut sqlx::SqliteConnection,
     tenant_id: &str,
     rows: &[NewRow],
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut b: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new("INSERT INTO outbox (tenant_id, sequence) ");
+        let mut b: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+            "INSERT INTO outbox (consumer, tenant_id, sequence) SELECT c.consumer, v.column1, v.column2 \
+             FROM (",
+        );
         b.push_values(chunk, |mut v, r| {
             v.push_bind(tenant_id).push_bind(r.sequence);
         });
+        // Row order (events in sequence order, per consumer) is the read order.
+        b.push(") AS v CROSS JOIN outbox_consumers AS c ORDER BY c.consumer, v.column2");
         b.build().execute(&mut *tx).await?;
     }
     Ok(())
@@ -80,9 +88,10 @@ pub(crate) struct Pending {
     pub row: StoredRow,
 }
 
-/// A row is passed by every registered consumer (then it is purged).
-const PASSED_BY_ALL: &str = "NOT EXISTS (SELECT 1 FROM outbox_consumers r WHERE COALESCE((SELECT c.sequence FROM \
-     outbox_cursors c WHERE c.consumer = r.consumer AND c.tenant_id = outbox.tenant_id), 0) < outbox.sequence)";
+/// A row is passed: its consumer's cursor reached it, or its consumer was unregistered.
+const PASSED: &str = "(outbox.sequence <= COALESCE((SELECT c.sequence FROM outbox_cursors c \
+     WHERE c.consumer = outbox.consumer AND c.tenant_id = outbox.tenant_id), 0) \
+     OR NOT EXISTS (SELECT 1 FROM outbox_consumers r WHERE r.consumer = outbox.consumer))";
 
 /// The statements of [`Store::outbox_advance`] after the lease check, for either database
 /// (`$greatest`: the two-argument maximum, GREATEST or max).
@@ -122,7 +131,7 @@ impl Store {
         }
     }
 
-    /// Register a consumer (its cursors then hold back the purge); returns the stream id of this
+    /// Register a consumer (appends then write outbox rows for it); returns the stream id of this
     /// database, created at the first registration.
     pub async fn outbox_register(&self, consumer: &str) -> Result<String, StoreError> {
         let fresh = uuid::Uuid::new_v4().to_string();
@@ -194,7 +203,8 @@ impl Store {
                      SELECT o.position, o.tenant_id, o.sequence, c.sequence AS after
                      FROM outbox o
                      LEFT JOIN outbox_cursors c ON c.consumer = $1 AND c.tenant_id = o.tenant_id
-                     WHERE o.sequence > COALESCE(c.sequence, 0) ORDER BY o.position LIMIT $2)
+                     WHERE o.consumer = $1 AND o.sequence > COALESCE(c.sequence, 0)
+                     ORDER BY o.position LIMIT $2)
                  SELECT {id} AS id, e.tenant_id, e.sequence, e.ts, e.actor_id, e.resource_id, e.action_type, e.body, \
                  e.hash, e.previous_hash, p.position, p.after
                  FROM p JOIN events e ON e.tenant_id = p.tenant_id AND e.sequence = p.sequence
@@ -235,7 +245,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Rows in the outbox: events some registered consumer has not passed yet.
+    /// Rows in the outbox: one per event and registered consumer that has not passed it yet.
     pub async fn outbox_rows(&self) -> Result<u64, StoreError> {
         on_store!(self, pool => {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(pool).await?;
@@ -250,11 +260,11 @@ impl Store {
         })
     }
 
-    /// Delete every row all registered consumers have passed, whatever its tenant. The consumers'
-    /// own purges look only at the tenants they just handled; this catches rows a consumer held
-    /// back before it was unregistered, for tenants that get no new events.
+    /// Delete every passed row, whatever its tenant or consumer. The consumers' own purges look
+    /// only at their rows of the tenants they just handled; this catches the rows of a consumer
+    /// that was unregistered, and rows passed by a consumer no replica runs any more.
     pub async fn outbox_purge_passed(&self) -> Result<u64, StoreError> {
-        let sql = format!("DELETE FROM outbox WHERE {PASSED_BY_ALL}");
+        let sql = format!("DELETE FROM outbox WHERE {PASSED}");
         on_store!(self, pool => {
             Ok(sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(pool).await?.rows_affected())
         })
@@ -274,7 +284,7 @@ impl Store {
 
     /// Record a consumer's progress in one transaction: renew its lease (false, and nothing
     /// written, if `holder` no longer holds it), move its cursors forward to `handled` (tenant ->
-    /// last sequence), purge those tenants' rows every consumer has passed (up to `max_position`
+    /// last sequence), purge its rows of those tenants its cursors passed (up to `max_position`
     /// when given), and set the Kafka offsets below which every message is reflected in the cursors.
     pub async fn outbox_advance(&self, progress: &Progress<'_>) -> Result<bool, StoreError> {
         match self {
@@ -321,8 +331,8 @@ impl Store {
 
     /// The consumer's lag: rows not passed yet, and the age of the oldest one's event.
     pub async fn outbox_lag(&self, consumer: &str) -> Result<(u64, Duration), StoreError> {
-        let not_passed = "o.sequence > COALESCE((SELECT c.sequence FROM outbox_cursors c WHERE c.consumer = $1 AND \
-                          c.tenant_id = o.tenant_id), 0)";
+        let not_passed = "o.consumer = $1 AND o.sequence > COALESCE((SELECT c.sequence FROM outbox_cursors c \
+                          WHERE c.consumer = $1 AND c.tenant_id = o.tenant_id), 0)";
         let count_sql = format!("SELECT count(*) FROM outbox o WHERE {not_passed}");
         let oldest_sql = format!(
             "SELECT e.ts FROM outbox o JOIN events e ON e.tenant_id = o.tenant_id AND e.sequence = o.sequence \
@@ -347,26 +357,21 @@ impl Store {
     }
 }
 
-/// PostgreSQL: delete the handled tenants' rows every consumer has passed. Only those tenants'
-/// cursors moved, so only their rows can have become purgeable. Per tenant, a row is passed by
-/// all when its sequence is at most the lowest cursor, so the delete is a range scan of index
-/// outbox_tenant_sequence over exactly the rows it removes. (Testing [`PASSED_BY_ALL`] row by
-/// row instead read every row a slower consumer still holds, on every progress of the faster
-/// one: the bench showed that delete as busy as the appends themselves.)
+/// PostgreSQL: delete the consumer's rows of the handled tenants that its cursors passed. Only
+/// those tenants' cursors moved, so only those rows can have become purgeable; per tenant they
+/// are a range of index outbox_consumer_tenant_sequence, exactly the rows the delete removes.
 async fn pg_purge(tx: &mut sqlx::PgConnection, p: &Progress<'_>) -> Result<(), StoreError> {
     if p.handled.is_empty() {
         return Ok(());
     }
     let tenants: Vec<&str> = p.handled.keys().map(String::as_str).collect();
     sqlx::query(
-        "DELETE FROM outbox o USING (
-             SELECT t.tenant_id, min(COALESCE(c.sequence, 0)) AS upto
-             FROM unnest($1::text[]) AS t(tenant_id)
-             CROSS JOIN outbox_consumers r
-             LEFT JOIN outbox_cursors c ON c.consumer = r.consumer AND c.tenant_id = t.tenant_id
-             GROUP BY t.tenant_id) m
-         WHERE o.tenant_id = m.tenant_id AND o.sequence <= m.upto AND ($2::bigint IS NULL OR o.position <= $2)",
+        "DELETE FROM outbox o USING outbox_cursors c
+         WHERE c.consumer = $1 AND c.tenant_id = ANY($2::text[])
+           AND o.consumer = $1 AND o.tenant_id = c.tenant_id AND o.sequence <= c.sequence
+           AND ($3::bigint IS NULL OR o.position <= $3)",
     )
+    .bind(p.consumer)
     .bind(&tenants)
     .bind(p.max_position)
     .execute(&mut *tx)
@@ -374,18 +379,19 @@ async fn pg_purge(tx: &mut sqlx::PgConnection, p: &Progress<'_>) -> Result<(), S
     Ok(())
 }
 
-/// SQLite: the same purge, row by row ([`PASSED_BY_ALL`]) over the handled tenants' rows (a
-/// single-host store; its outbox stays small).
+/// SQLite: the same purge, row by row ([`PASSED`]) over the consumer's rows of the handled
+/// tenants (a single-host store; its outbox stays small).
 async fn sqlite_purge(tx: &mut sqlx::SqliteConnection, p: &Progress<'_>) -> Result<(), StoreError> {
     if p.handled.is_empty() {
         return Ok(());
     }
-    let mut purge = QueryBuilder::new("DELETE FROM outbox WHERE tenant_id IN (");
+    let mut purge = QueryBuilder::new("DELETE FROM outbox WHERE consumer = ");
+    purge.push_bind(p.consumer).push(" AND tenant_id IN (");
     let mut tenants = purge.separated(", ");
     for tenant in p.handled.keys() {
         tenants.push_bind(tenant.as_str());
     }
-    purge.push(") AND ").push(PASSED_BY_ALL);
+    purge.push(") AND ").push(PASSED);
     if let Some(max) = p.max_position {
         purge.push(" AND position <= ").push_bind(max);
     }

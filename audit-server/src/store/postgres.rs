@@ -508,10 +508,11 @@ const APPEND: &str = "WITH u AS (
         SELECT x.* FROM UNNEST($16::text[], $17::text[], $18::text[], $19::text[]) AS x (tenant_id, key, fingerprint, receipts)
         WHERE x.tenant_id IN (SELECT tenant_id FROM l)
     ), o AS (
-        -- The transactional outbox (src/outbox): the events' sequences, committed with them, when
-        -- a consumer is configured ($20).
-        INSERT INTO outbox (tenant_id, sequence)
-        SELECT r.tenant_id, r.sequence FROM UNNEST($6::text[], $8::bigint[]) AS r (tenant_id, sequence)
+        -- The transactional outbox (src/outbox): the events' sequences, committed with them, one
+        -- row per registered consumer, when a consumer is configured ($20).
+        INSERT INTO outbox (consumer, tenant_id, sequence)
+        SELECT c.consumer, r.tenant_id, r.sequence FROM UNNEST($6::text[], $8::bigint[]) AS r (tenant_id, sequence)
+        CROSS JOIN outbox_consumers AS c
         WHERE $20 AND r.tenant_id IN (SELECT tenant_id FROM l)
     )
     UPDATE chain_heads AS h SET last_sequence = u.new_sequence, last_hash = u.new_hash
