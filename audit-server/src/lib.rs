@@ -336,18 +336,17 @@ async fn start_search(
     Ok((ConsumerTasks { stream, stop, relay, lag }, client))
 }
 
-/// Every replica samples a consumer's lag from the database (not only its leader): (events, age
-/// as f64 bits) into the gauges `gauges` picks.
+/// Every replica samples a consumer's lag from the database (not only its leader), every 2 s or
+/// less often when counting is slow ([`next_sample`]): (events, age as f64 bits) into the gauges
+/// `gauges` picks.
 async fn sample_lag(
     store: Arc<Store>,
     metrics: Arc<metrics::Metrics>,
     consumer: &'static str,
     gauges: fn(&metrics::Metrics) -> (&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64),
 ) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let started = std::time::Instant::now();
         match store.outbox_lag(consumer).await {
             Ok((events, age)) => {
                 let (count, seconds) = gauges(&metrics);
@@ -356,13 +355,22 @@ async fn sample_lag(
             }
             Err(e) => tracing::debug!(error = %e, consumer, "sampling the outbox lag failed"),
         }
+        tokio::time::sleep(next_sample(started.elapsed())).await;
     }
+}
+
+/// When to sample the outbox again, after a sample that took `took`: every 2 s, but never more
+/// than 5% of the time. The count grows with the backlog, so during a long Kafka or search
+/// outage (millions of rows) every replica counting every 2 s would load the database most
+/// exactly when it already holds the most rows; the gauges then update less often instead.
+pub(crate) fn next_sample(took: std::time::Duration) -> std::time::Duration {
+    (took * 19).max(std::time::Duration::from_secs(2))
 }
 
 /// Every replica with the outbox on: warn at start about consumers registered in the database
 /// that this replica does not run (their cursors hold rows back), then sample the outbox's size
-/// every 2 s and purge every passed row every 10 s (see
-/// [`Store::outbox_purge_passed`]).
+/// every 2 s (less often when counting is slow, see [`next_sample`]) and purge every passed row
+/// every 10 s or so (see [`Store::outbox_purge_passed`]).
 async fn outbox_upkeep(store: Arc<Store>, metrics: Arc<metrics::Metrics>, running: Vec<&'static str>) {
     match store.outbox_consumers().await {
         Ok(registered) => {
@@ -380,19 +388,20 @@ async fn outbox_upkeep(store: Arc<Store>, metrics: Arc<metrics::Metrics>, runnin
         }
         Err(e) => tracing::warn!(error = %e, "listing the outbox consumers failed"),
     }
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for n in 0u64.. {
-        tick.tick().await;
-        if n % 5 == 4
-            && let Err(e) = store.outbox_purge_passed().await
-        {
-            tracing::debug!(error = %e, "purging passed outbox rows failed");
+    let mut last_purge = std::time::Instant::now();
+    loop {
+        let started = std::time::Instant::now();
+        if last_purge.elapsed() >= std::time::Duration::from_secs(10) {
+            last_purge = started;
+            if let Err(e) = store.outbox_purge_passed().await {
+                tracing::debug!(error = %e, "purging passed outbox rows failed");
+            }
         }
         match store.outbox_rows().await {
             Ok(rows) => metrics.outbox_rows.store(rows, Ordering::Relaxed),
             Err(e) => tracing::debug!(error = %e, "sampling the outbox size failed"),
         }
+        tokio::time::sleep(next_sample(started.elapsed())).await;
     }
 }
 
@@ -457,4 +466,20 @@ fn local_key(config: &Config) -> anyhow::Result<(PathBuf, String)> {
         .with_context(|| format!("writing the local API key to {}", path.display()))?;
     writeln!(file, "{key}")?;
     Ok((path, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::next_sample;
+
+    #[test]
+    fn slow_outbox_counts_are_sampled_at_most_5_percent_of_the_time() {
+        assert_eq!(next_sample(Duration::from_millis(3)), Duration::from_secs(2));
+        assert_eq!(next_sample(Duration::from_millis(105)), Duration::from_secs(2));
+        // A 1 s count (a backlog of millions) waits 19 s: 1 s counting in every 20.
+        assert_eq!(next_sample(Duration::from_secs(1)), Duration::from_secs(19));
+        assert_eq!(next_sample(Duration::from_millis(2500)), Duration::from_millis(47_500));
+    }
 }
