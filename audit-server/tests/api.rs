@@ -625,3 +625,82 @@ print(json.dumps([canon, hashlib.sha256((canon + prev).encode()).hexdigest()]))
     let out = python(script, &json!([event, prev])).await?;
     Ok(serde_json::from_str(out.trim())?)
 }
+
+/// The identifier columns of the PostgreSQL schema compare bytewise (migration 0007), on a fresh
+/// database and on one upgraded with events in it: the catalog says "C" for each, the chains
+/// still verify, and appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifiers_collate_c_fresh_and_upgraded() -> Result<()> {
+    // (table, column) pairs migration 0007 sets; the catalog is the reference.
+    const IDENTIFIERS: &[(&str, &str)] = &[
+        ("chain_heads", "tenant_id"),
+        ("events", "tenant_id"),
+        ("events", "actor_id"),
+        ("events", "resource_id"),
+        ("events", "action_type"),
+        ("idempotency_keys", "tenant_id"),
+        ("idempotency_keys", "key"),
+        ("verified_positions", "tenant_id"),
+        ("outbox", "consumer"),
+        ("outbox", "tenant_id"),
+        ("outbox_consumers", "consumer"),
+        ("outbox_cursors", "consumer"),
+        ("outbox_cursors", "tenant_id"),
+        ("outbox_kafka_offsets", "topic"),
+    ];
+    async fn collations(url: &str) -> Result<Vec<(String, String, Option<String>)>> {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+        let mut out = Vec::new();
+        for (table, column) in IDENTIFIERS {
+            let collation: Option<String> = sqlx::query_scalar(
+                "SELECT collation_name::text FROM information_schema.columns WHERE table_name = $1 AND column_name = $2",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(&mut conn)
+            .await
+            .with_context(|| format!("{table}.{column} is not in the schema"))?;
+            out.push((table.to_string(), column.to_string(), collation));
+        }
+        Ok(out)
+    }
+    fn all_c(found: &[(String, String, Option<String>)]) -> bool {
+        found.iter().all(|(_, _, c)| c.as_deref() == Some("C"))
+    }
+
+    let db = Db::new(Backend::Postgres, "identifiers_collate_c").await?;
+    let url = db.url.clone().context("a PostgreSQL URL")?;
+    let server = audit_server::spawn(db.config()).await?;
+    let api = Api::of(&server);
+    for actor in ["Bob", "alice", "Zoé"] {
+        let (status, body) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", actor, "LOGIN")).await?;
+        ensure!(status == 201, "POST answered {status}: {body}");
+    }
+    server.shutdown().await?;
+    let fresh = collations(&url).await?;
+    ensure!(all_c(&fresh), "a fresh database: {fresh:?}");
+
+    // Back to the state before 0007 (the database's default collation, 0007 not applied), with
+    // the events in it; the next start applies 0007 to a populated database.
+    let mut undo = String::new();
+    for (table, column) in IDENTIFIERS {
+        undo.push_str(&format!("ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE \"default\";\n"));
+    }
+    undo.push_str("DELETE FROM _sqlx_migrations WHERE version = 7;\n");
+    db.exec(&undo).await?;
+    let before = collations(&url).await?;
+    ensure!(before.iter().all(|(_, _, c)| c.is_none()), "the undo did not take: {before:?}");
+
+    let server = audit_server::spawn(db.config()).await?;
+    let api = Api::of(&server);
+    let upgraded = collations(&url).await?;
+    ensure!(all_c(&upgraded), "an upgraded database: {upgraded:?}");
+    let (status, body) = api.post(KEY_A, "/api/v1/events", &event("tenant-a", "Émile", "LOGOUT")).await?;
+    ensure!(status == 201, "POST after the upgrade answered {status}: {body}");
+    assert_eq!(body["sequence"], 4);
+    let report = api.verify("tenant-a").await?;
+    assert_eq!(report, json!({"tenantId": "tenant-a", "verified": true, "checked": 4}));
+    let (_, page) = api.get(KEY_A, "/api/v1/events?tenantId=tenant-a&actorId=Zo%C3%A9").await?;
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(1), "{page}");
+    server.shutdown().await
+}
