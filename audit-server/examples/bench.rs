@@ -8,7 +8,7 @@
 //! the server in a process of its own, single events over 100 tenants, its RSS sampled throughout.
 //!
 //!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64]
-//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS] [--no-outbox]
+//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS] [--no-outbox] [--outbox-split]
 
 // The allocator of the audit-server binary (src/main.rs), so the in-process server measures the same.
 #[global_allocator]
@@ -50,6 +50,10 @@ pub struct Args {
     /// Run the with/without Kafka outbox comparison after the suite (`--no-outbox` skips it: it
     /// starts three brokers, which a profiling run does not need).
     outbox: bool,
+    /// Add a third server to the outbox comparison whose consumers cannot reach Kafka or search
+    /// (`--outbox-split`): its appends write the outbox rows and nothing reads them, which splits
+    /// the outbox's cost between the append side and the relay/indexer side.
+    outbox_split: bool,
     /// PostgreSQL with the production guide's tuning (the default) or the testbed's small
     /// footprint (`--pg testbed`: 32 MB of shared buffers).
     production_tuning: bool,
@@ -72,6 +76,7 @@ fn args() -> Result<Args> {
         storages: vec![Storage::Disk],
         soak: 60,
         outbox: true,
+        outbox_split: false,
         production_tuning: true,
         only: Vec::new(),
         // Steady-state JVMs did worse here: on 2 cores their C2 compiles and G1 threads took
@@ -99,6 +104,7 @@ fn args() -> Result<Args> {
                 }
             }
             "--no-outbox" => a.outbox = false,
+            "--outbox-split" => a.outbox_split = true,
             "--pg" => {
                 a.production_tuning = match text()?.as_str() {
                     "production" => true,
@@ -117,7 +123,7 @@ fn args() -> Result<Args> {
             "--serve" => a.serve = Some(text()?),
             other => bail!(
                 "unknown argument {other}; expected --seconds N, --clients N, --batch-clients N, --pool N, --lanes N, \
-                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --pg production|testbed, --jvm steady|fast-start, --only LIST"
+                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --outbox-split, --pg production|testbed, --jvm steady|fast-start, --only LIST"
             ),
         }
     }

@@ -46,17 +46,33 @@ pub async fn outbox_cost(
         n if n.starts_with("AUDIT_KAFKA_") || n.starts_with("AUDIT_SEARCH_") => std::env::var(n).ok(),
         _ => None,
     })?;
+    // Server 0 without the outbox, 1 with it; with --outbox-split, 2 with consumers pointed at
+    // closed ports: it writes every outbox row and nothing reads or purges them.
+    let mut kinds = vec![("bench_plain", Kind::Plain), ("bench_outbox", Kind::Outbox)];
+    if args.outbox_split {
+        kinds.push(("bench_rows_only", Kind::RowsOnly));
+    }
+    let unreachable = unreachable_port()?;
     let mut servers = Vec::new();
-    for (name, with_kafka) in [("bench_plain", false), ("bench_outbox", true)] {
+    for (name, kind) in &kinds {
         let dir = tempfile::tempdir()?;
         let mut config = Config::local(dir.path().join("data"));
         config.listen = "127.0.0.1:0".parse()?;
         config.database_url = Some(pg.create_database(name).await?);
         config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
         config.db_max_connections = pool;
-        config.kafka = with_kafka.then(|| tuned.kafka.clone()).flatten();
-        config.search = with_kafka.then(|| tuned.search.clone()).flatten().map(|mut s| {
+        let on = *kind != Kind::Plain;
+        config.kafka = on.then(|| tuned.kafka.clone()).flatten().map(|mut k| {
+            if *kind == Kind::RowsOnly {
+                k.bootstrap_servers = format!("127.0.0.1:{unreachable}");
+            }
+            k
+        });
+        config.search = on.then(|| tuned.search.clone()).flatten().map(|mut s| {
             s.index_settings = index_settings.clone();
+            if *kind == Kind::RowsOnly {
+                s.url = format!("http://127.0.0.1:{unreachable}");
+            }
             s
         });
         servers.push((audit_server::spawn(config).await?, dir));
@@ -72,18 +88,21 @@ pub async fn outbox_cost(
     eprintln!("running: outbox comparison, warm-up with the outbox (not measured)");
     let (h, b, url) = (client_http.clone(), bodies.clone(), format!("{outbox_base}/api/v1/events"));
     client_rt.spawn(async move { drive(&h, &url, b, clients, 1, duration).await }).await??;
-    let mut rates = [Vec::new(), Vec::new()];
-    let mut cores = [Vec::new(), Vec::new()];
-    let mut per_core = [Vec::new(), Vec::new()];
+    let n = servers.len();
+    let mut rates: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+    let mut cores = vec![Vec::new(); n];
+    let mut per_core = vec![Vec::new(); n];
     let mut drains = Vec::new();
-    for (round, order) in [[0, 1], [1, 0]].into_iter().enumerate() {
+    let forward: Vec<usize> = (0..n).collect();
+    let backward: Vec<usize> = (0..n).rev().collect();
+    for (round, order) in [forward, backward].into_iter().enumerate() {
         for i in order {
             // Every run starts with the outbox drained: the relay and the indexer catching up
             // after a run with the outbox must not run during the next one (it would be counted
             // against the run without it).
             drains.push(drain(http, &outbox_base).await?);
             let server = &servers[i].0;
-            let label = if i == 0 { "without the outbox" } else { "with the outbox (Kafka and search)" };
+            let label = kinds[i].1.label();
             eprintln!("running: outbox comparison, round {}, {label}", round + 1);
             let url = format!("{}/api/v1/events", server.base_url());
             let before = cpu::sample();
@@ -108,14 +127,13 @@ pub async fn outbox_cost(
         server.shutdown().await?;
     }
     let mut figures = Vec::new();
-    let mut means = [0.0; 2];
-    let efficiency = per_core.map(|runs| runs.iter().sum::<f64>() / runs.len() as f64);
+    let mut means = vec![0.0; n];
+    let efficiency: Vec<f64> = per_core.iter().map(|runs| runs.iter().sum::<f64>() / runs.len() as f64).collect();
     for (i, runs) in rates.into_iter().enumerate() {
         let n = runs.len() as f64;
         means[i] = runs.iter().map(|f| f.events_per_sec).sum::<f64>() / n;
-        let label = if i == 0 { "no outbox" } else { "outbox: Kafka + search" };
         figures.push(Figure {
-            name: format!("server single events, 100 tenants, {label}"),
+            name: format!("server single events, 100 tenants, {}", kinds[i].1.short()),
             events_per_sec: means[i],
             p50_ms: runs.iter().filter_map(|f| f.p50_ms).reduce(f64::max),
             p99_ms: runs.iter().filter_map(|f| f.p99_ms).reduce(f64::max),
@@ -124,7 +142,7 @@ pub async fn outbox_cost(
             phases: Some(cores[i].join("; ")),
         });
     }
-    let summary = format!(
+    let mut summary = format!(
         "outbox cost (issue 22): with the outbox (Kafka relay and search indexer) {:.0} events/s, without {:.0} \
          events/s: ratio {:.3} (aim >= 0.90), the brokers and the search node sharing this machine's cores; \
          events per core of the server and PostgreSQL (what the outbox costs a deployment whose brokers and \
@@ -139,7 +157,46 @@ pub async fn outbox_cost(
         efficiency[1] / efficiency[0].max(1e-9),
         drains.join(", "),
     );
+    if let (Some(rate), Some(eff)) = (means.get(2), efficiency.get(2)) {
+        summary.push_str(&format!(
+            " Split (--outbox-split): outbox rows written but never read (consumers unreachable) {rate:.0} events/s \
+             (ratio {:.3}), {eff:.0} per core of server + PostgreSQL (ratio {:.3}): the append side's share of \
+             the outbox's cost; the rest is the relay's and the indexer's.",
+            rate / means[0].max(1.0),
+            eff / efficiency[0].max(1e-9),
+        ));
+    }
     Ok((figures, summary))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Outbox,
+    RowsOnly,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Plain => "without the outbox",
+            Kind::Outbox => "with the outbox (Kafka and search)",
+            Kind::RowsOnly => "with outbox rows only (consumers unreachable)",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Kind::Plain => "no outbox",
+            Kind::Outbox => "outbox: Kafka + search",
+            Kind::RowsOnly => "outbox rows only, unread",
+        }
+    }
+}
+
+/// A loopback port nothing listens on: bound, then released.
+fn unreachable_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Wait until the server's Kafka publish lag and search index lag are both 0: the seconds each
