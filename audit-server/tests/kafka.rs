@@ -10,6 +10,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -222,13 +223,15 @@ fn acked_ids(acked: &Mutex<Vec<String>>) -> Vec<String> {
 
 async fn every_event_once_in_order(backend: Backend) -> Result<()> {
     let kafka = kafka_with_topic().await?;
-    let db = Db::new(backend, "kafka_happy").await?;
+    let db = Arc::new(Db::new(backend, "kafka_happy").await?);
     let mut config = db.config();
     config.kafka = Some(kafka_config(&kafka));
     let server = audit_server::spawn(config).await?;
     let api = Api::of(&server);
     let stop = Arc::new(Mutex::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = db.sample_passed_rows(sampling.clone());
     let clients: Vec<_> = (0..8).map(|c| ingest(api.clone(), TENANTS, c, stop.clone(), acked.clone())).collect();
     let reached = wait_for_acks(&acked, 400, DEADLINE).await;
     stop_clients(&stop);
@@ -237,6 +240,11 @@ async fn every_event_once_in_order(backend: Backend) -> Result<()> {
     }
     reached?;
     let on_topic = check_topic(&api, &db, &kafka.bootstrap_servers(), TENANTS).await?;
+    sampling.store(true, Ordering::Relaxed);
+    // The relay deletes what it published in the transaction that records it: no row its cursor
+    // passed is ever left for the periodic purge (a purge that missed them fails here).
+    let (samples, worst) = sampler.await??;
+    ensure!(worst == 0, "{worst} passed rows left in the outbox ({samples} samples)");
     let acked = acked_ids(&acked);
     ensure!(acked.iter().all(|id| on_topic.contains(id)), "an acknowledged event is not on the topic");
     ensure!(metric(&api, "audit_kafka_published_total").await? >= acked.len() as f64);
@@ -312,7 +320,7 @@ async fn broker_stopped_during_ingest() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_publish_and_record() -> Result<()> {
     let kafka = kafka_with_topic().await?;
-    let db = Db::new(Backend::Postgres, "kafka_kill").await?;
+    let db = Arc::new(Db::new(Backend::Postgres, "kafka_kill").await?);
     let url = db.url.clone().context("PostgreSQL URL")?;
     let env = [
         ("AUDIT_KAFKA_BOOTSTRAP_SERVERS".to_owned(), kafka.bootstrap_servers()),
@@ -356,11 +364,18 @@ async fn killed_between_publish_and_record() -> Result<()> {
     sqlx::raw_sql("ROLLBACK").execute(&mut lock).await?;
 
     let (mut restarted, api) = start_process_with(&db, "restarted", &env).await?;
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = db.sample_passed_rows(sampling.clone());
     for t in TENANTS {
         let (s, r) = api.post(ADMIN_KEY, "/api/v1/events", &event(t, "after", "RESTART")).await?;
         ensure!(s == 201, "{r}");
     }
     let on_topic = check_topic(&api, &db, &kafka.bootstrap_servers(), TENANTS).await?;
+    sampling.store(true, Ordering::Relaxed);
+    // The resync moves cursors past events it found on the topic, whose rows it never read: it
+    // deletes them in the same transaction, not the periodic purge 10 s later.
+    let (samples, worst) = sampler.await??;
+    ensure!(worst == 0, "{worst} passed rows left after the resync ({samples} samples)");
     let acked = acked_ids(&acked);
     let missing = acked.iter().filter(|id| !on_topic.contains(*id)).count();
     ensure!(missing == 0, "{missing} of {} acknowledged events are not on the topic", acked.len());

@@ -7,6 +7,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -245,12 +247,20 @@ async fn check_isolation(api: &Api, data: &[Posted]) -> Result<()> {
 
 async fn indexed_and_searched(product: Product, backend: Backend) -> Result<()> {
     let search = testbed::search::search_with(product).await?;
-    let db = Db::new(backend, "search_happy").await?;
+    let db = Arc::new(Db::new(backend, "search_happy").await?);
     let server = audit_server::spawn(with_search(&db, &search, Duration::from_secs(60))).await?;
     let api = Api::of(&server);
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = db.sample_passed_rows(sampling.clone());
     let mut data = ingest(&api, "tenant-a", KEY_A, 40, 0).await?;
+    // Indexed in two steps, so that the sampler sees cursors and rows side by side for a while.
+    wait_indexed(&server, 40.0).await?;
     data.extend(ingest(&api, "tenant-b", KEY_B, 12, 0).await?);
     wait_indexed(&server, 52.0).await?;
+    sampling.store(true, Ordering::Relaxed);
+    // The indexer deletes the rows it indexed in the transaction that moves its cursors.
+    let (samples, worst) = sampler.await??;
+    ensure!(worst == 0, "{worst} passed rows left in the outbox ({samples} samples)");
     ensure!(count_in_cluster(&search, "tenant-a").await? == 40 && count_in_cluster(&search, "tenant-b").await? == 12);
     // The template the cluster holds, read back from it.
     let t: Value = reqwest::get(format!("{}/_index_template/audit-events", search.url())).await?.json().await?;

@@ -44,6 +44,20 @@ fn component(comm: &str, cmdline: &str) -> &'static str {
 
 /// comm and utime + stime of one /proc/<pid> or /proc/<pid>/task/<tid> entry.
 fn stat(dir: &std::path::Path) -> Option<(String, u64)> {
+    stat_fields(dir).map(|(comm, f)| (comm, f[0] + f[1]))
+}
+
+/// comm and utime + stime + cutime + cstime of a process: with the CPU of its children that
+/// ended and were reaped. Without it a PostgreSQL backend that exits during a run (a pool closing
+/// an idle connection, the bench's own connections) takes its ticks with it, the component's
+/// sum goes down, and the run shows PostgreSQL at 0 cores (seen). The postmaster reaps its
+/// backends, so their time stays in its children's counters.
+fn stat_with_children(dir: &std::path::Path) -> Option<(String, u64)> {
+    stat_fields(dir).map(|(comm, f)| (comm, f.iter().sum()))
+}
+
+/// comm and [utime, stime, cutime, cstime].
+fn stat_fields(dir: &std::path::Path) -> Option<(String, [u64; 4])> {
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
     // comm is in parentheses and may hold spaces: the fields after the last ')' are fixed.
     let close = stat.rfind(')')?;
@@ -51,7 +65,7 @@ fn stat(dir: &std::path::Path) -> Option<(String, u64)> {
     let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     // After ')': state(3) ... utime is field 14 and stime 15 of the whole line, here 11 and 12.
     let used = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Some((comm.to_owned(), used(11) + used(12)))
+    Some((comm.to_owned(), [used(11), used(12), used(13), used(14)]))
 }
 
 pub fn sample() -> Sample {
@@ -75,7 +89,7 @@ pub fn sample() -> Sample {
             ticks.insert(SERVERS, total.saturating_sub(clients));
             continue;
         }
-        let Some((comm, used)) = stat(&entry.path()) else { continue };
+        let Some((comm, used)) = stat_with_children(&entry.path()) else { continue };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
         *ticks.entry(component(&comm, &cmdline)).or_insert(0) += used;

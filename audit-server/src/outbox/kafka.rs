@@ -54,7 +54,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{KAFKA, Pending, Progress};
+use super::{KAFKA, Pending, Progress, Purge};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -221,12 +221,13 @@ impl Relay {
                             let next = offsets.entry(partition).or_insert(0);
                             *next = (*next).max(offset + 1);
                         }
+                        let positions: Vec<i64> = pending.iter().map(|p| p.position).collect();
                         let progress = Progress {
                             consumer: KAFKA,
                             holder: &self.holder,
                             ttl,
                             handled: &handled,
-                            max_position: pending.iter().map(|p| p.position).max(),
+                            purge: Purge::Rows(&positions),
                             offsets: Some((&self.config.topic, &offsets)),
                         };
                         let asked = Instant::now();
@@ -388,7 +389,7 @@ impl Relay {
             holder: &self.holder,
             ttl: self.config.lease,
             handled: &found.last_sequences,
-            max_position: None,
+            purge: Purge::Passed,
             offsets: Some((&self.config.topic, &found.ends)),
         };
         let asked = Instant::now();

@@ -284,8 +284,7 @@ impl Store {
 
     /// Record a consumer's progress in one transaction: renew its lease (false, and nothing
     /// written, if `holder` no longer holds it), move its cursors forward to `handled` (tenant ->
-    /// last sequence), purge its rows of those tenants its cursors passed (up to `max_position`
-    /// when given), and set the Kafka offsets below which every message is reflected in the cursors.
+    /// last sequence), delete the rows `purge` names, and set the Kafka offsets below which every message is reflected in the cursors.
     pub async fn outbox_advance(&self, progress: &Progress<'_>) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => {
@@ -357,46 +356,74 @@ impl Store {
     }
 }
 
-/// PostgreSQL: delete the consumer's rows of the handled tenants that its cursors passed. Only
-/// those tenants' cursors moved, so only those rows can have become purgeable; per tenant they
-/// are a range of index outbox_consumer_tenant_sequence, exactly the rows the delete removes.
+/// PostgreSQL: delete the rows the consumer just handled, by primary key; after a resync, every
+/// row of the handled tenants its cursors passed (a scan of the consumer's rows: rare).
 async fn pg_purge(tx: &mut sqlx::PgConnection, p: &Progress<'_>) -> Result<(), StoreError> {
-    if p.handled.is_empty() {
-        return Ok(());
+    match p.purge {
+        Purge::Rows([]) => {}
+        Purge::Rows(positions) => {
+            sqlx::query("DELETE FROM outbox WHERE consumer = $1 AND position = ANY($2::bigint[])")
+                .bind(p.consumer)
+                .bind(positions)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Purge::Passed if p.handled.is_empty() => {}
+        Purge::Passed => {
+            let tenants: Vec<&str> = p.handled.keys().map(String::as_str).collect();
+            sqlx::query(
+                "DELETE FROM outbox o USING outbox_cursors c
+                 WHERE c.consumer = $1 AND c.tenant_id = ANY($2::text[])
+                   AND o.consumer = $1 AND o.tenant_id = c.tenant_id AND o.sequence <= c.sequence",
+            )
+            .bind(p.consumer)
+            .bind(&tenants)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
-    let tenants: Vec<&str> = p.handled.keys().map(String::as_str).collect();
-    sqlx::query(
-        "DELETE FROM outbox o USING outbox_cursors c
-         WHERE c.consumer = $1 AND c.tenant_id = ANY($2::text[])
-           AND o.consumer = $1 AND o.tenant_id = c.tenant_id AND o.sequence <= c.sequence
-           AND ($3::bigint IS NULL OR o.position <= $3)",
-    )
-    .bind(p.consumer)
-    .bind(&tenants)
-    .bind(p.max_position)
-    .execute(&mut *tx)
-    .await?;
     Ok(())
 }
 
-/// SQLite: the same purge, row by row ([`PASSED`]) over the consumer's rows of the handled
-/// tenants (a single-host store; its outbox stays small).
+/// SQLite: the same purges (a single-host store; its outbox stays small).
 async fn sqlite_purge(tx: &mut sqlx::SqliteConnection, p: &Progress<'_>) -> Result<(), StoreError> {
-    if p.handled.is_empty() {
-        return Ok(());
+    match p.purge {
+        Purge::Rows(positions) => {
+            for chunk in positions.chunks(ROWS_PER_INSERT) {
+                let mut purge = QueryBuilder::new("DELETE FROM outbox WHERE consumer = ");
+                purge.push_bind(p.consumer).push(" AND position IN (");
+                let mut list = purge.separated(", ");
+                for position in chunk {
+                    list.push_bind(*position);
+                }
+                purge.push(")");
+                purge.build().execute(&mut *tx).await?;
+            }
+        }
+        Purge::Passed if p.handled.is_empty() => {}
+        Purge::Passed => {
+            let mut purge = QueryBuilder::new("DELETE FROM outbox WHERE consumer = ");
+            purge.push_bind(p.consumer).push(" AND tenant_id IN (");
+            let mut tenants = purge.separated(", ");
+            for tenant in p.handled.keys() {
+                tenants.push_bind(tenant.as_str());
+            }
+            purge.push(") AND ").push(PASSED);
+            purge.build().execute(&mut *tx).await?;
+        }
     }
-    let mut purge = QueryBuilder::new("DELETE FROM outbox WHERE consumer = ");
-    purge.push_bind(p.consumer).push(" AND tenant_id IN (");
-    let mut tenants = purge.separated(", ");
-    for tenant in p.handled.keys() {
-        tenants.push_bind(tenant.as_str());
-    }
-    purge.push(") AND ").push(PASSED);
-    if let Some(max) = p.max_position {
-        purge.push(" AND position <= ").push_bind(max);
-    }
-    purge.build().execute(&mut *tx).await?;
     Ok(())
+}
+
+/// Which rows a consumer's progress deletes.
+#[derive(Clone, Copy)]
+pub enum Purge<'a> {
+    /// The rows it read and handled, by position: exactly those its cursors now pass. By primary
+    /// key, so the outbox needs no second index, which every append paid for twice per event.
+    Rows(&'a [i64]),
+    /// Every row of the handled tenants its cursors passed, read or not (a resync moves cursors
+    /// past events it found on the topic, whose rows it never read).
+    Passed,
 }
 
 /// What [`Store::outbox_advance`] records.
@@ -406,8 +433,8 @@ pub struct Progress<'a> {
     pub ttl: Duration,
     /// Tenant -> last sequence handled (cursors only move forward).
     pub handled: &'a BTreeMap<String, i64>,
-    /// Purge passed rows up to this position (None: anywhere, after a resync).
-    pub max_position: Option<i64>,
+    /// The rows to delete with this progress.
+    pub purge: Purge<'a>,
     /// Kafka: (topic, partition -> next offset).
     pub offsets: Option<(&'a str, &'a BTreeMap<i32, i64>)>,
 }

@@ -15,7 +15,7 @@ use super::SEARCH;
 use super::client::SearchClient;
 use crate::config::SearchConfig;
 use crate::metrics::Metrics;
-use crate::outbox::Progress;
+use crate::outbox::{Progress, Purge};
 use crate::store::Store;
 
 pub struct Indexer {
@@ -88,11 +88,13 @@ impl Indexer {
         }
         let pending =
             self.store.outbox_pending(SEARCH, self.config.batch_max_events).await.map_err(|e| e.to_string())?;
-        let Some(max_position) = pending.iter().map(|p| p.position).max() else { return Ok(0) };
+        if pending.is_empty() {
+            return Ok(0);
+        }
         let mut rows = Vec::with_capacity(pending.len());
         let mut events = Vec::with_capacity(pending.len());
         for p in pending {
-            rows.push((p.row.tenant_id.clone(), p.row.sequence));
+            rows.push((p.row.tenant_id.clone(), p.row.sequence, p.position));
             events.push(p.row.into_event().map_err(|e| e.to_string())?);
         }
         let results = self.client.bulk(&events).await?;
@@ -100,15 +102,15 @@ impl Indexer {
         // position order, which is sequence order within a tenant).
         let mut handled: BTreeMap<String, i64> = BTreeMap::new();
         let mut failed: BTreeSet<String> = BTreeSet::new();
-        let mut indexed = 0usize;
+        let mut done = Vec::with_capacity(rows.len());
         let mut first_error = None;
-        for ((tenant, sequence), r) in rows.into_iter().zip(results) {
+        for ((tenant, sequence, position), r) in rows.into_iter().zip(results) {
             if failed.contains(&tenant) {
                 continue;
             }
             match r {
                 Ok(()) => {
-                    indexed += 1;
+                    done.push(position);
                     handled.insert(tenant, sequence);
                 }
                 Err(e) => {
@@ -122,10 +124,11 @@ impl Indexer {
             holder: &self.holder,
             ttl,
             handled: &handled,
-            max_position: Some(max_position),
+            purge: Purge::Rows(&done),
             offsets: None,
         };
         let kept = self.store.outbox_advance(&progress).await.map_err(|e| e.to_string())?;
+        let indexed = done.len();
         self.metrics.search.indexed.fetch_add(indexed as u64, Ordering::Relaxed);
         if !kept {
             self.metrics.search.leader.store(0, Ordering::Relaxed);

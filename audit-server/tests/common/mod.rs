@@ -75,6 +75,60 @@ impl Db {
         c
     }
 
+    /// One count from the database, asked directly (not through the server).
+    pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        Ok(match &self.url {
+            Some(url) => {
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await?
+            }
+            None => {
+                let url = format!("sqlite://{}", self.dir.path().join("data/audit.db").display());
+                let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await?;
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await?
+            }
+        })
+    }
+
+    /// Outbox rows whose consumer's cursor has passed them. A consumer deletes the rows it
+    /// handled in the transaction that moves its cursors, so this is 0 at every instant; rows
+    /// left behind would only go with the periodic purge, 10 s later.
+    pub async fn passed_outbox_rows(&self) -> anyhow::Result<i64> {
+        self.count(
+            "SELECT count(*) FROM outbox o JOIN outbox_cursors c \
+             ON c.consumer = o.consumer AND c.tenant_id = o.tenant_id WHERE o.sequence <= c.sequence",
+        )
+        .await
+    }
+
+    /// Sample [`Db::passed_outbox_rows`] every 50 ms until `stop` is set and at least 5 samples
+    /// were taken while some cursor existed: (those samples, the largest count seen). Rows left
+    /// behind would stay until the periodic purge, seconds later, so the samples after the last
+    /// progress catch them too.
+    pub fn sample_passed_rows(
+        self: &std::sync::Arc<Self>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<anyhow::Result<(u32, i64)>> {
+        let db = self.clone();
+        tokio::spawn(async move {
+            let (mut samples, mut worst) = (0u32, 0i64);
+            let mut after_stop = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || samples < 5 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    after_stop += 1;
+                    anyhow::ensure!(after_stop < 200, "no consumer cursor in the database to sample against");
+                }
+                if db.count("SELECT count(*) FROM outbox_cursors").await? > 0 {
+                    samples += 1;
+                    worst = worst.max(db.passed_outbox_rows().await?);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Ok((samples, worst))
+        })
+    }
+
     /// Run SQL statements directly on the database (tamper tests).
     pub async fn exec(&self, sql: &str) -> anyhow::Result<()> {
         match &self.url {
