@@ -192,17 +192,7 @@ async fn until_positive(conn: &mut sqlx::PgConnection, count: &'static str, neve
 
 /// Outbox rows left (only to know when the relay is done: the checks read the topic).
 async fn outbox_rows(db: &Db) -> Result<i64> {
-    Ok(match &db.url {
-        Some(url) => {
-            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
-            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut conn).await?
-        }
-        None => {
-            let url = format!("sqlite://{}", db.dir.path().join("data/audit.db").display());
-            let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await?;
-            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut conn).await?
-        }
-    })
+    db.count("SELECT count(*) FROM outbox").await
 }
 
 /// A metric's value from /actuator/prometheus.

@@ -35,7 +35,8 @@ use crate::store::{NewRow, Store, StoreError, StoredRow};
 /// The Kafka relay's consumer name (cursors, lease, purge).
 pub const KAFKA: &str = "kafka";
 
-/// Outbox rows per INSERT statement on SQLite (2 parameters each, far below its variable limit).
+/// Outbox rows per INSERT or DELETE statement on SQLite (at most 2 parameters each, far below
+/// its variable limit).
 const ROWS_PER_INSERT: usize = 2000;
 
 /// Dispatch one body over both stores: `$pool` is the store's read/write pool. The body is
@@ -284,7 +285,8 @@ impl Store {
 
     /// Record a consumer's progress in one transaction: renew its lease (false, and nothing
     /// written, if `holder` no longer holds it), move its cursors forward to `handled` (tenant ->
-    /// last sequence), delete the rows `purge` names, and set the Kafka offsets below which every message is reflected in the cursors.
+    /// last sequence), delete the rows `purge` names, and set the Kafka offsets below which every
+    /// message is reflected in the cursors.
     pub async fn outbox_advance(&self, progress: &Progress<'_>) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => {
