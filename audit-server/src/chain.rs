@@ -278,6 +278,22 @@ mod tests {
         }
     }
 
+    /// A row as the stores read it; only the body, id and sequence matter to reading it back.
+    fn stored_row(id: &str, sequence: i64, body: String) -> crate::store::StoredRow {
+        crate::store::StoredRow {
+            id: id.into(),
+            tenant_id: String::new(),
+            sequence,
+            timestamp: String::new(),
+            actor_id: String::new(),
+            resource_id: String::new(),
+            action_type: String::new(),
+            body,
+            hash: "h".repeat(64),
+            previous_hash: GENESIS.into(),
+        }
+    }
+
     proptest! {
         /// A stored row reads back as the same event through the typed body as through the
         /// `Value` path it replaced, and as the event that was appended.
@@ -286,18 +302,7 @@ mod tests {
         // larger one would not read back as itself by either path (no tenant gets near it).
         fn typed_read_back_equals_the_value_path(event in new_event(), sequence in 1i64..(1 << 53), id in any::<String>()) {
             let ts = "2026-01-01T00:00:00.000000Z";
-            let row = crate::store::StoredRow {
-                id: id.clone(),
-                tenant_id: event.metadata.tenant_id.clone(),
-                sequence,
-                timestamp: ts.into(),
-                actor_id: event.actor.id.clone(),
-                resource_id: event.resource.id.clone(),
-                action_type: event.action.kind.clone(),
-                body: canonical_body(&id, sequence, ts, &event),
-                hash: "h".repeat(64),
-                previous_hash: GENESIS.into(),
-            };
+            let row = stored_row(&id, sequence, canonical_body(&id, sequence, ts, &event));
             let typed = row.clone().into_event().map_err(|e| TestCaseError::fail(e.to_string()))?;
             let reference = row.into_event_via_value().map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(&typed, &reference);
@@ -314,18 +319,7 @@ mod tests {
     #[test]
     fn unreadable_and_unexpected_bodies_are_errors() {
         for body in ["not json", "[1]", r#"{"id":"x"}"#] {
-            let row = crate::store::StoredRow {
-                id: "x".into(),
-                tenant_id: "t".into(),
-                sequence: 1,
-                timestamp: String::new(),
-                actor_id: String::new(),
-                resource_id: String::new(),
-                action_type: String::new(),
-                body: body.into(),
-                hash: String::new(),
-                previous_hash: String::new(),
-            };
+            let row = stored_row("x", 1, body.into());
             assert!(row.clone().into_event().is_err(), "{body}");
             assert!(row.into_event_via_value().is_err(), "{body}");
         }
