@@ -8,7 +8,7 @@
 //! the server in a process of its own, single events over 100 tenants, its RSS sampled throughout.
 //!
 //!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64]
-//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS] [--no-outbox] [--outbox-split]
+//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS] [--no-outbox] [--outbox-split] [--pg-stats] [--hold-snapshot]
 
 // The allocator of the audit-server binary (src/main.rs), so the in-process server measures the same.
 #[global_allocator]
@@ -54,6 +54,13 @@ pub struct Args {
     /// (`--outbox-split`): its appends write the outbox rows and nothing reads them, which splits
     /// the outbox's cost between the append side and the relay/indexer side.
     outbox_split: bool,
+    /// Print the outbox comparison's top statements per database from pg_stat_statements
+    /// (`--pg-stats`; needs `AUDCTL_TESTBED_PG_CONF="shared_preload_libraries = 'pg_stat_statements'"`).
+    pg_stats: bool,
+    /// Hold a repeatable-read snapshot on the outbox server's database during the measured runs
+    /// (`--hold-snapshot`), as a backup (pg_dump) does: vacuum can then remove none of the rows
+    /// the consumers delete.
+    hold_snapshot: bool,
     /// PostgreSQL with the production guide's tuning (the default) or the testbed's small
     /// footprint (`--pg testbed`: 32 MB of shared buffers).
     production_tuning: bool,
@@ -77,6 +84,8 @@ fn args() -> Result<Args> {
         soak: 60,
         outbox: true,
         outbox_split: false,
+        pg_stats: false,
+        hold_snapshot: false,
         production_tuning: true,
         only: Vec::new(),
         // Steady-state JVMs did worse here: on 2 cores their C2 compiles and G1 threads took
@@ -105,6 +114,8 @@ fn args() -> Result<Args> {
             }
             "--no-outbox" => a.outbox = false,
             "--outbox-split" => a.outbox_split = true,
+            "--pg-stats" => a.pg_stats = true,
+            "--hold-snapshot" => a.hold_snapshot = true,
             "--pg" => {
                 a.production_tuning = match text()?.as_str() {
                     "production" => true,
@@ -123,7 +134,7 @@ fn args() -> Result<Args> {
             "--serve" => a.serve = Some(text()?),
             other => bail!(
                 "unknown argument {other}; expected --seconds N, --clients N, --batch-clients N, --pool N, --lanes N, \
-                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --outbox-split, --pg production|testbed, --jvm steady|fast-start, --only LIST"
+                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --outbox-split, --pg-stats, --hold-snapshot, --pg production|testbed, --jvm steady|fast-start, --only LIST"
             ),
         }
     }

@@ -45,6 +45,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_search_index_lag_events",
     "audit_search_index_lag_seconds",
     "audit_outbox_rows",
+    "audit_outbox_read_floor_misses_total",
+    "audit_outbox_read_floor_position",
 ];
 
 /// The `phase` labels of `audit_append_phase_seconds_total`: `queue` is summed over requests (time
@@ -80,6 +82,9 @@ pub struct Metrics {
     pub search: SearchMetrics,
     /// Rows in the outbox (one per event and consumer), sampled by every replica with the outbox on.
     pub outbox_rows: AtomicU64,
+    /// Outbox rows a consumer's full read found below its read floor (`crate::outbox::floor`):
+    /// nonzero is a bug.
+    pub outbox_floor_misses: AtomicU64,
 }
 
 /// The search indexer's figures (all zero without search). Lag is sampled from the database by
@@ -96,6 +101,8 @@ pub struct SearchMetrics {
     pub lag_events: AtomicU64,
     /// f64 bits.
     pub lag_seconds: AtomicU64,
+    /// The indexer's read floor, as the relay's.
+    pub read_floor: AtomicU64,
 }
 
 #[derive(Default)]
@@ -151,6 +158,8 @@ pub struct KafkaMetrics {
     pub lag_events: AtomicU64,
     /// Age of the oldest of them (f64 bits).
     pub lag_seconds: AtomicU64,
+    /// The relay's read floor (`crate::outbox::floor`): its reads start after this position.
+    pub read_floor: AtomicU64,
 }
 
 impl Metrics {
@@ -229,10 +238,23 @@ impl Metrics {
                 "Events found already on the topic after a relay restart or failure, recorded and not sent again.",
                 &k.resynced,
             ),
+            (
+                "audit_outbox_read_floor_misses_total",
+                "Outbox rows a consumer found below its read floor (a bug; the consumer reads from the start again).",
+                &self.outbox_floor_misses,
+            ),
         ]);
         for (name, help, value) in counters {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let name = "audit_outbox_read_floor_position";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Outbox position after which the consumer's reads start (rows at or below it are handled).\n# TYPE {name} gauge"
+        );
+        for (consumer, floor) in [("kafka", &k.read_floor), ("search", &self.search.read_floor)] {
+            let _ = writeln!(out, "{name}{{consumer=\"{consumer}\"}} {}", floor.load(Ordering::Relaxed));
         }
         let name = "audit_append_phase_seconds_total";
         let _ = writeln!(

@@ -239,6 +239,7 @@ async fn every_event_once_in_order(backend: Backend) -> Result<()> {
     ensure!(acked.iter().all(|id| on_topic.contains(id)), "an acknowledged event is not on the topic");
     ensure!(metric(&api, "audit_kafka_published_total").await? >= acked.len() as f64);
     ensure!(metric(&api, "audit_kafka_relay_leader").await? == 1.0);
+    ensure!(metric(&api, "audit_outbox_read_floor_misses_total").await? == 0.0, "rows found below the read floor");
     if backend == Backend::Sqlite {
         // Issue 25: a signed checkpoint (SQLite generates a key) also goes to the topic.
         let (s, body) = api.get(ADMIN_KEY, "/api/v1/integrity/checkpoints?tenantId=t-alpha").await?;
@@ -434,5 +435,98 @@ async fn unregistered_consumer_releases_the_outbox() -> Result<()> {
     // No new events: only the periodic purge can remove them.
     until("audit_outbox_rows", 0.0).await.context("rows passed by every remaining consumer")?;
     ensure!(outbox_rows(&db).await? == 0, "rows left in the outbox");
+    server.shutdown().await
+}
+
+/// The relay's read floor (src/outbox/floor.rs) against a transaction that draws its outbox
+/// position and then commits after later ones were read and published: a trigger holds one
+/// tenant's append on an advisory lock after its rows are inserted (their position noted in a
+/// sequence, which is not transactional), while other tenants' events are published. The floor
+/// must stay below the held row, its events must reach the topic once released, and the floor
+/// must then pass it (it is not stuck at 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_floor_waits_for_a_late_commit() -> Result<()> {
+    const SLOW: &str = "t-slow";
+    const FLOOR: &str = "audit_outbox_read_floor_position{consumer=\"kafka\"}";
+    let kafka = kafka_with_topic().await?;
+    let db = Arc::new(Db::new(Backend::Postgres, "kafka_floor").await?);
+    let url = db.url.clone().context("PostgreSQL URL")?;
+    let mut config = db.config();
+    config.kafka = Some(kafka_config(&kafka));
+    // The held append must outlive the append sessions' statement timeout.
+    config.append_timeout = Duration::from_secs(120);
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::raw_sql(
+        "CREATE SEQUENCE held_position;
+         CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM setval('held_position', NEW.position); PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$;
+         CREATE TRIGGER hold AFTER INSERT ON outbox FOR EACH ROW WHEN (NEW.tenant_id = 't-slow') EXECUTE FUNCTION hold();",
+    )
+    .execute(&mut conn)
+    .await?;
+    let published = |n: usize| {
+        let api = api.clone();
+        async move {
+            let start = Instant::now();
+            while metric(&api, "audit_kafka_published_total").await? < n as f64 {
+                ensure!(start.elapsed() < DEADLINE, "fewer than {n} events published");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let ingest_until = |n: usize| {
+        let api = api.clone();
+        async move {
+            let (stop, acked) = (Arc::new(Mutex::new(false)), Arc::new(Mutex::new(Vec::new())));
+            let clients: Vec<_> =
+                (0..4).map(|c| ingest(api.clone(), TENANTS, c, stop.clone(), acked.clone())).collect();
+            let reached = wait_for_acks(&acked, n, DEADLINE).await;
+            stop_clients(&stop);
+            for c in clients {
+                c.await?;
+            }
+            reached.map(|()| acked_ids(&acked).len())
+        }
+    };
+    let mut total = ingest_until(100).await?;
+    published(total).await?;
+    // The held append: alone in its transaction (nothing else in flight), blocked in the trigger.
+    sqlx::query("SELECT pg_advisory_lock(4242)").execute(&mut conn).await?;
+    let held = {
+        let api = api.clone();
+        tokio::spawn(async move { api.post(ADMIN_KEY, "/api/v1/events", &event(SLOW, "late", "LATE")).await })
+    };
+    until_positive(
+        &mut conn,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        "the append never reached the trigger",
+    )
+    .await?;
+    let position: i64 = sqlx::query_scalar("SELECT last_value FROM held_position").fetch_one(&mut conn).await?;
+    total += ingest_until(300).await?;
+    published(total).await?;
+    let floor = metric(&api, FLOOR).await?;
+    ensure!(floor < position as f64, "the read floor {floor} passed the uncommitted row at {position}");
+    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut conn).await?;
+    let (status, body) = held.await??;
+    ensure!(status == 201, "the held append: {status} {body}");
+    // More events, so that the floor has reads to move on.
+    total += ingest_until(100).await?;
+    published(total + 1).await?;
+    let start = Instant::now();
+    while metric(&api, FLOOR).await? <= position as f64 {
+        ensure!(start.elapsed() < DEADLINE, "the read floor never passed the late row at {position}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut tenants = TENANTS.to_vec();
+    tenants.push(SLOW);
+    check_topic(&api, &db, &kafka.bootstrap_servers(), &tenants).await?;
+    ensure!(
+        metric(&api, "audit_outbox_read_floor_misses_total").await? == 0.0,
+        "a full read found rows below the floor"
+    );
     server.shutdown().await
 }

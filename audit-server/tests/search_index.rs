@@ -261,6 +261,19 @@ async fn indexed_and_searched(product: Product, backend: Backend) -> Result<()> 
     // The indexer deletes the rows it indexed in the transaction that moves its cursors.
     let (samples, worst) = sampler.await??;
     ensure!(worst == 0, "{worst} passed rows left in the outbox ({samples} samples)");
+    // The indexer's read floor (src/outbox/floor.rs): past the first step's rows once the second
+    // step is recorded, on PostgreSQL; SQLite has none.
+    let floor = "audit_outbox_read_floor_position{consumer=\"search\"}";
+    if backend == Backend::Postgres {
+        let start = Instant::now();
+        while metric(&server, floor).await? == 0.0 {
+            ensure!(start.elapsed() < Duration::from_secs(60), "the indexer's read floor stays at 0");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        ensure!(metric(&server, floor).await? == 0.0, "a read floor on SQLite");
+    }
+    ensure!(metric(&server, "audit_outbox_read_floor_misses_total").await? == 0.0, "rows found below the read floor");
     ensure!(count_in_cluster(&search, "tenant-a").await? == 40 && count_in_cluster(&search, "tenant-b").await? == 12);
     // The template the cluster holds, read back from it.
     let t: Value = reqwest::get(format!("{}/_index_template/audit-events", search.url())).await?.json().await?;

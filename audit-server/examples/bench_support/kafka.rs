@@ -54,6 +54,7 @@ pub async fn outbox_cost(
     }
     let unreachable = unreachable_port()?;
     let mut servers = Vec::new();
+    let mut urls = Vec::new();
     let mut rows_only_url = None;
     for (name, kind) in &kinds {
         let dir = tempfile::tempdir()?;
@@ -63,6 +64,7 @@ pub async fn outbox_cost(
         if *kind == Kind::RowsOnly {
             rows_only_url = config.database_url.clone();
         }
+        urls.push((*name, config.database_url.clone().unwrap_or_default()));
         config.api_keys = vec![ApiKeyConfig::plain(KEY, &["*"])];
         config.db_max_connections = pool;
         let on = *kind != Kind::Plain;
@@ -92,6 +94,19 @@ pub async fn outbox_cost(
     eprintln!("running: outbox comparison, warm-up with the outbox (not measured)");
     let (h, b, url) = (client_http.clone(), bodies.clone(), format!("{outbox_base}/api/v1/events"));
     client_rt.spawn(async move { drive(&h, &url, b, clients, 1, duration).await }).await??;
+    let stats_from = match args.pg_stats {
+        true => Some(pg_stats_reset(pg, &urls).await?),
+        false => None,
+    };
+    // A backup's snapshot: a read-only repeatable-read transaction open across the measured runs.
+    let mut backup = None;
+    if args.hold_snapshot {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&urls[1].1).await?;
+        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT count(*) FROM events")
+            .execute(&mut conn)
+            .await?;
+        backup = Some(conn);
+    }
     let n = servers.len();
     let mut rates: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
     let mut cores = vec![Vec::new(); n];
@@ -131,11 +146,17 @@ pub async fn outbox_cost(
             }
         }
     }
+    if let Some(mut conn) = backup {
+        sqlx::raw_sql("COMMIT").execute(&mut conn).await?;
+    }
     // Its worker threads must not outlive this comparison (dropping a runtime inside another blocks).
     client_rt.shutdown_background();
     // Everything the outbox server stored must reach the topic and the index.
     drains.push(drain(http, &outbox_base).await?);
     let drains: Vec<String> = drains.iter().map(|[k, s]| format!("{k:.1}/{s:.1}")).collect();
+    if let Some(from) = stats_from {
+        pg_stats_print(pg, &urls, &from).await?;
+    }
     for (server, _) in servers {
         server.shutdown().await?;
     }
@@ -245,4 +266,49 @@ fn production_index_settings() -> Result<serde_json::Map<String, serde_json::Val
         serde_json::Value::Object(settings) => Ok(settings.clone()),
         other => bail!("{path}: elasticsearch.indexSettings is not a mapping: {other}"),
     }
+}
+
+/// `--pg-stats`: forget the statements so far (the warm-up) and count each database's events.
+async fn pg_stats_reset(pg: &testbed::postgres::Postgres, urls: &[(&str, String)]) -> Result<Vec<i64>> {
+    pg.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .map_err(|e| anyhow::anyhow!("--pg-stats needs pg_stat_statements preloaded (AUDCTL_TESTBED_PG_CONF): {e}"))?;
+    pg.sql("SELECT pg_stat_statements_reset()").await?;
+    events_per_database(urls).await
+}
+
+async fn events_per_database(urls: &[(&str, String)]) -> Result<Vec<i64>> {
+    let mut counts = Vec::new();
+    for (_, url) in urls {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+        counts.push(sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?);
+    }
+    Ok(counts)
+}
+
+/// `--pg-stats`: each database's statements since the reset, the costliest first, with their
+/// execution time per event stored meanwhile (drains included: they are the consumers' work).
+async fn pg_stats_print(pg: &testbed::postgres::Postgres, urls: &[(&str, String)], from: &[i64]) -> Result<()> {
+    let now = events_per_database(urls).await?;
+    for (((name, _), before), after) in urls.iter().zip(from).zip(&now) {
+        let events = (after - before).max(1);
+        let rows = pg
+            .sql(&format!(
+                "SELECT s.calls, round(s.total_exec_time::numeric, 0), round((s.total_exec_time * 1000 / {events})::numeric, 1), \
+                 s.rows, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 120) \
+                 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+                 WHERE d.datname = '{name}' ORDER BY s.total_exec_time DESC LIMIT 12"
+            ))
+            .await?;
+        let total = pg
+            .sql(&format!(
+                "SELECT round(sum(s.total_exec_time)::numeric, 0), round((sum(s.total_exec_time) * 1000 / {events})::numeric, 1) \
+                 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{name}'"
+            ))
+            .await?;
+        eprintln!("\npg_stat_statements, {name}: {events} events; total ms|us per event: {total}");
+        eprintln!("calls|total ms|us per event|rows|statement");
+        eprintln!("{rows}");
+    }
+    Ok(())
 }

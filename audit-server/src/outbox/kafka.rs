@@ -54,7 +54,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{KAFKA, Pending, Progress, Purge};
+use super::floor::{Floor, first_unhandled};
+use super::{Advanced, KAFKA, Pending, Progress, Purge};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -131,6 +132,8 @@ impl Relay {
     async fn lead(&self, mut valid_from: Instant, stop: &mut watch::Receiver<bool>) -> Ended {
         let ttl = self.config.lease;
         let mut backoff = Duration::from_millis(500);
+        // Valid for this lease term only: the rows below it are the ones this relay handled.
+        let mut floor = Floor::default();
         'producer: loop {
             let producer = match self.producer() {
                 Ok(p) => p,
@@ -186,7 +189,11 @@ impl Relay {
                         }
                     }
                 }
-                let pending = match self.store.outbox_pending(KAFKA, self.config.batch_max_events).await {
+                let pending = match self
+                    .store
+                    .outbox_read(KAFKA, self.config.batch_max_events, &mut floor, &self.metrics)
+                    .await
+                {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka relay: reading the outbox failed");
@@ -197,6 +204,7 @@ impl Relay {
                         continue;
                     }
                 };
+                let read: Vec<i64> = pending.iter().map(|p| p.position).collect();
                 let pending = in_chain_order(pending);
                 if pending.is_empty() {
                     if wait(stop, self.config.poll_interval).await {
@@ -232,8 +240,9 @@ impl Relay {
                         };
                         let asked = Instant::now();
                         match self.store.outbox_advance(&progress).await {
-                            Ok(true) => {
+                            Ok(Advanced::Recorded { xid }) => {
                                 valid_from = asked;
+                                floor.recorded(xid, first_unhandled(&read, &positions));
                                 // A partial batch: the relay keeps up; let the next one fill for a
                                 // poll interval (fewer, larger produce requests and cursor writes).
                                 if pending.len() < self.config.batch_max_events
@@ -243,7 +252,7 @@ impl Relay {
                                     return Ended::Stopped;
                                 }
                             }
-                            Ok(false) => {
+                            Ok(Advanced::LeaseLost) => {
                                 discard(producer).await;
                                 return Ended::LeaseLost;
                             }
@@ -393,7 +402,7 @@ impl Relay {
             offsets: Some((&self.config.topic, &found.ends)),
         };
         let asked = Instant::now();
-        if !self.store.outbox_advance(&progress).await? {
+        if self.store.outbox_advance(&progress).await? == Advanced::LeaseLost {
             return Ok(None);
         }
         *valid_from = asked;

@@ -2,8 +2,8 @@
 //! registered consumer (PostgreSQL: a CTE of the append statement; SQLite: [`sqlite_insert`]), so
 //! a row exists if and only if its event committed. Consumers read the outbox, not the request
 //! path: the Kafka relay ([`kafka`]) and the search indexer. Each consumer keeps a cursor per
-//! tenant (the last sequence it handled) and a lease, reads only its own rows, and purges them
-//! once its cursor has passed them. Rows are per consumer, not shared, so that a consumer never
+//! tenant (the last sequence it handled) and a lease, reads only its own rows (from past a floor
+//! of rows it handled, [`floor`]), and purges them once its cursor has passed them. Rows are per consumer, not shared, so that a consumer never
 //! reads past rows it already handled that a slower consumer still holds (the bench measured that
 //! costing as much as the appends), and a stopped consumer costs the others nothing.
 //!
@@ -21,6 +21,7 @@
 //! relay that lost its lease cannot move cursors. How the Kafka relay bounds what a former holder
 //! may still have in flight is explained in [`kafka`].
 
+pub mod floor;
 pub mod kafka;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
+use self::floor::Floor;
 use crate::chain;
+use crate::metrics::Metrics;
 use crate::store::{NewRow, Store, StoreError, StoredRow};
 
 /// The Kafka relay's consumer name (cursors, lease, purge).
@@ -192,36 +195,73 @@ impl Store {
         })
     }
 
-    /// The oldest rows the consumer has not passed yet, with their events, in position order.
-    pub(crate) async fn outbox_pending(&self, consumer: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+    /// The oldest rows the consumer has not passed yet above its floor, with their events, in
+    /// position order; rows found below the floor (a full read) are counted and logged.
+    pub(crate) async fn outbox_read(
+        &self,
+        consumer: &str,
+        limit: usize,
+        floor: &mut Floor,
+        metrics: &Metrics,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let from = floor.start();
+        let read = self.outbox_pending(consumer, limit, from).await?;
+        let positions: Vec<i64> = read.rows.iter().map(|p| p.position).collect();
+        let below = floor.below();
+        let gauge = match consumer {
+            KAFKA => &metrics.kafka.read_floor,
+            _ => &metrics.search.read_floor,
+        };
+        gauge.store(u64::try_from(below).unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        let missed = floor.read(from, &positions, read.xmin, limit);
+        if missed > 0 {
+            metrics.outbox_floor_misses.fetch_add(missed as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                consumer,
+                missed,
+                floor = below,
+                "outbox: a full read found rows below the read floor (a bug); reading from 0 again"
+            );
+        }
+        Ok(read.rows)
+    }
+
+    /// The oldest rows the consumer has not passed yet with positions above `after`, with their
+    /// events, in position order, and the xmin of the read's snapshot (PostgreSQL).
+    async fn outbox_pending(&self, consumer: &str, limit: usize, after: i64) -> Result<PendingRead, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // The outbox rows first (LIMIT inside a materialized CTE), then their events by primary
         // key: joined in one query, the planner sometimes (stale statistics of a table that is a
         // queue) joined the whole outbox to the events and sorted it, spilling to disk, on every poll.
-        let sql = |id: &str| {
+        // `o.position > $3` starts the index scan past the rows already handled (see [`floor`]);
+        // the snapshot's xmin is the same for every row (one statement, one snapshot).
+        let sql = |id: &str, xmin: &str| {
             format!(
                 "WITH p AS MATERIALIZED (
                      SELECT o.position, o.tenant_id, o.sequence, c.sequence AS after
                      FROM outbox o
                      LEFT JOIN outbox_cursors c ON c.consumer = $1 AND c.tenant_id = o.tenant_id
-                     WHERE o.consumer = $1 AND o.sequence > COALESCE(c.sequence, 0)
+                     WHERE o.consumer = $1 AND o.position > $3 AND o.sequence > COALESCE(c.sequence, 0)
                      ORDER BY o.position LIMIT $2)
                  SELECT {id} AS id, e.tenant_id, e.sequence, e.ts, e.actor_id, e.resource_id, e.action_type, e.body, \
-                 e.hash, e.previous_hash, p.position, p.after
+                 e.hash, e.previous_hash, p.position, p.after, {xmin} AS snapshot_xmin
                  FROM p JOIN events e ON e.tenant_id = p.tenant_id AND e.sequence = p.sequence
                  ORDER BY p.position"
             )
         };
-        let mut out = Vec::new();
+        let mut out = PendingRead { rows: Vec::new(), xmin: None };
         match self {
             Store::Postgres(s) => {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql("e.id::text")))
+                let xmin = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql("e.id::text", xmin)))
                     .bind(consumer)
                     .bind(limit)
+                    .bind(after)
                     .fetch_all(s.pool())
                     .await?;
                 for r in &rows {
-                    out.push(Pending {
+                    out.xmin = Some(r.try_get("snapshot_xmin")?);
+                    out.rows.push(Pending {
                         position: r.try_get("position")?,
                         after: r.try_get("after")?,
                         row: crate::store::postgres::to_row(r)?,
@@ -229,13 +269,14 @@ impl Store {
                 }
             }
             Store::Sqlite(s) => {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql("e.id")))
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql("e.id", "NULL")))
                     .bind(consumer)
                     .bind(limit)
+                    .bind(after)
                     .fetch_all(s.pool())
                     .await?;
                 for r in &rows {
-                    out.push(Pending {
+                    out.rows.push(Pending {
                         position: r.try_get("position")?,
                         after: r.try_get("after")?,
                         row: crate::store::sqlite::to_row(r)?,
@@ -287,26 +328,26 @@ impl Store {
     /// written, if `holder` no longer holds it), move its cursors forward to `handled` (tenant ->
     /// last sequence), delete the rows `purge` names, and set the Kafka offsets below which every
     /// message is reflected in the cursors.
-    pub async fn outbox_advance(&self, progress: &Progress<'_>) -> Result<bool, StoreError> {
+    pub async fn outbox_advance(&self, progress: &Progress<'_>) -> Result<Advanced, StoreError> {
         match self {
             Store::Postgres(s) => {
                 let mut tx = s.pool().begin().await?;
-                let renewed = sqlx::query(
+                // The transaction's id (assigned by this update) is after every read before it:
+                // what the consumer's read floor needs (see [`floor`]).
+                let renewed: Option<i64> = sqlx::query_scalar(
                     "UPDATE outbox_consumers SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
-                     WHERE consumer = $1 AND lease_holder = $2",
+                     WHERE consumer = $1 AND lease_holder = $2 RETURNING pg_current_xact_id()::text::bigint",
                 )
                 .bind(progress.consumer)
                 .bind(progress.holder)
                 .bind(progress.ttl.as_secs_f64())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if renewed != 1 {
-                    return Ok(false);
-                }
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(xid) = renewed else { return Ok(Advanced::LeaseLost) };
                 advance_body!(tx, progress, "GREATEST");
                 pg_purge(&mut tx, progress).await?;
                 tx.commit().await?;
+                Ok(Advanced::Recorded { xid: Some(xid) })
             }
             Store::Sqlite(s) => {
                 let mut tx = s.pool().begin_with("BEGIN IMMEDIATE").await?;
@@ -320,14 +361,14 @@ impl Store {
                 .await?
                 .rows_affected();
                 if renewed != 1 {
-                    return Ok(false);
+                    return Ok(Advanced::LeaseLost);
                 }
                 advance_body!(tx, progress, "max");
                 sqlite_purge(&mut tx, progress).await?;
                 tx.commit().await?;
+                Ok(Advanced::Recorded { xid: None })
             }
         }
-        Ok(true)
     }
 
     /// The consumer's lag: rows not passed yet, and the age of the oldest one's event.
@@ -415,6 +456,21 @@ async fn sqlite_purge(tx: &mut sqlx::SqliteConnection, p: &Progress<'_>) -> Resu
         }
     }
     Ok(())
+}
+
+/// A consumer's read: its rows, and its snapshot's xmin (PostgreSQL, when it found rows).
+struct PendingRead {
+    rows: Vec<Pending>,
+    xmin: Option<i64>,
+}
+
+/// What [`Store::outbox_advance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advanced {
+    /// Another holder has the lease: nothing written.
+    LeaseLost,
+    /// Written; `xid`: the recording transaction's id (PostgreSQL), for the read floor.
+    Recorded { xid: Option<i64> },
 }
 
 /// Which rows a consumer's progress deletes.

@@ -15,7 +15,8 @@ use super::SEARCH;
 use super::client::SearchClient;
 use crate::config::SearchConfig;
 use crate::metrics::Metrics;
-use crate::outbox::{Progress, Purge};
+use crate::outbox::floor::{Floor, first_unhandled};
+use crate::outbox::{Advanced, Progress, Purge};
 use crate::store::Store;
 
 pub struct Indexer {
@@ -33,6 +34,7 @@ impl Indexer {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut template = false;
         let mut backoff = self.config.poll_interval;
+        let mut floor = Floor::default();
         loop {
             if *stop.borrow() {
                 break;
@@ -48,7 +50,7 @@ impl Indexer {
             let pause = if !template {
                 Some(MAX_BACKOFF)
             } else {
-                match self.step().await {
+                match self.step(&mut floor).await {
                     Ok(0) => Some(self.config.poll_interval),
                     // A full batch: more is waiting, go on at once. A partial one: the indexer
                     // keeps up, so let the next batch fill for one poll interval rather than
@@ -78,21 +80,26 @@ impl Indexer {
     }
 
     /// Take or renew the lease, then index one batch; how many events were indexed (0: not the
-    /// leader or nothing pending).
-    async fn step(&self) -> Result<usize, String> {
+    /// leader or nothing pending). `floor`: where reads start (reset when the lease is not held).
+    async fn step(&self, floor: &mut Floor) -> Result<usize, String> {
         let ttl = self.config.lease;
         let leading = self.store.outbox_lease(SEARCH, &self.holder, ttl).await.map_err(|e| e.to_string())?;
         self.metrics.search.leader.store(u64::from(leading), Ordering::Relaxed);
         if !leading {
+            *floor = Floor::default();
             return Ok(0);
         }
-        let pending =
-            self.store.outbox_pending(SEARCH, self.config.batch_max_events).await.map_err(|e| e.to_string())?;
+        let pending = self
+            .store
+            .outbox_read(SEARCH, self.config.batch_max_events, floor, &self.metrics)
+            .await
+            .map_err(|e| e.to_string())?;
         if pending.is_empty() {
             return Ok(0);
         }
         let mut rows = Vec::with_capacity(pending.len());
         let mut events = Vec::with_capacity(pending.len());
+        let read: Vec<i64> = pending.iter().map(|p| p.position).collect();
         for p in pending {
             rows.push((p.row.tenant_id.clone(), p.row.sequence, p.position));
             events.push(p.row.into_event().map_err(|e| e.to_string())?);
@@ -127,12 +134,16 @@ impl Indexer {
             purge: Purge::Rows(&done),
             offsets: None,
         };
-        let kept = self.store.outbox_advance(&progress).await.map_err(|e| e.to_string())?;
+        let advanced = self.store.outbox_advance(&progress).await.map_err(|e| e.to_string())?;
         let indexed = done.len();
         self.metrics.search.indexed.fetch_add(indexed as u64, Ordering::Relaxed);
-        if !kept {
-            self.metrics.search.leader.store(0, Ordering::Relaxed);
-            return Ok(0);
+        match advanced {
+            Advanced::Recorded { xid } => floor.recorded(xid, first_unhandled(&read, &done)),
+            Advanced::LeaseLost => {
+                *floor = Floor::default();
+                self.metrics.search.leader.store(0, Ordering::Relaxed);
+                return Ok(0);
+            }
         }
         match first_error {
             Some(e) => Err(format!("{} of the batch refused, first: {e}", failed.len())),
