@@ -25,7 +25,7 @@
 //! such a row is counted (`audit_outbox_read_floor_misses_total`), logged, and the floor goes back
 //! to 0. A nonzero count is a bug here, which the tests check for.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How often a consumer reads from position 0 whatever its floor.
@@ -47,9 +47,10 @@ pub struct Floor {
 
 struct Read {
     xmin: Option<i64>,
-    highest: Option<i64>,
-    /// The read stopped at its limit here: rows after it were not read.
-    cut_at: Option<i64>,
+    /// The positions it returned, ascending.
+    positions: Vec<i64>,
+    /// It stopped at its limit: rows after its last were not read.
+    cut: bool,
 }
 
 impl Default for Floor {
@@ -72,7 +73,7 @@ impl Floor {
     /// A read from `from` returned rows at these positions (ascending), under a snapshot whose
     /// xmin is `xmin` (None: not PostgreSQL). Returns how many rows at or below the floor it found:
     /// nonzero is a bug, and the floor goes back to 0.
-    pub fn read(&mut self, from: i64, positions: &[i64], xmin: Option<i64>, limit: usize) -> usize {
+    pub fn read(&mut self, from: i64, positions: Vec<i64>, xmin: Option<i64>, limit: usize) -> usize {
         let missed = match from < self.below {
             true => positions.iter().take_while(|p| **p <= self.below).count(),
             false => 0,
@@ -81,14 +82,14 @@ impl Floor {
             self.below = 0;
             self.seen.clear();
         }
-        let cut_at = (positions.len() >= limit).then(|| positions.last().copied()).flatten();
-        self.read = Some(Read { xmin, highest: positions.last().copied(), cut_at });
+        let cut = positions.len() >= limit;
+        self.read = Some(Read { xmin, positions, cut });
         missed
     }
 
-    /// The last read's progress was recorded by transaction `xid`; `unhandled`: the position of
-    /// the first row it read and did not handle, if any.
-    pub fn recorded(&mut self, xid: Option<i64>, unhandled: Option<i64>) {
+    /// The last read's progress was recorded by transaction `xid`; `handled`: the positions of
+    /// the rows it handled (the others wait for a later read).
+    pub fn recorded(&mut self, xid: Option<i64>, handled: &[i64]) {
         let (Some(read), Some(xid)) = (self.read.take(), xid) else { return };
         let Some(xmin) = read.xmin else { return };
         let mut safe = None;
@@ -99,16 +100,18 @@ impl Floor {
             safe = safe.max(Some(highest));
             self.seen.pop_front();
         }
+        let last = read.positions.last().copied();
         if let Some(mut bound) = safe {
-            if let Some(cut) = read.cut_at {
-                bound = bound.min(cut);
+            if let (true, Some(last)) = (read.cut, last) {
+                bound = bound.min(last);
             }
-            if let Some(first) = unhandled {
+            let handled: HashSet<i64> = handled.iter().copied().collect();
+            if let Some(first) = read.positions.iter().find(|p| !handled.contains(p)) {
                 bound = bound.min(first - 1);
             }
             self.below = self.below.max(bound);
         }
-        if let Some(highest) = read.highest {
+        if let Some(highest) = last {
             if self.seen.len() == MAX_SEEN {
                 self.seen.pop_front();
             }
@@ -122,56 +125,51 @@ impl Floor {
     }
 }
 
-/// The position of the first row read (`read`, ascending) that is not in `handled`.
-pub fn first_unhandled(read: &[i64], handled: &[i64]) -> Option<i64> {
-    let handled: std::collections::HashSet<i64> = handled.iter().copied().collect();
-    read.iter().copied().find(|p| !handled.contains(p))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A read of `positions` from the floor, all handled and recorded by `xid`; the new floor.
+    fn step(f: &mut Floor, positions: &[i64], xmin: i64, xid: i64) -> i64 {
+        let from = f.below();
+        f.read(from, positions.to_vec(), Some(xmin), 1000);
+        f.recorded(Some(xid), positions);
+        f.below()
+    }
+
     #[test]
     fn moves_only_once_xmin_passed_the_recording_transaction() {
         let mut f = Floor::default();
-        // Read 1 sees up to 20; recorded by xid 100.
-        assert_eq!(f.read(0, &[10, 20], Some(90), 1000), 0);
-        f.recorded(Some(100), None);
-        assert_eq!(f.below(), 0, "nothing known yet about transactions running during read 1");
-        // Read 2: xmin 100 (transaction 100 itself counts as possibly running): no move.
-        f.read(0, &[30], Some(100), 1000);
-        f.recorded(Some(110), None);
-        assert_eq!(f.below(), 0);
-        // Read 3: xmin 111 > 100 and 110: both observations are safe, the highest wins.
-        f.read(0, &[40], Some(111), 1000);
-        f.recorded(Some(120), None);
-        assert_eq!(f.below(), 30);
+        assert_eq!(step(&mut f, &[10, 20], 90, 100), 0, "nothing known yet of transactions running during read 1");
+        // xmin 100: transaction 100 itself may still be running.
+        assert_eq!(step(&mut f, &[30], 100, 110), 0);
+        // xmin 111: above 100 and 110, both observations are safe and the highest wins.
+        assert_eq!(step(&mut f, &[40], 111, 120), 30);
     }
 
     #[test]
     fn never_past_a_row_not_handled_or_not_read() {
         let mut f = Floor::default();
-        f.read(0, &[10, 20], Some(1), 1000);
-        f.recorded(Some(5), None);
-        // Read 2 reached its limit at 15: rows after it were not read.
-        f.read(0, &[12, 15], Some(6), 2);
-        f.recorded(Some(7), None);
+        step(&mut f, &[10, 20], 1, 5);
+        // Read 2 stopped at its limit at 15: rows after it were not read.
+        f.read(0, vec![12, 15], Some(6), 2);
+        f.recorded(Some(7), &[12, 15]);
         assert_eq!(f.below(), 15);
         // Read 3 saw up to 25 and held row 17 back (a gap in its tenant's chain): 15 stays, the
-        // highest row seen by a safe read.
-        f.read(15, &[17, 25], Some(8), 1000);
-        f.recorded(Some(9), Some(17));
+        // highest row a safe read saw.
+        f.read(15, vec![17, 25], Some(8), 1000);
+        f.recorded(Some(9), &[25]);
         assert_eq!(f.below(), 15);
-        // Read 4 makes read 3's 25 safe, but row 17 is still not handled.
-        f.read(15, &[17, 30], Some(10), 1000);
-        f.recorded(Some(11), Some(17));
+        // Read 4 makes read 3's 25 safe, but row 17 is still not handled (handled given in
+        // another order than read).
+        f.read(15, vec![17, 26, 30], Some(10), 1000);
+        f.recorded(Some(11), &[30, 26]);
         assert_eq!(f.below(), 16);
         // Not recorded (lease lost, failure): nothing moves, and the read is forgotten.
-        f.read(16, &[17, 30], Some(100), 1000);
-        f.recorded(None, None);
+        f.read(16, vec![17, 30], Some(100), 1000);
+        f.recorded(None, &[17, 30]);
         assert_eq!(f.below(), 16);
-        f.recorded(Some(200), None);
+        f.recorded(Some(200), &[17, 30]);
         assert_eq!(f.below(), 16);
     }
 
@@ -179,8 +177,8 @@ mod tests {
     fn without_a_snapshot_the_floor_stays_at_zero() {
         let mut f = Floor::default();
         for xid in 1..5 {
-            f.read(0, &[xid * 10], None, 1000);
-            f.recorded(Some(xid), None);
+            f.read(0, vec![xid * 10], None, 1000);
+            f.recorded(Some(xid), &[xid * 10]);
         }
         assert_eq!(f.below(), 0);
     }
@@ -188,20 +186,11 @@ mod tests {
     #[test]
     fn a_full_read_finding_rows_below_the_floor_resets_it() {
         let mut f = Floor::default();
-        f.read(0, &[10, 20], Some(1), 1000);
-        f.recorded(Some(5), None);
-        f.read(0, &[30], Some(6), 1000);
-        f.recorded(Some(7), None);
-        assert_eq!(f.below(), 20);
-        assert_eq!(f.read(0, &[18, 19, 35], Some(8), 1000), 2);
+        step(&mut f, &[10, 20], 1, 5);
+        assert_eq!(step(&mut f, &[30], 6, 7), 20);
+        assert_eq!(f.read(0, vec![18, 19, 35], Some(8), 1000), 2);
         assert_eq!(f.below(), 0);
-        // A read from the floor never counts rows above it.
-        assert_eq!(f.read(0, &[5], Some(9), 1000), 0);
-    }
-
-    #[test]
-    fn first_unhandled_is_in_read_order() {
-        assert_eq!(first_unhandled(&[3, 5, 7, 9], &[3, 9, 5]), Some(7));
-        assert_eq!(first_unhandled(&[3, 5], &[5, 3]), None);
+        // A read from the floor (now 0) counts nothing.
+        assert_eq!(f.read(0, vec![5], Some(9), 1000), 0);
     }
 }

@@ -54,7 +54,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::floor::{Floor, first_unhandled};
+use super::floor::Floor;
 use super::{Advanced, KAFKA, Pending, Progress, Purge};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
@@ -204,7 +204,6 @@ impl Relay {
                         continue;
                     }
                 };
-                let read: Vec<i64> = pending.iter().map(|p| p.position).collect();
                 let pending = in_chain_order(pending);
                 if pending.is_empty() {
                     if wait(stop, self.config.poll_interval).await {
@@ -242,7 +241,7 @@ impl Relay {
                         match self.store.outbox_advance(&progress).await {
                             Ok(Advanced::Recorded { xid }) => {
                                 valid_from = asked;
-                                floor.recorded(xid, first_unhandled(&read, &positions));
+                                floor.recorded(xid, &positions);
                                 // A partial batch: the relay keeps up; let the next one fill for a
                                 // poll interval (fewer, larger produce requests and cursor writes).
                                 if pending.len() < self.config.batch_max_events

@@ -206,14 +206,14 @@ impl Store {
     ) -> Result<Vec<Pending>, StoreError> {
         let from = floor.start();
         let read = self.outbox_pending(consumer, limit, from).await?;
-        let positions: Vec<i64> = read.rows.iter().map(|p| p.position).collect();
+        let positions = read.rows.iter().map(|p| p.position).collect();
         let below = floor.below();
         let gauge = match consumer {
             KAFKA => &metrics.kafka.read_floor,
             _ => &metrics.search.read_floor,
         };
         gauge.store(u64::try_from(below).unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
-        let missed = floor.read(from, &positions, read.xmin, limit);
+        let missed = floor.read(from, positions, read.xmin, limit);
         if missed > 0 {
             metrics.outbox_floor_misses.fetch_add(missed as u64, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(

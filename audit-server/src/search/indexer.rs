@@ -15,7 +15,7 @@ use super::SEARCH;
 use super::client::SearchClient;
 use crate::config::SearchConfig;
 use crate::metrics::Metrics;
-use crate::outbox::floor::{Floor, first_unhandled};
+use crate::outbox::floor::Floor;
 use crate::outbox::{Advanced, Progress, Purge};
 use crate::store::Store;
 
@@ -99,7 +99,6 @@ impl Indexer {
         }
         let mut rows = Vec::with_capacity(pending.len());
         let mut events = Vec::with_capacity(pending.len());
-        let read: Vec<i64> = pending.iter().map(|p| p.position).collect();
         for p in pending {
             rows.push((p.row.tenant_id.clone(), p.row.sequence, p.position));
             events.push(p.row.into_event().map_err(|e| e.to_string())?);
@@ -138,7 +137,7 @@ impl Indexer {
         let indexed = done.len();
         self.metrics.search.indexed.fetch_add(indexed as u64, Ordering::Relaxed);
         match advanced {
-            Advanced::Recorded { xid } => floor.recorded(xid, first_unhandled(&read, &done)),
+            Advanced::Recorded { xid } => floor.recorded(xid, &done),
             Advanced::LeaseLost => {
                 *floor = Floor::default();
                 self.metrics.search.leader.store(0, Ordering::Relaxed);
