@@ -132,7 +132,7 @@ impl Relay {
     async fn lead(&self, mut valid_from: Instant, stop: &mut watch::Receiver<bool>) -> Ended {
         let ttl = self.config.lease;
         let mut backoff = Duration::from_millis(500);
-        // Valid for this lease term only: the rows below it are the ones this relay handled.
+        // A new floor per lease term: starting from 0 again is always safe, and cheap once a term.
         let mut floor = Floor::default();
         'producer: loop {
             let producer = match self.producer() {

@@ -3,9 +3,10 @@
 //! a row exists if and only if its event committed. Consumers read the outbox, not the request
 //! path: the Kafka relay ([`kafka`]) and the search indexer. Each consumer keeps a cursor per
 //! tenant (the last sequence it handled) and a lease, reads only its own rows (from past a floor
-//! of rows it handled, [`floor`]), and purges them once its cursor has passed them. Rows are per consumer, not shared, so that a consumer never
-//! reads past rows it already handled that a slower consumer still holds (the bench measured that
-//! costing as much as the appends), and a stopped consumer costs the others nothing.
+//! of rows already handled, [`floor`]), and purges them once its cursor has passed them. Rows are
+//! per consumer, not shared, so that a consumer never reads past rows it already handled that a
+//! slower consumer still holds (the bench measured that costing as much as the appends), and a
+//! stopped consumer costs the others nothing.
 //!
 //! Why cursors per tenant and not one global position: positions are taken when a transaction
 //! inserts and become visible when it commits, and concurrent transactions (several lanes, several
