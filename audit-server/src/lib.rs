@@ -355,7 +355,9 @@ async fn sample_lag(
             }
             Err(e) => tracing::debug!(error = %e, consumer, "sampling the outbox lag failed"),
         }
-        tokio::time::sleep(next_sample(started.elapsed())).await;
+        let took = started.elapsed();
+        tracing::debug!(consumer, took_ms = took.as_millis() as u64, "outbox lag sampled");
+        tokio::time::sleep(next_sample(took)).await;
     }
 }
 

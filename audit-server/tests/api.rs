@@ -18,7 +18,8 @@ on_both!(
     tenant_isolation,
     failing_tenant_spares_others,
     tamper_detection,
-    shutdown_and_metrics
+    shutdown_and_metrics,
+    outbox_lag_and_purge
 );
 
 async fn round_trip(backend: Backend) -> Result<()> {
@@ -361,6 +362,80 @@ async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
 }
 
 /// The value of an unlabelled series in the server's scrape.
+/// The outbox's upkeep statements (lag count, periodic purge) against literal counts: a search
+/// consumer that cannot reach its cluster (nothing indexes, so only the test moves its cursors)
+/// and a second consumer registered in the database that no replica runs.
+async fn outbox_lag_and_purge(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "outbox_lag_and_purge").await?;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut config = db.config();
+    config.search = Some(audit_server::config::SearchConfig::new(format!("http://127.0.0.1:{closed}")));
+    let server = audit_server::spawn(config).await?;
+    let api = Api::of(&server);
+    db.exec("INSERT INTO outbox_consumers (consumer, stream_id) VALUES ('gone', 'gone')").await?;
+    // 10 events per tenant, each with a row for `search` and one for `gone`.
+    let started = Instant::now();
+    for i in 0..30 {
+        let tenant = ["tenant-a", "tenant-b", "tenant-c"][i % 3];
+        let (status, body) = api.post(ADMIN_KEY, "/api/v1/events", &event(tenant, "alice", "LOGIN")).await?;
+        ensure!(status == 201, "append {i}: {status} {body}");
+    }
+    let until = |name: &'static str, want: f64| {
+        let api = api.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let value = metric(&api, name).await?;
+                if value == want {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                ensure!(start.elapsed() < Duration::from_secs(60), "{name} stays at {value}, expected {want}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    until("audit_search_index_lag_events", 30.0).await?;
+    until("audit_outbox_rows", 60.0).await?;
+    // The age of the oldest pending event: stored during this test, so above 0 and below the
+    // time since the appends began.
+    let age = metric(&api, "audit_search_index_lag_seconds").await?;
+    ensure!(age > 0.0 && age <= started.elapsed().as_secs_f64() + 5.0, "search lag of {age} s");
+    // Cursors as if search had handled tenant-a up to 4 and tenant-b up to 10 (all of it), and
+    // `gone` tenant-c up to 7; tenant-a's cursor for `gone` at 0 passes nothing.
+    db.exec(
+        "INSERT INTO outbox_cursors (consumer, tenant_id, sequence) VALUES \
+         ('search', 'tenant-a', 4), ('search', 'tenant-b', 10), ('gone', 'tenant-c', 7), ('gone', 'tenant-a', 0)",
+    )
+    .await?;
+    // The next sample (every 2 s) must count 16 at once, whether the purge (every 10 s) ran
+    // first or not: rows at a cursor are passed.
+    let start = Instant::now();
+    let lag = loop {
+        let lag = metric(&api, "audit_search_index_lag_events").await?;
+        if lag != 30.0 {
+            break lag;
+        }
+        ensure!(start.elapsed() < Duration::from_secs(60), "the search lag stays at 30");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(lag == 30.0 - 4.0 - 10.0, "search lag {lag} after the cursors moved, expected 16");
+    // The periodic purge (every 10 s) removes exactly the rows the cursors passed.
+    until("audit_outbox_rows", 60.0 - 14.0 - 7.0).await?;
+    ensure!(db.count("SELECT count(*) FROM outbox WHERE consumer = 'gone'").await? == 23, "gone's rows");
+    // Unregistered, `gone` holds nothing back any more: all its rows go, search's stay.
+    db.exec("DELETE FROM outbox_consumers WHERE consumer = 'gone'").await?;
+    until("audit_outbox_rows", 16.0).await?;
+    ensure!(db.count("SELECT count(*) FROM outbox WHERE consumer = 'search'").await? == 16, "search's rows");
+    until("audit_search_index_lag_events", 16.0).await?;
+    // Search passes everything: no lag, no age, no rows.
+    db.exec("UPDATE outbox_cursors SET sequence = 10 WHERE consumer = 'search'").await?;
+    db.exec("INSERT INTO outbox_cursors (consumer, tenant_id, sequence) VALUES ('search', 'tenant-c', 10)").await?;
+    until("audit_search_index_lag_events", 0.0).await?;
+    until("audit_search_index_lag_seconds", 0.0).await?;
+    until("audit_outbox_rows", 0.0).await?;
+    server.shutdown().await
+}
+
 async fn metric(api: &Api, name: &str) -> Result<f64> {
     let text = api.http.get(api.url("/actuator/prometheus")).send().await?.text().await?;
     text.lines()
