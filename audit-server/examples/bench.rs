@@ -8,7 +8,7 @@
 //! the server in a process of its own, single events over 100 tenants, its RSS sampled throughout.
 //!
 //!     cargo run --release -p audit-server --example bench -- [--seconds 10] [--clients 64]
-//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS] [--no-outbox] [--outbox-split] [--pg-stats] [--hold-snapshot]
+//!         [--batch-clients 16] [--pool N] [--storage disk|tmpfs|both] [--soak SECONDS] [--no-outbox] [--outbox-split] [--outbox-each] [--pg-stats] [--hold-snapshot]
 
 // The allocator of the audit-server binary (src/main.rs), so the in-process server measures the same.
 #[global_allocator]
@@ -54,6 +54,9 @@ pub struct Args {
     /// (`--outbox-split`): its appends write the outbox rows and nothing reads them, which splits
     /// the outbox's cost between the append side and the relay/indexer side.
     outbox_split: bool,
+    /// Add two servers to the outbox comparison, one with only Kafka configured and one with only
+    /// search (`--outbox-each`): what each consumer costs on its own.
+    outbox_each: bool,
     /// Print the outbox comparison's top statements per database from pg_stat_statements
     /// (`--pg-stats`; needs `AUDCTL_TESTBED_PG_CONF="shared_preload_libraries = 'pg_stat_statements'"`).
     pg_stats: bool,
@@ -84,6 +87,7 @@ fn args() -> Result<Args> {
         soak: 60,
         outbox: true,
         outbox_split: false,
+        outbox_each: false,
         pg_stats: false,
         hold_snapshot: false,
         production_tuning: true,
@@ -114,6 +118,7 @@ fn args() -> Result<Args> {
             }
             "--no-outbox" => a.outbox = false,
             "--outbox-split" => a.outbox_split = true,
+            "--outbox-each" => a.outbox_each = true,
             "--pg-stats" => a.pg_stats = true,
             "--hold-snapshot" => a.hold_snapshot = true,
             "--pg" => {
@@ -134,7 +139,7 @@ fn args() -> Result<Args> {
             "--serve" => a.serve = Some(text()?),
             other => bail!(
                 "unknown argument {other}; expected --seconds N, --clients N, --batch-clients N, --pool N, --lanes N, \
-                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --outbox-split, --pg-stats, --hold-snapshot, --pg production|testbed, --jvm steady|fast-start, --only LIST"
+                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --outbox-split, --outbox-each, --pg-stats, --hold-snapshot, --pg production|testbed, --jvm steady|fast-start, --only LIST"
             ),
         }
     }
@@ -169,6 +174,10 @@ impl Figure {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
+    // The servers' logs, only when asked (RUST_LOG=audit_server=debug): a bench run is quiet.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     if let Some(url) = &args.serve {
         return serve(url, &args).await;
     }

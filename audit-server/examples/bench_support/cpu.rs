@@ -24,8 +24,33 @@ pub const CLIENTS: &str = "load clients";
 pub const POSTGRES: &str = "postgres";
 
 /// A runtime for the load clients alone, so that their CPU is told apart from the servers'.
-pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(CLIENT_THREAD).enable_all().build()
+pub fn client_runtime() -> std::io::Result<ClientRuntime> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(CLIENT_THREAD)
+        .enable_all()
+        .build()?;
+    Ok(ClientRuntime(Some(rt)))
+}
+
+/// The clients' runtime, shut down in the background when dropped: dropping a runtime inside
+/// another one panics, which turned any error of the comparison (a drain timing out) into a
+/// panic that hid it.
+pub struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for ClientRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Which component a process is: PostgreSQL, a Kafka broker, the search node, or anything else
