@@ -609,3 +609,58 @@ async fn verify_status_and_prune_follow_the_guide() -> anyhow::Result<()> {
     assert_eq!(list["backups"][0]["id"], fresh.as_str());
     Ok(())
 }
+
+/// `--method dump` against a streaming replica (the README's advice for a busy primary): the
+/// dump and its manifest come from the standby, at its replay position, and restore to exactly
+/// the primary's data; a base backup from the standby is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_dump_from_a_replica_restores_the_primarys_data() -> anyhow::Result<()> {
+    let pg = testbed::postgres_with(PgOptions { replica: true, ..Default::default() }).await?;
+    let url = pg.create_database("audit").await?;
+    fill(&url, 200).await?;
+    let before = scalar(&url, FINGERPRINT).await?;
+    let replica = pg.replica_url().context("the testbed replica")?;
+    let port: u16 = replica.rsplit(':').next().and_then(|p| p.split('/').next()).context("replica port")?.parse()?;
+    let on_replica = replica.replace("/postgres", "/audit");
+    // Wait until the replica replayed the primary's writes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scalar(&on_replica, FINGERPRINT).await.unwrap_or_default() != before {
+        ensure!(Instant::now() < deadline, "the replica did not catch up with the primary");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dir = tempfile::tempdir()?;
+    let targets = Targets {
+        postgres: Some(PostgresTarget {
+            url: format!("postgres://{}@127.0.0.1:{port}/audit", testbed::postgres::SUPERUSER),
+            password: Some(Secret::Inline(pg.password().to_owned())),
+            replicas: Vec::new(),
+            wal_archive: None,
+        }),
+        ..Default::default()
+    };
+    let targets = targets_file(dir.path(), &targets);
+    let (t, repo) = (targets.to_str().context("path")?, dir.path().join("repo"));
+    let r = repo.to_str().context("path")?;
+    let b = audctl(&["--targets", t, "-o", "json", "backup", "postgres", "--method", "dump", "--repo", r])
+        .await
+        .ok()
+        .json();
+    let id = id_of(&b);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(repo.join("postgres").join(&id).join("manifest.json"))?)?;
+    let c = &manifest["consistency"];
+    assert_eq!(c["dump"]["tables"]["public.events"], 600, "{c}");
+    assert!(c["dump"]["lsn"].as_str().is_some_and(|l| l.contains('/')), "{c}");
+    let all = audctl(&["--targets", t, "backup", "postgres", "--repo", r]).await;
+    assert_ne!(all.code, Some(0), "a base backup from a standby must be refused");
+    assert!(all.stderr.contains("standby"), "{}", all.stderr);
+
+    let target = new_db(&pg, "restored").await?;
+    let report = audctl(&["-o", "json", "restore", "postgres", &id, "--repo", r, "--target", &target, "--yes"])
+        .await
+        .ok()
+        .json();
+    assert!(report["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["ok"] == true)), "{report}");
+    assert_eq!(scalar(&target, FINGERPRINT).await?, before, "the replica's dump differs from the primary's data");
+    Ok(())
+}
