@@ -129,6 +129,8 @@ pub struct RenderArgs {
     #[arg(short = 'f', long = "values", value_name = "FILE")]
     pub values: Vec<PathBuf>,
     /// Set one value after the files, e.g. --set autoscaling.maxReplicas=10 or env[0].value=x; repeatable.
+    // Doc comments are clap's help text, printed as written: `[0]` stays unescaped.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
     /// Use the *.j2 templates of this directory instead of the embedded ones.

@@ -77,7 +77,7 @@ pub struct Pod {
 }
 
 /// Pod templates of Deployments and StatefulSets (operators' custom resources describe theirs
-/// partially; see [`datastore_resources`]).
+/// partially; see `datastore_resources`).
 pub fn pods(objects: &[Object]) -> Vec<Pod> {
     objects
         .iter()

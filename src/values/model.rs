@@ -115,7 +115,7 @@ pub struct ClusterValues {
     pub environment: Option<String>,
     /// Kubeconfig context the release must be deployed with.
     pub context: Option<String>,
-    /// API server URL the release must be deployed to (e.g. https://api.prod.example:6443).
+    /// API server URL the release must be deployed to (e.g. `https://api.prod.example:6443`).
     pub server: Option<String>,
 }
 

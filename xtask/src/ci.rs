@@ -34,6 +34,11 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     if args.only.is_none() {
         step("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
         step("cargo clippy", cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        // Broken intra-doc links and bare URLs went unnoticed while nothing built the docs.
+        step(
+            "cargo doc",
+            cargo().args(["doc", "--workspace", "--no-deps", "--quiet"]).env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
     }
     test(args.jobs, args.only)
 }

@@ -252,7 +252,7 @@ fn durations_file() -> PathBuf {
     target_dir().join("xtask-test-durations.txt")
 }
 
-/// "seconds<TAB>name" lines; a missing or odd file just means no history.
+/// `seconds<TAB>name` lines; a missing or odd file just means no history.
 fn read_durations(path: &Path) -> BTreeMap<String, f64> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

@@ -1,5 +1,5 @@
 //! The transactional outbox: every append transaction also inserts one `outbox` row per event and
-//! registered consumer (PostgreSQL: a CTE of the append statement; SQLite: [`sqlite_insert`]), so
+//! registered consumer (PostgreSQL: a CTE of the append statement; SQLite: `sqlite_insert`), so
 //! a row exists if and only if its event committed. Consumers read the outbox, not the request
 //! path: the Kafka relay ([`kafka`]) and the search indexer. Each consumer keeps a cursor per
 //! tenant (the last sequence it handled) and a lease, reads only its own rows (from past a floor

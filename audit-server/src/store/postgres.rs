@@ -1,6 +1,6 @@
 //! PostgreSQL store. A group commit carries the runs of many tenants in a constant number of round
 //! trips: the per-tenant cost is rows in arrays (UNNEST), not statements. Runs on chain heads this
-//! process wrote last take ONE statement, its own transaction ([`APPEND`]: lock the heads in tenant
+//! process wrote last take ONE statement, its own transaction (`APPEND`: lock the heads in tenant
 //! order, check they did not move, insert, move them); the others a transaction of four round
 //! trips (BEGIN, lock every head, the same statement, COMMIT).
 
