@@ -327,7 +327,7 @@ async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
     ))
     .await?;
     let (runs_before, jobs_before) =
-        (metric(&api, "audit_group_commit_runs_total").await?, metric(&api, "audit_group_commit_jobs_total").await?);
+        (api.metric("audit_group_commit_runs_total").await?, api.metric("audit_group_commit_jobs_total").await?);
 
     // The first append transaction waits for the held lock; the requests arriving meanwhile queue
     // behind it and go into the next transaction together, both tenants mixed.
@@ -341,7 +341,7 @@ async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
         .collect();
     // The leader is inside its transaction (holding a pool connection), blocked on the lock.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(&api, "audit_db_pool_connections_active").await? < 1.0 {
+    while api.metric("audit_db_pool_connections_active").await? < 1.0 {
         ensure!(Instant::now() < deadline, "no append transaction started within 60 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -354,8 +354,8 @@ async fn failing_tenant_spares_others(backend: Backend) -> Result<()> {
     }
     assert_eq!(api.all_events("tenant-b").await?.len(), 21, "every tenant-b event is stored");
     assert_eq!(api.verify("tenant-b").await?["verified"], true);
-    let runs = metric(&api, "audit_group_commit_runs_total").await? - runs_before;
-    let jobs = metric(&api, "audit_group_commit_jobs_total").await? - jobs_before;
+    let runs = api.metric("audit_group_commit_runs_total").await? - runs_before;
+    let jobs = api.metric("audit_group_commit_jobs_total").await? - jobs_before;
     ensure!(jobs == 20.0, "{jobs} committed requests counted, expected tenant-b's 20");
     ensure!(runs < jobs, "tenant-b's {jobs} requests took {runs} group-commit runs: no transaction was shared");
     server.shutdown().await
@@ -380,25 +380,12 @@ async fn outbox_lag_and_purge(backend: Backend) -> Result<()> {
         let (status, body) = api.post(ADMIN_KEY, "/api/v1/events", &event(tenant, "alice", "LOGIN")).await?;
         ensure!(status == 201, "append {i}: {status} {body}");
     }
-    let until = |name: &'static str, want: f64| {
-        let api = api.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                let value = metric(&api, name).await?;
-                if value == want {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                ensure!(start.elapsed() < Duration::from_secs(60), "{name} stays at {value}, expected {want}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let until = |name: &'static str, want: f64| api.metric_reaches(name, want, Duration::from_secs(60));
     until("audit_search_index_lag_events", 30.0).await?;
     until("audit_outbox_rows", 60.0).await?;
     // The age of the oldest pending event: stored during this test, so above 0 and below the
     // time since the appends began.
-    let age = metric(&api, "audit_search_index_lag_seconds").await?;
+    let age = api.metric("audit_search_index_lag_seconds").await?;
     ensure!(age > 0.0 && age <= started.elapsed().as_secs_f64() + 5.0, "search lag of {age} s");
     // Cursors as if search had handled tenant-a up to 4 and tenant-b up to 10 (all of it), and
     // `gone` tenant-c up to 7; tenant-a's cursor for `gone` at 0 passes nothing.
@@ -411,7 +398,7 @@ async fn outbox_lag_and_purge(backend: Backend) -> Result<()> {
     // first or not: rows at a cursor are passed.
     let start = Instant::now();
     let lag = loop {
-        let lag = metric(&api, "audit_search_index_lag_events").await?;
+        let lag = api.metric("audit_search_index_lag_events").await?;
         if lag != 30.0 {
             break lag;
         }
@@ -434,13 +421,6 @@ async fn outbox_lag_and_purge(backend: Backend) -> Result<()> {
     until("audit_search_index_lag_seconds", 0.0).await?;
     until("audit_outbox_rows", 0.0).await?;
     server.shutdown().await
-}
-
-async fn metric(api: &Api, name: &str) -> Result<f64> {
-    let text = api.http.get(api.url("/actuator/prometheus")).send().await?.text().await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .with_context(|| format!("no {name} in the scrape:\n{text}"))
 }
 
 /// An open transaction, on a connection of its own, holding the lock every append needs

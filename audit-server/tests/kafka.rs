@@ -195,14 +195,6 @@ async fn outbox_rows(db: &Db) -> Result<i64> {
     db.count("SELECT count(*) FROM outbox").await
 }
 
-/// A metric's value from /actuator/prometheus.
-async fn metric(api: &Api, name: &str) -> Result<f64> {
-    let text = api.http.get(api.url("/actuator/prometheus")).send().await?.text().await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .with_context(|| format!("{name} missing from the scrape"))
-}
-
 fn stop_clients(stop: &Mutex<bool>) {
     *stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
 }
@@ -237,9 +229,9 @@ async fn every_event_once_in_order(backend: Backend) -> Result<()> {
     ensure!(worst == 0, "{worst} passed rows left in the outbox ({samples} samples)");
     let acked = acked_ids(&acked);
     ensure!(acked.iter().all(|id| on_topic.contains(id)), "an acknowledged event is not on the topic");
-    ensure!(metric(&api, "audit_kafka_published_total").await? >= acked.len() as f64);
-    ensure!(metric(&api, "audit_kafka_relay_leader").await? == 1.0);
-    ensure!(metric(&api, "audit_outbox_read_floor_misses_total").await? == 0.0, "rows found below the read floor");
+    ensure!(api.metric("audit_kafka_published_total").await? >= acked.len() as f64);
+    ensure!(api.metric("audit_kafka_relay_leader").await? == 1.0);
+    ensure!(api.metric("audit_outbox_read_floor_misses_total").await? == 0.0, "rows found below the read floor");
     if backend == Backend::Sqlite {
         // Issue 25: a signed checkpoint (SQLite generates a key) also goes to the topic.
         let (s, body) = api.get(ADMIN_KEY, "/api/v1/integrity/checkpoints?tenantId=t-alpha").await?;
@@ -259,7 +251,7 @@ async fn every_event_once_in_order(backend: Backend) -> Result<()> {
     }
     // The lag is sampled every 2 s: it must come back to zero.
     let start = Instant::now();
-    while metric(&api, "audit_kafka_publish_lag_events").await? != 0.0 {
+    while api.metric("audit_kafka_publish_lag_events").await? != 0.0 {
         ensure!(start.elapsed() < Duration::from_secs(60), "publishing lag stays above 0");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -370,7 +362,7 @@ async fn killed_between_publish_and_record() -> Result<()> {
     let acked = acked_ids(&acked);
     let missing = acked.iter().filter(|id| !on_topic.contains(*id)).count();
     ensure!(missing == 0, "{missing} of {} acknowledged events are not on the topic", acked.len());
-    let skipped = metric(&api, "audit_kafka_resync_skipped_total").await?;
+    let skipped = api.metric("audit_kafka_resync_skipped_total").await?;
     eprintln!(
         "killed with {unrecorded} messages published but not recorded; the restarted relay skipped {skipped}; {} \
          acknowledged events each once and in order",
@@ -404,20 +396,7 @@ async fn unregistered_consumer_releases_the_outbox() -> Result<()> {
         let (status, body) = api.post(ADMIN_KEY, "/api/v1/events", &event(tenant, "alice", "LOGIN")).await?;
         ensure!(status == 201, "append {i}: {status} {body}");
     }
-    let until = |name: &'static str, want: f64| {
-        let api = api.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                let value = metric(&api, name).await?;
-                if value == want {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                ensure!(start.elapsed() < DEADLINE, "{name} stays at {value}, expected {want}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let until = |name: &'static str, want: f64| api.metric_reaches(name, want, DEADLINE);
     until("audit_kafka_publish_lag_events", 0.0).await?;
     until("audit_outbox_rows", 30.0).await.context("the rows the unrun consumer holds back")?;
     ensure!(outbox_rows(&db).await? == 30, "the database disagrees with audit_outbox_rows");
@@ -470,7 +449,7 @@ async fn read_floor_waits_for_a_late_commit() -> Result<()> {
         let api = api.clone();
         async move {
             let start = Instant::now();
-            while metric(&api, "audit_kafka_published_total").await? < n as f64 {
+            while api.metric("audit_kafka_published_total").await? < n as f64 {
                 ensure!(start.elapsed() < DEADLINE, "fewer than {n} events published");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -508,7 +487,7 @@ async fn read_floor_waits_for_a_late_commit() -> Result<()> {
     let position: i64 = sqlx::query_scalar("SELECT last_value FROM held_position").fetch_one(&mut conn).await?;
     total += ingest_until(300).await?;
     published(total).await?;
-    let floor = metric(&api, FLOOR).await?;
+    let floor = api.metric(FLOOR).await?;
     ensure!(floor < position as f64, "the read floor {floor} passed the uncommitted row at {position}");
     sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut conn).await?;
     let (status, body) = held.await??;
@@ -517,16 +496,13 @@ async fn read_floor_waits_for_a_late_commit() -> Result<()> {
     total += ingest_until(100).await?;
     published(total + 1).await?;
     let start = Instant::now();
-    while metric(&api, FLOOR).await? <= position as f64 {
+    while api.metric(FLOOR).await? <= position as f64 {
         ensure!(start.elapsed() < DEADLINE, "the read floor never passed the late row at {position}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut tenants = TENANTS.to_vec();
     tenants.push(SLOW);
     check_topic(&api, &db, &kafka.bootstrap_servers(), &tenants).await?;
-    ensure!(
-        metric(&api, "audit_outbox_read_floor_misses_total").await? == 0.0,
-        "a full read found rows below the floor"
-    );
+    ensure!(api.metric("audit_outbox_read_floor_misses_total").await? == 0.0, "a full read found rows below the floor");
     server.shutdown().await
 }

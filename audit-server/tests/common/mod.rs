@@ -180,6 +180,28 @@ impl Api {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// A metric's value from /actuator/prometheus (an unlabelled line `name value`).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.http.get(self.url("/actuator/prometheus")).send().await?.text().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("{name} missing from the scrape"))
+    }
+
+    /// Poll [`Api::metric`] every 200 ms until it reads `want`; fails after `timeout` with the
+    /// last value.
+    pub async fn metric_reaches(&self, name: &str, want: f64, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let value = self.metric(name).await?;
+            if value == want {
+                return Ok(());
+            }
+            ensure!(start.elapsed() < timeout, "{name} stays at {value}, expected {want}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn verify(&self, tenant: &str) -> anyhow::Result<Value> {
         let (status, body) = self.get(ADMIN_KEY, &format!("/api/v1/integrity/verify?tenantId={tenant}")).await?;
         anyhow::ensure!(status == 200, "verify answered {status}: {body}");
