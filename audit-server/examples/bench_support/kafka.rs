@@ -97,9 +97,7 @@ pub async fn outbox_cost(
     // Warm the JVMs up first (fast-start brokers compile for a minute after their start), and
     // every server with consumers (a fresh database's first run, statistics not yet gathered,
     // was seen far slower): these runs are not measured.
-    for (i, (_, kind)) in
-        kinds.iter().enumerate().filter(|(_, (_, k))| matches!(k, Kind::Outbox | Kind::KafkaOnly | Kind::SearchOnly))
-    {
+    for (i, (_, kind)) in kinds.iter().enumerate().filter(|(_, (_, k))| k.consumes()) {
         eprintln!("running: outbox comparison, warm-up {} (not measured)", kind.label());
         let url = format!("{}/api/v1/events", servers[i].0.base_url());
         let (h, b) = (client_http.clone(), bodies.clone());
@@ -236,10 +234,10 @@ async fn drain_all(
 ) -> Result<[f64; 2]> {
     let mut took = [0.0f64; 2];
     for ((server, _), (_, kind)) in servers.iter().zip(kinds) {
-        let (kafka, search) = kind.consumers();
-        if *kind == Kind::RowsOnly || !(kafka || search) {
+        if !kind.consumes() {
             continue;
         }
+        let (kafka, search) = kind.consumers();
         let t = drain(http, &server.base_url(), [kafka, search]).await?;
         took = [took[0].max(t[0]), took[1].max(t[1])];
     }
@@ -264,6 +262,11 @@ impl Kind {
             Kind::KafkaOnly => (true, false),
             Kind::SearchOnly => (false, true),
         }
+    }
+
+    /// Whether its consumers run (read and purge the outbox): the servers to warm up and drain.
+    fn consumes(self) -> bool {
+        matches!(self, Kind::Outbox | Kind::KafkaOnly | Kind::SearchOnly)
     }
 
     fn label(self) -> &'static str {
