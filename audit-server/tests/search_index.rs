@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use audit_server::Config;
 use audit_server::config::SearchConfig;
-use audit_server::{Config, RunningServer};
 use common::{Api, Backend, Db, KEY_A, KEY_B};
 use serde_json::{Value, json};
 use testbed::search::Product;
@@ -84,18 +84,11 @@ async fn ingest(api: &Api, tenant: &str, key: &str, n: usize, from: usize) -> Re
     Ok(out)
 }
 
-async fn metric(server: &RunningServer, name: &str) -> Result<f64> {
-    let text = reqwest::get(format!("{}/actuator/prometheus", server.base_url())).await?.text().await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .with_context(|| format!("{name} not exported"))
-}
-
-async fn wait_indexed(server: &RunningServer, at_least: f64) -> Result<()> {
+async fn wait_indexed(api: &Api, at_least: f64) -> Result<()> {
     let start = Instant::now();
     loop {
-        let indexed = metric(server, "audit_search_indexed_total").await?;
-        let lag = metric(server, "audit_search_index_lag_events").await?;
+        let indexed = api.metric("audit_search_indexed_total").await?;
+        let lag = api.metric("audit_search_index_lag_events").await?;
         if indexed >= at_least && lag == 0.0 {
             return Ok(());
         }
@@ -254,9 +247,9 @@ async fn indexed_and_searched(product: Product, backend: Backend) -> Result<()> 
     let sampler = db.sample_passed_rows(sampling.clone());
     let mut data = ingest(&api, "tenant-a", KEY_A, 40, 0).await?;
     // Indexed in two steps, so that the sampler sees cursors and rows side by side for a while.
-    wait_indexed(&server, 40.0).await?;
+    wait_indexed(&api, 40.0).await?;
     data.extend(ingest(&api, "tenant-b", KEY_B, 12, 0).await?);
-    wait_indexed(&server, 52.0).await?;
+    wait_indexed(&api, 52.0).await?;
     sampling.store(true, Ordering::Relaxed);
     // The indexer deletes the rows it indexed in the transaction that moves its cursors.
     let (samples, worst) = sampler.await??;
@@ -266,14 +259,14 @@ async fn indexed_and_searched(product: Product, backend: Backend) -> Result<()> 
     let floor = "audit_outbox_read_floor_position{consumer=\"search\"}";
     if backend == Backend::Postgres {
         let start = Instant::now();
-        while metric(&server, floor).await? == 0.0 {
+        while api.metric(floor).await? == 0.0 {
             ensure!(start.elapsed() < Duration::from_secs(60), "the indexer's read floor stays at 0");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     } else {
-        ensure!(metric(&server, floor).await? == 0.0, "a read floor on SQLite");
+        ensure!(api.metric(floor).await? == 0.0, "a read floor on SQLite");
     }
-    ensure!(metric(&server, "audit_outbox_read_floor_misses_total").await? == 0.0, "rows found below the read floor");
+    ensure!(api.metric("audit_outbox_read_floor_misses_total").await? == 0.0, "rows found below the read floor");
     ensure!(count_in_cluster(&search, "tenant-a").await? == 40 && count_in_cluster(&search, "tenant-b").await? == 12);
     // The template the cluster holds, read back from it.
     let t: Value = reqwest::get(format!("{}/_index_template/audit-events", search.url())).await?.json().await?;
@@ -335,7 +328,7 @@ async fn search_down_then_back() -> Result<()> {
     let server = audit_server::spawn(with_search(&db, &search, Duration::from_secs(5))).await?;
     let api = Api::of(&server);
     let mut data = ingest(&api, "tenant-a", KEY_A, 10, 0).await?;
-    wait_indexed(&server, 10.0).await?;
+    wait_indexed(&api, 10.0).await?;
 
     // Refused items in a bulk answered 200: the month's index blocked for writes (403 per item).
     let http = reqwest::Client::new();
@@ -344,15 +337,15 @@ async fn search_down_then_back() -> Result<()> {
     block(true).await?.error_for_status()?;
     data.extend(ingest(&api, "tenant-a", KEY_A, 10, 10).await?);
     let start = Instant::now();
-    while metric(&server, "audit_search_index_failures_total").await? < 1.0
-        || metric(&server, "audit_search_index_lag_events").await? < 10.0
+    while api.metric("audit_search_index_failures_total").await? < 1.0
+        || api.metric("audit_search_index_lag_events").await? < 10.0
     {
         ensure!(start.elapsed() < DEADLINE, "refused bulk items never showed as failures and lag");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    ensure!(metric(&server, "audit_search_indexed_total").await? == 10.0, "refused items counted as indexed");
+    ensure!(api.metric("audit_search_indexed_total").await? == 10.0, "refused items counted as indexed");
     block(false).await?.error_for_status()?;
-    wait_indexed(&server, 20.0).await?;
+    wait_indexed(&api, 20.0).await?;
     ensure!(count_in_cluster(&search, "tenant-a").await? == 20, "refused items not indexed after the block was lifted");
 
     // The node stops answering altogether.
@@ -361,15 +354,15 @@ async fn search_down_then_back() -> Result<()> {
     let ready = api.http.get(api.url("/actuator/health/readiness")).send().await?.status();
     ensure!(ready == 200, "readiness {ready} with search down");
     let start = Instant::now();
-    while metric(&server, "audit_search_index_lag_events").await? < 1.0 {
+    while api.metric("audit_search_index_lag_events").await? < 1.0 {
         ensure!(start.elapsed() < DEADLINE, "the lag never showed the unindexed events");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (ids, _, backend) = search_all(&api, KEY_A, json!({"tenantId": "tenant-a"})).await?;
     ensure!(backend == "database" && ids.len() == 50, "search with the index down: {backend}, {} events", ids.len());
-    ensure!(metric(&server, "audit_search_fallbacks_total").await? >= 1.0);
+    ensure!(api.metric("audit_search_fallbacks_total").await? >= 1.0);
     drop(frozen);
-    wait_indexed(&server, 50.0).await?;
+    wait_indexed(&api, 50.0).await?;
     ensure!(count_in_cluster(&search, "tenant-a").await? == 50, "events missing from the index after it came back");
     // Searches come back to the index (a node just thawed may still answer its first ones slowly).
     let want = expected(&data, "tenant-a", &|_| true).0;
