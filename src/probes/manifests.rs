@@ -74,22 +74,30 @@ pub struct Pod {
     pub owner: String,
     pub spec: Value,
     pub labels: serde_json::Map<String, Value>,
+    /// A long-running pod (Deployment, StatefulSet, DaemonSet), as opposed to a CronJob's run:
+    /// only those need liveness and readiness probes.
+    pub serves: bool,
 }
 
-/// Pod templates of Deployments and StatefulSets (operators' custom resources describe theirs
-/// partially; see `datastore_resources`).
+/// Pod templates of Deployments, StatefulSets, DaemonSets and CronJobs (operators' custom
+/// resources describe theirs partially; see `datastore_resources`). CronJobs count: their pods
+/// hold the datastores' credentials as much as the server's do.
 pub fn pods(objects: &[Object]) -> Vec<Pod> {
     objects
         .iter()
-        .filter(|o| matches!(o.kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet"))
-        .map(|o| {
+        .filter_map(|o| {
             let d = doc(o);
-            let t = &d["spec"]["template"];
-            Pod {
+            let (t, serves) = match o.kind.as_str() {
+                "Deployment" | "StatefulSet" | "DaemonSet" => (&d["spec"]["template"], true),
+                "CronJob" => (&d["spec"]["jobTemplate"]["spec"]["template"], false),
+                _ => return None,
+            };
+            Some(Pod {
                 owner: o.id(),
                 spec: t["spec"].clone(),
                 labels: t["metadata"]["labels"].as_object().cloned().unwrap_or_default(),
-            }
+                serves,
+            })
         })
         .collect()
 }
@@ -120,7 +128,7 @@ fn no_workloads() -> Finding {
 }
 
 fn probes_defined(ctx: &Context) -> Finding {
-    let pods = pods(&ctx.objects);
+    let pods: Vec<Pod> = pods(&ctx.objects).into_iter().filter(|p| p.serves).collect();
     if pods.is_empty() {
         return no_workloads();
     }
@@ -299,6 +307,7 @@ fn security_context(ctx: &Context) -> Finding {
                 owner: format!("{} nodeSet {}", o.id(), set["name"].as_str().unwrap_or("?")),
                 spec: set["podTemplate"]["spec"].clone(),
                 labels: Default::default(),
+                serves: true,
             });
         }
     }
@@ -577,6 +586,14 @@ mod tests {
         );
         let f = network_policy(&ctx);
         assert!(f.status == Status::Fail && f.message.contains("StatefulSet/audit-trail-redis"), "{}", f.message);
+
+        // The backup CronJobs' pods need a policy of their own: the server's does not select them
+        // (its egress has no Kubernetes API, and its anti-affinity must not keep them off nodes).
+        let mut ctx = context(&["values/values-prod.yaml"], &[]);
+        ctx.objects.retain(|o| o.name != "audit-trail-backup-network-policy");
+        let f = network_policy(&ctx);
+        assert!(f.status == Status::Fail && f.message.contains("CronJob/audit-trail-backup-postgres"), "{}", f.message);
+        assert!(!f.message.contains("Deployment/"), "{}", f.message);
     }
 
     #[test]

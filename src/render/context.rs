@@ -19,6 +19,10 @@ pub struct Release {
     /// Labels on every object of the server.
     pub labels: BTreeMap<String, String>,
     pub selector: BTreeMap<String, String>,
+    /// Labels of the backup CronJobs' pods. Their own name, not the server's: the server's
+    /// NetworkPolicy, anti-affinity and spread constraints select `app.kubernetes.io/name`, and
+    /// must neither confine nor keep out the jobs.
+    pub backup_selector: BTreeMap<String, String>,
     /// The server's configuration file (AUDIT_CONFIG_FILE), as written to the ConfigMap.
     pub server_config: String,
     /// Connection settings of the datastores, as environment variables (ConfigMap, no secrets).
@@ -58,6 +62,10 @@ pub fn release(v: &Values) -> Release {
     };
     let selector = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), name.clone()),
+        ("app.kubernetes.io/instance".to_owned(), name.clone()),
+    ]);
+    let backup_selector = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), format!("{name}-backup")),
         ("app.kubernetes.io/instance".to_owned(), name.clone()),
     ]);
     let mut labels = selector.clone();
@@ -114,6 +122,7 @@ pub fn release(v: &Values) -> Release {
         image,
         labels,
         selector,
+        backup_selector,
         datastores,
         postgresql,
         elasticsearch,
