@@ -289,11 +289,14 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 fn setup_healthy(bed: &Bed) {
     // The production values, with what a clean production render still leaves as WARN pinned down:
-    // digests for the images, a CPU limit for Kafka, and the classes of the volumes named.
+    // digests for the images (the backup jobs' and the Redis exporter's too), a CPU limit for
+    // Kafka, and the classes of the volumes named.
     std::fs::write(
         bed.path("healthy.yaml"),
         format!(
-            "image:\n  digest: {DIGEST}\nredis:\n  image: redis:7.4@{DIGEST}\n  persistence:\n    storageClass: fast-ssd\n\
+            "image:\n  digest: {DIGEST}\nbackups:\n  image:\n    digest: {DIGEST}\n\
+             redis:\n  image: redis:7.4@{DIGEST}\n  metrics:\n    image: oliver006/redis_exporter:v1.67.0@{DIGEST}\n\
+             \x20 persistence:\n    storageClass: fast-ssd\n\
              kafka:\n  resources:\n    limits:\n      cpu: 2000m\n  persistence:\n    storageClass: fast-ssd\n"
         ),
     )

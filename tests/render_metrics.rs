@@ -89,7 +89,10 @@ fn servicemonitor_attaches_the_app_label_the_alerts_filter_on() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let values = audctl::values::load(&[root.join("values/values-prod.yaml")], &[]).expect("prod values");
     let objects = audctl::render::render(&values, None).expect("render prod");
-    let monitor = objects.iter().find(|o| o.kind == "ServiceMonitor").expect("a ServiceMonitor");
+    let monitor = objects
+        .iter()
+        .find(|o| o.kind == "ServiceMonitor" && o.name == "audit-trail")
+        .expect("the server's ServiceMonitor");
     let doc: serde_yaml::Value = serde_yaml::from_str(&monitor.text).expect("YAML");
     let relabel = &doc["spec"]["endpoints"][0]["relabelings"][0];
     assert_eq!(relabel["targetLabel"], "app");
@@ -228,4 +231,53 @@ fn rendered_server_config_is_read_by_the_server() {
         let tenants: Vec<Vec<String>> = config.api_keys.iter().map(|k| k.tenants.clone()).collect();
         assert_eq!(tenants, [vec!["acme".to_owned(), "globex".to_owned()], vec!["*".to_owned()]], "{file}");
     }
+}
+
+/// The guide's `redis.metrics.enabled: true`: an exporter in every Redis pod, a metrics port on the
+/// headless Service, a ServiceMonitor that finds that port, and the Redis NetworkPolicy letting the
+/// monitoring namespace in on it. Off, none of it.
+#[test]
+fn redis_metrics_render_an_exporter_that_prometheus_can_reach() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let parse = |sets: &[&str]| -> Vec<(String, String, serde_json::Value)> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let values = audctl::values::load(&[root.join("values/values-prod.yaml")], &sets).expect("prod values");
+        let objects = audctl::render::render(&values, None).expect("render prod");
+        objects.iter().map(|o| (o.kind.clone(), o.name.clone(), serde_yaml::from_str(&o.text).expect("YAML"))).collect()
+    };
+    let find = |objects: &[(String, String, serde_json::Value)], kind: &str, name: &str| {
+        objects.iter().find(|(k, n, _)| k == kind && n == name).map(|(_, _, d)| d.clone())
+    };
+    let on = parse(&[]);
+    let set = find(&on, "StatefulSet", "audit-trail-redis").expect("the Redis StatefulSet");
+    let containers = set["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let exporter = containers.iter().find(|c| c["name"] == "metrics").expect("an exporter container");
+    assert_eq!(exporter["image"], "oliver006/redis_exporter:v1.67.0");
+    assert_eq!(exporter["ports"][0]["containerPort"], 9121);
+    assert_eq!(exporter["env"][1]["valueFrom"]["secretKeyRef"]["name"], "redis-secrets");
+    let headless = find(&on, "Service", "audit-trail-redis-headless").expect("the headless Service");
+    let port = headless["spec"]["ports"].as_array().into_iter().flatten().find(|p| p["name"] == "metrics");
+    assert_eq!(port.map(|p| p["port"].clone()), Some(serde_json::json!(9121)));
+    let monitor = find(&on, "ServiceMonitor", "audit-trail-redis").expect("a Redis ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let wanted = monitor["spec"]["selector"]["matchLabels"].as_object().cloned().unwrap_or_default();
+    assert!(wanted.iter().all(|(k, v)| &headless["metadata"]["labels"][k] == v), "{wanted:?}");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus", "not selected by the server's Prometheus");
+    let policy = find(&on, "NetworkPolicy", "audit-trail-redis-network-policy").expect("the Redis policy");
+    let scrape = serde_json::json!({
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        "ports": [{"protocol": "TCP", "port": 9121}],
+    });
+    assert!(policy["spec"]["ingress"].as_array().into_iter().flatten().any(|r| r == &scrape), "{policy}");
+
+    let off = parse(&["redis.metrics.enabled=false"]);
+    let set = find(&off, "StatefulSet", "audit-trail-redis").expect("the Redis StatefulSet");
+    let names: Vec<_> = set["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, ["redis", "sentinel"]);
+    assert!(find(&off, "ServiceMonitor", "audit-trail-redis").is_none());
 }

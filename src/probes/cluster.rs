@@ -474,8 +474,11 @@ async fn namespace_labels(c: &kube::Client, ns: &str) -> Result<Option<serde_jso
     Ok(get_opt(&api, ns, "reading the namespace").await?.map(|n| labels_json(&n.metadata.labels.unwrap_or_default())))
 }
 
+/// The release's own object of a kind (named after the release: the Redis exporter has a
+/// ServiceMonitor too), else the first of that kind.
 fn rendered(ctx: &Context, kind: &str) -> Option<(String, serde_json::Map<String, Value>)> {
-    ctx.objects.iter().find(|o| o.kind == kind).map(|o| {
+    let of_kind = || ctx.objects.iter().filter(|o| o.kind == kind);
+    of_kind().find(|o| o.name == ctx.values.name).or_else(|| of_kind().next()).map(|o| {
         let d = doc(o);
         (o.name.clone(), d["metadata"]["labels"].as_object().cloned().unwrap_or_default())
     })

@@ -472,7 +472,7 @@ pub struct Redis {
     pub auth: RedisAuth,
     pub replica: RedisReplica,
     pub sentinel: Sentinel,
-    pub metrics: MetricsToggle,
+    pub metrics: RedisMetrics,
     pub persistence: Persistence,
     /// RDB snapshot rules (`save` lines): the seed's backup table says hourly.
     pub save: String,
@@ -499,6 +499,16 @@ pub struct Sentinel {
     pub enabled: bool,
     pub master_set: String,
     pub quorum: u32,
+}
+
+/// The seed's `redis.metrics`: a redis_exporter container next to each Redis, scraped by a
+/// ServiceMonitor.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisMetrics {
+    pub enabled: bool,
+    /// The exporter's image, pinned by tag or digest.
+    pub image: String,
 }
 
 /// Kafka: a Strimzi `Kafka` + `KafkaNodePool` when enabled, else `external`.
