@@ -281,3 +281,21 @@ fn redis_metrics_render_an_exporter_that_prometheus_can_reach() {
     assert_eq!(names, ["redis", "sentinel"]);
     assert!(find(&off, "ServiceMonitor", "audit-trail-redis").is_none());
 }
+
+/// The Deployment's AUDIT_LOG_FIELDS is what the server's own parser accepts, and gives the
+/// guide's customFields for production: {"app":"audit-trail","env":"production"}.
+#[test]
+fn rendered_log_fields_are_the_guides_and_the_server_accepts_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let values = audctl::values::load(&[root.join("values/values-prod.yaml")], &[]).expect("prod values");
+    let objects = audctl::render::render(&values, None).expect("render prod");
+    let deployment = objects.iter().find(|o| o.kind == "Deployment").expect("a Deployment");
+    let doc: serde_json::Value = serde_yaml::from_str(&deployment.text).expect("YAML");
+    let env = doc["spec"]["template"]["spec"]["containers"][0]["env"].as_array().cloned().unwrap_or_default();
+    let fields = env.iter().find(|e| e["name"] == "AUDIT_LOG_FIELDS").expect("AUDIT_LOG_FIELDS");
+    let text = fields["value"].as_str().expect("a literal value");
+    let parsed: serde_json::Value = serde_json::from_str(text).expect("JSON");
+    assert_eq!(parsed, serde_json::json!({"app": "audit-trail", "env": "production"}));
+    let prefix = audit_server::logging::fixed_fields(Some(text)).expect("the server accepts it");
+    assert_eq!(prefix, r#""app":"audit-trail","env":"production","#);
+}

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event_cache;
 pub mod integrity;
+pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod redis_conn;

@@ -8,16 +8,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
 use audit_server::{Config, spawn};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("AUDIT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if std::env::var("AUDIT_LOG_FORMAT").is_ok_and(|f| f == "text") {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).init();
-    }
+    audit_server::logging::init(|name| std::env::var(name).ok())?;
     let config = Config::from_env()?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -249,3 +249,34 @@ async fn postgres_crash_during_ingest() -> Result<()> {
     ensure!(report["verified"] == true, "{report}");
     server.shutdown().await
 }
+
+/// The guide's JSON logs with `customFields {"app":"audit-trail","env":"production"}`: every line
+/// the real binary writes is a JSON object (parsed by serde_json, not by our formatter) carrying
+/// the fixed fields of `AUDIT_LOG_FIELDS`; a value that is not an object of strings stops the
+/// server before it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_fixed_fields() -> Result<()> {
+    let db = Db::new(Backend::Sqlite, "log_fields").await?;
+    let env = [
+        ("AUDIT_LOG".to_owned(), "info".to_owned()),
+        ("AUDIT_LOG_FIELDS".to_owned(), r#"{"app":"audit-trail","env":"production"}"#.to_owned()),
+    ];
+    let (mut process, api) = start_process_with(&db, "fields", &env).await?;
+    let (status, _) = api.post(ADMIN_KEY, "/api/v1/events", &event("logs", "a1", "LOGIN")).await?;
+    ensure!(status == 201, "post: {status}");
+    process.stop();
+    let text = std::fs::read_to_string(process.log_path())?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(lines.len() >= 2, "expected the start-up and shutdown lines, got:\n{text}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        ensure!(v["app"] == "audit-trail" && v["env"] == "production", "fixed fields missing: {line}");
+        ensure!(v["level"].is_string() && v["timestamp"].is_string(), "formatter fields missing: {line}");
+    }
+
+    let bad = [("AUDIT_LOG_FIELDS".to_owned(), r#"{"env":3}"#.to_owned())];
+    let err =
+        start_process_with(&db, "bad-fields", &bad).await.err().context("started with AUDIT_LOG_FIELDS {\"env\":3}")?;
+    ensure!(format!("{err:#}").contains("\"env\" is 3, expected a string"), "{err:#}");
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Log output: JSON lines by default (`AUDIT_LOG_FORMAT=text` for people), filtered by
+//! `AUDIT_LOG`, with the fixed fields of `AUDIT_LOG_FIELDS` on every line.
+//!
+//! The fixed fields are the guide's `customFields {"app":"audit-trail","env":"production"}`: a
+//! log pipeline shared by several services and environments selects on them, and a line without
+//! them is lost to its dashboards.
+
+use std::fmt;
+
+use anyhow::{Context, bail};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Install the global subscriber from the environment (`env` looks a variable up).
+pub fn init(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    // An unparseable filter falls back to info rather than silencing the server.
+    let filter = env("AUDIT_LOG").and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new("info"));
+    if env("AUDIT_LOG_FORMAT").is_some_and(|f| f == "text") {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+        return Ok(());
+    }
+    let fields = fixed_fields(env("AUDIT_LOG_FIELDS").as_deref())?;
+    let json = tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false);
+    tracing_subscriber::fmt()
+        .fmt_fields(JsonFields::new())
+        .event_format(WithFields { inner: json, prefix: fields })
+        .with_env_filter(filter)
+        .init();
+    Ok(())
+}
+
+/// `AUDIT_LOG_FIELDS` (a JSON object of strings) as the text that goes after each line's `{`:
+/// `"app":"audit-trail","env":"production",`; empty when unset.
+pub fn fixed_fields(value: Option<&str>) -> anyhow::Result<String> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(String::new());
+    };
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(value).context(
+        r#"AUDIT_LOG_FIELDS: expected a JSON object of strings, e.g. {"app":"audit-trail","env":"production"}"#,
+    )?;
+    let mut prefix = String::new();
+    for (key, v) in &map {
+        let Some(text) = v.as_str() else {
+            bail!("AUDIT_LOG_FIELDS: {key:?} is {v}, expected a string");
+        };
+        // Keys the formatter writes itself would appear twice in one object.
+        if ["timestamp", "level", "target", "message", "fields", "span", "spans"].contains(&key.as_str()) {
+            bail!("AUDIT_LOG_FIELDS: {key:?} is a field every log line has already; choose another name");
+        }
+        prefix.push_str(&serde_json::to_string(key)?);
+        prefix.push(':');
+        prefix.push_str(&serde_json::to_string(text)?);
+        prefix.push(',');
+    }
+    Ok(prefix)
+}
+
+/// The JSON format, with the fixed fields spliced in first. The inner formatter writes one
+/// object per event; the splice goes right after its opening brace.
+struct WithFields {
+    inner: Format<Json>,
+    prefix: String,
+}
+
+impl<S, N> FormatEvent<S, N> for WithFields
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        if self.prefix.is_empty() {
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{{}{rest}", self.prefix),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixed_fields;
+
+    #[test]
+    fn fixed_fields_are_json_members() {
+        assert_eq!(fixed_fields(None).unwrap(), "");
+        assert_eq!(fixed_fields(Some(" ")).unwrap(), "");
+        assert_eq!(
+            fixed_fields(Some(r#"{"app":"audit-trail","env":"prod \"1\""}"#)).unwrap(),
+            r#""app":"audit-trail","env":"prod \"1\"","#
+        );
+        let err = fixed_fields(Some(r#"{"env":3}"#)).unwrap_err().to_string();
+        assert!(err.contains("\"env\" is 3, expected a string"), "{err}");
+        let err = fixed_fields(Some("app=audit-trail")).unwrap_err().to_string();
+        assert!(err.contains("expected a JSON object of strings"), "{err}");
+        let err = fixed_fields(Some(r#"{"level":"x"}"#)).unwrap_err().to_string();
+        assert!(err.contains("already"), "{err}");
+    }
+}
