@@ -133,13 +133,20 @@ async fn tuning_connections_and_credentials() -> anyhow::Result<()> {
     assert_eq!(bad, ["work_mem"], "{f:#?}");
     assert!(f.message.contains("work_mem = 4 MB (4096kB) (expected 20 MB (20MB))"), "{}", f.message);
 
-    // Headroom: the defaults' 2 pods x 20 fit in 97 usable slots; prod-like scale does not (WARN).
+    // Headroom: the defaults' 2 pods x (20 + 4) fit in 97 usable slots; prod-like scale does not (WARN).
     let f = run(&context(t.clone(), values(&[])), "postgres.connections").await;
     assert_status(&f, Status::Pass);
-    let big = values(&["replicaCount=10", "server.dbMaxConnections=40"]);
+    // The values claim a max_connections the live database does not have: the render accepts
+    // them, the probe (which reads the live setting) warns.
+    let big = values_yaml(
+        "replicaCount: 10\nserver:\n  dbMaxConnections: 40\npostgresql:\n  parameters:\n    max_connections: \"1000\"\n",
+    );
     let f = run(&context(t.clone(), big), "postgres.connections").await;
     assert_status(&f, Status::Warn);
-    assert_eq!(row(&f, "server pools at full scale").actual, "400 (10 pods x server.dbMaxConnections 40)");
+    assert_eq!(
+        row(&f, "server pools at full scale").actual,
+        "440 (10 pods x (server.dbMaxConnections 40 + 4 append lanes))"
+    );
     // Connections exhausted for real: max_connections 20 (restart), then 16 of 17 slots taken.
     pg.sql("ALTER SYSTEM SET max_connections = 20").await?;
     pg.restart_primary().await?;

@@ -299,3 +299,32 @@ fn rendered_log_fields_are_the_guides_and_the_server_accepts_them() {
     let prefix = audit_server::logging::fixed_fields(Some(text)).expect("the server accepts it");
     assert_eq!(prefix, r#""app":"audit-trail","env":"production","#);
 }
+
+/// The connection budget the render enforces counts the server's append lanes as the server
+/// opens them (its default, since the render does not set AUDIT_APPEND_LANES), and refuses pools
+/// that cannot fit the in-cluster PostgreSQL's max_connections at the autoscaler's ceiling.
+#[test]
+fn server_pools_fit_max_connections_at_full_scale() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server_default = audit_server::Config::local(data.path()).append_lanes;
+    assert_eq!(audctl::values::model::SERVER_APPEND_LANES as usize, server_default);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prod = [root.join("values/values-prod.yaml")];
+    let v = audctl::values::load(&prod, &[]).expect("prod values fit");
+    // 20 pods x (5 + 4) = 180 <= 200 - 3.
+    assert_eq!(v.server_pods_at_full_scale() * v.server_connections_per_pod(), 180);
+    let err = audctl::values::load(&prod, &["server.dbMaxConnections=6".to_owned()]).expect_err("200 > 197");
+    let text = err.to_string();
+    assert!(text.contains("20 pods x (6 pooled + 4 append connections) = 200"), "{text}");
+    assert!(text.contains("expected server.dbMaxConnections <= 5"), "{text}");
+    let prod_text = std::fs::read_to_string(&prod[0]).expect("values-prod.yaml");
+    let raised = "server:\n  dbMaxConnections: 6\npostgresql:\n  parameters:\n    max_connections: \"203\"\n";
+    let layers = [(prod[0].clone(), prod_text), ("raised.yaml".into(), raised.to_owned())];
+    audctl::values::load_texts(&layers, &[]).expect("200 <= 203 - 3");
+    // An external database is the live probe's to check.
+    let external = ["server.dbMaxConnections=40".to_owned(), "postgresql.enabled=false".to_owned()];
+    if let Err(e) = audctl::values::load(&prod, &external) {
+        assert!(!e.to_string().contains("max_connections"), "{e}");
+    }
+}

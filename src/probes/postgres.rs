@@ -392,13 +392,17 @@ async fn headroom(ctx: &Context) -> Outcome {
     )];
     // At full scale every server pod opens its whole pool.
     let v = &ctx.values;
-    let pods = if v.autoscaling.enabled { v.autoscaling.max_replicas } else { v.replica_count };
-    let needed = u64::from(pods) * u64::from(v.server.db_max_connections);
+    let pods = v.server_pods_at_full_scale();
+    let needed = u64::from(pods) * u64::from(v.server_connections_per_pod());
     let scale_ok = needed <= usable as u64;
     rows.push(row(
         "server pools at full scale",
         format!("<= {usable}"),
-        format!("{needed} ({pods} pods x server.dbMaxConnections {})", v.server.db_max_connections),
+        format!(
+            "{needed} ({pods} pods x (server.dbMaxConnections {} + {} append lanes))",
+            v.server.db_max_connections,
+            crate::values::model::SERVER_APPEND_LANES
+        ),
         scale_ok,
     ));
     let what = "PostgreSQL connection headroom";

@@ -134,6 +134,7 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
     }
 
     heap_within_limit(&mut c, v);
+    pools_within_max_connections(&mut c, v);
     integrity(&mut c, v);
 
     if !v.postgresql.auth.postgres_password.is_empty() {
@@ -242,5 +243,48 @@ fn heap_within_limit(c: &mut Checker<'_>, v: &Values) {
         {
             c.fail("elasticsearch.javaOpts", format!("{flag} is above elasticsearch.resources.limits.memory"));
         }
+    }
+}
+
+/// The in-cluster PostgreSQL's `max_connections` must hold every server pod's whole pool at the
+/// autoscaler's ceiling: past it, new pods cannot connect exactly when the load is highest. The
+/// `postgres.connections` probe checks the live database the same way; here the render refuses
+/// a release whose own values cannot add up. An external database is the probe's to check.
+fn pools_within_max_connections(c: &mut Checker<'_>, v: &Values) {
+    if !v.postgresql.enabled {
+        return;
+    }
+    let param = |name: &str, default: u64| -> Option<u64> {
+        match v.postgresql.parameters.get(name) {
+            None => Some(default),
+            Some(text) => text.trim().parse().ok(),
+        }
+    };
+    let path = "postgresql.parameters";
+    let (Some(max), Some(reserved)) = (param("max_connections", 100), param("superuser_reserved_connections", 3))
+    else {
+        for name in ["max_connections", "superuser_reserved_connections"] {
+            if param(name, 0).is_none() {
+                c.fail(&format!("{path}.{name}"), "expected a whole number of connections".into());
+            }
+        }
+        return;
+    };
+    let usable = max.saturating_sub(reserved);
+    let pods = v.server_pods_at_full_scale();
+    let per_pod = v.server_connections_per_pod();
+    let needed = u64::from(pods) * u64::from(per_pod);
+    if needed > usable {
+        let lanes = super::model::SERVER_APPEND_LANES;
+        let fits = (usable / u64::from(pods.max(1))).saturating_sub(u64::from(lanes));
+        c.fail(
+            "server.dbMaxConnections",
+            format!(
+                "{pods} pods x ({} pooled + {lanes} append connections) = {needed} at full scale, but \
+                 max_connections {max} - {reserved} reserved leaves {usable}; expected server.dbMaxConnections \
+                 <= {fits} (or raise postgresql.parameters.max_connections)",
+                v.server.db_max_connections,
+            ),
+        );
     }
 }

@@ -65,6 +65,24 @@ pub struct Values {
     pub backups: Backups,
 }
 
+/// Connections each server pod opens for appends, on top of `server.dbMaxConnections`: the
+/// server's append lanes (`AUDIT_APPEND_LANES`, default 4; the render leaves it at that). A test
+/// (render_metrics) holds this equal to the server's default.
+pub const SERVER_APPEND_LANES: u32 = 4;
+
+impl Values {
+    /// Server pods when the release is at its largest: the autoscaler's ceiling, else the fixed
+    /// replica count. Each opens its whole database pool.
+    pub fn server_pods_at_full_scale(&self) -> u32 {
+        if self.autoscaling.enabled { self.autoscaling.max_replicas } else { self.replica_count }
+    }
+
+    /// PostgreSQL connections one server pod holds at most: its pool and its append lanes.
+    pub fn server_connections_per_pod(&self) -> u32 {
+        self.server.db_max_connections + SERVER_APPEND_LANES
+    }
+}
+
 /// `audctl backup` CronJobs at the production guide's cadence (Disaster Recovery), a daily prune and
 /// a weekly test-restore.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
