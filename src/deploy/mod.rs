@@ -154,8 +154,8 @@ fn current_cluster(settings: &KubeSettings) -> anyhow::Result<(Option<String>, O
 
 /// Evidence subject: the environment (values cluster.environment, else the context, else "cluster"),
 /// as the checklist's evidence items name it ("staging", "production"). The namespace needs no
-/// mention: the record lives in it.
-fn subject(values_env: Option<&str>, settings: &KubeSettings) -> String {
+/// mention: the record lives in it. Shared with `smoke`, whose records the same items look for.
+pub fn subject(values_env: Option<&str>, settings: &KubeSettings) -> String {
     values_env
         .map(str::to_owned)
         .or_else(|| current_cluster(settings).ok().and_then(|(c, _)| c))
