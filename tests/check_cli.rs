@@ -117,3 +117,21 @@ fn probes_are_listed() {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
 }
+
+/// The release namespace is the values' (as for deploy -f), unless -n names one explicitly.
+#[test]
+fn namespace_comes_from_the_values_unless_n_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = root().join("values/values-staging.yaml").display().to_string();
+    let base = ["check", "-f", &prod(), "-f", &staging, "--only", "hpa", "-o", "json"];
+    let out = audctl(dir.path(), &base);
+    assert_eq!(json(&out)["namespace"], "audit-trail-staging", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = audctl(dir.path(), &[&base[..], &["-n", "elsewhere"]].concat());
+    assert_eq!(json(&out)["namespace"], "elsewhere");
+    // -n given with its default value is still explicit.
+    let out = audctl(dir.path(), &[&["-n", "audit-trail"][..], &base[..]].concat());
+    assert_eq!(json(&out)["namespace"], "audit-trail");
+    let out = audctl(dir.path(), &["check", "--only", "hpa", "-o", "json"]);
+    assert_eq!(json(&out)["namespace"], "audit-trail", "no -f, no -n: the default");
+}
+

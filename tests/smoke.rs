@@ -344,6 +344,29 @@ async fn smoke_record_with_the_values_environment_proves_the_checklist_item() ->
     let hint = staging_smoke["hint"].as_str().unwrap_or_default();
     assert!(hint.contains("audctl smoke -f values/values-prod.yaml -f values/values-staging.yaml"), "{hint}");
     assert_eq!(code(&out), 1, "staging-smoke is still unproven");
+
+    // The hint as given (no -n): the staging values put the record in their namespace, where a
+    // check with the same values (no -n either) reads it.
+    let staging = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("values/values-staging.yaml");
+    let staging = staging.to_str().unwrap_or_default();
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta { name: Some("audit-trail-staging".into()), ..Default::default() },
+        ..Default::default()
+    };
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &ns)
+        .await?;
+    let out = audctl(&["smoke", "--url", &url, "-f", prod, "-f", staging, "--kubeconfig", &kubeconfig], Some(KEY)).await?;
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("in namespace audit-trail-staging"), "{}", stderr(&out));
+    let args = ["check", "-f", prod, "-f", staging, "--only", "staging-smoke,load-tested", "--no-record", "-o", "json"];
+    let out = audctl(&[&args[..], &["--kubeconfig", &kubeconfig]].concat(), None).await?;
+    let report = json(&out)?;
+    assert_eq!(report["namespace"], "audit-trail-staging");
+    assert_eq!(item(&report, "staging-smoke")["status"], "PASS", "{report:#}");
+    // A verb without values writes into -n: the hint names this check's namespace.
+    let hint = item(&report, "load-tested")["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("`audctl load -n audit-trail-staging`"), "{hint}");
     server.stop().await
 }
 

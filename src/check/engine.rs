@@ -97,6 +97,8 @@ pub fn cause_label(c: &ErrorCause) -> &'static str {
 /// Everything the items are judged on.
 pub struct Inputs<'a> {
     pub probe_ids: &'a [&'a str],
+    /// Where attestations and evidence were read: the hints name it when it is not `-n`'s default.
+    pub namespace: &'a str,
     pub runs: &'a BTreeMap<String, ProbeRun>,
     /// Attestations by item, or why they could not be read.
     pub attestations: &'a Result<BTreeMap<String, Attestation>, Finding>,
@@ -211,6 +213,11 @@ fn judge_probes(entry: &Entry, inputs: &Inputs) -> Verdict {
     combine(&ids, inputs)
 }
 
+/// ` -n NS` for a hint's command when the check's namespace is not the one the command would use.
+fn ns_flag(inputs: &Inputs) -> String {
+    if inputs.namespace == crate::cli::DEFAULT_NAMESPACE { String::new() } else { format!(" -n {}", inputs.namespace) }
+}
+
 /// Worst status of the probes; the message lists every probe when there are several.
 fn combine(ids: &[String], inputs: &Inputs) -> Verdict {
     let runs: Vec<&ProbeRun> = ids.iter().filter_map(|id| inputs.runs.get(id)).collect();
@@ -235,7 +242,8 @@ fn combine(ids: &[String], inputs: &Inputs) -> Verdict {
 
 fn judge_attest(entry: &Entry, inputs: &Inputs) -> Verdict {
     let id = &entry.item.id;
-    let attest_hint = format!("audctl attest {id} --by NAME [--note TEXT] [--link URL] [--expires DATE]");
+    let attest_hint =
+        format!("audctl attest {id}{} --by NAME [--note TEXT] [--link URL] [--expires DATE]", ns_flag(inputs));
     let probes = probes_of(entry, inputs.probe_ids);
     let probed = (!probes.is_empty()).then(|| combine(&probes, inputs));
     if let Some(v) = probed.as_ref().filter(|v| v.status == Status::Pass) {
@@ -295,7 +303,14 @@ fn judge_evidence(entry: &Entry, inputs: &Inputs) -> Verdict {
         Some(s) => format!("`{}` record for {s}", spec.verb),
         None => format!("`{}` record", spec.verb),
     };
-    let hint = format!("run `{}` (it records its evidence in the release namespace)", spec.command);
+    // A command naming values files writes into their namespace.name (deploy, smoke); the others
+    // write into -n, which must then be this check's namespace.
+    let command = if spec.command.split_whitespace().any(|w| w == "-f" || w == "--values") {
+        spec.command.clone()
+    } else {
+        format!("{}{}", spec.command, ns_flag(inputs))
+    };
+    let hint = format!("run `{command}` (this check reads evidence records in namespace {})", inputs.namespace);
     let relevant: Vec<&Stored> = records.iter().filter(|s| subject_ok(s)).collect();
     let success = relevant.iter().find(|s| matches!(s.evidence.outcome, crate::evidence::Outcome::Success));
     let latest_failure = relevant

@@ -169,13 +169,15 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
     let checklist = model::load(args.checklist.as_deref(), &ids)?;
     let entries = select(&checklist, args)?;
     let (waivers_file, waivers) = waivers::load(args.waivers.as_deref(), &checklist.ids())?;
-    let values = crate::values::load(&args.values, &args.set)?;
+    // -n overrides the values' namespace.name as it does for deploy (render_sets), so probes,
+    // attestations and evidence are read where `deploy -f` with the same files puts the release.
+    let values = crate::values::load(&args.values, &global.render_sets(&args.set))?;
     let objects = crate::render::render(&values, None)?;
 
     let targets = load_targets(global)?;
     let settings = KubeSettings::resolve(global, Some(&targets));
     let client = if settings.configured() { Some(settings.client().await?) } else { None };
-    let namespace = global.namespace.clone();
+    let namespace = values.namespace.name.clone();
 
     // The probes the selected items need, each run once.
     let mut needed: BTreeSet<String> = BTreeSet::new();
@@ -265,6 +267,7 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
     let runs: BTreeMap<String, ProbeRun> = runs.into_iter().map(|r| (r.id.clone(), r)).collect();
     let inputs = Inputs {
         probe_ids: &ids,
+        namespace: &namespace,
         runs: &runs,
         attestations: &attestations,
         evidence: &evidence_records,
