@@ -135,3 +135,29 @@ fn namespace_comes_from_the_values_unless_n_is_given() {
     assert_eq!(json(&out)["namespace"], "audit-trail", "no -f, no -n: the default");
 }
 
+/// A run that checks nothing is a usage error naming the filter that left nothing, not a green gate.
+#[test]
+fn selecting_no_item_is_exit_2_naming_the_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = audctl(dir.path(), &["check", "--only", "health-checks", "--phase", "j-7"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "no report for an empty selection");
+    assert!(
+        stderr(&out).contains(
+            "no checklist item selected: --phase j-7 leaves 5 items, then --only health-checks \
+             (health-checks is in phase preprod) leaves none"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = audctl(dir.path(), &["check", "--only", "rbac", "--skip", "rbac"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--only rbac leaves 1 item, then --skip rbac leaves none"), "{}", stderr(&out));
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "version: 1\nsections: []\n").expect("write");
+    let out = audctl(dir.path(), &["check", "--checklist", &empty.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("the checklist has no items"), "{}", stderr(&out));
+}
+

@@ -78,13 +78,51 @@ pub fn select(checklist: &Checklist, args: &CheckArgs) -> anyhow::Result<Vec<Ent
             return Err(usage(format!("unknown phase {p:?} (expected one of {})", PHASES.join(", "))));
         }
     }
-    Ok(checklist
-        .entries()
-        .into_iter()
-        .filter(|e| args.phase.is_empty() || args.phase.contains(&checklist.sections[e.section].phase))
-        .filter(|e| only.is_empty() || only.contains(&e.item.id))
-        .filter(|e| !skip.contains(&e.item.id))
-        .collect())
+    let all = checklist.entries();
+    if all.is_empty() {
+        return Err(usage("the checklist has no items: nothing to check (add sections with items)"));
+    }
+    // Each filter in turn, so that an empty selection names the one that left nothing: a run that
+    // checks nothing must not pass as a green gate.
+    let phase_of = |e: &Entry| checklist.sections[e.section].phase.clone();
+    let mut steps: Vec<(String, usize)> = Vec::new();
+    let mut left = all;
+    if !args.phase.is_empty() {
+        left.retain(|e| args.phase.contains(&phase_of(e)));
+        steps.push((format!("--phase {}", args.phase.join(" --phase ")), left.len()));
+    }
+    if !only.is_empty() {
+        let before: Vec<Entry> = left.clone();
+        left.retain(|e| only.contains(&e.item.id));
+        let mut what = format!("--only {}", only.join(","));
+        if left.is_empty() && !args.phase.is_empty() {
+            // The ids exist (checked above): they are in other phases.
+            let elsewhere: Vec<String> = checklist
+                .entries()
+                .iter()
+                .filter(|e| only.contains(&e.item.id) && !before.iter().any(|b| b.item.id == e.item.id))
+                .map(|e| format!("{} is in phase {}", e.item.id, phase_of(e)))
+                .collect();
+            what.push_str(&format!(" ({})", elsewhere.join(", ")));
+        }
+        steps.push((what, left.len()));
+    }
+    if !skip.is_empty() {
+        left.retain(|e| !skip.contains(&e.item.id));
+        steps.push((format!("--skip {}", skip.join(",")), left.len()));
+    }
+    if left.is_empty() {
+        let said: Vec<String> = steps
+            .iter()
+            .map(|(what, n)| match n {
+                0 => format!("{what} leaves none"),
+                1 => format!("{what} leaves 1 item"),
+                n => format!("{what} leaves {n} items"),
+            })
+            .collect();
+        return Err(usage(format!("no checklist item selected: {}; nothing to check", said.join(", then "))));
+    }
+    Ok(left)
 }
 
 fn list_probes(format: OutputFormat) -> anyhow::Result<()> {
