@@ -93,6 +93,29 @@ fn bad_input_is_exit_2_and_names_the_place() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:7:") && err.contains("did you mean \"cluster.rbac\""), "{err}");
 
+    // What would only fail at run time is refused at load too: an evidence verb nothing writes,
+    // exclusions that leave no probe, a zero maxAge, an id that cannot be a label value.
+    std::fs::write(
+        &checklist,
+        "version: 1\nsections:\n  - id: s\n    title: S\n    phase: preprod\n    items:\n      - {id: a, text: A, proof: evidence, evidence: {verb: deplyo, maxAge: 0s, command: x}}\n      - {id: b, text: B, proof: probe, probes: [\"cluster.*\", \"!cluster.ha\"]}\n      - {id: A b, text: C, proof: probe, probes: [\"!cluster.ha\"]}\n",
+    )
+    .expect("write");
+    let out = audctl(dir.path(), &["check", "--checklist", &checklist.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "bad.yaml:7:",
+        "evidence.verb \"deplyo\" writes no evidence record (did you mean \"deploy\"?",
+        "evidence.maxAge must be more than 0",
+        "bad.yaml:9:",
+        "item \"A b\": an id is lowercase",
+        "only exclusions",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    // cluster.* is more than cluster.ha: b is valid, a and "A b" carry the 4 errors.
+    assert!(err.contains("(4 error(s))") && !err.contains("bad.yaml:8:"), "{err}");
+
     let out = audctl(dir.path(), &["check", "--only", "rbca"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"rbac\""));
