@@ -184,3 +184,29 @@ fn selecting_no_item_is_exit_2_naming_the_filters() {
     assert!(stderr(&out).contains("the checklist has no items"), "{}", stderr(&out));
 }
 
+/// stdout closed by the reader before the report is written (`check -o json | head -c 10`): no
+/// "Broken pipe" error, and the run's own exit code (these items pass: 0).
+#[test]
+fn closed_stdout_is_not_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for format in ["json", "table", "junit"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_audctl"))
+            .current_dir(dir.path())
+            .args(["check", "-f", &prod(), "--only", "health-checks", "-o", format])
+            .env("HOME", dir.path())
+            .env_remove("KUBECONFIG")
+            .env_remove("AUDCTL_TARGETS")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run audctl");
+        // The only read end: closed before audctl gets to write, so its write fails with EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("error") && !err.contains("panicked"), "-o {format}: {err}");
+        assert_eq!(out.status.code(), Some(0), "-o {format}: {err}");
+    }
+}
+

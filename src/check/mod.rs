@@ -166,7 +166,7 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
     let report = evaluate(args, global).await?;
     output::emit(global.output, &report)?;
     if global.output == OutputFormat::Table {
-        println!("{}", report.summary_line());
+        output::print(format!("{}\n", report.summary_line()).as_bytes())?;
     }
     match report.exit_code {
         0 => Ok(()),
