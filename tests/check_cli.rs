@@ -210,3 +210,29 @@ fn closed_stdout_is_not_an_error() {
     }
 }
 
+/// A bad -o for attest --list is a usage error before the cluster is contacted: with a cluster that
+/// does not answer it is still exit 2, not 3.
+#[test]
+fn attest_list_junit_is_refused_before_the_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"https://127.0.0.1:{port}\"}}\n\
+             users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\n\
+             current-context: x\n"
+        ),
+    )
+    .expect("write");
+    let kc = kubeconfig.display().to_string();
+    let out = audctl(dir.path(), &["attest", "--list", "-o", "junit", "--kubeconfig", &kc]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("-o junit is only available for check, smoke and load"), "{err}");
+    // The same cluster with a format attest --list has: it is asked, and does not answer.
+    let out = audctl(dir.path(), &["attest", "--list", "-o", "json", "--kubeconfig", &kc]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
