@@ -196,6 +196,10 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
     let started_at = Utc::now();
     let started = Instant::now();
     let timeout = model::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
+    // A zero deadline would time every probe out before it starts: ERRORs that say nothing.
+    if timeout.is_zero() {
+        return Err(usage(format!("--timeout {}: must be more than 0 (e.g. 60s, 2m)", args.timeout)));
+    }
     let deadline = started + timeout;
     let evidence_max_age = match &args.evidence_max_age {
         Some(a) => Some(model::parse_duration(a).map_err(|e| usage(format!("--evidence-max-age: {e}")))?),
