@@ -237,5 +237,24 @@ fn attest_list_junit_is_refused_before_the_cluster() {
     // The same cluster with a format attest --list has: it is asked, and does not answer.
     let out = audctl(dir.path(), &["attest", "--list", "-o", "json", "--kubeconfig", &kc]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // check says so in a sentence.
+    let out = audctl(dir.path(), &["check", "-f", &prod(), "--only", "cluster-ha", "--kubeconfig", &kc, "--no-record"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("error: a target of the check is unreachable: items not evaluated: cluster-ha"), "{err}");
+}
+
+/// Messages read as sentences: the kubeconfig path quoted once, "1 item", no double space.
+#[test]
+fn messages_are_worded_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = audctl(dir.path(), &["check", "--only", "rbac", "--kubeconfig", "/nonexistent"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("kubeconfig /nonexistent: cannot read it: No such file or directory"), "{err}");
+    assert!(!err.contains("\"/nonexistent\""), "{err}");
+    let out = audctl(dir.path(), &["check", "-f", &prod(), "--only", "health-checks"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("\n1 item: 1 PASS in "), "{table}");
 }
 

@@ -181,7 +181,7 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
                 .map(|i| i.id.clone())
                 .collect();
             Err(Unreachable {
-                what: "the check's targets".into(),
+                what: "a target of the check".into(),
                 detail: format!("items not evaluated: {}", what.join(", ")),
             }
             .into())

@@ -132,8 +132,7 @@ pub fn check_cluster(
 /// The kubeconfig context in use and its API server URL (in-cluster: no context, the service host).
 fn current_cluster(settings: &KubeSettings) -> anyhow::Result<(Option<String>, Option<String>)> {
     let config = match &settings.kubeconfig {
-        Some(path) => kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| usage(format!("reading kubeconfig {}: {e}", path.display())))?,
+        Some(path) => crate::kube::read_kubeconfig(path)?,
         None => match kube::config::Kubeconfig::read() {
             Ok(c) => c,
             Err(_) => {
