@@ -257,4 +257,3 @@ fn messages_are_worded_once() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("\n1 item: 1 PASS in "), "{table}");
 }
-

@@ -589,7 +589,10 @@ fn attestations(bed: &Bed) {
     assert_eq!(listed, ["disaster-recovery", "runbooks"]);
     assert_eq!(list["attestations"][0]["validThrough"], "2099-12-31");
     let table = String::from_utf8_lossy(&attest(&["--list"]).stdout).into_owned();
-    assert!(table.contains("valid through 2099-12-31") && table.contains("valid through 2025-06-29 (expired)"), "{table}");
+    assert!(
+        table.contains("valid through 2099-12-31") && table.contains("valid through 2025-06-29 (expired)"),
+        "{table}"
+    );
 
     assert!(attest(&["disaster-recovery", "--revoke"]).status.success());
     assert_eq!(attest(&["disaster-recovery", "--revoke"]).status.code(), Some(1), "revoking twice: nothing to revoke");

@@ -139,4 +139,3 @@ async fn sentinels_without_sentinels_in_the_targets_is_not_configured() -> anyho
     assert!(f.message.contains("no sentinel to check"), "{}", f.message);
     Ok(())
 }
-

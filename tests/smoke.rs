@@ -356,7 +356,8 @@ async fn smoke_record_with_the_values_environment_proves_the_checklist_item() ->
     kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .create(&kube::api::PostParams::default(), &ns)
         .await?;
-    let out = audctl(&["smoke", "--url", &url, "-f", prod, "-f", staging, "--kubeconfig", &kubeconfig], Some(KEY)).await?;
+    let out =
+        audctl(&["smoke", "--url", &url, "-f", prod, "-f", staging, "--kubeconfig", &kubeconfig], Some(KEY)).await?;
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     assert!(stderr(&out).contains("in namespace audit-trail-staging"), "{}", stderr(&out));
     let args = ["check", "-f", prod, "-f", staging, "--only", "staging-smoke,load-tested", "--no-record", "-o", "json"];
@@ -369,4 +370,3 @@ async fn smoke_record_with_the_values_environment_proves_the_checklist_item() ->
     assert!(hint.contains("`audctl load -n audit-trail-staging`"), "{hint}");
     server.stop().await
 }
-

@@ -186,7 +186,9 @@ async fn run_async(args: &AttestArgs, global: &GlobalArgs) -> anyhow::Result<()>
     // -o junit has no meaning for a list of sign-offs: said before the cluster is asked (an
     // unreachable cluster would otherwise turn this usage error into exit 3).
     if args.list && global.output == crate::cli::OutputFormat::Junit {
-        return Err(usage("-o junit is only available for check, smoke and load; attest --list prints table, json or yaml"));
+        return Err(usage(
+            "-o junit is only available for check, smoke and load; attest --list prints table, json or yaml",
+        ));
     }
     let expires = match &args.expires {
         Some(e) => Some(super::waivers::parse_expiry(e).map_err(|e| usage(format!("--expires: {e}")))?),

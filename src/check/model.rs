@@ -415,7 +415,12 @@ mod tests {
     #[test]
     fn run_time_failures_are_load_errors_naming_the_line() {
         let e = one_error("{id: d, text: D, proof: evidence, evidence: {verb: deplyo, maxAge: 1d, command: x}}");
-        assert!(e.starts_with("c.yaml:7:") && e.contains("evidence.verb \"deplyo\"") && e.contains("did you mean \"deploy\""), "{e}");
+        assert!(
+            e.starts_with("c.yaml:7:")
+                && e.contains("evidence.verb \"deplyo\"")
+                && e.contains("did you mean \"deploy\""),
+            "{e}"
+        );
         let e = one_error("{id: d, text: D, proof: evidence, evidence: {verb: load, maxAge: 0s, command: x}}");
         assert!(e.starts_with("c.yaml:7:") && e.contains("evidence.maxAge must be more than 0"), "{e}");
         let e = one_error("{id: p, text: P, proof: probe, probes: [\"!cluster.ha\"]}");

@@ -174,6 +174,9 @@ mod tests {
         let text = "waivers:\n  - item: rbac\n    reason: r\n    owner: o\n    expires: 2099-01-01\n";
         let w = &parse(Path::new("w.yaml"), text, &["rbac"]).unwrap()[0];
         let json = serde_json::to_value(w).unwrap();
-        assert_eq!((json["expires"].as_str(), json["validThrough"].as_str()), (Some("2099-01-02T00:00:00Z"), Some("2099-01-01")));
+        assert_eq!(
+            (json["expires"].as_str(), json["validThrough"].as_str()),
+            (Some("2099-01-02T00:00:00Z"), Some("2099-01-01"))
+        );
     }
 }
