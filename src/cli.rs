@@ -23,6 +23,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `-n`'s default, and the defaults' `namespace.name`.
+pub const DEFAULT_NAMESPACE: &str = "audit-trail";
+
 /// Flags every verb understands, in kubectl's spirit.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
@@ -32,8 +35,9 @@ pub struct GlobalArgs {
     /// Kubeconfig context to use instead of the current one.
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// Namespace of the release (deploy, diff, rollback -f: overrides the values' namespace.name).
-    #[arg(short = 'n', long, global = true, default_value = "audit-trail", value_name = "NS")]
+    /// Namespace of the release (deploy, diff, rollback -f, check -f, smoke: overrides the values'
+    /// namespace.name, which those verbs use when -n is not given).
+    #[arg(short = 'n', long, global = true, default_value = DEFAULT_NAMESPACE, value_name = "NS")]
     pub namespace: String,
     /// Whether -n was given on the command line (not the default): set by `run` after parsing.
     #[arg(skip)]

@@ -16,6 +16,9 @@ use sha2::Digest;
 
 use crate::kube::{KubeSettings, transport_error};
 
+/// The verbs that write evidence records (what a checklist's `evidence.verb` may name).
+pub const VERBS: [&str; 7] = ["check", "deploy", "rollback", "smoke", "load", "backup", "restore"];
+
 /// Records kept per verb; older ones are deleted when a new one is written.
 pub const KEEP_PER_VERB: usize = 20;
 /// Label keys (and the data key) of evidence ConfigMaps.

@@ -52,8 +52,7 @@ impl KubeSettings {
         let options = KubeConfigOptions { context: self.context.clone(), ..Default::default() };
         match &self.kubeconfig {
             Some(path) => {
-                let kubeconfig =
-                    Kubeconfig::read_from(path).map_err(|e| usage(format!("kubeconfig {}: {e}", path.display())))?;
+                let kubeconfig = read_kubeconfig(path)?;
                 Config::from_custom_kubeconfig(kubeconfig, &options)
                     .await
                     .map_err(|e| usage(format!("kubeconfig {}: {e}", path.display())))
@@ -64,6 +63,17 @@ impl KubeSettings {
             None => Config::infer().await.map_err(|e| usage(format!("no usable cluster configuration: {e}"))),
         }
     }
+}
+
+/// Read a kubeconfig file; a bad one is a usage error naming the path once (kube's own message for
+/// an unreadable file quotes it a second time, Debug-formatted).
+pub fn read_kubeconfig(path: &std::path::Path) -> anyhow::Result<Kubeconfig> {
+    Kubeconfig::read_from(path).map_err(|e| match e {
+        kube::config::KubeconfigError::ReadConfig(io, _) => {
+            usage(format!("kubeconfig {}: cannot read it: {io}", path.display()))
+        }
+        e => usage(format!("kubeconfig {}: {e}", path.display())),
+    })
 }
 
 fn home_kubeconfig() -> Option<PathBuf> {

@@ -55,9 +55,21 @@ where
 
 /// Write `report` to stdout in `format`.
 pub fn emit<R: Report>(format: OutputFormat, report: &R) -> anyhow::Result<()> {
+    // Formatted whole first: a format error (junit where there is none) stays an error, and the
+    // only write to stdout is the one `print` knows how to judge.
+    let mut buf = Vec::new();
+    write_report(&mut buf, format, report)?;
+    print(&buf)
+}
+
+/// Write to stdout. A closed pipe (`audctl check -o json | head -c 10`) is not an error: the reader
+/// took what it wanted, so nothing is said and the verb's own exit code stands (as ripgrep does).
+pub fn print(bytes: &[u8]) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    write_report(&mut out, format, report)?;
-    out.flush().context("writing to stdout")
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
 }
 
 pub fn write_report<R: Report>(out: &mut impl Write, format: OutputFormat, report: &R) -> anyhow::Result<()> {

@@ -100,29 +100,46 @@ pub fn alert_metrics(objects: &[Object]) -> anyhow::Result<BTreeSet<String>> {
     Ok(names)
 }
 
-/// Series the server must export: those of the alerts, except kube-state-metrics' `kube_*`.
-fn required_metrics(args: &SmokeArgs) -> anyhow::Result<(BTreeSet<String>, Option<String>)> {
-    let values = crate::values::load(&args.values, &args.set)?;
+/// What smoke takes from the values: the series the server must export (those of the alerts,
+/// except kube-state-metrics' `kube_*`), the service URL to fall back on, and where its evidence
+/// record goes.
+struct FromValues {
+    required: BTreeSet<String>,
+    fallback: Option<String>,
+    /// `cluster.environment`: the record's subject, as deploy's (the checklist's smoke items look
+    /// for "staging" / "production", the environments of values-staging.yaml / values-prod.yaml).
+    environment: Option<String>,
+    /// `namespace.name` (`-n` overrides it, as for deploy): deploy's records live there too.
+    namespace: String,
+}
+
+fn from_values(args: &SmokeArgs, global: &GlobalArgs) -> anyhow::Result<FromValues> {
+    let values = crate::values::load(&args.values, &global.render_sets(&args.set))?;
     let objects = crate::render::render(&values, args.templates.as_deref())?;
     let fallback = values.ingress.hosts.first().filter(|_| values.ingress.enabled).map(|h| {
         let tls = values.ingress.tls.iter().any(|t| t.hosts.contains(&h.host));
         format!("{}://{}", if tls { "https" } else { "http" }, h.host)
     });
-    let names = alert_metrics(&objects)?.into_iter().filter(|m| !m.starts_with("kube_")).collect();
-    Ok((names, fallback))
+    let required = alert_metrics(&objects)?.into_iter().filter(|m| !m.starts_with("kube_")).collect();
+    Ok(FromValues {
+        required,
+        fallback,
+        environment: values.cluster.environment.clone(),
+        namespace: values.namespace.name.clone(),
+    })
 }
 
 pub fn run(args: &SmokeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let (required, fallback) = required_metrics(args)?;
+    let from = from_values(args, global)?;
     let targets = crate::service::targets(global)?;
-    let service = crate::service::resolve(&args.service, targets.as_ref(), fallback)?;
+    let service = crate::service::resolve(&args.service, targets.as_ref(), from.fallback.clone())?;
     let timeout = crate::load::plan::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout {e}")))?;
     let tenant = service.tenant.clone().unwrap_or_else(|| "audctl-smoke".into());
     let started = chrono::Utc::now();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let report = runtime.block_on(smoke(&service, &tenant, &required, args, timeout))?;
+    let report = runtime.block_on(smoke(&service, &tenant, &from.required, args, timeout))?;
     output::emit(global.output, &report)?;
-    record_evidence(&report, global, targets.as_ref(), started, &runtime);
+    record_evidence(&report, &from, global, targets.as_ref(), started, &runtime);
     if report.unreachable {
         return Err(Unreachable {
             what: format!("service {}", report.url),
@@ -146,6 +163,7 @@ pub fn run(args: &SmokeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 /// "Smoke tests passing": the run in the cluster, when one is configured (never fails the verb).
 fn record_evidence(
     report: &SmokeReport,
+    from: &FromValues,
     global: &GlobalArgs,
     targets: Option<&audctl_targets::Targets>,
     started: chrono::DateTime<chrono::Utc>,
@@ -169,14 +187,16 @@ fn record_evidence(
         count(StepStatus::Fail),
         count(StepStatus::Skip)
     );
+    let subject = crate::deploy::subject(from.environment.as_deref(), &kube);
     let evidence = Evidence::new("smoke", outcome, summary, started)
+        .subject(subject)
         .figure("url", &report.url)
         .figure("steps", report.steps.len())
         .figure("passed", count(StepStatus::Pass))
         .figure("failed", failed)
         .figure("skipped", count(StepStatus::Skip))
         .figure("totalMs", report.steps.iter().map(|s| s.millis).sum::<f64>());
-    runtime.block_on(record_best_effort(&kube, &global.namespace, &evidence));
+    runtime.block_on(record_best_effort(&kube, &from.namespace, &evidence));
 }
 
 struct Steps {

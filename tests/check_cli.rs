@@ -93,12 +93,38 @@ fn bad_input_is_exit_2_and_names_the_place() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:7:") && err.contains("did you mean \"cluster.rbac\""), "{err}");
 
+    // What would only fail at run time is refused at load too: an evidence verb nothing writes,
+    // exclusions that leave no probe, a zero maxAge, an id that cannot be a label value.
+    std::fs::write(
+        &checklist,
+        "version: 1\nsections:\n  - id: s\n    title: S\n    phase: preprod\n    items:\n      - {id: a, text: A, proof: evidence, evidence: {verb: deplyo, maxAge: 0s, command: x}}\n      - {id: b, text: B, proof: probe, probes: [\"cluster.*\", \"!cluster.ha\"]}\n      - {id: A b, text: C, proof: probe, probes: [\"!cluster.ha\"]}\n",
+    )
+    .expect("write");
+    let out = audctl(dir.path(), &["check", "--checklist", &checklist.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "bad.yaml:7:",
+        "evidence.verb \"deplyo\" writes no evidence record (did you mean \"deploy\"?",
+        "evidence.maxAge must be more than 0",
+        "bad.yaml:9:",
+        "item \"A b\": an id is lowercase",
+        "only exclusions",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    // cluster.* is more than cluster.ha: b is valid, a and "A b" carry the 4 errors.
+    assert!(err.contains("(4 error(s))") && !err.contains("bad.yaml:8:"), "{err}");
+
     let out = audctl(dir.path(), &["check", "--only", "rbca"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"rbac\""));
 
     let out = audctl(dir.path(), &["check", "--timeout", "soon"]);
     assert_eq!(out.status.code(), Some(2));
+    let out = audctl(dir.path(), &["check", "--timeout", "0s", "--only", "hpa"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout 0s: must be more than 0"));
 
     let out = audctl(dir.path(), &["attest", "--list"]);
     assert_eq!(out.status.code(), Some(2), "attestations live in the cluster");
@@ -116,4 +142,118 @@ fn probes_are_listed() {
     for id in ["cluster.ha", "cluster.tls", "manifests.resources", "manifests.network-policy"] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
+}
+
+/// The release namespace is the values' (as for deploy -f), unless -n names one explicitly.
+#[test]
+fn namespace_comes_from_the_values_unless_n_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = root().join("values/values-staging.yaml").display().to_string();
+    let base = ["check", "-f", &prod(), "-f", &staging, "--only", "hpa", "-o", "json"];
+    let out = audctl(dir.path(), &base);
+    assert_eq!(json(&out)["namespace"], "audit-trail-staging", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = audctl(dir.path(), &[&base[..], &["-n", "elsewhere"]].concat());
+    assert_eq!(json(&out)["namespace"], "elsewhere");
+    // -n given with its default value is still explicit.
+    let out = audctl(dir.path(), &[&["-n", "audit-trail"][..], &base[..]].concat());
+    assert_eq!(json(&out)["namespace"], "audit-trail");
+    let out = audctl(dir.path(), &["check", "--only", "hpa", "-o", "json"]);
+    assert_eq!(json(&out)["namespace"], "audit-trail", "no -f, no -n: the default");
+}
+
+/// A run that checks nothing is a usage error naming the filter that left nothing, not a green gate.
+#[test]
+fn selecting_no_item_is_exit_2_naming_the_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = audctl(dir.path(), &["check", "--only", "health-checks", "--phase", "j-7"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "no report for an empty selection");
+    assert!(
+        stderr(&out).contains(
+            "no checklist item selected: --phase j-7 leaves 5 items, then --only health-checks \
+             (health-checks is in phase preprod) leaves none"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = audctl(dir.path(), &["check", "--only", "rbac", "--skip", "rbac"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--only rbac leaves 1 item, then --skip rbac leaves none"), "{}", stderr(&out));
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "version: 1\nsections: []\n").expect("write");
+    let out = audctl(dir.path(), &["check", "--checklist", &empty.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("the checklist has no items"), "{}", stderr(&out));
+}
+
+/// stdout closed by the reader before the report is written (`check -o json | head -c 10`): no
+/// "Broken pipe" error, and the run's own exit code (these items pass: 0).
+#[test]
+fn closed_stdout_is_not_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for format in ["json", "table", "junit"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_audctl"))
+            .current_dir(dir.path())
+            .args(["check", "-f", &prod(), "--only", "health-checks", "-o", format])
+            .env("HOME", dir.path())
+            .env_remove("KUBECONFIG")
+            .env_remove("AUDCTL_TARGETS")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run audctl");
+        // The only read end: closed before audctl gets to write, so its write fails with EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("error") && !err.contains("panicked"), "-o {format}: {err}");
+        assert_eq!(out.status.code(), Some(0), "-o {format}: {err}");
+    }
+}
+
+/// A bad -o for attest --list is a usage error before the cluster is contacted: with a cluster that
+/// does not answer it is still exit 2, not 3.
+#[test]
+fn attest_list_junit_is_refused_before_the_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"https://127.0.0.1:{port}\"}}\n\
+             users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\n\
+             current-context: x\n"
+        ),
+    )
+    .expect("write");
+    let kc = kubeconfig.display().to_string();
+    let out = audctl(dir.path(), &["attest", "--list", "-o", "junit", "--kubeconfig", &kc]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("-o junit is only available for check, smoke and load"), "{err}");
+    // The same cluster with a format attest --list has: it is asked, and does not answer.
+    let out = audctl(dir.path(), &["attest", "--list", "-o", "json", "--kubeconfig", &kc]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // check says so in a sentence.
+    let out = audctl(dir.path(), &["check", "-f", &prod(), "--only", "cluster-ha", "--kubeconfig", &kc, "--no-record"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("error: a target of the check is unreachable: items not evaluated: cluster-ha"), "{err}");
+}
+
+/// Messages read as sentences: the kubeconfig path quoted once, "1 item", no double space.
+#[test]
+fn messages_are_worded_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = audctl(dir.path(), &["check", "--only", "rbac", "--kubeconfig", "/nonexistent"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("kubeconfig /nonexistent: cannot read it: No such file or directory"), "{err}");
+    assert!(!err.contains("\"/nonexistent\""), "{err}");
+    let out = audctl(dir.path(), &["check", "-f", &prod(), "--only", "health-checks"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("\n1 item: 1 PASS in "), "{table}");
 }

@@ -564,6 +564,9 @@ fn attestations(bed: &Bed) {
         "2099-12-31",
     ]);
     assert!(out.status.success(), "attest: {}", String::from_utf8_lossy(&out.stderr));
+    // The date as given, not the next midnight it is stored as.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(", valid through 2099-12-31: DR drill") && !said.contains("2100-01-01"), "{said}");
     // An earlier sign-off that has since lapsed, as it sits in the cluster.
     bed.apply(&format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: audctl-attest-runbooks\n  namespace: {ns}\n  labels:\n    \
@@ -577,7 +580,9 @@ fn attestations(bed: &Bed) {
     assert_eq!(dr["attestation"]["link"], "https://wiki/dr");
     let rb = item(&report, "runbooks");
     assert_eq!(rb["status"], "NEEDS-ATTESTATION");
-    assert!(rb["message"].as_str().unwrap_or_default().contains("expired on 2025-06-30"), "{rb:#}");
+    // Stored as 2025-06-30T00:00:00Z: the last day it held is the 29th.
+    let said = rb["message"].as_str().unwrap_or_default();
+    assert!(said.contains("the attestation by bob (valid through 2025-06-29) has expired"), "{rb:#}");
     assert_eq!(code, 1);
 
     let out = attest(&["--list", "-o", "json"]);
@@ -585,6 +590,12 @@ fn attestations(bed: &Bed) {
     let listed: Vec<&str> =
         list["attestations"].as_array().into_iter().flatten().filter_map(|a| a["item"].as_str()).collect();
     assert_eq!(listed, ["disaster-recovery", "runbooks"]);
+    assert_eq!(list["attestations"][0]["validThrough"], "2099-12-31");
+    let table = String::from_utf8_lossy(&attest(&["--list"]).stdout).into_owned();
+    assert!(
+        table.contains("valid through 2099-12-31") && table.contains("valid through 2025-06-29 (expired)"),
+        "{table}"
+    );
 
     assert!(attest(&["disaster-recovery", "--revoke"]).status.success());
     assert_eq!(attest(&["disaster-recovery", "--revoke"]).status.code(), Some(1), "revoking twice: nothing to revoke");

@@ -115,3 +115,27 @@ async fn unreachable_and_not_configured() -> anyhow::Result<()> {
     all_error(&context(Targets::default(), values(&[])), "redis.", ErrorCause::NotConfigured, None).await;
     Ok(())
 }
+
+/// Only `redis.url` in the targets file: the sentinels are not looked at, so with values that run
+/// Sentinel the probe is ERROR not-configured (never a PASS it did not check); without Sentinel in
+/// the values there is nothing to check. No Redis is needed: the probe stops before connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_without_sentinels_in_the_targets_is_not_configured() -> anyhow::Result<()> {
+    let port = testbed::free_port()?;
+    let direct = || {
+        targets(RedisTarget {
+            sentinels: Vec::new(),
+            master_set: "mymaster".into(),
+            url: Some(format!("redis://127.0.0.1:{port}")),
+            password: None,
+        })
+    };
+    let f = run(&context(direct(), values(&[])), "redis.sentinels").await;
+    assert_eq!((f.status, f.cause), (Status::Error, Some(ErrorCause::NotConfigured)), "{f:#?}");
+    assert!(f.message.contains("the sentinels were not checked"), "{}", f.message);
+    assert!(f.hint.as_deref().unwrap_or_default().contains("redis.sentinels in the targets file"), "{f:#?}");
+    let f = run(&context(direct(), values(&["redis.sentinel.enabled=false"])), "redis.sentinels").await;
+    assert_eq!(f.status, Status::Pass, "{f:#?}");
+    assert!(f.message.contains("no sentinel to check"), "{}", f.message);
+    Ok(())
+}

@@ -297,3 +297,76 @@ async fn smoke_and_load_record_evidence_in_the_cluster() -> anyhow::Result<()> {
     assert!(load[0].evidence.figures["p99Ms"].as_f64().is_some_and(|v| v > 0.0));
     server.stop().await
 }
+
+fn item<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["sections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["items"].as_array().into_iter().flatten())
+        .find(|i| i["id"] == id)
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// The checklist's smoke items want a record for their environment (`subject: production` /
+/// `staging`): smoke takes it from the values' `cluster.environment`, as deploy does, and the check
+/// then passes the item on that record alone (the other environment's item still needs its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_record_with_the_values_environment_proves_the_checklist_item() -> anyhow::Result<()> {
+    let cluster = testbed::kube().await.context("testbed cluster (run cargo xtask deps install)")?;
+    let kubeconfig = cluster.kubeconfig().to_str().unwrap_or_default().to_owned();
+    let prod = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("values/values-prod.yaml");
+    let prod = prod.to_str().unwrap_or_default();
+    let server = Server::start(Backend::Sqlite, "").await?;
+    let cluster_args = ["--kubeconfig", &kubeconfig, "-n", "default"];
+    let url = server.url();
+    let mut args = vec!["smoke", "--url", &url, "-f", prod];
+    args.extend(cluster_args);
+    let out = audctl(&args, Some(KEY)).await?;
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+
+    let settings = audctl::kube::KubeSettings { kubeconfig: Some(cluster.kubeconfig().to_owned()), context: None };
+    let client = settings.client().await?;
+    let smoke = audctl::evidence::list(&client, "default", Some("smoke")).await?;
+    assert_eq!(smoke.len(), 1);
+    assert_eq!(smoke[0].evidence.subject.as_deref(), Some("production"));
+
+    let mut args = vec!["check", "-f", prod, "--only", "prod-smoke,staging-smoke", "--no-record", "-o", "json"];
+    args.extend(cluster_args);
+    let out = audctl(&args, None).await?;
+    let report = json(&out)?;
+    let prod_smoke = item(&report, "prod-smoke");
+    assert_eq!(prod_smoke["status"], "PASS", "{report:#}");
+    assert_eq!(prod_smoke["evidence"], smoke[0].name.as_str());
+    let staging_smoke = item(&report, "staging-smoke");
+    assert_eq!(staging_smoke["status"], "NEEDS-EVIDENCE", "{report:#}");
+    // The hint is a command that writes the record this item looks for.
+    let hint = staging_smoke["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("audctl smoke -f values/values-prod.yaml -f values/values-staging.yaml"), "{hint}");
+    assert_eq!(code(&out), 1, "staging-smoke is still unproven");
+
+    // The hint as given (no -n): the staging values put the record in their namespace, where a
+    // check with the same values (no -n either) reads it.
+    let staging = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("values/values-staging.yaml");
+    let staging = staging.to_str().unwrap_or_default();
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta { name: Some("audit-trail-staging".into()), ..Default::default() },
+        ..Default::default()
+    };
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &ns)
+        .await?;
+    let out =
+        audctl(&["smoke", "--url", &url, "-f", prod, "-f", staging, "--kubeconfig", &kubeconfig], Some(KEY)).await?;
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("in namespace audit-trail-staging"), "{}", stderr(&out));
+    let args = ["check", "-f", prod, "-f", staging, "--only", "staging-smoke,load-tested", "--no-record", "-o", "json"];
+    let out = audctl(&[&args[..], &["--kubeconfig", &kubeconfig]].concat(), None).await?;
+    let report = json(&out)?;
+    assert_eq!(report["namespace"], "audit-trail-staging");
+    assert_eq!(item(&report, "staging-smoke")["status"], "PASS", "{report:#}");
+    // A verb without values writes into -n: the hint names this check's namespace.
+    let hint = item(&report, "load-tested")["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("`audctl load -n audit-trail-staging`"), "{hint}");
+    server.stop().await
+}

@@ -14,6 +14,7 @@ use crate::error::{CheckFailed, usage};
 use crate::output::{self, Report};
 
 use super::model::{self, Proof};
+use super::waivers::{valid_through, validity};
 
 pub const KIND_LABEL: &str = "audctl.io/kind";
 pub const ITEM_LABEL: &str = "audctl.io/item";
@@ -29,8 +30,12 @@ pub struct Attestation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
     pub at: DateTime<Utc>,
+    /// The first instant it no longer holds (a date's next midnight, UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<DateTime<Utc>>,
+    /// The last day it holds, when `expires` is a midnight: the date as given to `--expires`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_through: Option<chrono::NaiveDate>,
     /// The ConfigMap holding it.
     pub name: String,
 }
@@ -43,7 +48,7 @@ impl Attestation {
     pub fn describe(&self) -> String {
         let mut s = format!("attested by {} on {}", self.by, self.at.format("%Y-%m-%d %H:%M UTC"));
         if let Some(e) = self.expires {
-            s.push_str(&format!(", expires {}", e.format("%Y-%m-%d")));
+            s.push_str(&format!(", {}", validity(e)));
         }
         if let Some(n) = &self.note {
             s.push_str(&format!(": {n}"));
@@ -95,6 +100,7 @@ fn from_configmap(cm: &ConfigMap) -> Option<Attestation> {
         link: get("link"),
         at: parse("at")?,
         expires: parse("expires"),
+        valid_through: parse("expires").and_then(valid_through),
         name: cm.metadata.name.clone().unwrap_or_default(),
     })
 }
@@ -177,6 +183,13 @@ async fn run_async(args: &AttestArgs, global: &GlobalArgs) -> anyhow::Result<()>
         }
         (None, false) => return Err(usage("name the checklist item to attest (or --list)")),
     };
+    // -o junit has no meaning for a list of sign-offs: said before the cluster is asked (an
+    // unreachable cluster would otherwise turn this usage error into exit 3).
+    if args.list && global.output == crate::cli::OutputFormat::Junit {
+        return Err(usage(
+            "-o junit is only available for check, smoke and load; attest --list prints table, json or yaml",
+        ));
+    }
     let expires = match &args.expires {
         Some(e) => Some(super::waivers::parse_expiry(e).map_err(|e| usage(format!("--expires: {e}")))?),
         None => None,
@@ -214,6 +227,7 @@ async fn run_async(args: &AttestArgs, global: &GlobalArgs) -> anyhow::Result<()>
                 link: args.link.clone(),
                 at: Utc::now(),
                 expires,
+                valid_through: expires.and_then(valid_through),
             };
             if a.expired(a.at) {
                 return Err(usage("--expires is in the past"));
@@ -237,13 +251,48 @@ impl Report for AttestationList {
         let mut t = output::new_table(["ITEM", "BY", "AT", "EXPIRES", "NOTE / LINK"]);
         for a in &self.attestations {
             let expires = match a.expires {
-                Some(e) if a.expired(self.now) => format!("{} (expired)", e.format("%Y-%m-%d")),
-                Some(e) => e.format("%Y-%m-%d").to_string(),
+                Some(e) if a.expired(self.now) => format!("{} (expired)", validity(e)),
+                Some(e) => validity(e),
                 None => "-".into(),
             };
             let note = [a.note.clone(), a.link.clone()].into_iter().flatten().collect::<Vec<_>>().join(" ");
             t.add_row(vec![a.item.clone(), a.by.clone(), a.at.format("%Y-%m-%d %H:%M").to_string(), expires, note]);
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attestation(expires: &str) -> Attestation {
+        let expires = super::super::waivers::parse_expiry(expires).ok();
+        Attestation {
+            item: "disaster-recovery".into(),
+            by: "alice".into(),
+            note: None,
+            link: None,
+            at: DateTime::parse_from_rfc3339("2027-01-10T09:00:00Z").map(|d| d.with_timezone(&Utc)).unwrap(),
+            expires,
+            valid_through: expires.and_then(valid_through),
+            name: configmap_name("disaster-recovery"),
+        }
+    }
+
+    #[test]
+    fn expiry_is_shown_as_given() {
+        let a = attestation("2027-05-31");
+        assert_eq!(a.describe(), "attested by alice on 2027-01-10 09:00 UTC, valid through 2027-05-31");
+        let list = AttestationList { now: a.at, attestations: vec![a.clone()] };
+        let table = list.table().to_string();
+        assert!(table.contains("valid through 2027-05-31") && !table.contains("2027-06-01"), "{table}");
+        let list = AttestationList { now: a.expires.unwrap(), attestations: vec![a.clone()] };
+        assert!(list.table().to_string().contains("valid through 2027-05-31 (expired)"));
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["expires"], "2027-06-01T00:00:00Z", "the stored instant stays");
+        assert_eq!(json["validThrough"], "2027-05-31");
+        let timed = attestation("2027-05-31T12:30:00Z");
+        assert!(timed.describe().ends_with(", valid until 2027-05-31 12:30 UTC"), "{}", timed.describe());
     }
 }

@@ -97,6 +97,8 @@ pub fn cause_label(c: &ErrorCause) -> &'static str {
 /// Everything the items are judged on.
 pub struct Inputs<'a> {
     pub probe_ids: &'a [&'a str],
+    /// Where attestations and evidence were read: the hints name it when it is not `-n`'s default.
+    pub namespace: &'a str,
     pub runs: &'a BTreeMap<String, ProbeRun>,
     /// Attestations by item, or why they could not be read.
     pub attestations: &'a Result<BTreeMap<String, Attestation>, Finding>,
@@ -173,9 +175,9 @@ pub fn judge(entry: &Entry, inputs: &Inputs) -> Verdict {
     if severity(verdict.status) > severity(Status::Waived) {
         if let Some(w) = inputs.waivers.iter().find(|w| w.item == item.id && !w.expired(inputs.now)) {
             verdict.message = format!(
-                "waived by {} until {} ({}): {} [was {}: {}]",
+                "waived by {}, {} ({}): {} [was {}: {}]",
                 w.owner,
-                w.expires.format("%Y-%m-%d %H:%M UTC"),
+                super::waivers::validity(w.expires),
                 w.source,
                 w.reason,
                 label(verdict.status),
@@ -187,10 +189,10 @@ pub fn judge(entry: &Entry, inputs: &Inputs) -> Verdict {
             verdict.waiver = Some(w.clone());
         } else if let Some(w) = inputs.waivers.iter().find(|w| w.item == item.id) {
             verdict.message = format!(
-                "{} (the waiver by {} expired on {})",
+                "{} (the waiver by {}, {}, has expired)",
                 verdict.message,
                 w.owner,
-                w.expires.format("%Y-%m-%d %H:%M UTC")
+                super::waivers::validity(w.expires)
             );
         }
     }
@@ -209,6 +211,11 @@ fn judge_probes(entry: &Entry, inputs: &Inputs) -> Verdict {
         return v;
     }
     combine(&ids, inputs)
+}
+
+/// ` -n NS` for a hint's command when the check's namespace is not the one the command would use.
+fn ns_flag(inputs: &Inputs) -> String {
+    if inputs.namespace == crate::cli::DEFAULT_NAMESPACE { String::new() } else { format!(" -n {}", inputs.namespace) }
 }
 
 /// Worst status of the probes; the message lists every probe when there are several.
@@ -235,7 +242,8 @@ fn combine(ids: &[String], inputs: &Inputs) -> Verdict {
 
 fn judge_attest(entry: &Entry, inputs: &Inputs) -> Verdict {
     let id = &entry.item.id;
-    let attest_hint = format!("audctl attest {id} --by NAME [--note TEXT] [--link URL] [--expires DATE]");
+    let attest_hint =
+        format!("audctl attest {id}{} --by NAME [--note TEXT] [--link URL] [--expires DATE]", ns_flag(inputs));
     let probes = probes_of(entry, inputs.probe_ids);
     let probed = (!probes.is_empty()).then(|| combine(&probes, inputs));
     if let Some(v) = probed.as_ref().filter(|v| v.status == Status::Pass) {
@@ -260,9 +268,9 @@ fn judge_attest(entry: &Entry, inputs: &Inputs) -> Verdict {
             let mut v = Verdict::new(
                 Status::NeedsAttestation,
                 format!(
-                    "the attestation by {} expired on {}{probe_note}",
+                    "the attestation by {} ({}) has expired{probe_note}",
                     a.by,
-                    a.expires.map(|e| e.format("%Y-%m-%d").to_string()).unwrap_or_default()
+                    a.expires.map(super::waivers::validity).unwrap_or_default()
                 ),
             )
             .hint(attest_hint);
@@ -295,7 +303,14 @@ fn judge_evidence(entry: &Entry, inputs: &Inputs) -> Verdict {
         Some(s) => format!("`{}` record for {s}", spec.verb),
         None => format!("`{}` record", spec.verb),
     };
-    let hint = format!("run `{}` (it records its evidence in the release namespace)", spec.command);
+    // A command naming values files writes into their namespace.name (deploy, smoke); the others
+    // write into -n, which must then be this check's namespace.
+    let command = if spec.command.split_whitespace().any(|w| w == "-f" || w == "--values") {
+        spec.command.clone()
+    } else {
+        format!("{}{}", spec.command, ns_flag(inputs))
+    };
+    let hint = format!("run `{command}` (this check reads evidence records in namespace {})", inputs.namespace);
     let relevant: Vec<&Stored> = records.iter().filter(|s| subject_ok(s)).collect();
     let success = relevant.iter().find(|s| matches!(s.evidence.outcome, crate::evidence::Outcome::Success));
     let latest_failure = relevant
@@ -409,6 +424,69 @@ mod tests {
             conns: Default::default(),
             now: Utc::now(),
         }
+    }
+
+    /// The waiver's and the attestation's dates read as written (`expires: 2099-01-01` holds through
+    /// that day), not as the next midnight they are stored as.
+    #[test]
+    fn expiries_are_shown_as_written() {
+        use super::super::waivers::{parse_expiry, valid_through};
+        let entry = |id: &str| Entry {
+            section: 0,
+            item: model::Item {
+                id: id.into(),
+                text: "t".into(),
+                proof: Proof::Attest,
+                probes: Vec::new(),
+                evidence: None,
+                blocking: true,
+            },
+        };
+        let waiver = |expires: &str| {
+            let e = parse_expiry(expires).expect("expiry");
+            Waiver {
+                item: "runbooks".into(),
+                reason: "INC-42".into(),
+                owner: "alice".into(),
+                expires: e,
+                valid_through: valid_through(e),
+                source: "w.yaml:2".into(),
+            }
+        };
+        let now = parse_expiry("2030-01-01T12:00:00Z").expect("now");
+        let judge_with = |waivers: &[Waiver], attestations: BTreeMap<String, Attestation>| {
+            let runs = BTreeMap::new();
+            let attestations = Ok(attestations);
+            let evidence = Ok(BTreeMap::new());
+            let inputs = Inputs {
+                probe_ids: &[],
+                namespace: "audit-trail",
+                runs: &runs,
+                attestations: &attestations,
+                evidence: &evidence,
+                waivers,
+                evidence_max_age: None,
+                now,
+            };
+            judge(&entry("runbooks"), &inputs).message
+        };
+        let m = judge_with(&[waiver("2099-01-01")], BTreeMap::new());
+        assert!(m.starts_with("waived by alice, valid through 2099-01-01 (w.yaml:2): INC-42"), "{m}");
+        let m = judge_with(&[waiver("2029-12-31")], BTreeMap::new());
+        assert!(m.ends_with("(the waiver by alice, valid through 2029-12-31, has expired)"), "{m}");
+        let expires = parse_expiry("2029-06-30").ok();
+        let a = Attestation {
+            item: "runbooks".into(),
+            by: "bob".into(),
+            note: None,
+            link: None,
+            at: parse_expiry("2029-01-01T00:00:00Z").expect("at"),
+            expires,
+            valid_through: expires.and_then(valid_through),
+            name: "audctl-attest-runbooks".into(),
+        };
+        let m = judge_with(&[], BTreeMap::from([("runbooks".to_owned(), a)]));
+        assert_eq!(m, "the attestation by bob (valid through 2029-06-30) has expired");
     }
 
     #[tokio::test]

@@ -78,13 +78,51 @@ pub fn select(checklist: &Checklist, args: &CheckArgs) -> anyhow::Result<Vec<Ent
             return Err(usage(format!("unknown phase {p:?} (expected one of {})", PHASES.join(", "))));
         }
     }
-    Ok(checklist
-        .entries()
-        .into_iter()
-        .filter(|e| args.phase.is_empty() || args.phase.contains(&checklist.sections[e.section].phase))
-        .filter(|e| only.is_empty() || only.contains(&e.item.id))
-        .filter(|e| !skip.contains(&e.item.id))
-        .collect())
+    let all = checklist.entries();
+    if all.is_empty() {
+        return Err(usage("the checklist has no items: nothing to check (add sections with items)"));
+    }
+    // Each filter in turn, so that an empty selection names the one that left nothing: a run that
+    // checks nothing must not pass as a green gate.
+    let phase_of = |e: &Entry| checklist.sections[e.section].phase.clone();
+    let mut steps: Vec<(String, usize)> = Vec::new();
+    let mut left = all;
+    if !args.phase.is_empty() {
+        left.retain(|e| args.phase.contains(&phase_of(e)));
+        steps.push((format!("--phase {}", args.phase.join(" --phase ")), left.len()));
+    }
+    if !only.is_empty() {
+        let before: Vec<Entry> = left.clone();
+        left.retain(|e| only.contains(&e.item.id));
+        let mut what = format!("--only {}", only.join(","));
+        if left.is_empty() && !args.phase.is_empty() {
+            // The ids exist (checked above): they are in other phases.
+            let elsewhere: Vec<String> = checklist
+                .entries()
+                .iter()
+                .filter(|e| only.contains(&e.item.id) && !before.iter().any(|b| b.item.id == e.item.id))
+                .map(|e| format!("{} is in phase {}", e.item.id, phase_of(e)))
+                .collect();
+            what.push_str(&format!(" ({})", elsewhere.join(", ")));
+        }
+        steps.push((what, left.len()));
+    }
+    if !skip.is_empty() {
+        left.retain(|e| !skip.contains(&e.item.id));
+        steps.push((format!("--skip {}", skip.join(",")), left.len()));
+    }
+    if left.is_empty() {
+        let said: Vec<String> = steps
+            .iter()
+            .map(|(what, n)| match n {
+                0 => format!("{what} leaves none"),
+                1 => format!("{what} leaves 1 item"),
+                n => format!("{what} leaves {n} items"),
+            })
+            .collect();
+        return Err(usage(format!("no checklist item selected: {}; nothing to check", said.join(", then "))));
+    }
+    Ok(left)
 }
 
 fn list_probes(format: OutputFormat) -> anyhow::Result<()> {
@@ -128,7 +166,7 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
     let report = evaluate(args, global).await?;
     output::emit(global.output, &report)?;
     if global.output == OutputFormat::Table {
-        println!("{}", report.summary_line());
+        output::print(format!("{}\n", report.summary_line()).as_bytes())?;
     }
     match report.exit_code {
         0 => Ok(()),
@@ -143,7 +181,7 @@ async fn run_async(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<()> 
                 .map(|i| i.id.clone())
                 .collect();
             Err(Unreachable {
-                what: "the check's targets".into(),
+                what: "a target of the check".into(),
                 detail: format!("items not evaluated: {}", what.join(", ")),
             }
             .into())
@@ -158,6 +196,10 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
     let started_at = Utc::now();
     let started = Instant::now();
     let timeout = model::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
+    // A zero deadline would time every probe out before it starts: ERRORs that say nothing.
+    if timeout.is_zero() {
+        return Err(usage(format!("--timeout {}: must be more than 0 (e.g. 60s, 2m)", args.timeout)));
+    }
     let deadline = started + timeout;
     let evidence_max_age = match &args.evidence_max_age {
         Some(a) => Some(model::parse_duration(a).map_err(|e| usage(format!("--evidence-max-age: {e}")))?),
@@ -169,13 +211,15 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
     let checklist = model::load(args.checklist.as_deref(), &ids)?;
     let entries = select(&checklist, args)?;
     let (waivers_file, waivers) = waivers::load(args.waivers.as_deref(), &checklist.ids())?;
-    let values = crate::values::load(&args.values, &args.set)?;
+    // -n overrides the values' namespace.name as it does for deploy (render_sets), so probes,
+    // attestations and evidence are read where `deploy -f` with the same files puts the release.
+    let values = crate::values::load(&args.values, &global.render_sets(&args.set))?;
     let objects = crate::render::render(&values, None)?;
 
     let targets = load_targets(global)?;
     let settings = KubeSettings::resolve(global, Some(&targets));
     let client = if settings.configured() { Some(settings.client().await?) } else { None };
-    let namespace = global.namespace.clone();
+    let namespace = values.namespace.name.clone();
 
     // The probes the selected items need, each run once.
     let mut needed: BTreeSet<String> = BTreeSet::new();
@@ -265,6 +309,7 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
     let runs: BTreeMap<String, ProbeRun> = runs.into_iter().map(|r| (r.id.clone(), r)).collect();
     let inputs = Inputs {
         probe_ids: &ids,
+        namespace: &namespace,
         runs: &runs,
         attestations: &attestations,
         evidence: &evidence_records,

@@ -129,8 +129,16 @@ pub fn parse(name: &Path, text: &str, probe_ids: &[&str]) -> Result<Checklist, V
         }
     };
     let positions = Positions::of_file(name, text).map_err(|(at, msg)| vec![format!("{at}: {msg}")])?;
+    // The value's own line, else its nearest ancestor's (an item's line for one of its fields).
     let at = |path: &str| -> String {
-        positions.value(path).map(ToString::to_string).unwrap_or_else(|| name.display().to_string())
+        let mut candidate = Some(path);
+        while let Some(p) = candidate {
+            if let Some(found) = positions.value(p) {
+                return found.to_string();
+            }
+            candidate = crate::values::source::parent(p);
+        }
+        name.display().to_string()
     };
     let mut errors = Vec::new();
     if checklist.version != 1 {
@@ -160,6 +168,8 @@ pub fn parse(name: &Path, text: &str, probe_ids: &[&str]) -> Result<Checklist, V
                 errors.push(format!("{here}: item without an id"));
             } else if !ids.insert(item.id.as_str()) {
                 errors.push(format!("{what}: duplicate item id"));
+            } else if let Err(e) = check_item_id(&item.id) {
+                errors.push(format!("{}: item {:?}: {e}", at(&format!("{ipath}.id")), item.id));
             }
             if item.text.trim().is_empty() {
                 errors.push(format!("{what}: missing text"));
@@ -176,13 +186,44 @@ pub fn parse(name: &Path, text: &str, probe_ids: &[&str]) -> Result<Checklist, V
             if item.proof != Proof::Evidence && item.evidence.is_some() {
                 errors.push(format!("{what}: an evidence: block needs proof: evidence"));
             }
-            if let Some(Err(e)) = item.evidence.as_ref().map(|ev| parse_duration(&ev.max_age)) {
-                errors.push(format!("{what}: evidence.maxAge: {e}"));
-            }
-            for probe in &item.probes {
-                if let Err(e) = check_probe_ref(probe, probe_ids) {
-                    errors.push(format!("{what}: {e}"));
+            if let Some(ev) = &item.evidence {
+                let at_key = |key: &str| at(&format!("{ipath}.evidence.{key}"));
+                match parse_duration(&ev.max_age) {
+                    Err(e) => errors.push(format!("{}: item {:?}: evidence.maxAge: {e}", at_key("maxAge"), item.id)),
+                    // No record is ever younger than zero: the item could never pass.
+                    Ok(d) if d.is_zero() => errors.push(format!(
+                        "{}: item {:?}: evidence.maxAge must be more than 0 (e.g. 1d, 12h)",
+                        at_key("maxAge"),
+                        item.id
+                    )),
+                    Ok(_) => {}
                 }
+                // A verb that writes no record (a typo) would leave the item NEEDS-EVIDENCE forever.
+                if !crate::evidence::VERBS.contains(&ev.verb.as_str()) {
+                    let near = crate::evidence::VERBS
+                        .iter()
+                        .min_by_key(|v| strsim::levenshtein(v, &ev.verb))
+                        .filter(|v| strsim::levenshtein(v, &ev.verb) <= 3)
+                        .map(|v| format!("did you mean {v:?}? "))
+                        .unwrap_or_default();
+                    errors.push(format!(
+                        "{}: item {:?}: evidence.verb {:?} writes no evidence record ({near}expected one of {})",
+                        at_key("verb"),
+                        item.id,
+                        ev.verb,
+                        crate::evidence::VERBS.join(", ")
+                    ));
+                }
+            }
+            let mut refs_ok = true;
+            for (k, probe) in item.probes.iter().enumerate() {
+                if let Err(e) = check_probe_ref(probe, probe_ids) {
+                    errors.push(format!("{}: item {:?}: {e}", at(&format!("{ipath}.probes[{k}]")), item.id));
+                    refs_ok = false;
+                }
+            }
+            if refs_ok && !item.probes.is_empty() {
+                errors.extend(check_selection(&item.probes, probe_ids).into_iter().map(|e| format!("{what}: {e}")));
             }
         }
     }
@@ -224,6 +265,57 @@ fn check_probe_ref(probe: &str, probe_ids: &[&str]) -> Result<(), String> {
         Some(id) => format!("unknown probe {probe:?} (did you mean {id:?}?)"),
         None => format!("unknown probe {probe:?} (`audctl check --list-probes` lists them)"),
     })
+}
+
+/// An item id names a ConfigMap (`audctl-attest-<id>`, a DNS-1123 subdomain) and is the value of the
+/// `audctl.io/item` label (at most 63 characters): lowercase letters, digits, `-` and `.`, starting
+/// and ending with a letter or digit.
+fn check_item_id(id: &str) -> Result<(), String> {
+    let allowed = id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let ends = id.starts_with(|c: char| c.is_ascii_alphanumeric()) && id.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !allowed || !ends {
+        return Err("an id is lowercase letters, digits, '-' and '.', starting and ending with a letter or digit \
+                    (it names the ConfigMap audctl-attest-<id> and is a label value)"
+            .into());
+    }
+    if id.len() > 63 {
+        return Err(format!("an id is at most 63 characters (a label value), this one has {}", id.len()));
+    }
+    Ok(())
+}
+
+/// Every probe reference of an item must select something in this build, after the exclusions:
+/// a pattern with no registered probe, an exclusion that takes nothing out (a typo would leave the
+/// probe in) or exclusions that leave nothing would only show up as an ERROR at run time.
+fn check_selection(refs: &[String], probe_ids: &[&str]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let (excluded, included): (Vec<&str>, Vec<&str>) =
+        refs.iter().map(String::as_str).partition(|p| p.starts_with('!'));
+    if included.is_empty() {
+        return vec!["only exclusions (`!id`): name the probes to run too, e.g. `target.*`".into()];
+    }
+    let mut selected: Vec<&str> = Vec::new();
+    for p in &included {
+        let ids = expand(p, probe_ids);
+        if ids.is_empty() {
+            errors.push(format!("{p:?} matches no probe of this build (`audctl check --list-probes` lists them)"));
+        }
+        selected.extend(ids);
+    }
+    for p in &excluded {
+        let id = &p[1..];
+        if !selected.contains(&id) {
+            errors.push(format!("{p:?} takes out a probe the item does not select (the item selects: {})", {
+                let mut s = selected.clone();
+                s.dedup();
+                if s.is_empty() { "none".to_owned() } else { s.join(", ") }
+            }));
+        }
+    }
+    if errors.is_empty() && selected.iter().all(|id| excluded.iter().any(|p| &p[1..] == *id)) {
+        errors.push(format!("the exclusions take out every probe the item selects ({})", refs.join(", ")));
+    }
+    errors
 }
 
 /// The probe ids a reference stands for: itself, or every registered id of a `target.*` pattern.
@@ -302,6 +394,54 @@ mod tests {
     fn exclusions_take_probes_out_of_patterns() {
         assert!(check_probe_ref("!service.write", &["service.health"]).is_ok());
         assert!(check_probe_ref("!nosuch.write", &["service.health"]).is_err());
+    }
+
+    /// One section around `items` (each a flow mapping on its own line, from line 7).
+    fn with_items(items: &[&str]) -> String {
+        let mut text = "version: 1\nsections:\n  - id: s\n    title: S\n    phase: preprod\n    items:\n".to_owned();
+        for i in items {
+            text.push_str(&format!("      - {i}\n"));
+        }
+        text
+    }
+
+    fn one_error(item: &str) -> String {
+        let e = errors(&with_items(&[item]));
+        assert_eq!(e.len(), 1, "{e:?}");
+        e[0].clone()
+    }
+
+    /// What used to pass validation and only fail at run time (or never pass) is refused at load.
+    #[test]
+    fn run_time_failures_are_load_errors_naming_the_line() {
+        let e = one_error("{id: d, text: D, proof: evidence, evidence: {verb: deplyo, maxAge: 1d, command: x}}");
+        assert!(
+            e.starts_with("c.yaml:7:")
+                && e.contains("evidence.verb \"deplyo\"")
+                && e.contains("did you mean \"deploy\""),
+            "{e}"
+        );
+        let e = one_error("{id: d, text: D, proof: evidence, evidence: {verb: load, maxAge: 0s, command: x}}");
+        assert!(e.starts_with("c.yaml:7:") && e.contains("evidence.maxAge must be more than 0"), "{e}");
+        let e = one_error("{id: p, text: P, proof: probe, probes: [\"!cluster.ha\"]}");
+        assert!(e.starts_with("c.yaml:7:") && e.contains("only exclusions"), "{e}");
+        let e = one_error("{id: p, text: P, proof: probe, probes: [\"cluster.*\", \"!cluster.ha\"]}");
+        assert!(e.contains("the exclusions take out every probe the item selects"), "{e}");
+        let e = one_error("{id: p, text: P, proof: probe, probes: [\"manifests.*\", \"!manifests.probs\"]}");
+        assert!(e.contains("\"!manifests.probs\" takes out a probe the item does not select"), "{e}");
+        let e = one_error("{id: p, text: P, proof: probe, probes: [\"kafka.*\"]}");
+        assert!(e.starts_with("c.yaml:7:") && e.contains("\"kafka.*\" matches no probe of this build"), "{e}");
+        let e = one_error("{id: A b, text: P, proof: attest}");
+        assert!(e.starts_with("c.yaml:7:") && e.contains("item \"A b\": an id is lowercase"), "{e}");
+        let long = format!("{{id: {}, text: P, proof: attest}}", "a".repeat(64));
+        assert!(one_error(&long).contains("at most 63 characters"));
+        // What they must stay: valid.
+        let ok = with_items(&[
+            "{id: a-1.b, text: A, proof: probe, probes: [\"cluster.*\", \"manifests.probes\"]}",
+            "{id: b, text: B, proof: probe, probes: [\"manifests.*\", \"!manifests.probes\", cluster.ha]}",
+            "{id: c, text: C, proof: evidence, evidence: {verb: smoke, maxAge: 1s, command: x}}",
+        ]);
+        parse(Path::new("c.yaml"), &ok, IDS).unwrap_or_else(|e| panic!("{e:?}"));
     }
 
     #[test]

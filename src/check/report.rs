@@ -132,10 +132,12 @@ impl CheckReport {
             order.iter().filter_map(|k| self.summary.get(*k).filter(|n| **n > 0).map(|n| format!("{n} {k}"))).collect();
         let slow =
             self.slowest_probe.as_ref().map(|s| format!("; slowest probe {} {} ms", s.id, s.ms)).unwrap_or_default();
+        let n = self.items().count();
+        // "1 item", and no empty slot (double space) when nothing was counted.
+        let counted = if parts.is_empty() { String::new() } else { format!(" {}", parts.join(", ")) };
         format!(
-            "{} items: {} in {} ms{slow}; exit code {}",
-            self.items().count(),
-            parts.join(", "),
+            "{n} item{}:{counted} in {} ms{slow}; exit code {}",
+            if n == 1 { "" } else { "s" },
             self.wall_ms,
             self.exit_code
         )
@@ -306,5 +308,29 @@ impl CheckReport {
         }
         x.push_str("</testsuites>\n");
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_has_no_empty_slot() {
+        let report = CheckReport {
+            checklist: "c.yaml".into(),
+            namespace: "audit-trail".into(),
+            phases: Vec::new(),
+            started: Utc::now(),
+            wall_ms: 31,
+            probes_ms: 0,
+            slowest_probe: None,
+            waivers_file: None,
+            summary: BTreeMap::new(),
+            exit_code: 0,
+            evidence_record: None,
+            sections: Vec::new(),
+        };
+        assert_eq!(report.summary_line(), "0 items: in 31 ms; exit code 0");
     }
 }

@@ -35,7 +35,11 @@ pub struct Waiver {
     pub item: String,
     pub reason: String,
     pub owner: String,
+    /// The first instant it no longer holds (a date's next midnight, UTC).
     pub expires: DateTime<Utc>,
+    /// The last day it holds, when `expires` is a midnight: the date as written in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_through: Option<NaiveDate>,
     /// `file:line` of the entry.
     pub source: String,
 }
@@ -93,6 +97,7 @@ pub fn parse(path: &Path, text: &str, known_items: &[&str]) -> Result<Vec<Waiver
                 item: raw.item,
                 reason: raw.reason,
                 owner: raw.owner,
+                valid_through: valid_through(expires),
                 expires,
                 source: at("").rsplit_once(':').map(|(a, _)| a.to_owned()).unwrap_or_default(),
             }),
@@ -100,6 +105,21 @@ pub fn parse(path: &Path, text: &str, known_items: &[&str]) -> Result<Vec<Waiver
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// The last day an expiry at `expires` still holds, when it is a midnight UTC (how a date
+/// `YYYY-MM-DD` is stored: the next day's start, exclusive).
+pub fn valid_through(expires: DateTime<Utc>) -> Option<NaiveDate> {
+    (expires.time() == chrono::NaiveTime::MIN).then(|| expires.date_naive().pred_opt()).flatten()
+}
+
+/// An expiry for people, as it was written: "valid through 2027-05-31" for a date (stored as the
+/// next midnight, which would read one day late), "valid until 2027-05-31 12:30 UTC" for a time.
+pub fn validity(expires: DateTime<Utc>) -> String {
+    match valid_through(expires) {
+        Some(day) => format!("valid through {}", day.format("%Y-%m-%d")),
+        None => format!("valid until {}", expires.format("%Y-%m-%d %H:%M UTC")),
+    }
 }
 
 /// `YYYY-MM-DD` (valid through the end of that day, UTC) or an RFC 3339 timestamp.
@@ -134,9 +154,29 @@ mod tests {
     #[test]
     fn expiry_is_end_of_day() {
         let exp = parse_expiry("2026-12-01").unwrap();
-        assert!(
-            !Waiver { item: "a".into(), reason: "r".into(), owner: "o".into(), expires: exp, source: String::new() }
-                .expired(parse_expiry("2026-12-01T23:59:00Z").unwrap())
+        let w = Waiver {
+            item: "a".into(),
+            reason: "r".into(),
+            owner: "o".into(),
+            expires: exp,
+            valid_through: valid_through(exp),
+            source: String::new(),
+        };
+        assert!(!w.expired(parse_expiry("2026-12-01T23:59:00Z").unwrap()));
+        assert!(w.expired(parse_expiry("2026-12-02T00:00:00Z").unwrap()));
+    }
+
+    #[test]
+    fn expiry_is_shown_as_written() {
+        assert_eq!(validity(parse_expiry("2027-05-31").unwrap()), "valid through 2027-05-31");
+        assert_eq!(validity(parse_expiry("2099-01-01").unwrap()), "valid through 2099-01-01");
+        assert_eq!(validity(parse_expiry("2027-05-31T12:30:00Z").unwrap()), "valid until 2027-05-31 12:30 UTC");
+        let text = "waivers:\n  - item: rbac\n    reason: r\n    owner: o\n    expires: 2099-01-01\n";
+        let w = &parse(Path::new("w.yaml"), text, &["rbac"]).unwrap()[0];
+        let json = serde_json::to_value(w).unwrap();
+        assert_eq!(
+            (json["expires"].as_str(), json["validThrough"].as_str()),
+            (Some("2099-01-02T00:00:00Z"), Some("2099-01-01"))
         );
     }
 }

@@ -132,8 +132,7 @@ pub fn check_cluster(
 /// The kubeconfig context in use and its API server URL (in-cluster: no context, the service host).
 fn current_cluster(settings: &KubeSettings) -> anyhow::Result<(Option<String>, Option<String>)> {
     let config = match &settings.kubeconfig {
-        Some(path) => kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| usage(format!("reading kubeconfig {}: {e}", path.display())))?,
+        Some(path) => crate::kube::read_kubeconfig(path)?,
         None => match kube::config::Kubeconfig::read() {
             Ok(c) => c,
             Err(_) => {
@@ -154,8 +153,8 @@ fn current_cluster(settings: &KubeSettings) -> anyhow::Result<(Option<String>, O
 
 /// Evidence subject: the environment (values cluster.environment, else the context, else "cluster"),
 /// as the checklist's evidence items name it ("staging", "production"). The namespace needs no
-/// mention: the record lives in it.
-fn subject(values_env: Option<&str>, settings: &KubeSettings) -> String {
+/// mention: the record lives in it. Shared with `smoke`, whose records the same items look for.
+pub fn subject(values_env: Option<&str>, settings: &KubeSettings) -> String {
     values_env
         .map(str::to_owned)
         .or_else(|| current_cluster(settings).ok().and_then(|(c, _)| c))

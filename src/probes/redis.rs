@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::conns::{RedisMaster, SentinelView, probe, row};
-use super::{Context, Finding, Probe, Status, Target};
+use super::{Context, ErrorCause, Finding, Probe, Status, Target};
 
 /// A replica whose last acknowledgement is older than this (INFO `lag`, seconds) fails.
 pub const MAX_REPLICA_LAG_SECONDS: u64 = 10;
@@ -51,8 +51,24 @@ async fn sentinels(ctx: &Context) -> Outcome {
     let target = ctx.targets.redis.as_ref();
     let set = target.map(|t| t.master_set.clone()).unwrap_or_default();
     if views.is_empty() {
-        // A direct URL: nothing to check here.
-        return Ok(Finding::pass("no sentinels in the targets file (redis.url used directly)"));
+        // Values that run Redis behind Sentinel (what the server is configured with, see
+        // render::context) need the sentinels checked: a direct URL does not look at them, so the
+        // probe cannot say they agree or have quorum and must not pass.
+        if ctx.values.redis.enabled && ctx.values.redis.sentinel.enabled {
+            return Err(Finding::error(
+                ErrorCause::NotConfigured,
+                "the values run Redis with Sentinel (redis.sentinel.enabled) but the targets file lists no \
+                 sentinels (only redis.url): the sentinels were not checked",
+            )
+            .hint(
+                "list every sentinel as host:port under redis.sentinels in the targets file (all of them: the \
+                 quorum is counted against that list), with redis.masterSet",
+            ));
+        }
+        return Ok(Finding::pass(
+            "the values use no Sentinel (redis.enabled or redis.sentinel.enabled is false): redis.url is the \
+             server's Redis, there is no sentinel to check",
+        ));
     }
     let configured = views.len();
     let reachable: Vec<&SentinelView> = views.iter().filter(|v| v.info.is_ok()).collect();

@@ -8,7 +8,6 @@ pub mod crds;
 mod engine;
 pub mod objects;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -36,10 +35,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
 
 /// Write to stdout; a closed pipe (`audctl render | head`) is not an error.
 fn print(text: &str) -> anyhow::Result<()> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing to stdout"),
-    }
+    crate::output::print(text.as_bytes())
 }
 
 /// Render every template with `values`; all template and object errors are reported together.
