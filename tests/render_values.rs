@@ -191,3 +191,36 @@ fn schema_is_json_schema_of_the_values() {
     assert!(schema["properties"]["autoscaling"].is_object(), "{schema}");
     assert_eq!(schema["additionalProperties"], false);
 }
+
+/// Render through the binary from the crate root; returns (exit code, stdout, stderr).
+fn render_in_root(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = audctl(args, Path::new(env!("CARGO_MANIFEST_DIR")));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn empty_or_comment_only_values_file_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (code, baseline, stderr) = render_in_root(&["render", "-f", "values/values-prod.yaml"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for (name, text) in [("empty.yaml", ""), ("comments.yaml", "# nothing to override yet\n\n# still nothing\n")] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write values");
+        let path = path.to_str().expect("UTF-8 temp path");
+        let (code, stdout, stderr) = render_in_root(&["render", "-f", "values/values-prod.yaml", "-f", path]);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        assert_eq!(stdout, baseline, "{name} changed the rendered manifests");
+    }
+}
+
+#[test]
+fn values_file_not_a_mapping_names_file_and_line() {
+    let e = refused("# a list where a mapping belongs\n- replicaCount: 3\n", &[]);
+    assert_has(&e, "bad.yaml:2:1: found a list at the top level: expected a mapping of values (key: value)");
+    let e = refused("42\n", &[]);
+    assert_has(&e, "bad.yaml:1:1: found a number at the top level");
+}

@@ -72,15 +72,23 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
     let mut merged = defaults.clone();
     for (path, text) in files {
         let layer = parse_layer(path, text, &mut sources, &mut errors);
-        if !matches!(layer, Value::Null | Value::Mapping(_)) {
-            errors.push(ValueError {
-                origin: Some(Origin::File { path: path.clone(), line: 1, column: 1 }),
-                path: String::new(),
-                message: "expected a mapping of values at the top level".into(),
-            });
-            continue;
+        match layer {
+            // An empty or comment-only file parses to null: as with Helm it changes nothing (merging
+            // it would replace the whole tree, defaults included, with null).
+            Value::Null => {}
+            Value::Mapping(_) => merge::merge(&mut merged, layer),
+            other => {
+                let root = sources.layers.last().and_then(|p| p.root.clone());
+                errors.push(ValueError {
+                    origin: Some(root.unwrap_or(Origin::File { path: path.clone(), line: 1, column: 1 })),
+                    path: String::new(),
+                    message: format!(
+                        "found {} at the top level: expected a mapping of values (key: value)",
+                        kind_of(&other)
+                    ),
+                });
+            }
         }
-        merge::merge(&mut merged, layer);
     }
     for arg in sets {
         match merge::parse_set(arg) {
@@ -117,6 +125,19 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
             });
             Err(ValueErrors(errors))
         }
+    }
+}
+
+/// The YAML kind of `value`, for messages.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
     }
 }
 

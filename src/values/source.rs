@@ -29,6 +29,9 @@ impl fmt::Display for Origin {
 #[derive(Debug, Default)]
 pub struct Positions {
     entries: HashMap<String, (Origin, Origin)>,
+    /// Where the top-level node of a file starts (after any leading comments), for errors about the
+    /// document as a whole.
+    pub root: Option<Origin>,
 }
 
 impl Positions {
@@ -38,8 +41,12 @@ impl Positions {
         loop {
             match walker.next()? {
                 None | Some((Event::StreamEnd, _)) => break,
-                Some((Event::MappingStart(..), _)) => walker.mapping("")?,
-                Some((Event::SequenceStart(..), _)) => walker.sequence("")?,
+                Some((event @ (Event::MappingStart(..) | Event::SequenceStart(..) | Event::Scalar(..)), span)) => {
+                    if walker.out.root.is_none() {
+                        walker.out.root = Some(walker.origin(span));
+                    }
+                    walker.node(event, "")?;
+                }
                 Some(_) => {}
             }
         }
@@ -50,7 +57,7 @@ impl Positions {
     pub fn of_set(arg: &str, paths: impl IntoIterator<Item = String>) -> Self {
         let origin = Origin::Set { arg: arg.to_owned() };
         let entries = paths.into_iter().map(|p| (p, (origin.clone(), origin.clone()))).collect();
-        Positions { entries }
+        Positions { entries, root: None }
     }
 
     pub fn key(&self, path: &str) -> Option<&Origin> {
