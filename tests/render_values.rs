@@ -224,3 +224,91 @@ fn values_file_not_a_mapping_names_file_and_line() {
     let e = refused("42\n", &[]);
     assert_has(&e, "bad.yaml:1:1: found a number at the top level");
 }
+
+/// Name -> content of every entry of `dir` (directories as "<dir>").
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .expect("list dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            let content =
+                if e.path().is_dir() { "<dir>".to_owned() } else { std::fs::read_to_string(e.path()).expect("read") };
+            (e.file_name().to_string_lossy().into_owned(), content)
+        })
+        .collect()
+}
+
+const PROD: &str = "values/values-prod.yaml";
+
+#[test]
+fn output_dir_files_carry_the_marker_and_stay_yaml() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().to_str().expect("UTF-8 temp path");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--output-dir", target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for (name, text) in snapshot(dir.path()) {
+        let first = text.lines().next().unwrap_or_default();
+        assert_eq!(first, audctl::render::OUTPUT_DIR_MARKER, "{name}");
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(doc.get("kind").is_some(), "{name}: {doc:?}");
+    }
+}
+
+#[test]
+fn output_dir_keeps_files_audctl_did_not_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().to_str().expect("UTF-8 temp path");
+    // Named like audctl's files, but the user's: one with Helm's own `# Source:` header.
+    let user = [("07-notes.yaml", "# my notes\na: 1\n"), ("98-helm.yaml", "# Source: chart/templates/x.yaml\nb: 2\n")];
+    for (name, text) in user {
+        std::fs::write(dir.path().join(name), text).expect("write user file");
+    }
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--output-dir", target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = render_in_root(&["render", "-f", "values/values-local.yaml", "--output-dir", target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let after = snapshot(dir.path());
+    for (name, text) in user {
+        assert_eq!(after.get(name).map(String::as_str), Some(text), "user file {name} removed or changed");
+    }
+    // What prod wrote and local does not produce is gone (the prod PrometheusRule, for one).
+    assert!(!after.keys().any(|n| n.contains("prometheusrule")), "{:?}", after.keys());
+}
+
+#[test]
+fn output_dir_refuses_before_replacing_anything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().to_str().expect("UTF-8 temp path");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--output-dir", target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let before = snapshot(dir.path());
+    // The last file in apply order becomes a directory: every earlier rename would already have run.
+    let last = before.keys().next_back().expect("files").clone();
+    std::fs::remove_file(dir.path().join(&last)).expect("remove");
+    std::fs::create_dir(dir.path().join(&last)).expect("mkdir");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--set", "image.tag=9.9.9", "--output-dir", target]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, &format!("--output-dir: {} is in the way", dir.path().join(&last).display()));
+    let mut expected = before.clone();
+    expected.insert(last.clone(), "<dir>".into());
+    assert_eq!(snapshot(dir.path()), expected, "files replaced or temporary files left");
+
+    // A user's file at one of the names: refused too, and left as it was.
+    std::fs::remove_dir(dir.path().join(&last)).expect("rmdir");
+    std::fs::write(dir.path().join(&last), "mine: true\n").expect("write");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--set", "image.tag=9.9.9", "--output-dir", target]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, "was not written by audctl render");
+    expected.insert(last, "mine: true\n".into());
+    assert_eq!(snapshot(dir.path()), expected, "files replaced or temporary files left");
+}
+
+#[test]
+fn output_dir_that_is_a_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("manifests");
+    std::fs::write(&file, "x").expect("write");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--output-dir", file.to_str().expect("UTF-8")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, &format!("--output-dir: cannot create {}", file.display()));
+}
