@@ -312,3 +312,54 @@ fn output_dir_that_is_a_file_is_a_usage_error() {
     assert_eq!(code, Some(2), "{stderr}");
     assert_has(&stderr, &format!("--output-dir: cannot create {}", file.display()));
 }
+
+/// The rendered documents of `audctl render -f values-prod.yaml ARGS...`, parsed; asserts exit 0.
+fn render_prod_docs(extra: &[&str]) -> Vec<serde_yaml::Value> {
+    let mut args = vec!["render", "-f", PROD];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = render_in_root(&args);
+    assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    stdout
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).expect("rendered YAML"))
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn object<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
+}
+
+fn server_image(docs: &[serde_yaml::Value]) -> String {
+    let containers = &object(docs, "Deployment", "audit-trail")["spec"]["template"]["spec"]["containers"];
+    containers[0]["image"].as_str().expect("an image").to_owned()
+}
+
+#[test]
+fn set_types_decimals_booleans_and_null() {
+    let docs = render_prod_docs(&["--set", "prometheusRule.errorRateThreshold=0.05"]);
+    let rule = serde_yaml::to_string(object(&docs, "PrometheusRule", "audit-trail-alerts")).expect("YAML");
+    assert!(rule.contains("> 0.05"), "threshold 0.05 not in the rules:\n{rule}");
+
+    let docs = render_prod_docs(&["--set", "ingress.enabled=false", "--set", "image.digest=null"]);
+    assert!(!docs.iter().any(|d| d["kind"].as_str() == Some("Ingress")), "ingress.enabled=false still renders one");
+}
+
+#[test]
+fn set_number_where_a_string_is_expected_keeps_its_text() {
+    for (tag, expected) in [("1.2", "1.2"), ("0.10", "0.10"), ("7", "7"), ("true", "true")] {
+        let docs = render_prod_docs(&["--set", &format!("image.tag={tag}")]);
+        assert_eq!(server_image(&docs), format!("registry.example.com/audit-trail/audit-server:{expected}"));
+    }
+    let docs = render_prod_docs(&["--set", "podAnnotations.weight=0.50"]);
+    let annotations = &object(&docs, "Deployment", "audit-trail")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["weight"].as_str(), Some("0.50"), "{annotations:?}");
+}
+
+#[test]
+fn set_decimal_where_an_integer_is_expected_is_refused() {
+    let e = refused("{}\n", &["--set", "replicaCount=1.5"]);
+    assert_has(&e, "--set replicaCount=1.5: replicaCount: wrong type: found floating point `1.5`, expected u32");
+}

@@ -1,5 +1,6 @@
 //! Helm-like merging: maps merge key by key, anything else replaces, `null` removes the key.
-//! `--set a.b[0].c=value` addresses one value; its text is typed like Helm's (bool, int, null, string).
+//! `--set a.b[0].c=value` addresses one value; its text is typed like Helm's (bool, int, null,
+//! string), and decimal numbers too, since the typed values have fractional fields (thresholds).
 
 use serde_yaml::{Mapping, Value};
 
@@ -36,8 +37,21 @@ pub enum Segment {
 /// Largest list index `--set` accepts (no values list comes near it).
 pub const MAX_LIST_INDEX: usize = 9999;
 
+/// One parsed `--set` argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetArg {
+    pub segments: Vec<Segment>,
+    /// The path as errors show it (`a.b[0].c`), as serde_path_to_error writes it.
+    pub display: String,
+    /// The value as typed by `typed_scalar`.
+    pub value: Value,
+    /// The value's text as given, so a number or boolean can go back to being a string where the
+    /// values expect one (`image.tag=1.2`, `image.tag=0.10`).
+    pub raw: String,
+}
+
 /// Parse `a.b[0].c=value` into the path segments, the display path and the typed value.
-pub fn parse_set(arg: &str) -> Result<(Vec<Segment>, String, Value), String> {
+pub fn parse_set(arg: &str) -> Result<SetArg, String> {
     let (path, raw) =
         arg.split_once('=').ok_or_else(|| format!("--set {arg:?}: expected PATH=VALUE, e.g. a.b[0].c=1"))?;
     let mut segments = Vec::new();
@@ -67,10 +81,13 @@ pub fn parse_set(arg: &str) -> Result<(Vec<Segment>, String, Value), String> {
             return Err(format!("--set {arg:?}: unexpected {rest:?} after a list index"));
         }
     }
-    Ok((segments, display, typed_scalar(raw)))
+    Ok(SetArg { segments, display, value: typed_scalar(raw), raw: raw.to_owned() })
 }
 
-/// Helm's typing of `--set` values: true/false, null, integers; everything else is a string.
+/// Helm's typing of `--set` values: true/false, null, integers; and decimals (`0.05`, `-1.5e3`),
+/// which Helm leaves as strings for its untyped templates but the typed values need as numbers.
+/// Everything else is a string; where a string is expected, `load` turns a number or boolean back
+/// into its text as given.
 fn typed_scalar(raw: &str) -> Value {
     match raw {
         "true" => Value::Bool(true),
@@ -78,9 +95,26 @@ fn typed_scalar(raw: &str) -> Value {
         "null" => Value::Null,
         _ => match raw.parse::<i64>() {
             Ok(n) if !(raw.len() > 1 && raw.starts_with(['0', '+'])) => Value::Number(n.into()),
+            _ if is_decimal(raw) => match raw.parse::<f64>() {
+                Ok(x) if x.is_finite() => Value::Number(x.into()),
+                _ => Value::String(raw.to_owned()),
+            },
             _ => Value::String(raw.to_owned()),
         },
     }
+}
+
+/// `-?DIGITS.DIGITS([eE][+-]?DIGITS)?`, without a leading zero before another digit (like integers,
+/// `01.5` stays a string). No `inf`/`nan`/`.5`/`1.`: those stay strings, as in Helm.
+fn is_decimal(raw: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = raw.strip_prefix('-').unwrap_or(raw);
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
+        None => (unsigned, None),
+    };
+    let Some((int, frac)) = mantissa.split_once('.') else { return false };
+    digits(int) && !(int.len() > 1 && int.starts_with('0')) && digits(frac) && exponent.is_none_or(digits)
 }
 
 /// Build the overlay a `--set` stands for, to merge like a file.
@@ -127,16 +161,28 @@ mod tests {
     }
 
     #[test]
+    fn decimals_are_numbers_other_look_alikes_strings() {
+        for (raw, expected) in [("0.05", 0.05), ("-1.5", -1.5), ("0.10", 0.1), ("2.5e-3", 0.0025), ("1.0E2", 100.0)] {
+            assert_eq!(typed_scalar(raw), Value::Number(expected.into()), "{raw}");
+        }
+        for raw in ["1.", ".5", "01.5", "1.2.3", "inf", "nan", "1e5", "1.5e", "v1.2", "+1.5", "1_0.5"] {
+            assert_eq!(typed_scalar(raw), Value::String(raw.into()), "{raw}");
+        }
+        assert_eq!(parse_set("image.tag=0.10").unwrap().raw, "0.10");
+    }
+
+    #[test]
     fn set_paths_and_types() {
-        let (segments, display, value) = parse_set("env[1].value=007").unwrap();
+        let SetArg { segments, display, value, .. } = parse_set("env[1].value=007").unwrap();
         assert_eq!(display, "env[1].value");
         assert_eq!(value, Value::String("007".into()));
         let mut base = yaml("env: [{name: A, value: x}]\nn: 1");
         let overlay = set_overlay(&segments, value, &base);
         merge(&mut base, overlay);
         assert_eq!(base, yaml("env: [{name: A, value: x}, {value: '007'}]\nn: 1"));
-        assert_eq!(parse_set("a.b=3").unwrap().2, Value::Number(3.into()));
-        assert_eq!(parse_set("a=true").unwrap().2, Value::Bool(true));
+        assert_eq!(parse_set("a.b=3").unwrap().value, Value::Number(3.into()));
+        assert_eq!(parse_set("a=true").unwrap().value, Value::Bool(true));
+        assert_eq!(parse_set("a=null").unwrap().value, Value::Null);
         assert!(parse_set("a.b").is_err());
         assert!(parse_set("a[x]=1").is_err());
         let huge = parse_set("env[18446744073709551615]=x").unwrap_err();

@@ -7,7 +7,7 @@ pub mod model;
 pub mod quantity;
 pub mod source;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -90,9 +90,17 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
             }
         }
     }
+    // --set values typed as a number or boolean, by display path: their text, in case the values
+    // expect a string there.
+    let mut set_texts = HashMap::new();
     for arg in sets {
         match merge::parse_set(arg) {
-            Ok((segments, display, value)) => {
+            Ok(merge::SetArg { segments, display, value, raw }) => {
+                if matches!(value, Value::Number(_) | Value::Bool(_)) {
+                    set_texts.insert(display.clone(), (segments.clone(), raw));
+                } else {
+                    set_texts.remove(&display);
+                }
                 let overlay = merge::set_overlay(&segments, value, &merged);
                 merge::merge(&mut merged, overlay);
                 let mut paths = vec![];
@@ -109,7 +117,7 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
     if !errors.is_empty() {
         return Err(ValueErrors(errors));
     }
-    let typed = deserialize_all(merged, &defaults, &sources, &mut errors);
+    let typed = deserialize_all(merged, &defaults, &set_texts, &sources, &mut errors);
     if let Some((values, repaired)) = &typed {
         unknown_nested_keys(repaired, values, &sources, &mut errors);
         check::semantic(values, &sources, &mut errors);
@@ -167,9 +175,14 @@ fn parse_layer(path: &Path, text: &str, sources: &mut Sources, errors: &mut Vec<
 /// Deserialize into `Values`; on an error, note it, put the default back at that path (or drop the
 /// key) and try again, so that one run reports every typing problem. Returns the typed values and
 /// the repaired tree they came from.
+///
+/// A `--set` number or boolean where a string is expected is no error: like a string field in a
+/// values file written `"1.2"`, it becomes the text given (`set_texts`), so `image.tag=0.10` is
+/// "0.10", not 0.1.
 fn deserialize_all(
     mut tree: Value,
     defaults: &Value,
+    set_texts: &HashMap<String, (Vec<merge::Segment>, String)>,
     sources: &Sources,
     errors: &mut Vec<ValueError>,
 ) -> Option<(Values, Value)> {
@@ -181,6 +194,14 @@ fn deserialize_all(
                 let path = err.path().to_string();
                 let path = if path == "." { String::new() } else { path };
                 let inner = err.inner().to_string();
+                if inner.starts_with("invalid type: ")
+                    && inner.ends_with("expected a string")
+                    && let Some((segments, raw)) = set_texts.get(&path)
+                    && seen.insert(format!("{path} as a string"))
+                {
+                    replace_segments(&mut tree, segments, Some(Value::String(raw.clone())));
+                    continue;
+                }
                 let (message, is_key) = explain(&inner);
                 let origin = if is_key { sources.key_origin(&path) } else { sources.value_origin(&path) };
                 errors.push(ValueError { origin: origin.cloned(), path: path.clone(), message });
@@ -292,7 +313,10 @@ fn lookup(tree: &Value, path: &str) -> Option<Value> {
 
 /// Replace the value at `path` (None: remove the key or item).
 fn replace(tree: &mut Value, path: &str, value: Option<Value>) {
-    let segs = segments(path);
+    replace_segments(tree, &segments(path), value);
+}
+
+fn replace_segments(tree: &mut Value, segs: &[merge::Segment], value: Option<Value>) {
     let Some((last, parents)) = segs.split_last() else { return };
     let mut node = tree;
     for seg in parents {
