@@ -363,3 +363,16 @@ fn set_decimal_where_an_integer_is_expected_is_refused() {
     let e = refused("{}\n", &["--set", "replicaCount=1.5"]);
     assert_has(&e, "--set replicaCount=1.5: replicaCount: wrong type: found floating point `1.5`, expected u32");
 }
+
+#[test]
+fn set_escaped_dots_address_one_key() {
+    let docs = render_prod_docs(&["--set", r"ingress.annotations.nginx\.ingress\.kubernetes\.io/limit-rpm=500"]);
+    let annotations =
+        object(&docs, "Ingress", "audit-trail")["metadata"]["annotations"].as_mapping().expect("annotations");
+    let limit = annotations.get("nginx.ingress.kubernetes.io/limit-rpm").and_then(serde_yaml::Value::as_str);
+    assert_eq!(limit, Some("500"), "{annotations:?}");
+    assert!(annotations.get("nginx").is_none(), "the path was split on the escaped dots: {annotations:?}");
+    // Prod's other annotations are untouched.
+    let redirect = annotations.get("nginx.ingress.kubernetes.io/ssl-redirect").and_then(serde_yaml::Value::as_str);
+    assert_eq!(redirect, Some("true"));
+}

@@ -50,20 +50,24 @@ pub struct SetArg {
     pub raw: String,
 }
 
-/// Parse `a.b[0].c=value` into the path segments, the display path and the typed value.
+/// Parse `a.b[0].c=value` into the path segments, the display path and the typed value. As in Helm,
+/// a backslash makes the next character of a key literal: `nginx\.ingress\.kubernetes\.io/limit-rpm`
+/// is one key (annotation and label keys have dots).
 pub fn parse_set(arg: &str) -> Result<SetArg, String> {
-    let (path, raw) =
-        arg.split_once('=').ok_or_else(|| format!("--set {arg:?}: expected PATH=VALUE, e.g. a.b[0].c=1"))?;
+    let (path, raw) = find_unescaped(arg, '=')
+        .map(|i| (&arg[..i], &arg[i + 1..]))
+        .ok_or_else(|| format!("--set {arg:?}: expected PATH=VALUE, e.g. a.b[0].c=1"))?;
     let mut segments = Vec::new();
     let mut display = String::new();
-    for part in path.split('.') {
-        let (name, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+    for part in split_unescaped(path, '.') {
+        let (name, mut rest) = part.split_at(find_unescaped(part, '[').unwrap_or(part.len()));
+        let name = unescape(name).ok_or_else(|| format!("--set {arg:?}: a `\\` ends the path, escaping nothing"))?;
         if name.is_empty() && (segments.is_empty() || rest.is_empty()) {
             return Err(format!("--set {arg:?}: empty key in path {path:?}"));
         }
         if !name.is_empty() {
-            display = join_key(&display, name);
-            segments.push(Segment::Key(name.to_owned()));
+            display = join_key(&display, &name);
+            segments.push(Segment::Key(name));
         }
         while let Some(open) = rest.strip_prefix('[') {
             let (index, after) = open.split_once(']').ok_or_else(|| format!("--set {arg:?}: missing `]`"))?;
@@ -82,6 +86,41 @@ pub fn parse_set(arg: &str) -> Result<SetArg, String> {
         }
     }
     Ok(SetArg { segments, display, value: typed_scalar(raw), raw: raw.to_owned() })
+}
+
+/// Byte offset of the first `ch` not escaped by a backslash.
+fn find_unescaped(s: &str, ch: char) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            c if c == ch => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `s` cut at every `sep` not escaped by a backslash (escapes kept, for `unescape`).
+fn split_unescaped(mut s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    while let Some(i) = find_unescaped(s, sep) {
+        parts.push(&s[..i]);
+        s = &s[i + sep.len_utf8()..];
+    }
+    parts.push(s);
+    parts
+}
+
+/// Drop each escaping backslash; None when the last character is a lone backslash.
+fn unescape(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next()? } else { c });
+    }
+    Some(out)
 }
 
 /// Helm's typing of `--set` values: true/false, null, integers; and decimals (`0.05`, `-1.5e3`),
@@ -188,5 +227,19 @@ mod tests {
         let huge = parse_set("env[18446744073709551615]=x").unwrap_err();
         assert!(huge.contains("list index 18446744073709551615 is too large"), "{huge}");
         assert!(parse_set("env[10000]=x").is_err() && parse_set("env[9999]=x").is_ok());
+    }
+
+    #[test]
+    fn backslash_escapes_dots_in_keys() {
+        let set = parse_set(r"ingress.annotations.nginx\.ingress\.kubernetes\.io/limit-rpm=500").unwrap();
+        let key = |k: &str| Segment::Key(k.to_owned());
+        assert_eq!(set.segments, [key("ingress"), key("annotations"), key("nginx.ingress.kubernetes.io/limit-rpm")]);
+        assert_eq!(set.raw, "500");
+        // An escaped `=` and `[` belong to the key; a backslash before any character makes it literal.
+        let set = parse_set(r"a.b\=c\[0\]\\=x=y").unwrap();
+        assert_eq!(set.segments, [key("a"), key(r"b=c[0]\")]);
+        assert_eq!(set.raw, "x=y");
+        assert!(parse_set(r"a.b\").is_err(), "no `=`");
+        assert!(parse_set(r"a.b\=1").is_err(), "the only `=` is escaped");
     }
 }

@@ -103,11 +103,15 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
                 }
                 let overlay = merge::set_overlay(&segments, value, &merged);
                 merge::merge(&mut merged, overlay);
+                // The path and each of its parents, from the segments: a key may contain dots.
                 let mut paths = vec![];
-                let mut p = display.as_str();
-                while !p.is_empty() {
-                    paths.push(p.to_owned());
-                    p = source::parent(p).unwrap_or("");
+                let mut p = String::new();
+                for segment in &segments {
+                    p = match segment {
+                        merge::Segment::Key(k) => source::join_key(&p, k),
+                        merge::Segment::Index(i) => source::join_index(&p, *i),
+                    };
+                    paths.push(p.clone());
                 }
                 sources.layers.push(Positions::of_set(arg, paths));
             }
