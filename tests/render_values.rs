@@ -376,3 +376,22 @@ fn set_escaped_dots_address_one_key() {
     let redirect = annotations.get("nginx.ingress.kubernetes.io/ssl-redirect").and_then(serde_yaml::Value::as_str);
     assert_eq!(redirect, Some("true"));
 }
+
+#[test]
+fn env_var_without_a_name_is_refused() {
+    let e = refused("{}\n", &["--set", "env[0].value=x"]);
+    assert_has(&e, "--set env[0].value=x: env[0].name: empty or missing: expected the environment variable's name");
+    let e = refused("env:\n  - name: A\n    value: a\n  - value: b\n", &[]);
+    assert_has(&e, "bad.yaml:4:5: env[1].name: empty or missing");
+}
+
+#[test]
+fn set_index_beyond_the_end_of_a_list_is_refused() {
+    let e = refused("{}\n", &["--set", "env[3].value=x"]);
+    assert_has(&e, "--set env[3].value=x: env[3].value: list index 3 is beyond the end of env (0 items)");
+    // The index just past the end appends.
+    let docs = render_prod_docs(&["--set", "env[0].name=A", "--set", "env[0].value=a", "--set", "env[1].name=B"]);
+    let env = &object(&docs, "Deployment", "audit-trail")["spec"]["template"]["spec"]["containers"][0]["env"];
+    let names: Vec<&str> = env.as_sequence().expect("env").iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(names.ends_with(&["A", "B"]), "{names:?}");
+}

@@ -223,6 +223,11 @@ fn integrity(c: &mut Checker<'_>, v: &Values) {
 /// limit gets the pod OOM-killed under load.
 fn heap_within_limit(c: &mut Checker<'_>, v: &Values) {
     for (i, env) in v.env.iter().enumerate() {
+        // k8s-openapi defaults a missing name to "": the API server would refuse the Deployment.
+        if env.name.is_empty() {
+            c.fail(&format!("env[{i}].name"), "empty or missing: expected the environment variable's name".into());
+            continue;
+        }
         let jvm_flags = env.value.as_deref().is_some_and(|v| v.split_whitespace().any(|f| f.starts_with("-X")));
         if env.name.ends_with("JAVA_OPTS") || env.name == "JAVA_TOOL_OPTIONS" || jvm_flags {
             c.fail(

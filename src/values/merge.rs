@@ -73,7 +73,7 @@ pub fn parse_set(arg: &str) -> Result<SetArg, String> {
             let (index, after) = open.split_once(']').ok_or_else(|| format!("--set {arg:?}: missing `]`"))?;
             let index: usize =
                 index.parse().map_err(|_| format!("--set {arg:?}: list index {index:?} is not a number"))?;
-            // A list is filled with nulls up to the index: a huge one would overflow or exhaust memory.
+            // Refused here already, with a plain message: no values list comes near it.
             if index > MAX_LIST_INDEX {
                 return Err(format!("--set {arg:?}: list index {index} is too large (at most {MAX_LIST_INDEX})"));
             }
@@ -156,30 +156,45 @@ fn is_decimal(raw: &str) -> bool {
     digits(int) && !(int.len() > 1 && int.starts_with('0')) && digits(frac) && exponent.is_none_or(digits)
 }
 
-/// Build the overlay a `--set` stands for, to merge like a file.
-pub fn set_overlay(segments: &[Segment], value: Value, base: &Value) -> Value {
-    let Some((first, rest)) = segments.split_first() else { return value };
+/// Build the overlay a `--set` stands for, to merge like a file. A list index may name an item or
+/// the one just past the end (append); further out is an error, where Helm pads the list with
+/// nulls: those would render as empty, nameless items (`env[3].value=x` on an empty `env`).
+pub fn set_overlay(segments: &[Segment], value: Value, base: &Value) -> Result<Value, String> {
+    set_overlay_at(segments, value, base, "")
+}
+
+fn set_overlay_at(segments: &[Segment], value: Value, base: &Value, path: &str) -> Result<Value, String> {
+    let Some((first, rest)) = segments.split_first() else { return Ok(value) };
     match first {
         Segment::Key(key) => {
             let below = base.get(key.as_str()).cloned().unwrap_or(Value::Null);
             let mut map = Mapping::new();
             // A null leaf must still reach merge() to delete the key.
-            map.insert(Value::String(key.clone()), set_overlay(rest, value, &below));
-            Value::Mapping(map)
+            map.insert(Value::String(key.clone()), set_overlay_at(rest, value, &below, &join_key(path, key))?);
+            Ok(Value::Mapping(map))
         }
         Segment::Index(index) => {
             // Lists replace as a whole, so start from the current list and change one item.
             let mut list = base.as_sequence().cloned().unwrap_or_default();
-            if list.len() <= *index {
-                list.resize(index + 1, Value::Null);
+            let len = list.len();
+            if *index > len {
+                let list_path = if path.is_empty() { "the top level" } else { path };
+                return Err(format!(
+                    "list index {index} is beyond the end of {list_path} ({len} item{}): expected an index from 0 \
+                     to {len} ({len} appends an item)",
+                    if len == 1 { "" } else { "s" }
+                ));
+            }
+            if *index == len {
+                list.push(Value::Null);
             }
             let below = list[*index].clone();
-            let item = set_overlay(rest, value, &below);
+            let item = set_overlay_at(rest, value, &below, &join_index(path, *index))?;
             match (&mut list[*index], item) {
                 (current @ Value::Mapping(_), item @ Value::Mapping(_)) => merge(current, item),
                 (current, item) => *current = item,
             }
-            Value::Sequence(list)
+            Ok(Value::Sequence(list))
         }
     }
 }
@@ -216,7 +231,7 @@ mod tests {
         assert_eq!(display, "env[1].value");
         assert_eq!(value, Value::String("007".into()));
         let mut base = yaml("env: [{name: A, value: x}]\nn: 1");
-        let overlay = set_overlay(&segments, value, &base);
+        let overlay = set_overlay(&segments, value, &base).unwrap();
         merge(&mut base, overlay);
         assert_eq!(base, yaml("env: [{name: A, value: x}, {value: '007'}]\nn: 1"));
         assert_eq!(parse_set("a.b=3").unwrap().value, Value::Number(3.into()));
@@ -227,6 +242,12 @@ mod tests {
         let huge = parse_set("env[18446744073709551615]=x").unwrap_err();
         assert!(huge.contains("list index 18446744073709551615 is too large"), "{huge}");
         assert!(parse_set("env[10000]=x").is_err() && parse_set("env[9999]=x").is_ok());
+        let beyond = parse_set("env[3].value=x").unwrap();
+        let err = set_overlay(&beyond.segments, beyond.value, &base).unwrap_err();
+        assert_eq!(
+            err,
+            "list index 3 is beyond the end of env (2 items): expected an index from 0 to 2 (2 appends an item)"
+        );
     }
 
     #[test]

@@ -101,8 +101,14 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
                 } else {
                     set_texts.remove(&display);
                 }
-                let overlay = merge::set_overlay(&segments, value, &merged);
-                merge::merge(&mut merged, overlay);
+                match merge::set_overlay(&segments, value, &merged) {
+                    Ok(overlay) => merge::merge(&mut merged, overlay),
+                    Err(message) => {
+                        let origin = Some(Origin::Set { arg: arg.clone() });
+                        errors.push(ValueError { origin, path: display, message });
+                        continue;
+                    }
+                }
                 // The path and each of its parents, from the segments: a key may contain dots.
                 let mut paths = vec![];
                 let mut p = String::new();
