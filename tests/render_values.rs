@@ -395,3 +395,17 @@ fn set_index_beyond_the_end_of_a_list_is_refused() {
     let names: Vec<&str> = env.as_sequence().expect("env").iter().filter_map(|e| e["name"].as_str()).collect();
     assert!(names.ends_with(&["A", "B"]), "{names:?}");
 }
+
+#[test]
+fn every_error_names_its_real_source() {
+    let e = refused("{}\n", &["--set", "foo"]);
+    assert_has(&e, "  --set foo: expected PATH=VALUE, e.g. a.b[0].c=1");
+    let e = refused("replicaCount: 2\n---\nreplicaCount: 3\n", &[]);
+    assert_has(&e, "bad.yaml:2:1: a second YAML document (`---`): expected one document per values file");
+    // A required key removed by null: the layer that removed it.
+    let e = refused("{}\n", &["--set", "image=null"]);
+    assert_has(&e, "  --set image=null: missing key `image`: removed by a null here, but required");
+    let e = refused("replicaCount: 2\nimage:\n  repository: null\n", &[]);
+    assert_has(&e, "bad.yaml:3:3: image: missing key `repository`: removed by a null here");
+    assert!(!e.contains("(defaults)"), "{e}");
+}

@@ -50,39 +50,39 @@ pub struct SetArg {
     pub raw: String,
 }
 
-/// Parse `a.b[0].c=value` into the path segments, the display path and the typed value. As in Helm,
+/// Parse `a.b[0].c=value` into the path segments, the display path and the typed value. Errors
+/// do not repeat the argument: the caller labels them with it. As in Helm,
 /// a backslash makes the next character of a key literal: `nginx\.ingress\.kubernetes\.io/limit-rpm`
 /// is one key (annotation and label keys have dots).
 pub fn parse_set(arg: &str) -> Result<SetArg, String> {
     let (path, raw) = find_unescaped(arg, '=')
         .map(|i| (&arg[..i], &arg[i + 1..]))
-        .ok_or_else(|| format!("--set {arg:?}: expected PATH=VALUE, e.g. a.b[0].c=1"))?;
+        .ok_or_else(|| format!("expected PATH=VALUE, e.g. a.b[0].c=1"))?;
     let mut segments = Vec::new();
     let mut display = String::new();
     for part in split_unescaped(path, '.') {
         let (name, mut rest) = part.split_at(find_unescaped(part, '[').unwrap_or(part.len()));
-        let name = unescape(name).ok_or_else(|| format!("--set {arg:?}: a `\\` ends the path, escaping nothing"))?;
+        let name = unescape(name).ok_or_else(|| format!("a `\\` ends the path, escaping nothing"))?;
         if name.is_empty() && (segments.is_empty() || rest.is_empty()) {
-            return Err(format!("--set {arg:?}: empty key in path {path:?}"));
+            return Err(format!("empty key in path {path:?}"));
         }
         if !name.is_empty() {
             display = join_key(&display, &name);
             segments.push(Segment::Key(name));
         }
         while let Some(open) = rest.strip_prefix('[') {
-            let (index, after) = open.split_once(']').ok_or_else(|| format!("--set {arg:?}: missing `]`"))?;
-            let index: usize =
-                index.parse().map_err(|_| format!("--set {arg:?}: list index {index:?} is not a number"))?;
+            let (index, after) = open.split_once(']').ok_or_else(|| format!("missing `]`"))?;
+            let index: usize = index.parse().map_err(|_| format!("list index {index:?} is not a number"))?;
             // Refused here already, with a plain message: no values list comes near it.
             if index > MAX_LIST_INDEX {
-                return Err(format!("--set {arg:?}: list index {index} is too large (at most {MAX_LIST_INDEX})"));
+                return Err(format!("list index {index} is too large (at most {MAX_LIST_INDEX})"));
             }
             display = join_index(&display, index);
             segments.push(Segment::Index(index));
             rest = after;
         }
         if !rest.is_empty() {
-            return Err(format!("--set {arg:?}: unexpected {rest:?} after a list index"));
+            return Err(format!("unexpected {rest:?} after a list index"));
         }
     }
     Ok(SetArg { segments, display, value: typed_scalar(raw), raw: raw.to_owned() })

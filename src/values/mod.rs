@@ -30,9 +30,9 @@ pub struct ValueError {
 
 impl fmt::Display for ValueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.origin {
-            Some(origin) => write!(f, "{origin}: ")?,
-            None => f.write_str("(defaults): ")?,
+        // Without an origin the key path alone says where (no layer mentions it).
+        if let Some(origin) = &self.origin {
+            write!(f, "{origin}: ")?;
         }
         if self.path.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
@@ -121,7 +121,10 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
                 }
                 sources.layers.push(Positions::of_set(arg, paths));
             }
-            Err(message) => errors.push(ValueError { origin: None, path: String::new(), message }),
+            Err(message) => {
+                let origin = Some(Origin::Set { arg: arg.clone() });
+                errors.push(ValueError { origin, path: String::new(), message });
+            }
         }
     }
     if !errors.is_empty() {
@@ -174,8 +177,9 @@ fn parse_layer(path: &Path, text: &str, sources: &mut Sources, errors: &mut Vec<
     match serde_yaml::from_str::<Value>(text) {
         Ok(value) => value,
         Err(e) => {
-            let origin =
-                e.location().map(|l| Origin::File { path: path.to_owned(), line: l.line(), column: l.column() });
+            // Without a location, still name the file.
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let origin = Some(Origin::File { path: path.to_owned(), line, column });
             errors.push(ValueError { origin, path: String::new(), message: format!("not valid YAML: {e}") });
             Value::Null
         }
@@ -213,7 +217,13 @@ fn deserialize_all(
                     continue;
                 }
                 let (message, is_key) = explain(&inner);
-                let origin = if is_key { sources.key_origin(&path) } else { sources.value_origin(&path) };
+                let origin = match missing_key(&inner) {
+                    // The key is gone because a layer set it (or a parent) to null: point at that
+                    // layer, the last that mentions the key, rather than at the parent.
+                    Some(key) => sources.key_origin(&source::join_key(&path, key)),
+                    None if is_key => sources.key_origin(&path),
+                    None => sources.value_origin(&path),
+                };
                 errors.push(ValueError { origin: origin.cloned(), path: path.clone(), message });
                 if !seen.insert(path.clone()) || path.is_empty() {
                     return None;
@@ -236,11 +246,18 @@ fn explain(inner: &str) -> (String, bool) {
         let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
         return (unknown_key_message(key, &candidates), true);
     }
-    if let Some(rest) = inner.strip_prefix("missing field `") {
-        let key = rest.split('`').next().unwrap_or(rest);
-        return (format!("missing key `{key}` (it has no default here: do not set its parent to null)"), false);
+    if let Some(key) = missing_key(inner) {
+        return (
+            format!("missing key `{key}`: removed by a null here, but required (it has no default to fall back to)"),
+            false,
+        );
     }
     (inner.replace("invalid type: ", "wrong type: found "), false)
+}
+
+/// The key of serde's "missing field `key`".
+fn missing_key(inner: &str) -> Option<&str> {
+    inner.strip_prefix("missing field `").and_then(|rest| rest.split('`').next())
 }
 
 fn unknown_key_message(key: &str, candidates: &[&str]) -> String {

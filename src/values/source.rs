@@ -38,9 +38,19 @@ impl Positions {
     /// Walk `text` (the content of `path`) and record every key and sequence item.
     pub fn of_file(path: &Path, text: &str) -> Result<Self, (Origin, String)> {
         let mut walker = Walker { parser: Parser::new_from_str(text), file: path, out: Positions::default() };
+        let mut documents = 0;
         loop {
             match walker.next()? {
                 None | Some((Event::StreamEnd, _)) => break,
+                // serde_yaml refuses a second document without saying where it starts.
+                Some((Event::DocumentStart(..), span)) => {
+                    documents += 1;
+                    if documents > 1 {
+                        let message = "a second YAML document (`---`): expected one document per values file; \
+                                       use one -f per file to layer values";
+                        return Err((walker.origin(span), message.into()));
+                    }
+                }
                 Some((event @ (Event::MappingStart(..) | Event::SequenceStart(..) | Event::Scalar(..)), span)) => {
                     if walker.out.root.is_none() {
                         walker.out.root = Some(walker.origin(span));
