@@ -409,3 +409,23 @@ fn every_error_names_its_real_source() {
     assert_has(&e, "bad.yaml:3:3: image: missing key `repository`: removed by a null here");
     assert!(!e.contains("(defaults)"), "{e}");
 }
+
+#[test]
+fn alert_thresholds_out_of_range_are_refused() {
+    let e = refused(
+        "prometheusRule:\n  errorRateThreshold: 5\n  latencyP99Seconds: -1\n  poolUsageThreshold: 0\n",
+        &["--set", "prometheusRule.verifierStaleSeconds=0"],
+    );
+    assert_has(&e, "invalid values (4 errors)");
+    assert_has(&e, "bad.yaml:2:23: prometheusRule.errorRateThreshold: 5: expected a ratio above 0 and at most 1");
+    assert_has(&e, "bad.yaml:3:22: prometheusRule.latencyP99Seconds: -1: expected a number of seconds above 0");
+    assert_has(&e, "bad.yaml:4:23: prometheusRule.poolUsageThreshold: 0: expected a ratio above 0 and at most 1");
+    assert_has(&e, "--set prometheusRule.verifierStaleSeconds=0: prometheusRule.verifierStaleSeconds: 0: expected");
+    // The bounds themselves are accepted.
+    render_prod_docs(&[
+        "--set",
+        "prometheusRule.errorRateThreshold=1",
+        "--set",
+        "prometheusRule.latencyP99Seconds=0.001",
+    ]);
+}

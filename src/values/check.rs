@@ -135,6 +135,7 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
 
     heap_within_limit(&mut c, v);
     integrity(&mut c, v);
+    alert_thresholds(&mut c, v);
 
     if !v.postgresql.auth.postgres_password.is_empty() {
         c.fail(
@@ -214,6 +215,31 @@ fn integrity(c: &mut Checker<'_>, v: &Values) {
     ] {
         if !(value >= 0.0 && value.is_finite()) {
             c.fail(path, format!("{value}: expected a number of seconds, 0 or more"));
+        }
+    }
+}
+
+/// The alert rules compare these as they are: a ratio above 1 or a duration of 0 or less makes an
+/// alert that can never fire or always fires, so both are refused.
+fn alert_thresholds(c: &mut Checker<'_>, v: &Values) {
+    let r = &v.prometheus_rule;
+    for (key, value) in [("errorRateThreshold", r.error_rate_threshold), ("poolUsageThreshold", r.pool_usage_threshold)]
+    {
+        if !(value > 0.0 && value <= 1.0) {
+            c.fail(
+                &format!("prometheusRule.{key}"),
+                format!("{value}: expected a ratio above 0 and at most 1 (0.05 is 5%)"),
+            );
+        }
+    }
+    for (key, value) in [
+        ("latencyP99Seconds", r.latency_p99_seconds),
+        ("verifierStaleSeconds", r.verifier_stale_seconds),
+        ("kafkaPublishLagSeconds", r.kafka_publish_lag_seconds),
+        ("searchIndexLagSeconds", r.search_index_lag_seconds),
+    ] {
+        if !(value > 0.0 && value.is_finite()) {
+            c.fail(&format!("prometheusRule.{key}"), format!("{value}: expected a number of seconds above 0"));
         }
     }
 }
