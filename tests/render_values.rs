@@ -429,3 +429,43 @@ fn alert_thresholds_out_of_range_are_refused() {
         "prometheusRule.latencyP99Seconds=0.001",
     ]);
 }
+
+#[test]
+fn output_json_is_a_kubernetes_list_of_the_same_objects() {
+    let yaml = render_prod_docs(&[]);
+    let (code, stdout, stderr) = render_in_root(&["render", "-o", "json", "-f", PROD]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("-o json prints JSON");
+    assert_eq!((list["apiVersion"].as_str(), list["kind"].as_str()), (Some("v1"), Some("List")));
+    let items = list["items"].as_array().expect("items");
+    let ids = |kind: &serde_json::Value, name: &serde_json::Value| format!("{kind}/{name}");
+    let json_ids: Vec<String> = items.iter().map(|o| ids(&o["kind"], &o["metadata"]["name"])).collect();
+    let yaml_ids: Vec<String> = yaml
+        .iter()
+        .map(|d| {
+            let d: serde_json::Value = serde_json::to_value(d).expect("YAML as JSON");
+            ids(&d["kind"], &d["metadata"]["name"])
+        })
+        .collect();
+    assert_eq!(json_ids, yaml_ids, "same objects in the same (apply) order");
+    let ingress = items.iter().find(|o| o["kind"] == "Ingress").expect("an Ingress");
+    assert_eq!(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-rpm"], "1000");
+}
+
+#[test]
+fn output_junit_and_json_with_output_dir_are_refused() {
+    let (code, stdout, stderr) = render_in_root(&["render", "-o", "junit", "-f", PROD]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_has(
+        &stderr,
+        "render -o junit: render writes manifests, as YAML (default, -o yaml) or a JSON List (-o json)",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().join("out");
+    let (code, _, stderr) =
+        render_in_root(&["render", "-o", "json", "-f", PROD, "--output-dir", target.to_str().expect("UTF-8")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, "the files of --output-dir are YAML");
+    assert!(!target.exists(), "nothing may be written");
+}

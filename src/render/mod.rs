@@ -15,10 +15,24 @@ use anyhow::Context;
 
 pub use objects::Object;
 
-use crate::cli::RenderArgs;
+use crate::cli::{OutputFormat, RenderArgs};
 use crate::values::{self, Values};
 
-pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
+/// `-o` decides the stdout form: YAML documents (the default, `-o table` and `-o yaml`) or one
+/// Kubernetes `List` in JSON (`-o json`). JUnit has no meaning for manifests and is refused, as is
+/// JSON with `--output-dir` (its files are YAML), before any values are read.
+pub fn run(args: &RenderArgs, format: OutputFormat) -> anyhow::Result<()> {
+    if format == OutputFormat::Junit {
+        return Err(crate::error::usage(
+            "render -o junit: render writes manifests, as YAML (default, -o yaml) or a JSON List (-o json); \
+             JUnit is for check, smoke and load",
+        ));
+    }
+    if format == OutputFormat::Json && args.output_dir.is_some() {
+        return Err(crate::error::usage(
+            "render -o json with --output-dir: the files of --output-dir are YAML; drop one of the two",
+        ));
+    }
     if args.schema {
         return print(&format!("{}\n", values::schema()));
     }
@@ -29,6 +43,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             let written = write_dir(&objects, dir)?;
             eprintln!("wrote {} objects to {}", written.len(), dir.display());
         }
+        None if format == OutputFormat::Json => print(&to_json_list(&objects)?)?,
         None => print(&to_stream(&objects))?,
     }
     Ok(())
@@ -83,6 +98,17 @@ pub fn to_stream(objects: &[Object]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The objects in apply order as one `v1` `List` in JSON (what `kubectl apply -f` and `kubectl get
+/// -o json` use for several objects); the template comments of the YAML form have no place in it.
+pub fn to_json_list(objects: &[Object]) -> anyhow::Result<String> {
+    let items = objects
+        .iter()
+        .map(|o| serde_yaml::from_str::<serde_json::Value>(&o.text).with_context(|| format!("object {}", o.id())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items });
+    Ok(format!("{}\n", serde_json::to_string_pretty(&list)?))
 }
 
 /// File name of each object: apply-order position, kind and name.
