@@ -469,3 +469,15 @@ fn output_junit_and_json_with_output_dir_are_refused() {
     assert_has(&stderr, "the files of --output-dir are YAML");
     assert!(!target.exists(), "nothing may be written");
 }
+
+#[test]
+fn architectures_the_templates_do_not_render_are_refused() {
+    let e = refused("redis:\n  architecture: bogus\n", &["--set", "postgresql.architecture=replica"]);
+    assert_has(&e, "bad.yaml:2:17: redis.architecture: \"bogus\": expected replication, the only one rendered");
+    assert_has(
+        &e,
+        "--set postgresql.architecture=replica: postgresql.architecture: \"replica\": expected standalone or replication",
+    );
+    let e = refused("redis:\n  architecture: standalone\n", &[]);
+    assert_has(&e, "Helm's standalone is not supported");
+}

@@ -143,6 +143,23 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
             "a password in a values file: expected \"\" and the password in auth.existingSecret".into(),
         );
     }
+    // The templates honour these and no other value: anything else would be silently ignored.
+    if !["standalone", "replication"].contains(&v.postgresql.architecture.as_str()) {
+        c.fail(
+            "postgresql.architecture",
+            format!("{:?}: expected standalone or replication", v.postgresql.architecture),
+        );
+    }
+    if v.redis.architecture != "replication" {
+        c.fail(
+            "redis.architecture",
+            format!(
+                "{:?}: expected replication, the only one rendered (a primary, redis.replica.replicaCount \
+                 replicas and Sentinel; Helm's standalone is not supported)",
+                v.redis.architecture
+            ),
+        );
+    }
     if v.postgresql.architecture == "standalone" && v.postgresql.read_replicas.replica_count > 0 && v.postgresql.enabled
     {
         c.fail(
