@@ -481,3 +481,51 @@ fn architectures_the_templates_do_not_render_are_refused() {
     let e = refused("redis:\n  architecture: standalone\n", &[]);
     assert_has(&e, "Helm's standalone is not supported");
 }
+
+#[test]
+fn staging_on_prod_prefers_spreading_and_limits_to_200_per_minute() {
+    let (code, stdout, stderr) =
+        render_in_root(&["render", "-f", PROD, "-f", "values/values-staging.yaml", "-o", "json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let find =
+        |kind: &str| list["items"].as_array().expect("items").iter().find(|o| o["kind"] == kind).cloned().expect(kind);
+    let affinity = &find("Deployment")["spec"]["template"]["spec"]["affinity"];
+    let spread = serde_json::json!({
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "audit-trail"}},
+                    "topologyKey": "kubernetes.io/hostname"
+                }
+            }]
+        },
+        // Prod's, untouched by staging: a preference, it never refuses to schedule.
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "preference": {"matchExpressions": [{"key": "node-type", "operator": "In", "values": ["compute-optimized"]}]}
+            }]
+        }
+    });
+    assert_eq!(affinity, &spread);
+    let annotations = &find("Ingress")["metadata"]["annotations"];
+    let expected = serde_json::json!({
+        "cert-manager.io/cluster-issuer": "letsencrypt-staging",
+        "nginx.ingress.kubernetes.io/limit-rpm": "200",
+        "nginx.ingress.kubernetes.io/proxy-body-size": "10m",
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": "60",
+        "nginx.ingress.kubernetes.io/proxy-send-timeout": "60",
+        "nginx.ingress.kubernetes.io/rate-limit": "200",
+        "nginx.ingress.kubernetes.io/rate-limit-window": "1m",
+        "nginx.ingress.kubernetes.io/ssl-redirect": "true"
+    });
+    assert_eq!(annotations, &expected);
+    // Prod itself keeps its required anti-affinity and its 1000/min.
+    let prod = render_prod_docs(&[]);
+    let prod_affinity = &object(&prod, "Deployment", "audit-trail")["spec"]["template"]["spec"]["affinity"];
+    assert!(prod_affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].is_sequence());
+    let prod_ingress = &object(&prod, "Ingress", "audit-trail")["metadata"]["annotations"];
+    assert_eq!(prod_ingress["nginx.ingress.kubernetes.io/limit-rpm"].as_str(), Some("1000"));
+}
