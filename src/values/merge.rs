@@ -57,12 +57,12 @@ pub struct SetArg {
 pub fn parse_set(arg: &str) -> Result<SetArg, String> {
     let (path, raw) = find_unescaped(arg, '=')
         .map(|i| (&arg[..i], &arg[i + 1..]))
-        .ok_or_else(|| format!("expected PATH=VALUE, e.g. a.b[0].c=1"))?;
+        .ok_or_else(|| "expected PATH=VALUE, e.g. a.b[0].c=1".to_owned())?;
     let mut segments = Vec::new();
     let mut display = String::new();
     for part in split_unescaped(path, '.') {
         let (name, mut rest) = part.split_at(find_unescaped(part, '[').unwrap_or(part.len()));
-        let name = unescape(name).ok_or_else(|| format!("a `\\` ends the path, escaping nothing"))?;
+        let name = unescape(name).ok_or_else(|| "a `\\` ends the path, escaping nothing".to_owned())?;
         if name.is_empty() && (segments.is_empty() || rest.is_empty()) {
             return Err(format!("empty key in path {path:?}"));
         }
@@ -71,7 +71,7 @@ pub fn parse_set(arg: &str) -> Result<SetArg, String> {
             segments.push(Segment::Key(name));
         }
         while let Some(open) = rest.strip_prefix('[') {
-            let (index, after) = open.split_once(']').ok_or_else(|| format!("missing `]`"))?;
+            let (index, after) = open.split_once(']').ok_or_else(|| "missing `]`".to_owned())?;
             let index: usize = index.parse().map_err(|_| format!("list index {index:?} is not a number"))?;
             // Refused here already, with a plain message: no values list comes near it.
             if index > MAX_LIST_INDEX {
