@@ -71,7 +71,7 @@ where
 
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Render(args) => render::run(args),
+        Command::Render(args) => render::run(args, cli.global.output),
         Command::Check(args) => check::run(args, &cli.global),
         Command::Attest(args) => check::attest::run(args, &cli.global),
         Command::Deploy(args) => deploy::deploy(&cli.global, args),

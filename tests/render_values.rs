@@ -191,3 +191,341 @@ fn schema_is_json_schema_of_the_values() {
     assert!(schema["properties"]["autoscaling"].is_object(), "{schema}");
     assert_eq!(schema["additionalProperties"], false);
 }
+
+/// Render through the binary from the crate root; returns (exit code, stdout, stderr).
+fn render_in_root(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = audctl(args, Path::new(env!("CARGO_MANIFEST_DIR")));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn empty_or_comment_only_values_file_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (code, baseline, stderr) = render_in_root(&["render", "-f", "values/values-prod.yaml"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for (name, text) in [("empty.yaml", ""), ("comments.yaml", "# nothing to override yet\n\n# still nothing\n")] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write values");
+        let path = path.to_str().expect("UTF-8 temp path");
+        let (code, stdout, stderr) = render_in_root(&["render", "-f", "values/values-prod.yaml", "-f", path]);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        assert_eq!(stdout, baseline, "{name} changed the rendered manifests");
+    }
+}
+
+#[test]
+fn values_file_not_a_mapping_names_file_and_line() {
+    let e = refused("# a list where a mapping belongs\n- replicaCount: 3\n", &[]);
+    assert_has(&e, "bad.yaml:2:1: found a list at the top level: expected a mapping of values (key: value)");
+    let e = refused("42\n", &[]);
+    assert_has(&e, "bad.yaml:1:1: found a number at the top level");
+}
+
+/// Name -> content of every entry of `dir` (directories as "<dir>").
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .expect("list dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            let content =
+                if e.path().is_dir() { "<dir>".to_owned() } else { std::fs::read_to_string(e.path()).expect("read") };
+            (e.file_name().to_string_lossy().into_owned(), content)
+        })
+        .collect()
+}
+
+const PROD: &str = "values/values-prod.yaml";
+
+#[test]
+fn output_dir_files_carry_the_marker_and_stay_yaml() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().to_str().expect("UTF-8 temp path");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--output-dir", target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for (name, text) in snapshot(dir.path()) {
+        let first = text.lines().next().unwrap_or_default();
+        assert_eq!(first, audctl::render::OUTPUT_DIR_MARKER, "{name}");
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(doc.get("kind").is_some(), "{name}: {doc:?}");
+    }
+}
+
+#[test]
+fn output_dir_keeps_files_audctl_did_not_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().to_str().expect("UTF-8 temp path");
+    // Named like audctl's files, but the user's: one with Helm's own `# Source:` header.
+    let user = [("07-notes.yaml", "# my notes\na: 1\n"), ("98-helm.yaml", "# Source: chart/templates/x.yaml\nb: 2\n")];
+    for (name, text) in user {
+        std::fs::write(dir.path().join(name), text).expect("write user file");
+    }
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--output-dir", target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = render_in_root(&["render", "-f", "values/values-local.yaml", "--output-dir", target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let after = snapshot(dir.path());
+    for (name, text) in user {
+        assert_eq!(after.get(name).map(String::as_str), Some(text), "user file {name} removed or changed");
+    }
+    // What prod wrote and local does not produce is gone (the prod PrometheusRule, for one).
+    assert!(!after.keys().any(|n| n.contains("prometheusrule")), "{:?}", after.keys());
+}
+
+#[test]
+fn output_dir_refuses_before_replacing_anything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().to_str().expect("UTF-8 temp path");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--output-dir", target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let before = snapshot(dir.path());
+    // The last file in apply order becomes a directory: every earlier rename would already have run.
+    let last = before.keys().next_back().expect("files").clone();
+    std::fs::remove_file(dir.path().join(&last)).expect("remove");
+    std::fs::create_dir(dir.path().join(&last)).expect("mkdir");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--set", "image.tag=9.9.9", "--output-dir", target]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, &format!("--output-dir: {} is in the way", dir.path().join(&last).display()));
+    let mut expected = before.clone();
+    expected.insert(last.clone(), "<dir>".into());
+    assert_eq!(snapshot(dir.path()), expected, "files replaced or temporary files left");
+
+    // A user's file at one of the names: refused too, and left as it was.
+    std::fs::remove_dir(dir.path().join(&last)).expect("rmdir");
+    std::fs::write(dir.path().join(&last), "mine: true\n").expect("write");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--set", "image.tag=9.9.9", "--output-dir", target]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, "was not written by audctl render");
+    expected.insert(last, "mine: true\n".into());
+    assert_eq!(snapshot(dir.path()), expected, "files replaced or temporary files left");
+}
+
+#[test]
+fn output_dir_that_is_a_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("manifests");
+    std::fs::write(&file, "x").expect("write");
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--output-dir", file.to_str().expect("UTF-8")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, &format!("--output-dir: cannot create {}", file.display()));
+}
+
+/// The rendered documents of `audctl render -f values-prod.yaml ARGS...`, parsed; asserts exit 0.
+fn render_prod_docs(extra: &[&str]) -> Vec<serde_yaml::Value> {
+    let mut args = vec!["render", "-f", PROD];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = render_in_root(&args);
+    assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    stdout
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).expect("rendered YAML"))
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn object<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
+}
+
+fn server_image(docs: &[serde_yaml::Value]) -> String {
+    let containers = &object(docs, "Deployment", "audit-trail")["spec"]["template"]["spec"]["containers"];
+    containers[0]["image"].as_str().expect("an image").to_owned()
+}
+
+#[test]
+fn set_types_decimals_booleans_and_null() {
+    let docs = render_prod_docs(&["--set", "prometheusRule.errorRateThreshold=0.05"]);
+    let rule = serde_yaml::to_string(object(&docs, "PrometheusRule", "audit-trail-alerts")).expect("YAML");
+    assert!(rule.contains("> 0.05"), "threshold 0.05 not in the rules:\n{rule}");
+
+    let docs = render_prod_docs(&["--set", "ingress.enabled=false", "--set", "image.digest=null"]);
+    assert!(!docs.iter().any(|d| d["kind"].as_str() == Some("Ingress")), "ingress.enabled=false still renders one");
+}
+
+#[test]
+fn set_number_where_a_string_is_expected_keeps_its_text() {
+    for (tag, expected) in [("1.2", "1.2"), ("0.10", "0.10"), ("7", "7"), ("true", "true")] {
+        let docs = render_prod_docs(&["--set", &format!("image.tag={tag}")]);
+        assert_eq!(server_image(&docs), format!("registry.example.com/audit-trail/audit-server:{expected}"));
+    }
+    let docs = render_prod_docs(&["--set", "podAnnotations.weight=0.50"]);
+    let annotations = &object(&docs, "Deployment", "audit-trail")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["weight"].as_str(), Some("0.50"), "{annotations:?}");
+}
+
+#[test]
+fn set_decimal_where_an_integer_is_expected_is_refused() {
+    let e = refused("{}\n", &["--set", "replicaCount=1.5"]);
+    assert_has(&e, "--set replicaCount=1.5: replicaCount: wrong type: found floating point `1.5`, expected u32");
+}
+
+#[test]
+fn set_escaped_dots_address_one_key() {
+    let docs = render_prod_docs(&["--set", r"ingress.annotations.nginx\.ingress\.kubernetes\.io/limit-rpm=500"]);
+    let annotations =
+        object(&docs, "Ingress", "audit-trail")["metadata"]["annotations"].as_mapping().expect("annotations");
+    let limit = annotations.get("nginx.ingress.kubernetes.io/limit-rpm").and_then(serde_yaml::Value::as_str);
+    assert_eq!(limit, Some("500"), "{annotations:?}");
+    assert!(annotations.get("nginx").is_none(), "the path was split on the escaped dots: {annotations:?}");
+    // Prod's other annotations are untouched.
+    let redirect = annotations.get("nginx.ingress.kubernetes.io/ssl-redirect").and_then(serde_yaml::Value::as_str);
+    assert_eq!(redirect, Some("true"));
+}
+
+#[test]
+fn env_var_without_a_name_is_refused() {
+    let e = refused("{}\n", &["--set", "env[0].value=x"]);
+    assert_has(&e, "--set env[0].value=x: env[0].name: empty or missing: expected the environment variable's name");
+    let e = refused("env:\n  - name: A\n    value: a\n  - value: b\n", &[]);
+    assert_has(&e, "bad.yaml:4:5: env[1].name: empty or missing");
+}
+
+#[test]
+fn set_index_beyond_the_end_of_a_list_is_refused() {
+    let e = refused("{}\n", &["--set", "env[3].value=x"]);
+    assert_has(&e, "--set env[3].value=x: env[3].value: list index 3 is beyond the end of env (0 items)");
+    // The index just past the end appends.
+    let docs = render_prod_docs(&["--set", "env[0].name=A", "--set", "env[0].value=a", "--set", "env[1].name=B"]);
+    let env = &object(&docs, "Deployment", "audit-trail")["spec"]["template"]["spec"]["containers"][0]["env"];
+    let names: Vec<&str> = env.as_sequence().expect("env").iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(names.ends_with(&["A", "B"]), "{names:?}");
+}
+
+#[test]
+fn every_error_names_its_real_source() {
+    let e = refused("{}\n", &["--set", "foo"]);
+    assert_has(&e, "  --set foo: expected PATH=VALUE, e.g. a.b[0].c=1");
+    let e = refused("replicaCount: 2\n---\nreplicaCount: 3\n", &[]);
+    assert_has(&e, "bad.yaml:2:1: a second YAML document (`---`): expected one document per values file");
+    // A required key removed by null: the layer that removed it.
+    let e = refused("{}\n", &["--set", "image=null"]);
+    assert_has(&e, "  --set image=null: missing key `image`: removed by a null here, but required");
+    let e = refused("replicaCount: 2\nimage:\n  repository: null\n", &[]);
+    assert_has(&e, "bad.yaml:3:3: image: missing key `repository`: removed by a null here");
+    assert!(!e.contains("(defaults)"), "{e}");
+}
+
+#[test]
+fn alert_thresholds_out_of_range_are_refused() {
+    let e = refused(
+        "prometheusRule:\n  errorRateThreshold: 5\n  latencyP99Seconds: -1\n  poolUsageThreshold: 0\n",
+        &["--set", "prometheusRule.verifierStaleSeconds=0"],
+    );
+    assert_has(&e, "invalid values (4 errors)");
+    assert_has(&e, "bad.yaml:2:23: prometheusRule.errorRateThreshold: 5: expected a ratio above 0 and at most 1");
+    assert_has(&e, "bad.yaml:3:22: prometheusRule.latencyP99Seconds: -1: expected a number of seconds above 0");
+    assert_has(&e, "bad.yaml:4:23: prometheusRule.poolUsageThreshold: 0: expected a ratio above 0 and at most 1");
+    assert_has(&e, "--set prometheusRule.verifierStaleSeconds=0: prometheusRule.verifierStaleSeconds: 0: expected");
+    // The bounds themselves are accepted.
+    render_prod_docs(&[
+        "--set",
+        "prometheusRule.errorRateThreshold=1",
+        "--set",
+        "prometheusRule.latencyP99Seconds=0.001",
+    ]);
+}
+
+#[test]
+fn output_json_is_a_kubernetes_list_of_the_same_objects() {
+    let yaml = render_prod_docs(&[]);
+    let (code, stdout, stderr) = render_in_root(&["render", "-o", "json", "-f", PROD]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("-o json prints JSON");
+    assert_eq!((list["apiVersion"].as_str(), list["kind"].as_str()), (Some("v1"), Some("List")));
+    let items = list["items"].as_array().expect("items");
+    let ids = |kind: &serde_json::Value, name: &serde_json::Value| format!("{kind}/{name}");
+    let json_ids: Vec<String> = items.iter().map(|o| ids(&o["kind"], &o["metadata"]["name"])).collect();
+    let yaml_ids: Vec<String> = yaml
+        .iter()
+        .map(|d| {
+            let d: serde_json::Value = serde_json::to_value(d).expect("YAML as JSON");
+            ids(&d["kind"], &d["metadata"]["name"])
+        })
+        .collect();
+    assert_eq!(json_ids, yaml_ids, "same objects in the same (apply) order");
+    let ingress = items.iter().find(|o| o["kind"] == "Ingress").expect("an Ingress");
+    assert_eq!(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-rpm"], "1000");
+}
+
+#[test]
+fn output_junit_and_json_with_output_dir_are_refused() {
+    let (code, stdout, stderr) = render_in_root(&["render", "-o", "junit", "-f", PROD]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_has(
+        &stderr,
+        "render -o junit: render writes manifests, as YAML (default, -o yaml) or a JSON List (-o json)",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().join("out");
+    let (code, _, stderr) =
+        render_in_root(&["render", "-o", "json", "-f", PROD, "--output-dir", target.to_str().expect("UTF-8")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, "the files of --output-dir are YAML");
+    assert!(!target.exists(), "nothing may be written");
+}
+
+#[test]
+fn architectures_the_templates_do_not_render_are_refused() {
+    let e = refused("redis:\n  architecture: bogus\n", &["--set", "postgresql.architecture=replica"]);
+    assert_has(&e, "bad.yaml:2:17: redis.architecture: \"bogus\": expected replication, the only one rendered");
+    assert_has(
+        &e,
+        "--set postgresql.architecture=replica: postgresql.architecture: \"replica\": expected standalone or replication",
+    );
+    let e = refused("redis:\n  architecture: standalone\n", &[]);
+    assert_has(&e, "Helm's standalone is not supported");
+}
+
+#[test]
+fn staging_on_prod_prefers_spreading_and_limits_to_200_per_minute() {
+    let (code, stdout, stderr) =
+        render_in_root(&["render", "-f", PROD, "-f", "values/values-staging.yaml", "-o", "json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let find =
+        |kind: &str| list["items"].as_array().expect("items").iter().find(|o| o["kind"] == kind).cloned().expect(kind);
+    let affinity = &find("Deployment")["spec"]["template"]["spec"]["affinity"];
+    let spread = serde_json::json!({
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "audit-trail"}},
+                    "topologyKey": "kubernetes.io/hostname"
+                }
+            }]
+        },
+        // Prod's, untouched by staging: a preference, it never refuses to schedule.
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "preference": {"matchExpressions": [{"key": "node-type", "operator": "In", "values": ["compute-optimized"]}]}
+            }]
+        }
+    });
+    assert_eq!(affinity, &spread);
+    let annotations = &find("Ingress")["metadata"]["annotations"];
+    let expected = serde_json::json!({
+        "cert-manager.io/cluster-issuer": "letsencrypt-staging",
+        "nginx.ingress.kubernetes.io/limit-rpm": "200",
+        "nginx.ingress.kubernetes.io/proxy-body-size": "10m",
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": "60",
+        "nginx.ingress.kubernetes.io/proxy-send-timeout": "60",
+        "nginx.ingress.kubernetes.io/rate-limit": "200",
+        "nginx.ingress.kubernetes.io/rate-limit-window": "1m",
+        "nginx.ingress.kubernetes.io/ssl-redirect": "true"
+    });
+    assert_eq!(annotations, &expected);
+    // Prod itself keeps its required anti-affinity and its 1000/min.
+    let prod = render_prod_docs(&[]);
+    let prod_affinity = &object(&prod, "Deployment", "audit-trail")["spec"]["template"]["spec"]["affinity"];
+    assert!(prod_affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].is_sequence());
+    let prod_ingress = &object(&prod, "Ingress", "audit-trail")["metadata"]["annotations"];
+    assert_eq!(prod_ingress["nginx.ingress.kubernetes.io/limit-rpm"].as_str(), Some("1000"));
+}

@@ -136,11 +136,29 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
     heap_within_limit(&mut c, v);
     pools_within_max_connections(&mut c, v);
     integrity(&mut c, v);
+    alert_thresholds(&mut c, v);
 
     if !v.postgresql.auth.postgres_password.is_empty() {
         c.fail(
             "postgresql.auth.postgresPassword",
             "a password in a values file: expected \"\" and the password in auth.existingSecret".into(),
+        );
+    }
+    // The templates honour these and no other value: anything else would be silently ignored.
+    if !["standalone", "replication"].contains(&v.postgresql.architecture.as_str()) {
+        c.fail(
+            "postgresql.architecture",
+            format!("{:?}: expected standalone or replication", v.postgresql.architecture),
+        );
+    }
+    if v.redis.architecture != "replication" {
+        c.fail(
+            "redis.architecture",
+            format!(
+                "{:?}: expected replication, the only one rendered (a primary, redis.replica.replicaCount \
+                 replicas and Sentinel; Helm's standalone is not supported)",
+                v.redis.architecture
+            ),
         );
     }
     if v.postgresql.architecture == "standalone" && v.postgresql.read_replicas.replica_count > 0 && v.postgresql.enabled
@@ -219,11 +237,41 @@ fn integrity(c: &mut Checker<'_>, v: &Values) {
     }
 }
 
+/// The alert rules compare these as they are: a ratio above 1 or a duration of 0 or less makes an
+/// alert that can never fire or always fires, so both are refused.
+fn alert_thresholds(c: &mut Checker<'_>, v: &Values) {
+    let r = &v.prometheus_rule;
+    for (key, value) in [("errorRateThreshold", r.error_rate_threshold), ("poolUsageThreshold", r.pool_usage_threshold)]
+    {
+        if !(value > 0.0 && value <= 1.0) {
+            c.fail(
+                &format!("prometheusRule.{key}"),
+                format!("{value}: expected a ratio above 0 and at most 1 (0.05 is 5%)"),
+            );
+        }
+    }
+    for (key, value) in [
+        ("latencyP99Seconds", r.latency_p99_seconds),
+        ("verifierStaleSeconds", r.verifier_stale_seconds),
+        ("kafkaPublishLagSeconds", r.kafka_publish_lag_seconds),
+        ("searchIndexLagSeconds", r.search_index_lag_seconds),
+    ] {
+        if !(value > 0.0 && value.is_finite()) {
+            c.fail(&format!("prometheusRule.{key}"), format!("{value}: expected a number of seconds above 0"));
+        }
+    }
+}
+
 /// The audit server is a Rust binary: JVM options in its environment (the guide's JAVA_OPTS) would be
 /// silently ignored, so they are refused. Elasticsearch is a JVM: `-Xmx` above its container memory
 /// limit gets the pod OOM-killed under load.
 fn heap_within_limit(c: &mut Checker<'_>, v: &Values) {
     for (i, env) in v.env.iter().enumerate() {
+        // k8s-openapi defaults a missing name to "": the API server would refuse the Deployment.
+        if env.name.is_empty() {
+            c.fail(&format!("env[{i}].name"), "empty or missing: expected the environment variable's name".into());
+            continue;
+        }
         let jvm_flags = env.value.as_deref().is_some_and(|v| v.split_whitespace().any(|f| f.starts_with("-X")));
         if env.name.ends_with("JAVA_OPTS") || env.name == "JAVA_TOOL_OPTIONS" || jvm_flags {
             c.fail(

@@ -7,7 +7,7 @@ pub mod model;
 pub mod quantity;
 pub mod source;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -30,9 +30,9 @@ pub struct ValueError {
 
 impl fmt::Display for ValueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.origin {
-            Some(origin) => write!(f, "{origin}: ")?,
-            None => f.write_str("(defaults): ")?,
+        // Without an origin the key path alone says where (no layer mentions it).
+        if let Some(origin) = &self.origin {
+            write!(f, "{origin}: ")?;
         }
         if self.path.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
@@ -72,36 +72,65 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
     let mut merged = defaults.clone();
     for (path, text) in files {
         let layer = parse_layer(path, text, &mut sources, &mut errors);
-        if !matches!(layer, Value::Null | Value::Mapping(_)) {
-            errors.push(ValueError {
-                origin: Some(Origin::File { path: path.clone(), line: 1, column: 1 }),
-                path: String::new(),
-                message: "expected a mapping of values at the top level".into(),
-            });
-            continue;
+        match layer {
+            // An empty or comment-only file parses to null: as with Helm it changes nothing (merging
+            // it would replace the whole tree, defaults included, with null).
+            Value::Null => {}
+            Value::Mapping(_) => merge::merge(&mut merged, layer),
+            other => {
+                let root = sources.layers.last().and_then(|p| p.root.clone());
+                errors.push(ValueError {
+                    origin: Some(root.unwrap_or(Origin::File { path: path.clone(), line: 1, column: 1 })),
+                    path: String::new(),
+                    message: format!(
+                        "found {} at the top level: expected a mapping of values (key: value)",
+                        kind_of(&other)
+                    ),
+                });
+            }
         }
-        merge::merge(&mut merged, layer);
     }
+    // --set values typed as a number or boolean, by display path: their text, in case the values
+    // expect a string there.
+    let mut set_texts = HashMap::new();
     for arg in sets {
         match merge::parse_set(arg) {
-            Ok((segments, display, value)) => {
-                let overlay = merge::set_overlay(&segments, value, &merged);
-                merge::merge(&mut merged, overlay);
+            Ok(merge::SetArg { segments, display, value, raw }) => {
+                if matches!(value, Value::Number(_) | Value::Bool(_)) {
+                    set_texts.insert(display.clone(), (segments.clone(), raw));
+                } else {
+                    set_texts.remove(&display);
+                }
+                match merge::set_overlay(&segments, value, &merged) {
+                    Ok(overlay) => merge::merge(&mut merged, overlay),
+                    Err(message) => {
+                        let origin = Some(Origin::Set { arg: arg.clone() });
+                        errors.push(ValueError { origin, path: display, message });
+                        continue;
+                    }
+                }
+                // The path and each of its parents, from the segments: a key may contain dots.
                 let mut paths = vec![];
-                let mut p = display.as_str();
-                while !p.is_empty() {
-                    paths.push(p.to_owned());
-                    p = source::parent(p).unwrap_or("");
+                let mut p = String::new();
+                for segment in &segments {
+                    p = match segment {
+                        merge::Segment::Key(k) => source::join_key(&p, k),
+                        merge::Segment::Index(i) => source::join_index(&p, *i),
+                    };
+                    paths.push(p.clone());
                 }
                 sources.layers.push(Positions::of_set(arg, paths));
             }
-            Err(message) => errors.push(ValueError { origin: None, path: String::new(), message }),
+            Err(message) => {
+                let origin = Some(Origin::Set { arg: arg.clone() });
+                errors.push(ValueError { origin, path: String::new(), message });
+            }
         }
     }
     if !errors.is_empty() {
         return Err(ValueErrors(errors));
     }
-    let typed = deserialize_all(merged, &defaults, &sources, &mut errors);
+    let typed = deserialize_all(merged, &defaults, &set_texts, &sources, &mut errors);
     if let Some((values, repaired)) = &typed {
         unknown_nested_keys(repaired, values, &sources, &mut errors);
         check::semantic(values, &sources, &mut errors);
@@ -120,6 +149,19 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
     }
 }
 
+/// The YAML kind of `value`, for messages.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
 fn layer_index(files: &[(PathBuf, String)], path: &Path) -> usize {
     files.iter().position(|(p, _)| p == path).map_or(0, |i| i + 1)
 }
@@ -135,8 +177,9 @@ fn parse_layer(path: &Path, text: &str, sources: &mut Sources, errors: &mut Vec<
     match serde_yaml::from_str::<Value>(text) {
         Ok(value) => value,
         Err(e) => {
-            let origin =
-                e.location().map(|l| Origin::File { path: path.to_owned(), line: l.line(), column: l.column() });
+            // Without a location, still name the file.
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let origin = Some(Origin::File { path: path.to_owned(), line, column });
             errors.push(ValueError { origin, path: String::new(), message: format!("not valid YAML: {e}") });
             Value::Null
         }
@@ -146,9 +189,14 @@ fn parse_layer(path: &Path, text: &str, sources: &mut Sources, errors: &mut Vec<
 /// Deserialize into `Values`; on an error, note it, put the default back at that path (or drop the
 /// key) and try again, so that one run reports every typing problem. Returns the typed values and
 /// the repaired tree they came from.
+///
+/// A `--set` number or boolean where a string is expected is no error: like a string field in a
+/// values file written `"1.2"`, it becomes the text given (`set_texts`), so `image.tag=0.10` is
+/// "0.10", not 0.1.
 fn deserialize_all(
     mut tree: Value,
     defaults: &Value,
+    set_texts: &HashMap<String, (Vec<merge::Segment>, String)>,
     sources: &Sources,
     errors: &mut Vec<ValueError>,
 ) -> Option<(Values, Value)> {
@@ -160,8 +208,22 @@ fn deserialize_all(
                 let path = err.path().to_string();
                 let path = if path == "." { String::new() } else { path };
                 let inner = err.inner().to_string();
+                if inner.starts_with("invalid type: ")
+                    && inner.ends_with("expected a string")
+                    && let Some((segments, raw)) = set_texts.get(&path)
+                    && seen.insert(format!("{path} as a string"))
+                {
+                    replace_segments(&mut tree, segments, Some(Value::String(raw.clone())));
+                    continue;
+                }
                 let (message, is_key) = explain(&inner);
-                let origin = if is_key { sources.key_origin(&path) } else { sources.value_origin(&path) };
+                let origin = match missing_key(&inner) {
+                    // The key is gone because a layer set it (or a parent) to null: point at that
+                    // layer, the last that mentions the key, rather than at the parent.
+                    Some(key) => sources.key_origin(&source::join_key(&path, key)),
+                    None if is_key => sources.key_origin(&path),
+                    None => sources.value_origin(&path),
+                };
                 errors.push(ValueError { origin: origin.cloned(), path: path.clone(), message });
                 if !seen.insert(path.clone()) || path.is_empty() {
                     return None;
@@ -184,11 +246,18 @@ fn explain(inner: &str) -> (String, bool) {
         let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
         return (unknown_key_message(key, &candidates), true);
     }
-    if let Some(rest) = inner.strip_prefix("missing field `") {
-        let key = rest.split('`').next().unwrap_or(rest);
-        return (format!("missing key `{key}` (it has no default here: do not set its parent to null)"), false);
+    if let Some(key) = missing_key(inner) {
+        return (
+            format!("missing key `{key}`: removed by a null here, but required (it has no default to fall back to)"),
+            false,
+        );
     }
     (inner.replace("invalid type: ", "wrong type: found "), false)
+}
+
+/// The key of serde's "missing field `key`".
+fn missing_key(inner: &str) -> Option<&str> {
+    inner.strip_prefix("missing field `").and_then(|rest| rest.split('`').next())
 }
 
 fn unknown_key_message(key: &str, candidates: &[&str]) -> String {
@@ -271,7 +340,10 @@ fn lookup(tree: &Value, path: &str) -> Option<Value> {
 
 /// Replace the value at `path` (None: remove the key or item).
 fn replace(tree: &mut Value, path: &str, value: Option<Value>) {
-    let segs = segments(path);
+    replace_segments(tree, &segments(path), value);
+}
+
+fn replace_segments(tree: &mut Value, segs: &[merge::Segment], value: Option<Value>) {
     let Some((last, parents)) = segs.split_last() else { return };
     let mut node = tree;
     for seg in parents {

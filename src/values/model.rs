@@ -485,6 +485,7 @@ pub struct Snapshot {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Redis {
     pub enabled: bool,
+    /// `replication`, the only one rendered: a primary, `replica.replicaCount` replicas and Sentinel.
     pub architecture: String,
     pub image: String,
     pub auth: RedisAuth,

@@ -29,17 +29,34 @@ impl fmt::Display for Origin {
 #[derive(Debug, Default)]
 pub struct Positions {
     entries: HashMap<String, (Origin, Origin)>,
+    /// Where the top-level node of a file starts (after any leading comments), for errors about the
+    /// document as a whole.
+    pub root: Option<Origin>,
 }
 
 impl Positions {
     /// Walk `text` (the content of `path`) and record every key and sequence item.
     pub fn of_file(path: &Path, text: &str) -> Result<Self, (Origin, String)> {
         let mut walker = Walker { parser: Parser::new_from_str(text), file: path, out: Positions::default() };
+        let mut documents = 0;
         loop {
             match walker.next()? {
                 None | Some((Event::StreamEnd, _)) => break,
-                Some((Event::MappingStart(..), _)) => walker.mapping("")?,
-                Some((Event::SequenceStart(..), _)) => walker.sequence("")?,
+                // serde_yaml refuses a second document without saying where it starts.
+                Some((Event::DocumentStart(..), span)) => {
+                    documents += 1;
+                    if documents > 1 {
+                        let message = "a second YAML document (`---`): expected one document per values file; \
+                                       use one -f per file to layer values";
+                        return Err((walker.origin(span), message.into()));
+                    }
+                }
+                Some((event @ (Event::MappingStart(..) | Event::SequenceStart(..) | Event::Scalar(..)), span)) => {
+                    if walker.out.root.is_none() {
+                        walker.out.root = Some(walker.origin(span));
+                    }
+                    walker.node(event, "")?;
+                }
                 Some(_) => {}
             }
         }
@@ -50,7 +67,7 @@ impl Positions {
     pub fn of_set(arg: &str, paths: impl IntoIterator<Item = String>) -> Self {
         let origin = Origin::Set { arg: arg.to_owned() };
         let entries = paths.into_iter().map(|p| (p, (origin.clone(), origin.clone()))).collect();
-        Positions { entries }
+        Positions { entries, root: None }
     }
 
     pub fn key(&self, path: &str) -> Option<&Origin> {
