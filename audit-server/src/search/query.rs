@@ -469,6 +469,16 @@ pub fn es_body(s: &Search) -> Value {
 
 /// Read the index's answer to [`es_body`].
 pub fn from_es(s: &Search, answer: &Value) -> Result<SearchResponse, String> {
+    // A 200 can be partial: shards that failed (a rejected or broken shard query) or ran out of
+    // time are left out of the hits and the aggregations. Passed on, such a page would silently
+    // miss events and miscount; as an error, the caller answers from the database instead.
+    let failed = answer["_shards"]["failed"].as_u64().unwrap_or(0);
+    if failed > 0 || answer["timed_out"].as_bool().unwrap_or(false) {
+        return Err(format!(
+            "partial answer ({failed} of {} shards failed, timed out: {})",
+            answer["_shards"]["total"], answer["timed_out"]
+        ));
+    }
     let hits = answer["hits"]["hits"].as_array().ok_or("search answer without hits")?;
     let mut events = Vec::with_capacity(hits.len());
     for h in hits {
@@ -505,6 +515,21 @@ pub fn from_es(s: &Search, answer: &Value) -> Result<SearchResponse, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_answers_are_errors_not_pages() {
+        let request = SearchRequest { tenant_id: "t".into(), ..Default::default() };
+        let s = Search::parse(request, |_| Err("unused".into())).expect("valid");
+        let complete = json!({"timed_out": false, "_shards": {"total": 2, "failed": 0}, "hits": {"hits": []}});
+        assert!(from_es(&s, &complete).is_ok());
+        let failed = json!({"timed_out": false, "_shards": {"total": 2, "failed": 1}, "hits": {"hits": []}});
+        assert_eq!(
+            from_es(&s, &failed).err().as_deref(),
+            Some("partial answer (1 of 2 shards failed, timed out: false)")
+        );
+        let late = json!({"timed_out": true, "_shards": {"total": 2, "failed": 0}, "hits": {"hits": []}});
+        assert!(from_es(&s, &late).is_err());
+    }
 
     #[test]
     fn words_are_lowercased_runs_of_letters_and_digits() {
