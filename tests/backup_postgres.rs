@@ -664,3 +664,72 @@ async fn logical_dump_from_a_replica_restores_the_primarys_data() -> anyhow::Res
     assert_eq!(scalar(&target, FINGERPRINT).await?, before, "the replica's dump differs from the primary's data");
     Ok(())
 }
+
+/// One damaged manifest (truncated, as a full disk or a bad copy leaves it) must not block the
+/// other backups: backup, restore, list, status and prune carry on, and show it as damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_manifest_does_not_block_the_other_backups() -> anyhow::Result<()> {
+    let s = setup("audit").await?;
+    fill(&s.url, 20).await?;
+    let good = id_of(
+        &audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+            .await
+            .ok()
+            .json(),
+    );
+    // Newer than the good one by its name, so it would be "latest" were it trusted.
+    let bad = "postgres-29991231T000000Z";
+    let bad_dir = s.repo.join("postgres").join(bad);
+    std::fs::create_dir_all(&bad_dir)?;
+    std::fs::write(bad_dir.join("manifest.json"), r#"{"format":1,"id":"x""#)?;
+
+    let b = audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+        .await
+        .ok();
+    assert!(b.stderr.contains("damaged backup") && b.stderr.contains(bad), "{}", b.stderr);
+    let newest = id_of(&b.json());
+
+    let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
+    let ids: Vec<&str> = list["backups"].as_array().context("backups")?.iter().filter_map(|b| b["id"].as_str()).collect();
+    assert_eq!(ids, vec![newest.as_str(), good.as_str()], "{list}");
+    assert_eq!(list["damaged"][0]["id"], bad, "{list}");
+    assert!(list["damaged"][0]["reason"].as_str().is_some_and(|r| r.contains("not a valid backup manifest")), "{list}");
+    let table = audctl(&["backup", "--repo", s.r(), "list"]).await.ok();
+    assert!(table.stdout.contains("DAMAGED"), "{}", table.stdout);
+
+    let st = audctl(&["--targets", s.t(), "-o", "json", "backup", "--repo", s.r(), "status"]).await.ok().json();
+    assert_eq!(st["components"][0]["newest"], newest.as_str(), "{st}");
+    assert_eq!(st["components"][0]["damaged"][0], bad, "{st}");
+
+    // Prune never deletes it (documented): it is kept, with the reason.
+    let p = audctl(&["-o", "json", "backup", "--repo", s.r(), "prune", "--confirm"]).await.ok().json();
+    let row = p["rows"].as_array().and_then(|r| r.iter().find(|x| x["id"] == bad).cloned()).unwrap_or_default();
+    assert_eq!(row["action"], "keep", "{p}");
+    assert!(bad_dir.exists());
+
+    // `latest` is the newest good one; the damaged one by name is refused (exit 2), target untouched.
+    let target = new_db(&s.pg, "target").await?;
+    let r = audctl(&["restore", "postgres", bad, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("damaged"), "{}", r.stderr);
+    let r = audctl(&["-o", "json", "restore", "postgres", "latest", "--repo", s.r(), "--target", &target, "--yes"])
+        .await
+        .ok();
+    assert_eq!(r.json()["backup"], newest.as_str());
+    assert_eq!(scalar(&target, "SELECT count(*) FROM events").await?, "60");
+
+    // A repository that does not exist is an input error for the verbs that read it.
+    let typo = s.repo.join("typo");
+    let typo = typo.to_str().context("utf-8")?;
+    for args in [
+        vec!["backup", "--repo", typo, "list"],
+        vec!["backup", "--repo", typo, "status", "--component", "postgres"],
+        vec!["backup", "--repo", typo, "prune"],
+        vec!["restore", "postgres", "latest", "--repo", typo, "--target", &target, "--yes"],
+    ] {
+        let r = audctl(&args).await;
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("does not exist"), "{args:?}: {}", r.stderr);
+    }
+    Ok(())
+}
