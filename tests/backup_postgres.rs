@@ -733,3 +733,28 @@ async fn a_damaged_manifest_does_not_block_the_other_backups() -> anyhow::Result
     }
     Ok(())
 }
+
+/// `-o junit` is refused before any work: no backup is committed, the target is not restored into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_output_format_is_refused_before_any_work() -> anyhow::Result<()> {
+    let s = setup("audit").await?;
+    fill(&s.url, 5).await?;
+    let id = id_of(
+        &audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+            .await
+            .ok()
+            .json(),
+    );
+    let r = audctl(&["--targets", s.t(), "-o", "junit", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+        .await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("-o junit is only available"), "{}", r.stderr);
+    let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
+    assert_eq!(list["backups"].as_array().map(Vec::len), Some(1), "a backup was committed: {list}");
+
+    let target = new_db(&s.pg, "target").await?;
+    let r = audctl(&["-o", "junit", "restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(scalar(&target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").await?, "0");
+    Ok(())
+}

@@ -108,3 +108,35 @@ fn no_color_env_accepts_any_value() {
         assert!(out.status.success(), "NO_COLOR={value}: {}", text(&out.stderr));
     }
 }
+
+/// `-o junit` where a verb has no JUnit report is refused before any work: a deploy or rollback
+/// would otherwise touch the cluster first (here: none configured, which would be exit 3).
+#[test]
+fn junit_is_refused_up_front_where_unsupported() {
+    let dir = std::env::temp_dir().join(format!("audctl-junit-{}", std::process::id()));
+    let verify_input = dir.join("x.ndjson");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(&verify_input, "").expect("write");
+    let repo = dir.join("repo");
+    let (repo, input) = (repo.to_str().expect("utf-8"), verify_input.to_str().expect("utf-8"));
+    for args in [
+        vec!["deploy", "--kubeconfig", "/nonexistent/kubeconfig"],
+        vec!["rollback", "--kubeconfig", "/nonexistent/kubeconfig"],
+        vec!["history", "--kubeconfig", "/nonexistent/kubeconfig"],
+        vec!["attest", "--list", "--kubeconfig", "/nonexistent/kubeconfig"],
+        vec!["check", "--list-probes"],
+        vec!["verify", input],
+        vec!["backup", "--repo", repo, "list"],
+        vec!["restore", "--repo", repo, "redis", "latest", "--yes"],
+    ] {
+        let mut all = vec!["-o", "junit"];
+        all.extend(&args);
+        let out = audctl(&all);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("-o junit is only available for check, smoke and load"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: printed {}", text(&out.stdout));
+    }
+    assert!(!dir.join("repo").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
