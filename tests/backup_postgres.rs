@@ -690,7 +690,8 @@ async fn a_damaged_manifest_does_not_block_the_other_backups() -> anyhow::Result
     let newest = id_of(&b.json());
 
     let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
-    let ids: Vec<&str> = list["backups"].as_array().context("backups")?.iter().filter_map(|b| b["id"].as_str()).collect();
+    let ids: Vec<&str> =
+        list["backups"].as_array().context("backups")?.iter().filter_map(|b| b["id"].as_str()).collect();
     assert_eq!(ids, vec![newest.as_str(), good.as_str()], "{list}");
     assert_eq!(list["damaged"][0]["id"], bad, "{list}");
     assert!(list["damaged"][0]["reason"].as_str().is_some_and(|r| r.contains("not a valid backup manifest")), "{list}");
@@ -745,8 +746,8 @@ async fn an_unsupported_output_format_is_refused_before_any_work() -> anyhow::Re
             .ok()
             .json(),
     );
-    let r = audctl(&["--targets", s.t(), "-o", "junit", "backup", "postgres", "--method", "dump", "--repo", s.r()])
-        .await;
+    let r =
+        audctl(&["--targets", s.t(), "-o", "junit", "backup", "postgres", "--method", "dump", "--repo", s.r()]).await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("-o junit is only available"), "{}", r.stderr);
     let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
@@ -756,5 +757,86 @@ async fn an_unsupported_output_format_is_refused_before_any_work() -> anyhow::Re
     let r = audctl(&["-o", "junit", "restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert_eq!(scalar(&target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").await?, "0");
+    Ok(())
+}
+
+/// The first non-loopback IPv4 address of this machine, if it has one.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    // Connecting a UDP socket sends nothing; it only picks the interface that routes there.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("198.51.100.1:9").ok()?;
+    s.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// The testbed's PostgreSQL (no TLS) reached through a TCP forwarder on a non-loopback address:
+/// backup and restore must refuse it (TLS verify-full by default), not fall back to plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_postgresql_off_loopback_is_refused() -> anyhow::Result<()> {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: this machine has no non-loopback address");
+        return Ok(());
+    };
+    let s = setup("audit").await?;
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+    let addr = listener.local_addr()?;
+    let upstream = format!("127.0.0.1:{}", s.pg.port());
+    let forwarder = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let remote = |db: &str| format!("postgres://{}@{}/{db}", testbed::postgres::SUPERUSER, addr);
+    let targets = Targets {
+        postgres: Some(PostgresTarget {
+            url: remote("audit"),
+            password: Some(Secret::Inline(s.pg.password().to_owned())),
+            replicas: Vec::new(),
+            wal_archive: None,
+        }),
+        ..Default::default()
+    };
+    let t = targets_file(dir.path(), &targets);
+    let t = t.to_str().context("utf-8")?;
+    let r = audctl(&["--targets", t, "backup", "postgres", "--method", "dump", "--repo", s.r()]).await;
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+
+    // The same server, asked for plaintext explicitly in the URL, is the operator's choice.
+    let mut explicit = targets.clone();
+    if let Some(pg) = explicit.postgres.as_mut() {
+        pg.url = format!("{}?sslmode=disable", remote("audit"));
+    }
+    let t2 = dir.path().join("explicit");
+    std::fs::create_dir_all(&t2)?;
+    let t2 = targets_file(&t2, &explicit);
+    let id = id_of(
+        &audctl(&[
+            "--targets",
+            t2.to_str().context("utf-8")?,
+            "-o",
+            "json",
+            "backup",
+            "postgres",
+            "--method",
+            "dump",
+            "--repo",
+            s.r(),
+        ])
+        .await
+        .ok()
+        .json(),
+    );
+    new_db(&s.pg, "target").await?;
+    let target = format!("postgres://{}:{}@{}/target", testbed::postgres::SUPERUSER, s.pg.password(), addr);
+    let r = audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+    forwarder.abort();
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Connection, Executor, PgConnection, Row};
 
 use super::chain::{self, TenantChain};
@@ -90,12 +90,22 @@ impl Endpoint {
         self.url.to_string()
     }
 
+    /// The SSL mode imposed on every connection, audctl's own and the client tools': the same
+    /// policy as `check` (verify-full unless the URL sets sslmode or the host is loopback).
+    fn ssl_mode(&self) -> Option<PgSslMode> {
+        let host = percent_decode(self.url.host_str().unwrap_or_default());
+        crate::probes::conns::pg_default_ssl_mode(self.url.as_str(), &host)
+    }
+
     fn options(&self) -> anyhow::Result<PgConnectOptions> {
         let mut opts = PgConnectOptions::from_str(self.url.as_str())
             .map_err(|e| usage(format!("{}: {e}", self.display())))?
             .application_name("audctl");
         if let Some(p) = &self.password {
             opts = opts.password(p);
+        }
+        if let Some(mode) = self.ssl_mode() {
+            opts = opts.ssl_mode(mode);
         }
         Ok(opts)
     }
@@ -119,6 +129,11 @@ impl Endpoint {
         cmd.env_remove("PGPASSWORD").env("PGCONNECT_TIMEOUT", "20").env("PGAPPNAME", "audctl");
         if let Some(p) = &self.password {
             cmd.env("PGPASSWORD", p);
+        }
+        // libpq's default is `prefer`, which falls back to plaintext: impose what audctl's own
+        // connection used (an sslmode in the URL is in the conninfo and wins over the env).
+        if matches!(self.ssl_mode(), Some(PgSslMode::VerifyFull)) {
+            cmd.env("PGSSLMODE", "verify-full");
         }
         cmd
     }
@@ -149,7 +164,15 @@ fn percent_decode(s: &str) -> String {
 
 fn connect_error(e: sqlx::Error, what: &str) -> anyhow::Error {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
+        sqlx::Error::Tls(_) => Unreachable {
+            what: format!("PostgreSQL at {what}"),
+            detail: format!(
+                "TLS: {e} (TLS is verified by default off loopback: trust the server's CA with sslrootcert=FILE \
+                 in the URL, or set sslmode in it)"
+            ),
+        }
+        .into(),
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {
             Unreachable { what: format!("PostgreSQL at {what}"), detail: e.to_string() }.into()
         }
         sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
@@ -432,6 +455,25 @@ mod tests {
         assert!(parse_lsn("0/3000148") < parse_lsn("0/30001A0"));
         assert!(parse_lsn("1/0") > parse_lsn("0/FFFFFFFF"));
         assert_eq!(parse_lsn("nope"), None);
+    }
+
+    #[test]
+    fn tls_is_verified_off_loopback_unless_the_url_says_otherwise() -> anyhow::Result<()> {
+        let verified =
+            |u: &str| Endpoint::parse(u, None, "t").map(|e| matches!(e.ssl_mode(), Some(PgSslMode::VerifyFull)));
+        let imposed = |u: &str| Endpoint::parse(u, None, "t").map(|e| e.ssl_mode().is_some());
+        assert!(verified("postgres://a@db.example:5432/audit")?);
+        assert!(verified("postgres://a@10.0.0.5/audit")?);
+        assert!(!imposed("postgres://a@127.0.0.1:5432/audit")?);
+        assert!(!imposed("postgres://a@localhost/audit")?);
+        assert!(!imposed("postgres://a@[::1]:5432/audit")?);
+        assert!(!imposed("postgres://a@db.example/audit?sslmode=require")?);
+        let opts = Endpoint::parse("postgres://a@db.example/audit", None, "t")?.options()?;
+        assert!(matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull));
+        let ep = Endpoint::parse("postgres://a@db.example/audit", None, "t")?;
+        let cmd = ep.tool(Path::new("/bin"), "pg_dump");
+        assert!(cmd.get_envs().any(|(k, v)| k == "PGSSLMODE" && v == Some("verify-full".as_ref())));
+        Ok(())
     }
 
     #[test]
