@@ -258,6 +258,18 @@ async fn wrong_targets_are_refused_with_a_clear_error() -> anyhow::Result<()> {
         audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes", "--to-lsn", "0/0"]).await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("no base backup"), "{}", r.stderr);
+
+    // A password as query parameter is used, and shown nowhere (here in the "not empty" refusal).
+    let nonempty = format!(
+        "postgres://{}@127.0.0.1:{}/audit?password={}",
+        testbed::postgres::SUPERUSER,
+        s.pg.port(),
+        s.pg.password()
+    );
+    let r = audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &nonempty, "--yes"]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    assert!(!r.stderr.contains(s.pg.password()) && !r.stdout.contains(s.pg.password()), "leaked: {}", r.stderr);
     Ok(())
 }
 

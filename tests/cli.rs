@@ -140,3 +140,86 @@ fn junit_is_refused_up_front_where_unsupported() {
     assert!(!dir.join("repo").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Passwords in URLs never reach stdout or stderr, whatever is wrong with the URL or the server
+/// (port 1 on loopback: nothing listens, so each run ends at "unreachable").
+#[test]
+fn passwords_in_urls_are_never_printed() {
+    const PW: &str = "S3cretPW";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = dir.path().join("repo");
+    // A search backup as `backup search` writes it (no files: the snapshot lives in the cluster).
+    let id = "search-20261201T000000Z";
+    std::fs::create_dir_all(repo.join("search").join(id)).expect("backup dir");
+    std::fs::write(
+        repo.join("search").join(id).join("manifest.json"),
+        format!(
+            r#"{{"format":1,"id":"{id}","component":"search","started":"2026-12-01T00:00:00Z",
+            "finished":"2026-12-01T00:00:01Z","size":0,"files":[],"serverVersion":"8","source":"http://127.0.0.1:9200",
+            "consistency":{{"repository":"r","snapshot":"s","uuid":"u","state":"SUCCESS","indices":{{}},
+            "shardsTotal":1,"shardsFailed":0}},"audctlVersion":"0.1.0"}}"#
+        ),
+    )
+    .expect("manifest");
+    let targets = |name: &str, url: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("search:\n  url: {url}\n  snapshotRepository: r\n")).expect("targets");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let down = targets("down.yaml", &format!("http://elastic:{PW}@127.0.0.1:1"));
+    let bad_port = targets("port.yaml", &format!("http://elastic:{PW}@127.0.0.1:99999"));
+    let r = repo.to_str().expect("utf-8");
+    let cases: Vec<(Vec<String>, i32)> = vec![
+        (vec!["--targets".into(), down, "backup".into(), "--repo".into(), r.into(), "search".into()], 3),
+        (vec!["--targets".into(), bad_port, "backup".into(), "--repo".into(), r.into(), "search".into()], 2),
+        (
+            ["restore", "--repo", r, "search", id, "--yes", "--target", &format!("http://elastic:{PW}@127.0.0.1:1")]
+                .map(String::from)
+                .to_vec(),
+            3,
+        ),
+        (
+            ["load", "--url", &format!("http://u:{PW}@127.0.0.1:1"), "--rate", "5", "--duration", "1s"]
+                .map(String::from)
+                .to_vec(),
+            3,
+        ),
+        (
+            [
+                "restore",
+                "--repo",
+                r,
+                "postgres",
+                "latest",
+                "--yes",
+                "--target",
+                &format!("audit:{PW}@db.example/audit"),
+            ]
+            .map(String::from)
+            .to_vec(),
+            2,
+        ),
+        (
+            [
+                "restore",
+                "--repo",
+                r,
+                "postgres",
+                "latest",
+                "--yes",
+                "--target",
+                &format!("postgres://audit:{PW}@db.example:99999/audit"),
+            ]
+            .map(String::from)
+            .to_vec(),
+            2,
+        ),
+    ];
+    for (args, code) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = audctl(&refs);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(code), "{args:?}:\n{stdout}\n{stderr}");
+        assert!(!stdout.contains(PW) && !stderr.contains(PW), "{args:?} printed the password:\n{stdout}\n{stderr}");
+    }
+}

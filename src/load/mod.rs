@@ -100,7 +100,10 @@ async fn prepare(settings: &Settings, endpoint: &http::Endpoint, worker: usize) 
     let mut workload =
         Workload::new(settings.mix.clone(), tenants, settings.batch_size, &endpoint.base_path, &endpoint.exact);
     let mut conn = endpoint.connect(settings.timeout).await.map_err(|f| {
-        anyhow::Error::new(Unreachable { what: format!("service {}", settings.url), detail: format!("{f:?}") })
+        anyhow::Error::new(Unreachable {
+            what: format!("service {}", crate::service::display_url(&settings.url)),
+            detail: format!("{f:?}"),
+        })
     })?;
     if workload.needs_seed() {
         let mut rng = scenario::Rng::new(0x5eed ^ worker as u64);
@@ -183,7 +186,7 @@ impl Progress {
                 }
             ),
         };
-        Progress { bar: output::spinner(format!("load {} ({what})", settings.url)) }
+        Progress { bar: output::spinner(format!("load {} ({what})", crate::service::display_url(&settings.url))) }
     }
 
     pub fn update(&self, agg: &Aggregator) {

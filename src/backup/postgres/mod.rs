@@ -49,12 +49,13 @@ impl Endpoint {
     /// `raw` is `postgres://user[:password]@host[:port]/db[?params]`; `password` (from the targets
     /// file or PGPASSWORD) is used when the URL has none.
     pub fn parse(raw: &str, password: Option<String>, what: &str) -> anyhow::Result<Endpoint> {
-        let mut url = url::Url::parse(raw).map_err(|e| {
-            usage(format!(
-                "{what} {:?}: not a URL ({e}); expected postgres://user@host:port/db",
-                audctl_targets::redact_url(raw)
-            ))
-        })?;
+        // An unparseable or scheme-less value is never echoed: `user:password@host/db` (no
+        // scheme) would be printed password and all.
+        const EXPECTED: &str = "expected postgres://user@host:port/db";
+        let mut url = url::Url::parse(raw).map_err(|e| usage(format!("{what}: not a URL ({e}); {EXPECTED}")))?;
+        if !raw.contains("://") {
+            return Err(usage(format!("{what}: not a URL (no scheme://); {EXPECTED}")));
+        }
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(usage(format!(
                 "{what} {}: expected a postgres:// URL, got scheme {:?}",
@@ -62,13 +63,35 @@ impl Endpoint {
                 url.scheme()
             )));
         }
-        let inline = url.password().map(percent_decode);
+        // A password given as a query parameter leaves the URL too: it would be printed in
+        // messages and passed in pg_restore's argv.
+        let mut query_password = None;
+        if url.query_pairs().any(|(k, _)| k == "password") {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter_map(|(k, v)| {
+                    if k == "password" {
+                        query_password = Some(v.into_owned());
+                        None
+                    } else {
+                        Some((k.into_owned(), v.into_owned()))
+                    }
+                })
+                .collect();
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+        }
+        let inline = url.password().map(percent_decode).or(query_password);
         let _ = url.set_password(None);
+        let shown = audctl_targets::redact_url(url.as_str());
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(usage(format!("{what} {url}: no host")));
+            return Err(usage(format!("{what} {shown}: no host")));
         }
         if url.username().is_empty() {
-            return Err(usage(format!("{what} {url}: no user name (postgres://USER@host/db)")));
+            return Err(usage(format!("{what} {shown}: no user name (postgres://USER@host/db)")));
         }
         let ep = Endpoint { url, password: inline.or(password) };
         if ep.database().is_empty() {
@@ -85,9 +108,9 @@ impl Endpoint {
         percent_decode(self.url.username())
     }
 
-    /// Printable (never holds the password).
+    /// Printable (never holds the password, nor other secret-looking query parameters).
     pub fn display(&self) -> String {
-        self.url.to_string()
+        audctl_targets::redact_url(self.url.as_str())
     }
 
     /// The SSL mode imposed on every connection, audctl's own and the client tools': the same
@@ -483,6 +506,14 @@ mod tests {
         assert!(!ep.display().contains("cret"));
         assert_eq!(ep.database(), "audit");
         assert!(Endpoint::parse("mysql://a@b/c", None, "--target").is_err());
+        for raw in ["audit:S3cretPW@db.example/audit", "postgres://audit:S3cretPW@db.example:99999/audit"] {
+            let err = Endpoint::parse(raw, None, "--target").unwrap_err().to_string();
+            assert!(!err.contains("S3cretPW"), "{err}");
+        }
+        let ep = Endpoint::parse("postgres://audit@db.example/audit?password=S3cretPW&sslmode=require", None, "t")?;
+        assert_eq!(ep.password.as_deref(), Some("S3cretPW"));
+        assert!(!ep.display().contains("S3cretPW") && !ep.conninfo().contains("S3cretPW"), "{}", ep.conninfo());
+        assert!(ep.conninfo().contains("sslmode=require"), "{}", ep.conninfo());
         assert!(Endpoint::parse("postgres://a@b/", None, "--target").unwrap_err().to_string().contains("no database"));
         Ok(())
     }
