@@ -223,3 +223,32 @@ fn passwords_in_urls_are_never_printed() {
         assert!(!stdout.contains(PW) && !stderr.contains(PW), "{args:?} printed the password:\n{stdout}\n{stderr}");
     }
 }
+
+/// `backup all` (the CronJobs' entry point): a targets file naming no datastore is exit 2, not a
+/// success that backed up nothing; every configured target unreachable is exit 3.
+#[test]
+fn backup_all_exit_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = dir.path().join("repo");
+    let write = |name: &str, yaml: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, yaml).expect("targets");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let none = write("none.yaml", &format!("backup:\n  repo: {}\n", repo.display()));
+    let out = audctl(&["--targets", &none, "backup", "all"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no component"), "{}", text(&out.stderr));
+
+    let down = write(
+        "down.yaml",
+        &format!(
+            "postgres:\n  url: postgres://audit@127.0.0.1:1/audit\nredis:\n  url: redis://127.0.0.1:1\nbackup:\n  repo: {}\n",
+            repo.display()
+        ),
+    );
+    let out = audctl(&["--targets", &down, "-o", "json", "backup", "all"]);
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
+    assert_eq!(report["backups"].as_array().map(Vec::len), Some(2), "{report}");
+}

@@ -814,8 +814,15 @@ impl Report for AllReport {
 /// `backup all`: every component of the targets file, in turn; one failing does not stop the others.
 async fn all(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let t = ctx.targets().ok_or_else(|| usage("backup all needs a targets file (--targets FILE)"))?;
+    // A CronJob backing up nothing must not report success.
+    if t.postgres.is_none() && t.search.is_none() && t.redis.is_none() && t.kafka.is_none() {
+        return Err(usage(
+            "backup all: the targets file configures no component (postgres, search, redis or kafka): nothing to back up",
+        ));
+    }
     let mut rows = Vec::new();
     let mut failed = Vec::new();
+    let mut classes = Vec::new();
     for c in Component::ALL {
         let result = match c {
             Component::Postgres if t.postgres.is_some() => {
@@ -846,6 +853,7 @@ async fn all(ctx: &Ctx<'_>) -> anyhow::Result<()> {
             }),
             Err(e) => {
                 failed.push(c.to_string());
+                classes.push(Failure::classify(&e));
                 rows.push(AllRow {
                     component: c,
                     outcome: "FAILED".into(),
@@ -855,5 +863,21 @@ async fn all(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         }
     }
     output::emit(ctx.global.output, &AllReport { backups: rows })?;
-    if failed.is_empty() { Ok(()) } else { Err(anyhow::anyhow!("backups failed: {}", failed.join(", "))) }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let msg = format!("backups failed: {}", failed.join(", "));
+    // The exit code says what kind of failure it was when they are all of one kind: every target
+    // unreachable is exit 3 (a dependency), every one misconfigured exit 2; a mix is exit 1.
+    match classes.first() {
+        Some(Failure::Unreachable) if classes.iter().all(|c| *c == Failure::Unreachable) => {
+            Err(crate::error::Unreachable {
+                what: format!("the backup target of {}", failed.join(", ")),
+                detail: "see the table".into(),
+            }
+            .into())
+        }
+        Some(Failure::Usage) if classes.iter().all(|c| *c == Failure::Usage) => Err(usage(msg)),
+        _ => Err(anyhow::anyhow!(msg)),
+    }
 }
