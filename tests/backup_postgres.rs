@@ -237,7 +237,7 @@ async fn wrong_targets_are_refused_with_a_clear_error() -> anyhow::Result<()> {
     let missing =
         format!("postgres://{}:{}@127.0.0.1:{}/nosuchdb", testbed::postgres::SUPERUSER, s.pg.password(), s.pg.port());
     let r = audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &missing, "--yes"]).await;
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(2), "a refusal: {}", r.stderr);
     assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
     assert!(!r.stderr.contains(s.pg.password()), "password leaked: {}", r.stderr);
 
@@ -251,6 +251,13 @@ async fn wrong_targets_are_refused_with_a_clear_error() -> anyhow::Result<()> {
         .await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("no backup postgres-19990101T000000Z"), "{}", r.stderr);
+
+    // A WAL archive that does not exist is refused before the dump runs (exit 2, no backup).
+    let before = std::fs::read_dir(s.repo.join("postgres"))?.count();
+    let r = audctl(&["--targets", s.t(), "backup", "postgres", "--repo", s.r(), "--wal-archive", "/nonexistent"]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("/nonexistent") && !r.stderr.contains("pg_dump"), "{}", r.stderr);
+    assert_eq!(std::fs::read_dir(s.repo.join("postgres"))?.count(), before);
 
     // A dump-only backup cannot serve a point in time.
     let target = new_db(&s.pg, "pitr_target").await?;
@@ -294,6 +301,21 @@ async fn corrupted_or_truncated_files_are_refused_before_touching_the_target() -
     let r = audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("dump/audit.dump") && r.stderr.contains("corrupted"), "{}", r.stderr);
+    // With -o json the report is there, its failed row naming the file.
+    let r = audctl(&["-o", "json", "restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let failed = r.json()["checks"][0].clone();
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert!(failed["actual"].as_str().is_some_and(|a| a.contains("dump/audit.dump")), "{failed}");
+    // backup verify: the same failed row, exit 1, and the backup is not marked verified.
+    let r = audctl(&["-o", "json", "backup", "--repo", s.r(), "verify", &id]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let checks = r.json()["checks"].clone();
+    assert!(
+        checks.as_array().is_some_and(|c| c.iter().any(|c| c["name"] == "checksums" && c["ok"] == false)),
+        "{checks}"
+    );
+    assert!(!s.repo.join("postgres").join(&id).join("verified.json").exists());
     assert_eq!(scalar(&target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").await?, "0");
 
     std::fs::write(&dump, &original[..original.len() - 100])?;
@@ -664,8 +686,17 @@ async fn logical_dump_from_a_replica_restores_the_primarys_data() -> anyhow::Res
     assert_eq!(c["dump"]["tables"]["public.events"], 600, "{c}");
     assert!(c["dump"]["lsn"].as_str().is_some_and(|l| l.contains('/')), "{c}");
     let all = audctl(&["--targets", t, "backup", "postgres", "--repo", r]).await;
-    assert_ne!(all.code, Some(0), "a base backup from a standby must be refused");
-    assert!(all.stderr.contains("standby"), "{}", all.stderr);
+    assert_eq!(all.code, Some(2), "a base backup from a standby must be refused: {}", all.stderr);
+    assert!(
+        all.stderr.contains("standby") && !all.stderr.contains("pg_dump"),
+        "refused after the dump: {}",
+        all.stderr
+    );
+    // Restoring into the standby is a refusal too (exit 2).
+    let into_standby = format!("postgres://{}:{}@127.0.0.1:{port}/audit", testbed::postgres::SUPERUSER, pg.password());
+    let st = audctl(&["restore", "postgres", &id, "--repo", r, "--target", &into_standby, "--yes"]).await;
+    assert_eq!(st.code, Some(2), "{}", st.stderr);
+    assert!(st.stderr.contains("standby"), "{}", st.stderr);
 
     let target = new_db(&pg, "restored").await?;
     let report = audctl(&["-o", "json", "restore", "postgres", &id, "--repo", r, "--target", &target, "--yes"])

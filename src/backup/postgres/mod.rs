@@ -198,11 +198,10 @@ fn connect_error(e: sqlx::Error, what: &str) -> anyhow::Error {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {
             Unreachable { what: format!("PostgreSQL at {what}"), detail: e.to_string() }.into()
         }
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
-            anyhow!(
-                "{what}: the database does not exist; create it first (CREATE DATABASE ...) or choose another --target"
-            )
-        }
+        // A refusal the operator fixes (exit 2, as the runbook says), not a failed check.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => usage(format!(
+            "{what}: the database does not exist; create it first (CREATE DATABASE ...) or choose another --target"
+        )),
         other => anyhow!(other).context(format!("connecting to PostgreSQL at {what}")),
     }
 }
