@@ -70,6 +70,11 @@ where
 }
 
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
+    // Refused before any work: found only when the report is printed, an unsupported format used
+    // to exit 2 after a restore had replaced a database or a backup had been committed.
+    if cli.global.output == cli::OutputFormat::Junit && !supports_junit(&cli.command) {
+        return Err(error::usage(output::JUNIT_UNSUPPORTED));
+    }
     match &cli.command {
         Command::Render(args) => render::run(args, cli.global.output),
         Command::Check(args) => check::run(args, &cli.global),
@@ -86,6 +91,15 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Smoke(args) => smoke::run(args, &cli.global),
         Command::Load(args) => load::run(args, &cli.global),
         other => pending::run(other.name()),
+    }
+}
+
+/// The verbs whose report is pass/fail test cases (their `Report::junit` returns `Some`).
+fn supports_junit(command: &Command) -> bool {
+    match command {
+        Command::Check(a) => !a.list_probes,
+        Command::Smoke(_) | Command::Load(_) => true,
+        _ => false,
     }
 }
 

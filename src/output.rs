@@ -15,6 +15,9 @@ use serde::Serialize;
 use crate::cli::OutputFormat;
 use crate::error::usage;
 
+/// Why `-o junit` is refused: checked up front by the dispatch, and again when a report is written.
+pub const JUNIT_UNSUPPORTED: &str = "-o junit is only available for check, smoke and load; use table, json or yaml";
+
 static COLOR: AtomicBool = AtomicBool::new(false);
 
 /// Colour only on a terminal, never when asked not to (`--no-color` or NO_COLOR).
@@ -82,7 +85,7 @@ pub fn write_report<R: Report>(out: &mut impl Write, format: OutputFormat, repor
         OutputFormat::Yaml => out.write_all(serde_yaml::to_string(report)?.as_bytes())?,
         OutputFormat::Junit => match report.junit() {
             Some(xml) => out.write_all(xml.as_bytes())?,
-            None => return Err(usage("-o junit is only available for check, smoke and load; use table, json or yaml")),
+            None => return Err(usage(JUNIT_UNSUPPORTED)),
         },
     }
     Ok(())

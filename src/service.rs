@@ -79,12 +79,17 @@ fn read_key(file: &Path) -> anyhow::Result<String> {
     Ok(key)
 }
 
-/// The URL fit for reports: any `user:password@` removed.
+/// The URL fit for reports: any `user:password@` removed, secret query parameters masked.
 pub fn display_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
+    let without_userinfo = match (url.find("://"), url.find('@')) {
         (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => {
             format!("{}{}", &url[..s + 3], &url[at + 1..])
         }
         _ => url.to_owned(),
-    }
+    };
+    // Secret-looking query parameters (token=, apiKey=...) too; otherwise the URL as given (not
+    // re-serialised: reports show what the operator typed).
+    let secret_query = url::Url::parse(&without_userinfo)
+        .is_ok_and(|u| u.query_pairs().any(|(k, _)| audctl_targets::is_secret_param(&k)));
+    if secret_query { audctl_targets::redact_url(&without_userinfo) } else { without_userinfo }
 }

@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use audit_api::checkpoint::{self, ExportVerifier, SignedCheckpoint};
 use comfy_table::Table;
 use serde::Serialize;
@@ -80,37 +79,41 @@ pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
         (None, None) => (None, None),
         _ => return Err(usage("--checkpoint and --public-key go together: an unchecked checkpoint proves nothing")),
     };
+    let shown = args.export.display().to_string();
     let input: Box<dyn Read> = if args.export == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
-        Box::new(
-            std::fs::File::open(&args.export)
-                .map_err(|e| usage(format!("cannot read the export {}: {e}", args.export.display())))?,
-        )
+        if args.export.is_dir() {
+            return Err(usage(format!("the export {shown} is a directory: give the NDJSON file")));
+        }
+        Box::new(std::fs::File::open(&args.export).map_err(|e| usage(format!("cannot read the export {shown}: {e}")))?)
     };
     let mut verifier = ExportVerifier::new(checkpoint.as_ref());
     let mut tenant = checkpoint.as_ref().map(|c| c.tenant_id.clone());
-    let mut unreadable = None;
+    let mut events = 0usize;
     for (i, line) in BufReader::new(input).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", args.export.display()))?;
+        // Unreadable input is the operator's to fix (exit 2), not a broken chain (exit 1).
+        let line = line.map_err(|e| usage(format!("{shown}:{}: cannot read the export: {e}", i + 1)))?;
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(event) => {
-                if tenant.is_none() {
-                    tenant = event["metadata"]["tenantId"].as_str().map(str::to_owned);
-                }
-                verifier.check(&event);
-            }
-            Err(e) => {
-                unreadable = Some(format!("line {} is not JSON: {e}", i + 1));
-                break;
-            }
+        let event = serde_json::from_str::<serde_json::Value>(&line)
+            .map_err(|e| usage(format!("{shown}:{}: not JSON ({e}): is this an NDJSON export?", i + 1)))?;
+        if tenant.is_none() {
+            tenant = event["metadata"]["tenantId"].as_str().map(str::to_owned);
         }
+        verifier.check(&event);
+        events += 1;
         if verifier.is_broken() {
             break;
         }
+    }
+    // Zero links verify trivially, which proves nothing: without a checkpoint an empty export is
+    // an input error. With one, the verifier fails it (the checkpoint's head is missing: exit 1).
+    if events == 0 && checkpoint.is_none() {
+        return Err(usage(format!(
+            "the export {shown} holds no events: nothing to verify (wrong tenant, or an empty export?)"
+        )));
     }
     let mut result = verifier.finish();
     if let Some(reason) = &bad_signature {
@@ -119,13 +122,6 @@ pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
         result.broken_at = None;
         result.reason = Some(reason.clone());
         result.checkpoint_matched = Some(false);
-    }
-    if let Some(reason) = unreadable
-        && result.verified
-    {
-        result.verified = false;
-        result.broken_at = Some(result.last_sequence + 1);
-        result.reason = Some(reason);
     }
     let report = VerifyReport {
         export: args.export.display().to_string(),

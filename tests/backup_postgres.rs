@@ -237,7 +237,7 @@ async fn wrong_targets_are_refused_with_a_clear_error() -> anyhow::Result<()> {
     let missing =
         format!("postgres://{}:{}@127.0.0.1:{}/nosuchdb", testbed::postgres::SUPERUSER, s.pg.password(), s.pg.port());
     let r = audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &missing, "--yes"]).await;
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(2), "a refusal: {}", r.stderr);
     assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
     assert!(!r.stderr.contains(s.pg.password()), "password leaked: {}", r.stderr);
 
@@ -252,12 +252,31 @@ async fn wrong_targets_are_refused_with_a_clear_error() -> anyhow::Result<()> {
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("no backup postgres-19990101T000000Z"), "{}", r.stderr);
 
+    // A WAL archive that does not exist is refused before the dump runs (exit 2, no backup).
+    let before = std::fs::read_dir(s.repo.join("postgres"))?.count();
+    let r = audctl(&["--targets", s.t(), "backup", "postgres", "--repo", s.r(), "--wal-archive", "/nonexistent"]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("/nonexistent") && !r.stderr.contains("pg_dump"), "{}", r.stderr);
+    assert_eq!(std::fs::read_dir(s.repo.join("postgres"))?.count(), before);
+
     // A dump-only backup cannot serve a point in time.
     let target = new_db(&s.pg, "pitr_target").await?;
     let r =
         audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes", "--to-lsn", "0/0"]).await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("no base backup"), "{}", r.stderr);
+
+    // A password as query parameter is used, and shown nowhere (here in the "not empty" refusal).
+    let nonempty = format!(
+        "postgres://{}@127.0.0.1:{}/audit?password={}",
+        testbed::postgres::SUPERUSER,
+        s.pg.port(),
+        s.pg.password()
+    );
+    let r = audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &nonempty, "--yes"]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    assert!(!r.stderr.contains(s.pg.password()) && !r.stdout.contains(s.pg.password()), "leaked: {}", r.stderr);
     Ok(())
 }
 
@@ -282,6 +301,21 @@ async fn corrupted_or_truncated_files_are_refused_before_touching_the_target() -
     let r = audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("dump/audit.dump") && r.stderr.contains("corrupted"), "{}", r.stderr);
+    // With -o json the report is there, its failed row naming the file.
+    let r = audctl(&["-o", "json", "restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let failed = r.json()["checks"][0].clone();
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert!(failed["actual"].as_str().is_some_and(|a| a.contains("dump/audit.dump")), "{failed}");
+    // backup verify: the same failed row, exit 1, and the backup is not marked verified.
+    let r = audctl(&["-o", "json", "backup", "--repo", s.r(), "verify", &id]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let checks = r.json()["checks"].clone();
+    assert!(
+        checks.as_array().is_some_and(|c| c.iter().any(|c| c["name"] == "checksums" && c["ok"] == false)),
+        "{checks}"
+    );
+    assert!(!s.repo.join("postgres").join(&id).join("verified.json").exists());
     assert_eq!(scalar(&target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").await?, "0");
 
     std::fs::write(&dump, &original[..original.len() - 100])?;
@@ -652,8 +686,17 @@ async fn logical_dump_from_a_replica_restores_the_primarys_data() -> anyhow::Res
     assert_eq!(c["dump"]["tables"]["public.events"], 600, "{c}");
     assert!(c["dump"]["lsn"].as_str().is_some_and(|l| l.contains('/')), "{c}");
     let all = audctl(&["--targets", t, "backup", "postgres", "--repo", r]).await;
-    assert_ne!(all.code, Some(0), "a base backup from a standby must be refused");
-    assert!(all.stderr.contains("standby"), "{}", all.stderr);
+    assert_eq!(all.code, Some(2), "a base backup from a standby must be refused: {}", all.stderr);
+    assert!(
+        all.stderr.contains("standby") && !all.stderr.contains("pg_dump"),
+        "refused after the dump: {}",
+        all.stderr
+    );
+    // Restoring into the standby is a refusal too (exit 2).
+    let into_standby = format!("postgres://{}:{}@127.0.0.1:{port}/audit", testbed::postgres::SUPERUSER, pg.password());
+    let st = audctl(&["restore", "postgres", &id, "--repo", r, "--target", &into_standby, "--yes"]).await;
+    assert_eq!(st.code, Some(2), "{}", st.stderr);
+    assert!(st.stderr.contains("standby"), "{}", st.stderr);
 
     let target = new_db(&pg, "restored").await?;
     let report = audctl(&["-o", "json", "restore", "postgres", &id, "--repo", r, "--target", &target, "--yes"])
@@ -662,5 +705,181 @@ async fn logical_dump_from_a_replica_restores_the_primarys_data() -> anyhow::Res
         .json();
     assert!(report["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["ok"] == true)), "{report}");
     assert_eq!(scalar(&target, FINGERPRINT).await?, before, "the replica's dump differs from the primary's data");
+    Ok(())
+}
+
+/// One damaged manifest (truncated, as a full disk or a bad copy leaves it) must not block the
+/// other backups: backup, restore, list, status and prune carry on, and show it as damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_manifest_does_not_block_the_other_backups() -> anyhow::Result<()> {
+    let s = setup("audit").await?;
+    fill(&s.url, 20).await?;
+    let good = id_of(
+        &audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+            .await
+            .ok()
+            .json(),
+    );
+    // Newer than the good one by its name, so it would be "latest" were it trusted.
+    let bad = "postgres-29991231T000000Z";
+    let bad_dir = s.repo.join("postgres").join(bad);
+    std::fs::create_dir_all(&bad_dir)?;
+    std::fs::write(bad_dir.join("manifest.json"), r#"{"format":1,"id":"x""#)?;
+
+    let b = audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+        .await
+        .ok();
+    assert!(b.stderr.contains("damaged backup") && b.stderr.contains(bad), "{}", b.stderr);
+    let newest = id_of(&b.json());
+
+    let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
+    let ids: Vec<&str> =
+        list["backups"].as_array().context("backups")?.iter().filter_map(|b| b["id"].as_str()).collect();
+    assert_eq!(ids, vec![newest.as_str(), good.as_str()], "{list}");
+    assert_eq!(list["damaged"][0]["id"], bad, "{list}");
+    assert!(list["damaged"][0]["reason"].as_str().is_some_and(|r| r.contains("not a valid backup manifest")), "{list}");
+    let table = audctl(&["backup", "--repo", s.r(), "list"]).await.ok();
+    assert!(table.stdout.contains("DAMAGED"), "{}", table.stdout);
+
+    let st = audctl(&["--targets", s.t(), "-o", "json", "backup", "--repo", s.r(), "status"]).await.ok().json();
+    assert_eq!(st["components"][0]["newest"], newest.as_str(), "{st}");
+    assert_eq!(st["components"][0]["damaged"][0], bad, "{st}");
+
+    // Prune never deletes it (documented): it is kept, with the reason.
+    let p = audctl(&["-o", "json", "backup", "--repo", s.r(), "prune", "--confirm"]).await.ok().json();
+    let row = p["rows"].as_array().and_then(|r| r.iter().find(|x| x["id"] == bad).cloned()).unwrap_or_default();
+    assert_eq!(row["action"], "keep", "{p}");
+    assert!(bad_dir.exists());
+
+    // `latest` is the newest good one; the damaged one by name is refused (exit 2), target untouched.
+    let target = new_db(&s.pg, "target").await?;
+    let r = audctl(&["restore", "postgres", bad, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("damaged"), "{}", r.stderr);
+    let r = audctl(&["-o", "json", "restore", "postgres", "latest", "--repo", s.r(), "--target", &target, "--yes"])
+        .await
+        .ok();
+    assert_eq!(r.json()["backup"], newest.as_str());
+    assert_eq!(scalar(&target, "SELECT count(*) FROM events").await?, "60");
+
+    // A repository that does not exist is an input error for the verbs that read it.
+    let typo = s.repo.join("typo");
+    let typo = typo.to_str().context("utf-8")?;
+    for args in [
+        vec!["backup", "--repo", typo, "list"],
+        vec!["backup", "--repo", typo, "status", "--component", "postgres"],
+        vec!["backup", "--repo", typo, "prune"],
+        vec!["restore", "postgres", "latest", "--repo", typo, "--target", &target, "--yes"],
+    ] {
+        let r = audctl(&args).await;
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("does not exist"), "{args:?}: {}", r.stderr);
+    }
+    Ok(())
+}
+
+/// `-o junit` is refused before any work: no backup is committed, the target is not restored into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_output_format_is_refused_before_any_work() -> anyhow::Result<()> {
+    let s = setup("audit").await?;
+    fill(&s.url, 5).await?;
+    let id = id_of(
+        &audctl(&["--targets", s.t(), "-o", "json", "backup", "postgres", "--method", "dump", "--repo", s.r()])
+            .await
+            .ok()
+            .json(),
+    );
+    let r =
+        audctl(&["--targets", s.t(), "-o", "junit", "backup", "postgres", "--method", "dump", "--repo", s.r()]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("-o junit is only available"), "{}", r.stderr);
+    let list = audctl(&["-o", "json", "backup", "--repo", s.r(), "list"]).await.ok().json();
+    assert_eq!(list["backups"].as_array().map(Vec::len), Some(1), "a backup was committed: {list}");
+
+    let target = new_db(&s.pg, "target").await?;
+    let r = audctl(&["-o", "junit", "restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(scalar(&target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").await?, "0");
+    Ok(())
+}
+
+/// The first non-loopback IPv4 address of this machine, if it has one.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    // Connecting a UDP socket sends nothing; it only picks the interface that routes there.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("198.51.100.1:9").ok()?;
+    s.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// The testbed's PostgreSQL (no TLS) reached through a TCP forwarder on a non-loopback address:
+/// backup and restore must refuse it (TLS verify-full by default), not fall back to plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_postgresql_off_loopback_is_refused() -> anyhow::Result<()> {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: this machine has no non-loopback address");
+        return Ok(());
+    };
+    let s = setup("audit").await?;
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+    let addr = listener.local_addr()?;
+    let upstream = format!("127.0.0.1:{}", s.pg.port());
+    let forwarder = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let remote = |db: &str| format!("postgres://{}@{}/{db}", testbed::postgres::SUPERUSER, addr);
+    let targets = Targets {
+        postgres: Some(PostgresTarget {
+            url: remote("audit"),
+            password: Some(Secret::Inline(s.pg.password().to_owned())),
+            replicas: Vec::new(),
+            wal_archive: None,
+        }),
+        ..Default::default()
+    };
+    let t = targets_file(dir.path(), &targets);
+    let t = t.to_str().context("utf-8")?;
+    let r = audctl(&["--targets", t, "backup", "postgres", "--method", "dump", "--repo", s.r()]).await;
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+
+    // The same server, asked for plaintext explicitly in the URL, is the operator's choice.
+    let mut explicit = targets.clone();
+    if let Some(pg) = explicit.postgres.as_mut() {
+        pg.url = format!("{}?sslmode=disable", remote("audit"));
+    }
+    let t2 = dir.path().join("explicit");
+    std::fs::create_dir_all(&t2)?;
+    let t2 = targets_file(&t2, &explicit);
+    let id = id_of(
+        &audctl(&[
+            "--targets",
+            t2.to_str().context("utf-8")?,
+            "-o",
+            "json",
+            "backup",
+            "postgres",
+            "--method",
+            "dump",
+            "--repo",
+            s.r(),
+        ])
+        .await
+        .ok()
+        .json(),
+    );
+    new_db(&s.pg, "target").await?;
+    let target = format!("postgres://{}:{}@{}/target", testbed::postgres::SUPERUSER, s.pg.password(), addr);
+    let r = audctl(&["restore", "postgres", &id, "--repo", s.r(), "--target", &target, "--yes"]).await;
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+    forwarder.abort();
     Ok(())
 }

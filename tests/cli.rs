@@ -108,3 +108,147 @@ fn no_color_env_accepts_any_value() {
         assert!(out.status.success(), "NO_COLOR={value}: {}", text(&out.stderr));
     }
 }
+
+/// `-o junit` where a verb has no JUnit report is refused before any work: a deploy or rollback
+/// would otherwise touch the cluster first (here: none configured, which would be exit 3).
+#[test]
+fn junit_is_refused_up_front_where_unsupported() {
+    let dir = std::env::temp_dir().join(format!("audctl-junit-{}", std::process::id()));
+    let verify_input = dir.join("x.ndjson");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(&verify_input, "").expect("write");
+    let repo = dir.join("repo");
+    let (repo, input) = (repo.to_str().expect("utf-8"), verify_input.to_str().expect("utf-8"));
+    for args in [
+        vec!["deploy", "--kubeconfig", "/nonexistent/kubeconfig"],
+        vec!["rollback", "--kubeconfig", "/nonexistent/kubeconfig"],
+        vec!["history", "--kubeconfig", "/nonexistent/kubeconfig"],
+        vec!["attest", "--list", "--kubeconfig", "/nonexistent/kubeconfig"],
+        vec!["check", "--list-probes"],
+        vec!["verify", input],
+        vec!["backup", "--repo", repo, "list"],
+        vec!["restore", "--repo", repo, "redis", "latest", "--yes"],
+    ] {
+        let mut all = vec!["-o", "junit"];
+        all.extend(&args);
+        let out = audctl(&all);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("-o junit is only available for check, smoke and load"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: printed {}", text(&out.stdout));
+    }
+    assert!(!dir.join("repo").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Passwords in URLs never reach stdout or stderr, whatever is wrong with the URL or the server
+/// (port 1 on loopback: nothing listens, so each run ends at "unreachable").
+#[test]
+fn passwords_in_urls_are_never_printed() {
+    const PW: &str = "S3cretPW";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = dir.path().join("repo");
+    // A search backup as `backup search` writes it (no files: the snapshot lives in the cluster).
+    let id = "search-20261201T000000Z";
+    std::fs::create_dir_all(repo.join("search").join(id)).expect("backup dir");
+    std::fs::write(
+        repo.join("search").join(id).join("manifest.json"),
+        format!(
+            r#"{{"format":1,"id":"{id}","component":"search","started":"2026-12-01T00:00:00Z",
+            "finished":"2026-12-01T00:00:01Z","size":0,"files":[],"serverVersion":"8","source":"http://127.0.0.1:9200",
+            "consistency":{{"repository":"r","snapshot":"s","uuid":"u","state":"SUCCESS","indices":{{}},
+            "shardsTotal":1,"shardsFailed":0}},"audctlVersion":"0.1.0"}}"#
+        ),
+    )
+    .expect("manifest");
+    let targets = |name: &str, url: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("search:\n  url: {url}\n  snapshotRepository: r\n")).expect("targets");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let down = targets("down.yaml", &format!("http://elastic:{PW}@127.0.0.1:1"));
+    let bad_port = targets("port.yaml", &format!("http://elastic:{PW}@127.0.0.1:99999"));
+    let r = repo.to_str().expect("utf-8");
+    let cases: Vec<(Vec<String>, i32)> = vec![
+        (vec!["--targets".into(), down, "backup".into(), "--repo".into(), r.into(), "search".into()], 3),
+        (vec!["--targets".into(), bad_port, "backup".into(), "--repo".into(), r.into(), "search".into()], 2),
+        (
+            ["restore", "--repo", r, "search", id, "--yes", "--target", &format!("http://elastic:{PW}@127.0.0.1:1")]
+                .map(String::from)
+                .to_vec(),
+            3,
+        ),
+        (
+            ["load", "--url", &format!("http://u:{PW}@127.0.0.1:1"), "--rate", "5", "--duration", "1s"]
+                .map(String::from)
+                .to_vec(),
+            3,
+        ),
+        (
+            [
+                "restore",
+                "--repo",
+                r,
+                "postgres",
+                "latest",
+                "--yes",
+                "--target",
+                &format!("audit:{PW}@db.example/audit"),
+            ]
+            .map(String::from)
+            .to_vec(),
+            2,
+        ),
+        (
+            [
+                "restore",
+                "--repo",
+                r,
+                "postgres",
+                "latest",
+                "--yes",
+                "--target",
+                &format!("postgres://audit:{PW}@db.example:99999/audit"),
+            ]
+            .map(String::from)
+            .to_vec(),
+            2,
+        ),
+    ];
+    for (args, code) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = audctl(&refs);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(code), "{args:?}:\n{stdout}\n{stderr}");
+        assert!(!stdout.contains(PW) && !stderr.contains(PW), "{args:?} printed the password:\n{stdout}\n{stderr}");
+    }
+}
+
+/// `backup all` (the CronJobs' entry point): a targets file naming no datastore is exit 2, not a
+/// success that backed up nothing; every configured target unreachable is exit 3.
+#[test]
+fn backup_all_exit_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = dir.path().join("repo");
+    let write = |name: &str, yaml: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, yaml).expect("targets");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let none = write("none.yaml", &format!("backup:\n  repo: {}\n", repo.display()));
+    let out = audctl(&["--targets", &none, "backup", "all"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no component"), "{}", text(&out.stderr));
+
+    let down = write(
+        "down.yaml",
+        &format!(
+            "postgres:\n  url: postgres://audit@127.0.0.1:1/audit\nredis:\n  url: redis://127.0.0.1:1\nbackup:\n  repo: {}\n",
+            repo.display()
+        ),
+    );
+    let out = audctl(&["--targets", &down, "-o", "json", "backup", "all"]);
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
+    assert_eq!(report["backups"].as_array().map(Vec::len), Some(2), "{report}");
+}

@@ -168,3 +168,17 @@ async fn unreachable_service_exits_3() -> anyhow::Result<()> {
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     Ok(())
 }
+
+/// A --plot that cannot be written is refused before any request is sent (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_plot_path_is_refused_before_the_run() -> anyhow::Result<()> {
+    let server = Server::start(Backend::Sqlite, "load_plot").await?;
+    let url = server.url();
+    let before = counter(&url, "audit_events_ingested_total").await?;
+    let args = ["load", "--url", &url, "--rate", "5", "--duration", "1s", "--plot", "/nonexistent/dir/x.svg"];
+    let out = audctl(&args, Some(KEY)).await?;
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("/nonexistent/dir"), "{}", stderr(&out));
+    assert_eq!(counter(&url, "audit_events_ingested_total").await?, before, "the load ran anyway");
+    server.stop().await
+}

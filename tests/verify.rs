@@ -115,5 +115,24 @@ async fn verifies_exports_and_checkpoints() -> anyhow::Result<()> {
     // Usage errors: a missing file, a checkpoint without a key.
     assert_eq!(audctl(&["verify", &p("nope.ndjson")]).status.code(), Some(2));
     assert_eq!(audctl(&["verify", &export, "--checkpoint", &checkpoint]).status.code(), Some(2));
+
+    // An empty export proves nothing: an input error alone, a failed verification with a checkpoint.
+    std::fs::write(dir.join("empty.ndjson"), "")?;
+    let out = audctl(&["verify", &p("empty.ndjson")]);
+    assert_eq!(out.status.code(), Some(2), "an empty export verified");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no events"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = audctl(&["verify", &p("empty.ndjson"), "--checkpoint", &checkpoint, "--public-key", &key_pem]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    // A directory, and a line that is not JSON: input errors naming the file (and line).
+    let out = audctl(&["verify", dir.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("directory"), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut garbled = lines.clone();
+    garbled[4] = "<html>502 Bad Gateway</html>".into();
+    std::fs::write(dir.join("garbled.ndjson"), garbled.join("\n"))?;
+    let out = audctl(&["verify", &p("garbled.ndjson")]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:5: not JSON", p("garbled.ndjson"))), "{err}");
     Ok(())
 }

@@ -168,6 +168,8 @@ pub fn run_backup(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> 
 pub fn run_restore(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()> {
     let targets = load_targets(global)?;
     let repo = Repo::resolve(args.repo.as_deref(), targets.as_ref())?;
+    // A restore reads the repository: a mistyped --repo is an input error, not "no backup".
+    repo.require_exists()?;
     let ctx = Ctx { global, targets, repo, quiet: false };
     match &args.command {
         RestoreCommand::Postgres(a) => {
@@ -189,6 +191,22 @@ struct ListReport {
     backups: Vec<ListRow>,
     /// Backups that never completed (interrupted): not restorable, removed by `backup prune`.
     incomplete: Vec<String>,
+    /// Backups whose manifest is unreadable or inconsistent: not restorable, kept by `backup prune`.
+    damaged: Vec<DamagedRow>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DamagedRow {
+    id: String,
+    component: Component,
+    reason: String,
+}
+
+impl DamagedRow {
+    fn from(d: repo::Damaged) -> DamagedRow {
+        DamagedRow { id: d.id, component: d.component, reason: d.reason }
+    }
 }
 
 #[derive(Serialize)]
@@ -241,12 +259,25 @@ impl Report for ListReport {
                 "-".into(),
             ]);
         }
+        for d in &self.damaged {
+            t.add_row(vec![
+                d.id.clone(),
+                format!("{} (DAMAGED)", d.component),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                d.reason.clone(),
+                "-".into(),
+            ]);
+        }
         t
     }
 }
 
 fn list(ctx: &Ctx, component: Option<&str>) -> anyhow::Result<()> {
     let component = component.map(Component::parse).transpose()?;
+    ctx.repo.require_exists()?;
     let backups = ctx
         .repo
         .list(component)?
@@ -263,7 +294,8 @@ fn list(ctx: &Ctx, component: Option<&str>) -> anyhow::Result<()> {
             verified: s.verified,
         })
         .collect();
-    let report = ListReport { repo: ctx.repo.display(), backups, incomplete: ctx.repo.partial() };
+    let damaged = ctx.repo.damaged(component)?.into_iter().map(DamagedRow::from).collect();
+    let report = ListReport { repo: ctx.repo.display(), backups, incomplete: ctx.repo.partial(), damaged };
     output::emit(ctx.global.output, &report)
 }
 
@@ -506,6 +538,8 @@ struct StatusRow {
     age_seconds: Option<i64>,
     last_verified: Option<DateTime<Utc>>,
     overdue: bool,
+    /// Ids of this component's damaged backups (never counted as the newest).
+    damaged: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -534,7 +568,11 @@ impl Report for StatusReport {
                     .map(|a| human_duration(Duration::from_secs(a.max(0) as u64)))
                     .unwrap_or_else(|| "-".into()),
                 r.last_verified.map(|v| v.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into()),
-                if r.overdue { "OVERDUE" } else { "ok" }.into(),
+                match (r.overdue, r.damaged.len()) {
+                    (true, 0) => "OVERDUE".to_owned(),
+                    (false, 0) => "ok".to_owned(),
+                    (o, n) => format!("{}, {n} damaged", if o { "OVERDUE" } else { "ok" }),
+                },
             ]);
         }
         t
@@ -543,7 +581,9 @@ impl Report for StatusReport {
 
 fn status(ctx: &Ctx, args: &BackupStatusArgs) -> anyhow::Result<()> {
     let only = args.component.as_deref().map(Component::parse).transpose()?;
+    ctx.repo.require_exists()?;
     let all = ctx.repo.list(None)?;
+    let damaged = ctx.repo.damaged(None)?;
     let configured: Vec<Component> = match ctx.targets() {
         Some(t) => Component::ALL
             .into_iter()
@@ -581,6 +621,7 @@ fn status(ctx: &Ctx, args: &BackupStatusArgs) -> anyhow::Result<()> {
             age_seconds: age.map(|a| a.num_seconds()),
             last_verified,
             overdue: age.is_none_or(|a| a > allowed),
+            damaged: damaged.iter().filter(|d| d.component == c).map(|d| d.id.clone()).collect(),
         });
     }
     let report = StatusReport { repo: ctx.repo.display(), components: rows };
@@ -629,6 +670,7 @@ impl Report for PruneReport {
 
 async fn prune(ctx: &Ctx<'_>, args: &BackupPruneArgs) -> anyhow::Result<()> {
     let only = args.component.as_deref().map(Component::parse).transpose()?;
+    ctx.repo.require_exists()?;
     let now = Utc::now();
     let mut rows = Vec::new();
     let mut doomed = Vec::new();
@@ -654,6 +696,18 @@ async fn prune(ctx: &Ctx<'_>, args: &BackupPruneArgs) -> anyhow::Result<()> {
                 doomed.push(b);
             }
         }
+    }
+    // Damaged backups are never deleted by prune: their age cannot be trusted, and the directory
+    // may be repairable or be evidence of what went wrong; an operator removes them by hand.
+    for d in ctx.repo.damaged(only)? {
+        let age = std::fs::metadata(&d.dir).and_then(|m| m.modified()).ok().and_then(|m| m.elapsed().ok());
+        rows.push(PruneRow {
+            id: d.id,
+            component: Some(d.component),
+            age_hours: age.unwrap_or_default().as_secs_f64() / 3600.0,
+            action: "keep".into(),
+            reason: format!("damaged ({}): not restorable; repair or remove it by hand", d.reason),
+        });
     }
     // Interrupted backups: deleted once a day old (a younger one may still be running).
     let mut stale_partials = Vec::new();
@@ -698,6 +752,7 @@ async fn prune(ctx: &Ctx<'_>, args: &BackupPruneArgs) -> anyhow::Result<()> {
 }
 
 async fn verify(ctx: &Ctx<'_>, args: &BackupVerifyArgs) -> anyhow::Result<()> {
+    ctx.repo.require_exists()?;
     let stored = if args.id == "latest" {
         ctx.repo.open("latest", Component::parse(&args.component)?)?
     } else {
@@ -759,8 +814,15 @@ impl Report for AllReport {
 /// `backup all`: every component of the targets file, in turn; one failing does not stop the others.
 async fn all(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let t = ctx.targets().ok_or_else(|| usage("backup all needs a targets file (--targets FILE)"))?;
+    // A CronJob backing up nothing must not report success.
+    if t.postgres.is_none() && t.search.is_none() && t.redis.is_none() && t.kafka.is_none() {
+        return Err(usage(
+            "backup all: the targets file configures no component (postgres, search, redis or kafka): nothing to back up",
+        ));
+    }
     let mut rows = Vec::new();
     let mut failed = Vec::new();
+    let mut classes = Vec::new();
     for c in Component::ALL {
         let result = match c {
             Component::Postgres if t.postgres.is_some() => {
@@ -791,6 +853,7 @@ async fn all(ctx: &Ctx<'_>) -> anyhow::Result<()> {
             }),
             Err(e) => {
                 failed.push(c.to_string());
+                classes.push(Failure::classify(&e));
                 rows.push(AllRow {
                     component: c,
                     outcome: "FAILED".into(),
@@ -800,5 +863,21 @@ async fn all(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         }
     }
     output::emit(ctx.global.output, &AllReport { backups: rows })?;
-    if failed.is_empty() { Ok(()) } else { Err(anyhow::anyhow!("backups failed: {}", failed.join(", "))) }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let msg = format!("backups failed: {}", failed.join(", "));
+    // The exit code says what kind of failure it was when they are all of one kind: every target
+    // unreachable is exit 3 (a dependency), every one misconfigured exit 2; a mix is exit 1.
+    match classes.first() {
+        Some(Failure::Unreachable) if classes.iter().all(|c| *c == Failure::Unreachable) => {
+            Err(crate::error::Unreachable {
+                what: format!("the backup target of {}", failed.join(", ")),
+                detail: "see the table".into(),
+            }
+            .into())
+        }
+        Some(Failure::Usage) if classes.iter().all(|c| *c == Failure::Usage) => Err(usage(msg)),
+        _ => Err(anyhow::anyhow!(msg)),
+    }
 }

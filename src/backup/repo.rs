@@ -113,12 +113,47 @@ impl Repo {
         bail!("could not find a free backup id for {component} at {stamp}")
     }
 
-    /// Every complete backup, newest first (optionally of one component).
+    /// Every complete, readable backup, newest first (optionally of one component). A damaged one
+    /// (unreadable or inconsistent manifest) is left out with a warning on stderr, so one bad
+    /// directory never blocks the backups, restores and reports of the others; [`Repo::damaged`]
+    /// lists them.
     pub fn list(&self, component: Option<Component>) -> anyhow::Result<Vec<Stored>> {
-        let mut all = Vec::new();
+        let (mut all, damaged) = self.scan(component)?;
+        for d in &damaged {
+            warn_damaged(d);
+        }
+        all.sort_by(|a, b| b.manifest.finished.cmp(&a.manifest.finished).then(b.manifest.id.cmp(&a.manifest.id)));
+        Ok(all)
+    }
+
+    /// Backups whose manifest cannot be trusted: never restorable, never the latest.
+    pub fn damaged(&self, component: Option<Component>) -> anyhow::Result<Vec<Damaged>> {
+        let (_, mut damaged) = self.scan(component)?;
+        damaged.sort_by(|a, b| a.component.cmp(&b.component).then(a.id.cmp(&b.id)));
+        Ok(damaged)
+    }
+
+    /// Fail with a usage error when the repository directory does not exist: reading from a
+    /// mistyped `--repo` must not look like "no backups" (only `backup` creates it).
+    pub fn require_exists(&self) -> anyhow::Result<()> {
+        let root = self.root();
+        if root.is_dir() {
+            Ok(())
+        } else if root.exists() {
+            Err(usage(format!("backup repository {}: not a directory", root.display())))
+        } else {
+            Err(usage(format!(
+                "backup repository {} does not exist (check --repo or backup.repo; `audctl backup` creates it)",
+                root.display()
+            )))
+        }
+    }
+
+    fn scan(&self, component: Option<Component>) -> anyhow::Result<(Vec<Stored>, Vec<Damaged>)> {
+        let (mut good, mut damaged) = (Vec::new(), Vec::new());
         let root = self.root();
         if !root.exists() {
-            return Ok(all);
+            return Ok((good, damaged));
         }
         for c in Component::ALL {
             if component.is_some_and(|only| only != c) {
@@ -132,11 +167,18 @@ impl Repo {
                 if !path.join(MANIFEST).is_file() {
                     continue;
                 }
-                all.push(load(&path)?);
+                match load(&path, c) {
+                    Ok(stored) => good.push(stored),
+                    Err(reason) => damaged.push(Damaged {
+                        id: entry.file_name().to_string_lossy().into_owned(),
+                        component: c,
+                        dir: path,
+                        reason,
+                    }),
+                }
             }
         }
-        all.sort_by(|a, b| b.manifest.finished.cmp(&a.manifest.finished).then(b.manifest.id.cmp(&a.manifest.id)));
-        Ok(all)
+        Ok((good, damaged))
     }
 
     /// Ids of backups that started and never completed (interrupted, or running now).
@@ -163,7 +205,12 @@ impl Repo {
         for c in Component::ALL {
             let dir = self.root().join(c.as_str()).join(id);
             if dir.join(MANIFEST).is_file() {
-                let stored = load(&dir)?;
+                let stored = load(&dir, c).map_err(|reason| {
+                    usage(format!(
+                        "backup {id} is damaged ({reason}): it cannot be restored; `audctl backup list` shows the \
+                         usable ones"
+                    ))
+                })?;
                 if c != component {
                     return Err(usage(format!(
                         "backup {id} is a {c} backup, not a {component} one: use `audctl restore {c} {id}`"
@@ -228,16 +275,68 @@ impl Repo {
     }
 }
 
-fn load(dir: &Path) -> anyhow::Result<Stored> {
+/// A backup directory whose manifest cannot be trusted, and why.
+#[derive(Debug, Clone)]
+pub struct Damaged {
+    /// The directory's name (the manifest's own id may be unreadable or different).
+    pub id: String,
+    /// The directory it is under.
+    pub component: Component,
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+/// Warn once per process about a damaged backup: `list` is called several times by some verbs.
+fn warn_damaged(d: &Damaged) {
+    use std::sync::Mutex;
+    static WARNED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&d.dir) {
+        warned.push(d.dir.clone());
+        eprintln!("warning: skipping damaged backup {} ({}): {}", d.id, d.dir.display(), d.reason);
+    }
+}
+
+/// Read and validate the manifest of the backup in `dir`, found under `component/`. The error is
+/// the reason the backup is damaged.
+fn load(dir: &Path, component: Component) -> Result<Stored, String> {
     let path = dir.join(MANIFEST);
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read(&path).map_err(|e| format!("{MANIFEST} unreadable: {e}"))?;
     let manifest: Manifest =
-        serde_json::from_slice(&text).with_context(|| format!("{}: not a valid backup manifest", path.display()))?;
+        serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST} is not a valid backup manifest: {e}"))?;
+    validate(&manifest, dir, component)?;
     let verified = std::fs::read(dir.join(VERIFIED))
         .ok()
         .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
         .and_then(|v| v.get("verified").and_then(|w| serde_json::from_value(w.clone()).ok()));
     Ok(Stored { manifest, dir: dir.to_owned(), verified })
+}
+
+/// A manifest that parses but does not describe the directory it is in (copied or renamed by hand,
+/// written by a newer audctl) would restore the wrong thing or be misread: it is damaged.
+fn validate(m: &Manifest, dir: &Path, component: Component) -> Result<(), String> {
+    if m.format != super::manifest::FORMAT {
+        return Err(format!(
+            "manifest format {} is unknown (this audctl reads format {})",
+            m.format,
+            super::manifest::FORMAT
+        ));
+    }
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if m.id != name {
+        return Err(format!("manifest id {:?} does not match its directory {name:?}", m.id));
+    }
+    if m.component != component {
+        return Err(format!("manifest component {} does not match its directory {component}/", m.component));
+    }
+    for f in &m.files {
+        let p = Path::new(&f.path);
+        if f.path.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!("manifest lists a file outside the backup: {:?}", f.path));
+        }
+    }
+    Ok(())
 }
 
 /// A backup being written. Dropped without [`Staging::commit`], it removes its directory (a
@@ -517,5 +616,61 @@ mod tests {
         let err = verify_files(&stored, |_| true, &quiet).unwrap_err().to_string();
         assert!(err.contains("dump/a.dump") && err.contains("truncated"), "{err}");
         Ok(())
+    }
+
+    /// Commit one small postgres backup; its id.
+    fn committed(repo: &Repo) -> anyhow::Result<Stored> {
+        let mut s = repo.begin(Component::Postgres, Utc::now())?;
+        let e = s.write_from("dump/a.dump", &mut &b"hello"[..], &Bytes::hidden())?;
+        let id = s.id.clone();
+        s.commit(&manifest(&id, vec![e]))?;
+        repo.open(&id, Component::Postgres)
+    }
+
+    #[test]
+    fn a_damaged_manifest_is_skipped_and_reported_with_its_reason() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let repo = Repo::dir(dir.path());
+        let good = committed(&repo)?;
+        let pg = dir.path().join("postgres");
+        let damage = |name: &str, text: &str| -> anyhow::Result<()> {
+            std::fs::create_dir_all(pg.join(name))?;
+            std::fs::write(pg.join(name).join(MANIFEST), text)?;
+            Ok(())
+        };
+        let valid = std::fs::read_to_string(good.dir.join(MANIFEST))?;
+        let mut v: serde_json::Value = serde_json::from_str(&valid)?;
+        damage("postgres-29990101T000000Z", r#"{"format":1,"id":"x""#)?;
+        v["id"] = "postgres-29990102T000000Z".into();
+        v["format"] = 99.into();
+        damage("postgres-29990102T000000Z", &v.to_string())?;
+        v["format"] = 1.into();
+        v["id"] = "someone-else".into();
+        damage("postgres-29990103T000000Z", &v.to_string())?;
+        v["id"] = "postgres-29990104T000000Z".into();
+        v["component"] = "redis".into();
+        damage("postgres-29990104T000000Z", &v.to_string())?;
+
+        let listed = repo.list(Some(Component::Postgres))?;
+        assert_eq!(listed.iter().map(|b| b.manifest.id.clone()).collect::<Vec<_>>(), vec![good.manifest.id.clone()]);
+        assert_eq!(repo.open("latest", Component::Postgres)?.manifest.id, good.manifest.id);
+        let damaged = repo.damaged(None)?;
+        let reasons: Vec<(&str, &str)> = damaged.iter().map(|d| (d.id.as_str(), d.reason.as_str())).collect();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert!(reasons[0].1.contains("not a valid backup manifest"), "{reasons:?}");
+        assert!(reasons[1].1.contains("format 99 is unknown"), "{reasons:?}");
+        assert!(reasons[2].1.contains("does not match its directory"), "{reasons:?}");
+        assert!(reasons[3].1.contains("component redis does not match"), "{reasons:?}");
+        let err = repo.open("postgres-29990101T000000Z", Component::Postgres).unwrap_err();
+        assert_eq!(crate::error::Failure::classify(&err), crate::error::Failure::Usage);
+        assert!(err.to_string().contains("damaged"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_repository_is_a_usage_error() {
+        let err = Repo::dir("/nonexistent/audctl-repo").require_exists().unwrap_err();
+        assert_eq!(crate::error::Failure::classify(&err), crate::error::Failure::Usage);
+        assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }

@@ -29,14 +29,23 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Credentials inline in `url` are taken out of it (used as basic auth when `auth` is none),
+    /// so neither messages nor reqwest's errors, which quote the URL, can show them.
     fn new(url: &str, auth: Option<(String, String)>) -> anyhow::Result<Cluster> {
-        let parsed = url::Url::parse(url).map_err(|e| usage(format!("search URL {url:?}: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(usage(format!("search URL {url}: expected http:// or https://")));
+        let shown = audctl_targets::redact_url(url);
+        let mut parsed = url::Url::parse(url).map_err(|e| usage(format!("search URL {shown}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(usage(format!("search URL {shown}: expected http:// or https://")));
         }
+        let inline = match (parsed.username(), parsed.password()) {
+            ("", None) => None,
+            (u, p) => Some((u.to_owned(), p.unwrap_or_default().to_owned())),
+        };
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
         let http =
             reqwest::Client::builder().timeout(Duration::from_secs(120)).build().context("building the HTTP client")?;
-        Ok(Cluster { base: url.trim_end_matches('/').to_owned(), http, auth })
+        Ok(Cluster { base: parsed.as_str().trim_end_matches('/').to_owned(), http, auth: auth.or(inline) })
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
@@ -54,7 +63,7 @@ impl Cluster {
                     detail: e.to_string(),
                 })
             } else {
-                anyhow!("{method} {path}: {e}")
+                anyhow!("{method} {path}: {}", e.without_url())
             }
         })?;
         let status = resp.status().as_u16();
@@ -146,7 +155,8 @@ fn cluster_from(ctx: &Ctx<'_>, url: Option<&str>) -> anyhow::Result<(Cluster, St
         },
         _ => None,
     };
-    Ok((Cluster::new(&url, auth)?, url))
+    // The URL is shown in plans, reports and evidence: never with its credentials.
+    Ok((Cluster::new(&url, auth)?, crate::service::display_url(&url)))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

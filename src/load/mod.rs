@@ -80,6 +80,11 @@ pub fn settings(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<Settings
 
 pub fn run(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let settings = settings(args, global)?;
+    if let Some(path) = &args.plot
+        && args.worker.is_none()
+    {
+        check_plot_path(path)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     if let Some(spec) = &args.worker {
         let (index, count) = distributed::parse_worker(spec)?;
@@ -100,7 +105,10 @@ async fn prepare(settings: &Settings, endpoint: &http::Endpoint, worker: usize) 
     let mut workload =
         Workload::new(settings.mix.clone(), tenants, settings.batch_size, &endpoint.base_path, &endpoint.exact);
     let mut conn = endpoint.connect(settings.timeout).await.map_err(|f| {
-        anyhow::Error::new(Unreachable { what: format!("service {}", settings.url), detail: format!("{f:?}") })
+        anyhow::Error::new(Unreachable {
+            what: format!("service {}", crate::service::display_url(&settings.url)),
+            detail: format!("{f:?}"),
+        })
     })?;
     if workload.needs_seed() {
         let mut rng = scenario::Rng::new(0x5eed ^ worker as u64);
@@ -183,7 +191,7 @@ impl Progress {
                 }
             ),
         };
-        Progress { bar: output::spinner(format!("load {} ({what})", settings.url)) }
+        Progress { bar: output::spinner(format!("load {} ({what})", crate::service::display_url(&settings.url))) }
     }
 
     pub fn update(&self, agg: &Aggregator) {
@@ -428,6 +436,21 @@ impl Report for LoadReport {
     }
 }
 
+/// A plot that cannot be written is found before the run, not after minutes of load.
+fn check_plot_path(path: &std::path::Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(usage(format!("--plot {}: the directory {} does not exist", path.display(), dir.display())));
+    }
+    if path.is_dir() {
+        return Err(usage(format!("--plot {}: is a directory", path.display())));
+    }
+    Ok(())
+}
+
 fn finish(
     report: LoadReport,
     args: &LoadArgs,
@@ -435,13 +458,15 @@ fn finish(
     started: chrono::DateTime<chrono::Utc>,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
+    // The report and the evidence first: a plot that fails to write (checked up front, but the
+    // disk may fill) must not lose the run's results.
+    output::emit(global.output, &report)?;
+    record_evidence(&report, global, started, runtime)?;
     if let Some(path) = &args.plot {
         let title = format!("audctl load {} ({}, {})", report.url, report.model, report.scenario);
         std::fs::write(path, plot::svg(&title, &report.timeline))
-            .with_context(|| format!("writing the plot {}", path.display()))?;
+            .map_err(|e| usage(format!("writing the plot {}: {e}", path.display())))?;
     }
-    output::emit(global.output, &report)?;
-    record_evidence(&report, global, started, runtime)?;
     let failed: Vec<&Threshold> = report.thresholds.iter().filter(|t| !t.passed).collect();
     if failed.is_empty() {
         return Ok(());

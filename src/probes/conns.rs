@@ -203,6 +203,13 @@ fn is_loopback(host: &str) -> bool {
     h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || h.starts_with('/')
 }
 
+/// The SSL mode audctl imposes on a PostgreSQL connection to `host` given as `url`: TLS verified
+/// by default; the URL's own sslmode wins; loopback needs none (`None`: the client's default).
+/// One policy for `check` and for backup/restore.
+pub fn pg_default_ssl_mode(url: &str, host: &str) -> Option<PgSslMode> {
+    if url.contains("sslmode=") || is_loopback(host) { None } else { Some(PgSslMode::VerifyFull) }
+}
+
 fn secret(what: &str, s: &Option<Secret>) -> Result<Option<String>, ConnError> {
     match s {
         None => Ok(None),
@@ -228,9 +235,8 @@ fn pg_options(url: &str, password: Option<&str>) -> Result<(PgConnectOptions, St
     if let Some(p) = password {
         opts = opts.password(p);
     }
-    // TLS verified by default; the URL's own sslmode wins; loopback needs none.
-    if !url.contains("sslmode=") && !is_loopback(opts.get_host()) {
-        opts = opts.ssl_mode(PgSslMode::VerifyFull);
+    if let Some(mode) = pg_default_ssl_mode(url, opts.get_host()) {
+        opts = opts.ssl_mode(mode);
     }
     opts = opts.application_name("audctl-check");
     let display = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or("postgres"));

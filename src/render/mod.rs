@@ -18,15 +18,10 @@ use crate::cli::{OutputFormat, RenderArgs};
 use crate::values::{self, Values};
 
 /// `-o` decides the stdout form: YAML documents (the default, `-o table` and `-o yaml`) or one
-/// Kubernetes `List` in JSON (`-o json`). JUnit has no meaning for manifests and is refused, as is
-/// JSON with `--output-dir` (its files are YAML), before any values are read.
+/// Kubernetes `List` in JSON (`-o json`). JUnit has no meaning for manifests (refused for every
+/// verb without a JUnit report, in `lib.rs`); JSON with `--output-dir` (its files are YAML) is
+/// refused here, before any values are read.
 pub fn run(args: &RenderArgs, format: OutputFormat) -> anyhow::Result<()> {
-    if format == OutputFormat::Junit {
-        return Err(crate::error::usage(
-            "render -o junit: render writes manifests, as YAML (default, -o yaml) or a JSON List (-o json); \
-             JUnit is for check, smoke and load",
-        ));
-    }
     if format == OutputFormat::Json && args.output_dir.is_some() {
         return Err(crate::error::usage(
             "render -o json with --output-dir: the files of --output-dir are YAML; drop one of the two",

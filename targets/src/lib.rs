@@ -151,17 +151,42 @@ impl Targets {
     }
 }
 
-/// A URL fit for printing: any password in it is replaced by `***`.
+/// A URL fit for printing: any password in it, and the value of any query parameter that names a
+/// secret (password, passwd, pwd, token, secret, *key), are replaced by `***`.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        // `user:secret@host/db` without a scheme parses as scheme `user` with no host: the
+        // password would be shown as part of the path. Treat it as unparseable.
+        Ok(u) if u.host().is_none() && raw.contains('@') => after_credentials(raw),
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_param(&k) { "***".to_owned() } else { v.into_owned() };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        Ok(u) => u.to_string(),
-        // Not a URL we can parse: show only the part after the last '@', which never holds credentials.
-        Err(_) => raw.rsplit('@').next().unwrap_or_default().to_owned(),
+        Err(_) => after_credentials(raw),
     }
+}
+
+/// Not a URL we can parse: show only the part after the last '@', which never holds credentials.
+fn after_credentials(raw: &str) -> String {
+    raw.rsplit('@').next().unwrap_or_default().to_owned()
+}
+
+/// Query parameters whose value is a secret (`password`, `sslpassword`, `access_token`, `apiKey`...).
+pub fn is_secret_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "passwd", "pwd", "token", "secret"].iter().any(|s| n.contains(s)) || n.ends_with("key")
 }
 
 #[cfg(test)]
@@ -191,5 +216,10 @@ mod tests {
     fn urls_are_redacted() {
         assert_eq!(redact_url("postgres://u:hunter2@h:5432/db"), "postgres://u:***@h:5432/db");
         assert!(!redact_url("not a url user:hunter2@host").contains("hunter2"));
+        assert!(!redact_url("audit:hunter2@db.example/audit").contains("hunter2"));
+        assert!(!redact_url("http://elastic:hunter2@127.0.0.1:99999").contains("hunter2"));
+        let q = redact_url("postgres://u@h/db?sslmode=require&password=hunter2&token=t0k&apiKey=k3y");
+        assert!(!q.contains("hunter2") && !q.contains("t0k") && !q.contains("k3y"), "{q}");
+        assert!(q.contains("sslmode=require"), "{q}");
     }
 }

@@ -61,6 +61,14 @@ pub async fn backup(ctx: &Ctx<'_>, args: &PgBackupArgs) -> anyhow::Result<Eviden
         .transpose()
         .map_err(|e| usage(format!("postgres.password in the targets file: {e}")))?;
     let ep = Endpoint::parse(&target.url, password, "postgres.url")?;
+    // Checked before the dump runs, not after it: a mistyped archive is the operator's to fix.
+    if matches!(args.method, PgMethod::All | PgMethod::Base)
+        && let Some(dir) = args.wal_archive.as_ref().or(target.wal_archive.as_ref())
+        && !dir.is_dir()
+    {
+        let flag = if args.wal_archive.is_some() { "--wal-archive" } else { "postgres.walArchive" };
+        return Err(usage(format!("{flag} {}: no such directory", dir.display())));
+    }
     let mut conn = ep.connect().await?;
     let info = server_info(&mut conn).await?;
     let bin = bin_dir(info.major)?;
@@ -81,14 +89,19 @@ pub async fn backup(ctx: &Ctx<'_>, args: &PgBackupArgs) -> anyhow::Result<Eviden
         wal: None,
     };
 
+    // Refused before the dump runs: the base backup would fail after it anyway.
+    if info.in_recovery && matches!(args.method, PgMethod::All | PgMethod::Base) {
+        return Err(usage(format!(
+            "{} is a standby: take base backups from the primary (WAL archive continuity); a dump alone \
+             (--method dump) may come from a standby",
+            ep.display()
+        )));
+    }
     if matches!(args.method, PgMethod::All | PgMethod::Dump) {
         c.dump =
             Some(dump(&ep, &bin, &mut conn, &mut staging, info.in_recovery).await.context("logical dump (pg_dump)")?);
     }
     if matches!(args.method, PgMethod::All | PgMethod::Base) {
-        if info.in_recovery {
-            bail!("{} is a standby: take base backups from the primary (WAL archive continuity)", ep.display());
-        }
         let base = tokio::task::block_in_place(|| base_backup(&ep, &bin, &mut staging))
             .context("base backup (pg_basebackup)")?;
         c.timeline = Some(base.timeline);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Connection, Executor, PgConnection, Row};
 
 use super::chain::{self, TenantChain};
@@ -49,12 +49,13 @@ impl Endpoint {
     /// `raw` is `postgres://user[:password]@host[:port]/db[?params]`; `password` (from the targets
     /// file or PGPASSWORD) is used when the URL has none.
     pub fn parse(raw: &str, password: Option<String>, what: &str) -> anyhow::Result<Endpoint> {
-        let mut url = url::Url::parse(raw).map_err(|e| {
-            usage(format!(
-                "{what} {:?}: not a URL ({e}); expected postgres://user@host:port/db",
-                audctl_targets::redact_url(raw)
-            ))
-        })?;
+        // An unparseable or scheme-less value is never echoed: `user:password@host/db` (no
+        // scheme) would be printed password and all.
+        const EXPECTED: &str = "expected postgres://user@host:port/db";
+        let mut url = url::Url::parse(raw).map_err(|e| usage(format!("{what}: not a URL ({e}); {EXPECTED}")))?;
+        if !raw.contains("://") {
+            return Err(usage(format!("{what}: not a URL (no scheme://); {EXPECTED}")));
+        }
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(usage(format!(
                 "{what} {}: expected a postgres:// URL, got scheme {:?}",
@@ -62,13 +63,35 @@ impl Endpoint {
                 url.scheme()
             )));
         }
-        let inline = url.password().map(percent_decode);
+        // A password given as a query parameter leaves the URL too: it would be printed in
+        // messages and passed in pg_restore's argv.
+        let mut query_password = None;
+        if url.query_pairs().any(|(k, _)| k == "password") {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter_map(|(k, v)| {
+                    if k == "password" {
+                        query_password = Some(v.into_owned());
+                        None
+                    } else {
+                        Some((k.into_owned(), v.into_owned()))
+                    }
+                })
+                .collect();
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+        }
+        let inline = url.password().map(percent_decode).or(query_password);
         let _ = url.set_password(None);
+        let shown = audctl_targets::redact_url(url.as_str());
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(usage(format!("{what} {url}: no host")));
+            return Err(usage(format!("{what} {shown}: no host")));
         }
         if url.username().is_empty() {
-            return Err(usage(format!("{what} {url}: no user name (postgres://USER@host/db)")));
+            return Err(usage(format!("{what} {shown}: no user name (postgres://USER@host/db)")));
         }
         let ep = Endpoint { url, password: inline.or(password) };
         if ep.database().is_empty() {
@@ -85,9 +108,16 @@ impl Endpoint {
         percent_decode(self.url.username())
     }
 
-    /// Printable (never holds the password).
+    /// Printable (never holds the password, nor other secret-looking query parameters).
     pub fn display(&self) -> String {
-        self.url.to_string()
+        audctl_targets::redact_url(self.url.as_str())
+    }
+
+    /// The SSL mode imposed on every connection, audctl's own and the client tools': the same
+    /// policy as `check` (verify-full unless the URL sets sslmode or the host is loopback).
+    fn ssl_mode(&self) -> Option<PgSslMode> {
+        let host = percent_decode(self.url.host_str().unwrap_or_default());
+        crate::probes::conns::pg_default_ssl_mode(self.url.as_str(), &host)
     }
 
     fn options(&self) -> anyhow::Result<PgConnectOptions> {
@@ -96,6 +126,9 @@ impl Endpoint {
             .application_name("audctl");
         if let Some(p) = &self.password {
             opts = opts.password(p);
+        }
+        if let Some(mode) = self.ssl_mode() {
+            opts = opts.ssl_mode(mode);
         }
         Ok(opts)
     }
@@ -119,6 +152,11 @@ impl Endpoint {
         cmd.env_remove("PGPASSWORD").env("PGCONNECT_TIMEOUT", "20").env("PGAPPNAME", "audctl");
         if let Some(p) = &self.password {
             cmd.env("PGPASSWORD", p);
+        }
+        // libpq's default is `prefer`, which falls back to plaintext: impose what audctl's own
+        // connection used (an sslmode in the URL is in the conninfo and wins over the env).
+        if matches!(self.ssl_mode(), Some(PgSslMode::VerifyFull)) {
+            cmd.env("PGSSLMODE", "verify-full");
         }
         cmd
     }
@@ -149,14 +187,21 @@ fn percent_decode(s: &str) -> String {
 
 fn connect_error(e: sqlx::Error, what: &str) -> anyhow::Error {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
+        sqlx::Error::Tls(_) => Unreachable {
+            what: format!("PostgreSQL at {what}"),
+            detail: format!(
+                "TLS: {e} (TLS is verified by default off loopback: trust the server's CA with sslrootcert=FILE \
+                 in the URL, or set sslmode in it)"
+            ),
+        }
+        .into(),
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {
             Unreachable { what: format!("PostgreSQL at {what}"), detail: e.to_string() }.into()
         }
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
-            anyhow!(
-                "{what}: the database does not exist; create it first (CREATE DATABASE ...) or choose another --target"
-            )
-        }
+        // A refusal the operator fixes (exit 2, as the runbook says), not a failed check.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => usage(format!(
+            "{what}: the database does not exist; create it first (CREATE DATABASE ...) or choose another --target"
+        )),
         other => anyhow!(other).context(format!("connecting to PostgreSQL at {what}")),
     }
 }
@@ -435,12 +480,39 @@ mod tests {
     }
 
     #[test]
+    fn tls_is_verified_off_loopback_unless_the_url_says_otherwise() -> anyhow::Result<()> {
+        let verified =
+            |u: &str| Endpoint::parse(u, None, "t").map(|e| matches!(e.ssl_mode(), Some(PgSslMode::VerifyFull)));
+        let imposed = |u: &str| Endpoint::parse(u, None, "t").map(|e| e.ssl_mode().is_some());
+        assert!(verified("postgres://a@db.example:5432/audit")?);
+        assert!(verified("postgres://a@10.0.0.5/audit")?);
+        assert!(!imposed("postgres://a@127.0.0.1:5432/audit")?);
+        assert!(!imposed("postgres://a@localhost/audit")?);
+        assert!(!imposed("postgres://a@[::1]:5432/audit")?);
+        assert!(!imposed("postgres://a@db.example/audit?sslmode=require")?);
+        let opts = Endpoint::parse("postgres://a@db.example/audit", None, "t")?.options()?;
+        assert!(matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull));
+        let ep = Endpoint::parse("postgres://a@db.example/audit", None, "t")?;
+        let cmd = ep.tool(Path::new("/bin"), "pg_dump");
+        assert!(cmd.get_envs().any(|(k, v)| k == "PGSSLMODE" && v == Some("verify-full".as_ref())));
+        Ok(())
+    }
+
+    #[test]
     fn endpoints_keep_passwords_out_of_urls() -> anyhow::Result<()> {
         let ep = Endpoint::parse("postgres://audit:s%40cret@db.example:5432/audit?sslmode=require", None, "t")?;
         assert_eq!(ep.password.as_deref(), Some("s@cret"));
         assert!(!ep.display().contains("cret"));
         assert_eq!(ep.database(), "audit");
         assert!(Endpoint::parse("mysql://a@b/c", None, "--target").is_err());
+        for raw in ["audit:S3cretPW@db.example/audit", "postgres://audit:S3cretPW@db.example:99999/audit"] {
+            let err = Endpoint::parse(raw, None, "--target").unwrap_err().to_string();
+            assert!(!err.contains("S3cretPW"), "{err}");
+        }
+        let ep = Endpoint::parse("postgres://audit@db.example/audit?password=S3cretPW&sslmode=require", None, "t")?;
+        assert_eq!(ep.password.as_deref(), Some("S3cretPW"));
+        assert!(!ep.display().contains("S3cretPW") && !ep.conninfo().contains("S3cretPW"), "{}", ep.conninfo());
+        assert!(ep.conninfo().contains("sslmode=require"), "{}", ep.conninfo());
         assert!(Endpoint::parse("postgres://a@b/", None, "--target").unwrap_err().to_string().contains("no database"));
         Ok(())
     }

@@ -130,27 +130,41 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evid
     let total: u64 = m.files.iter().filter(|f| uses(f)).map(|f| f.size).sum::<u64>()
         + wal_sources.iter().map(|(_, f)| f.size).sum::<u64>();
     let progress = Bytes::new("verifying checksums", Some(total));
-    let mut checked = tokio::task::block_in_place(|| repo::verify_files(&stored, uses, &progress))?;
-    for (b, f) in &wal_sources {
-        let name = f.path.clone();
-        checked += tokio::task::block_in_place(|| repo::verify_files(b, |e| e.path == name, &progress))?;
-    }
+    let verified = tokio::task::block_in_place(|| {
+        let mut checked = repo::verify_files(&stored, uses, &progress)?;
+        for (b, f) in &wal_sources {
+            let name = f.path.clone();
+            checked += repo::verify_files(b, |e| e.path == name, &progress)?;
+        }
+        anyhow::Ok(checked)
+    });
     progress.finish();
+    let checked = match verified {
+        Ok(n) => n,
+        // A damaged file is a failed verification (exit 1) with its report, not a bare error:
+        // the target was not touched.
+        Err(e) => {
+            let report = checksum_failure(m, "target not touched", &e);
+            output::emit(ctx.global.output, &report)?;
+            return Ok(report.evidence(started));
+        }
+    };
 
     // The target: reachable, a version that can take the dump, empty unless --force.
     let mut conn = target.connect().await?;
     let info = server_info(&mut conn).await?;
+    // Wrong targets are refusals (exit 2, nothing touched), as the runbook says.
     if info.in_recovery {
-        bail!("target {} is a read-only standby: restore into a primary", target.display());
+        return Err(usage(format!("target {} is a read-only standby: restore into a primary", target.display())));
     }
     if info.major < c.server_major {
-        bail!(
+        return Err(usage(format!(
             "target {} runs PostgreSQL {}, older than the backup's {}: restore into PostgreSQL {} or newer",
             target.display(),
             info.version,
             c.server_major,
             c.server_major
-        );
+        )));
     }
     let existing = table_counts(&mut conn).await?;
     if !existing.is_empty() && !args.common.force {
@@ -253,6 +267,20 @@ pub async fn restore(ctx: &Ctx<'_>, args: &PgRestoreArgs) -> anyhow::Result<Evid
     Ok(report.evidence(started))
 }
 
+/// The report of a restore or `backup verify` stopped by a file that does not match the manifest.
+fn checksum_failure(m: &Manifest, target: &str, e: &anyhow::Error) -> RestoreReport {
+    let why = crate::error::chain(e).to_string();
+    eprintln!("{}: {why}", output::paint_error("checksum"));
+    RestoreReport {
+        backup: m.id.clone(),
+        component: Component::Postgres,
+        target: target.to_owned(),
+        point_in_time: None,
+        duration_seconds: 0.0,
+        checks: vec![Check::new("checksums", "every file as in the manifest", why, false)],
+    }
+}
+
 /// Re-verify every tenant's chain in `conn`'s database; compare the heads with `expected_heads`.
 async fn chain_checks(
     conn: &mut PgConnection,
@@ -303,8 +331,13 @@ pub async fn verify(stored: &Stored, scratch_root: &Path) -> anyhow::Result<Vec<
     let c = consistency(m)?;
     let mut checks = Vec::new();
     let progress = Bytes::new("verifying checksums", Some(m.size));
-    let n = tokio::task::block_in_place(|| repo::verify_files(stored, |_| true, &progress))?;
+    let n = tokio::task::block_in_place(|| repo::verify_files(stored, |_| true, &progress));
     progress.finish();
+    let n = match n {
+        Ok(n) => n,
+        // Reported as the failed row (exit 1 after the report), not as a bare error.
+        Err(e) => return Ok(checksum_failure(m, "scratch (backup verify)", &e).checks),
+    };
     checks.push(Check::new("checksums", format!("{} files", m.files.len()), format!("{n} files intact"), true));
     let bin = bin_dir(c.server_major)?;
     if let Some(d) = &c.dump {
