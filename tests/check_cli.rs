@@ -1,6 +1,8 @@
 //! `audctl check` and `audctl attest` without a cluster: input validation (exit 2, naming the line),
 //! manifest-only runs, and what an unconfigured cluster does to cluster items (ERROR, never PASS).
 
+mod report_support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -34,14 +36,7 @@ fn json(out: &Output) -> Value {
 }
 
 fn status<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["sections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["items"].as_array().into_iter().flatten())
-        .find(|i| i["id"] == id)
-        .map(|i| &i["status"])
-        .unwrap_or_else(|| panic!("no item {id}"))
+    &report_support::item(report, id)["status"]
 }
 
 #[test]

@@ -9,12 +9,15 @@
 //!
 //! Needs the testbed binaries: run `cargo xtask deps install` first.
 
+mod report_support;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use report_support::{item, items};
 use serde_json::Value;
 
 const NS: &str = "audit-trail";
@@ -101,24 +104,11 @@ impl Bed {
     }
 }
 
-fn items(report: &Value) -> Vec<&Value> {
-    report["sections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["items"].as_array().into_iter().flatten())
-        .collect()
-}
-
 fn statuses(report: &Value) -> BTreeMap<String, String> {
     items(report)
         .iter()
         .map(|i| (i["id"].as_str().unwrap_or_default().to_owned(), i["status"].as_str().unwrap_or_default().to_owned()))
         .collect()
-}
-
-fn item<'a>(report: &'a Value, id: &str) -> &'a Value {
-    items(report).into_iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("no item {id} in {report:#}"))
 }
 
 /// Items proven by cluster (and manifest) probes only.

@@ -3,12 +3,14 @@
 //! expired or not yet trusted self-signed certificate (served by a TLS terminator started here), a
 //! metric the alert rules query but the server does not export, nothing listening.
 
+mod report_support;
 mod service_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use report_support::item;
 use service_support::{Backend, KEY, Server, audctl, code, json, raw_get, stderr, stdout};
 
 fn step<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -296,16 +298,6 @@ async fn smoke_and_load_record_evidence_in_the_cluster() -> anyhow::Result<()> {
     assert_eq!(load[0].evidence.figures["failedThresholds"], serde_json::json!(["max-p99"]));
     assert!(load[0].evidence.figures["p99Ms"].as_f64().is_some_and(|v| v > 0.0));
     server.stop().await
-}
-
-fn item<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    report["sections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["items"].as_array().into_iter().flatten())
-        .find(|i| i["id"] == id)
-        .unwrap_or(&serde_json::Value::Null)
 }
 
 /// The checklist's smoke items want a record for their environment (`subject: production` /
