@@ -427,6 +427,31 @@ async fn point_in_time_restore_lands_between_two_known_writes() -> anyhow::Resul
     .await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("earlier backup"), "{}", r.stderr);
+
+    // A target past the archived WAL: said plainly, with where the WAL ends, and the target
+    // database left as it was (empty: no table was created in it).
+    let target = new_db(&s.pg, "pitr_late").await?;
+    let r = audctl(&[
+        "--targets",
+        s.t(),
+        "restore",
+        "postgres",
+        &id,
+        "--repo",
+        s.r(),
+        "--target",
+        &target,
+        "--yes",
+        "--to-time",
+        "2099-01-01T00:00:00Z",
+    ])
+    .await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("the WAL of this backup and archive ends before it"), "{}", r.stderr);
+    assert!(r.stderr.contains("last transaction replayed at "), "{}", r.stderr);
+    assert!(r.stderr.contains("the target database is untouched"), "{}", r.stderr);
+    let tables = "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')";
+    assert_eq!(scalar(&target, tables).await?, "0");
     Ok(())
 }
 

@@ -188,6 +188,17 @@ impl Scratch {
             {
                 self.child = None;
                 spinner.finish_and_clear();
+                if let (Some(t), Some(end)) = (target, self.wal_ended_before_target()) {
+                    // Asked for a point past the WAL this backup (and archive) holds: an input
+                    // error, said plainly. The scratch instance is all that ran; the copy into
+                    // the target comes only after a successful recovery.
+                    return Err(usage(format!(
+                        "recovery to {} is not possible: the WAL of this backup and archive ends before it ({end}). \
+                         Nothing was copied: the target database is untouched. Choose an earlier point, or name the \
+                         archive that holds later WAL with --wal-archive",
+                        t.describe()
+                    )));
+                }
                 bail!("recovery failed: PostgreSQL exited ({status}); its log ends with:\n{}", self.log_tail(15));
             }
             if let Ok(mut c) = self.connect(user, "postgres").await {
@@ -243,6 +254,13 @@ impl Scratch {
         let text = std::fs::read_to_string(self.log()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// When recovery ran out of WAL before its target: where the WAL ended, from PostgreSQL's
+    /// "redo done at LSN" and "last completed transaction was at log time T" lines.
+    fn wal_ended_before_target(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.log()).ok()?;
+        wal_end(&text)
     }
 
     /// "recovery stopping before commit of transaction 745, time ..." from the log.
@@ -323,5 +341,38 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// See [`Scratch::wal_ended_before_target`]: None unless the log says the target was not reached.
+fn wal_end(log: &str) -> Option<String> {
+    if !log.contains("recovery ended before configured recovery target was reached") {
+        return None;
+    }
+    let after = |marker: &str| log.lines().find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim().to_owned()));
+    let redo = after("redo done at ").map(|r| r.split_whitespace().next().unwrap_or_default().to_owned());
+    let last = after("last completed transaction was at log time ");
+    Some(match (redo, last) {
+        (Some(lsn), Some(t)) => format!("last transaction replayed at {t}, WAL end {lsn}"),
+        (Some(lsn), None) => format!("WAL end {lsn}"),
+        (None, Some(t)) => format!("last transaction replayed at {t}"),
+        (None, None) => "no WAL after the base backup".to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod wal_end_tests {
+    use super::wal_end;
+
+    #[test]
+    fn the_end_of_wal_from_postgresqls_log() {
+        let log = "2026-12-05 00:01:00.1 UTC [9] LOG:  redo done at 0/5000148 system usage: CPU: user: 0.00 s\n\
+                   2026-12-05 00:01:00.1 UTC [9] LOG:  last completed transaction was at log time 2026-12-04 23:59:58.123456+00\n\
+                   2026-12-05 00:01:00.1 UTC [9] FATAL:  recovery ended before configured recovery target was reached\n";
+        assert_eq!(
+            wal_end(log).as_deref(),
+            Some("last transaction replayed at 2026-12-04 23:59:58.123456+00, WAL end 0/5000148")
+        );
+        assert_eq!(wal_end("FATAL:  could not open file"), None);
     }
 }
