@@ -150,7 +150,12 @@ async fn search_all(api: &Api, key: &str, mut body: Value) -> Result<(Vec<String
             aggs = r["aggregations"].clone();
             backend = r["backend"].as_str().unwrap_or("").to_owned();
         } else {
-            ensure!(r["aggregations"] == aggs, "aggregations changed between pages");
+            ensure!(
+                r["aggregations"] == aggs,
+                "aggregations changed between pages: page {page} ({}) {} against page 0 ({backend}) {aggs}",
+                r["backend"],
+                r["aggregations"]
+            );
         }
         match r["nextCursor"].as_str() {
             Some(c) => body["cursor"] = c.into(),

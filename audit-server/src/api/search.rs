@@ -35,7 +35,13 @@ pub async fn search(
     })?;
     scope.require(&s.tenant)?;
     if let Some(client) = &state.search {
-        let answer = async { query::from_es(&s, &client.search(&query::es_body(&s)).await?) };
+        let answer = async {
+            let mut page = query::from_es(&s, &client.search(&query::es_body(&s)).await?)?;
+            if let Some(body) = query::es_aggregations_body(&s) {
+                page.aggregations = query::from_es(&s, &client.search(&body).await?)?.aggregations;
+            }
+            Ok::<_, String>(page)
+        };
         match answer.await {
             Ok(r) => return Ok(Json(r)),
             Err(e) => {

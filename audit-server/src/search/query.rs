@@ -439,7 +439,32 @@ pub fn es_body(s: &Search) -> Value {
     });
     if let Some(after) = s.after {
         body["search_after"] = json!([after]);
+        // Aggregations go in a request of their own past the first page (es_aggregations_body):
+        // OpenSearch skips shards and segments holding no hit past `search_after`, and what it
+        // skips drops out of the aggregations too. A CI run saw a page's counts differ.
+        return body;
     }
+    add_aggregations(s, &mut body);
+    body
+}
+
+/// Past the first page (a cursor) with aggregations asked: the same query, no hits, no cursor,
+/// only the aggregations, so that they count every match on every page.
+pub fn es_aggregations_body(s: &Search) -> Option<Value> {
+    if s.after.is_none() || s.aggregations.is_empty() {
+        return None;
+    }
+    let first = Search { after: None, ..s.clone() };
+    let mut body = es_body(&first);
+    body["size"] = 0.into();
+    if let Some(b) = body.as_object_mut() {
+        b.remove("sort");
+        b.remove("_source");
+    }
+    Some(body)
+}
+
+fn add_aggregations(s: &Search, body: &mut Value) {
     let terms = |field: &str| json!({"terms": {"field": field, "size": TERMS_SIZE, "order": [{"_count": "desc"}, {"_key": "asc"}]}});
     let mut aggs = serde_json::Map::new();
     for kind in &s.aggregations {
@@ -464,7 +489,6 @@ pub fn es_body(s: &Search) -> Value {
     if !aggs.is_empty() {
         body["aggs"] = Value::Object(aggs);
     }
-    body
 }
 
 /// Read the index's answer to [`es_body`].
@@ -515,6 +539,27 @@ pub fn from_es(s: &Search, answer: &Value) -> Result<SearchResponse, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_the_first_page_aggregations_are_asked_without_the_cursor() {
+        let request = SearchRequest {
+            tenant_id: "t".into(),
+            aggregations: Some(vec![AggregationKind::Actor]),
+            ..Default::default()
+        };
+        let first = Search::parse(request, |_| Err("unused".into())).expect("valid");
+        assert!(es_body(&first)["aggs"]["actor"].is_object());
+        assert_eq!(es_aggregations_body(&first), None);
+        let later = Search { after: Some(42), ..first.clone() };
+        let hits = es_body(&later);
+        assert_eq!(hits["search_after"], json!([42]));
+        assert!(hits.get("aggs").is_none(), "{hits}");
+        let aggs = es_aggregations_body(&later).expect("an aggregations request");
+        assert!(aggs.get("search_after").is_none() && aggs.get("sort").is_none(), "{aggs}");
+        assert_eq!(aggs["size"], 0);
+        assert_eq!(aggs["query"], es_body(&first)["query"]);
+        assert_eq!(aggs["aggs"], es_body(&first)["aggs"]);
+    }
 
     #[test]
     fn partial_answers_are_errors_not_pages() {
