@@ -408,50 +408,45 @@ async fn point_in_time_restore_lands_between_two_known_writes() -> anyhow::Resul
         srv.server.shutdown().await?;
     }
 
-    // A target before the base backup cannot be reached from it.
-    let target = new_db(&s.pg, "pitr_early").await?;
-    let r = audctl(&[
-        "--targets",
-        s.t(),
-        "restore",
-        "postgres",
-        &id,
-        "--repo",
-        s.r(),
-        "--target",
-        &target,
-        "--yes",
-        "--to-time",
-        "2020-01-01T00:00:00Z",
-    ])
-    .await;
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
-    assert!(r.stderr.contains("earlier backup"), "{}", r.stderr);
-
-    // A target past the archived WAL: said plainly, with where the WAL ends, and the target
-    // database left as it was (empty: no table was created in it).
-    let target = new_db(&s.pg, "pitr_late").await?;
-    let r = audctl(&[
-        "--targets",
-        s.t(),
-        "restore",
-        "postgres",
-        &id,
-        "--repo",
-        s.r(),
-        "--target",
-        &target,
-        "--yes",
-        "--to-time",
-        "2099-01-01T00:00:00Z",
-    ])
-    .await;
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
-    assert!(r.stderr.contains("the WAL of this backup and archive ends before it"), "{}", r.stderr);
-    assert!(r.stderr.contains("last transaction replayed at "), "{}", r.stderr);
-    assert!(r.stderr.contains("the target database is untouched"), "{}", r.stderr);
+    // Targets no recovery from this backup reaches, refused (exit 2) with what to do instead:
+    // one before the base backup, and one past the archived WAL, where the answer says where the
+    // WAL ends and that the target database was left as it was (no table created in it).
     let tables = "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')";
-    assert_eq!(scalar(&target, tables).await?, "0");
+    let unreachable: [(&str, &str, &[&str]); 2] = [
+        ("pitr_early", "2020-01-01T00:00:00Z", &["earlier backup"]),
+        (
+            "pitr_late",
+            "2099-01-01T00:00:00Z",
+            &[
+                "the WAL of this backup and archive ends before it",
+                "last transaction replayed at ",
+                "the target database is untouched",
+            ],
+        ),
+    ];
+    for (db, time, expected) in unreachable {
+        let target = new_db(&s.pg, db).await?;
+        let r = audctl(&[
+            "--targets",
+            s.t(),
+            "restore",
+            "postgres",
+            &id,
+            "--repo",
+            s.r(),
+            "--target",
+            &target,
+            "--yes",
+            "--to-time",
+            time,
+        ])
+        .await;
+        assert_eq!(r.code, Some(2), "{time}: {}", r.stderr);
+        for e in expected {
+            assert!(r.stderr.contains(e), "{time}: {e:?} missing in {}", r.stderr);
+        }
+        assert_eq!(scalar(&target, tables).await?, "0", "{time}: the target was touched");
+    }
     Ok(())
 }
 
