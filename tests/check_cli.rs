@@ -120,6 +120,9 @@ fn bad_input_is_exit_2_and_names_the_place() {
     let out = audctl(dir.path(), &["check", "--timeout", "0s", "--only", "hpa"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout 0s: must be more than 0"));
+    let out = audctl(dir.path(), &["check", "--evidence-max-age", "0s", "--only", "hpa"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--evidence-max-age 0s: must be more than 0"));
 
     let out = audctl(dir.path(), &["attest", "--list"]);
     assert_eq!(out.status.code(), Some(2), "attestations live in the cluster");

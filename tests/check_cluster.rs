@@ -663,19 +663,21 @@ async fn evidence(bed: &Bed) {
     let lt = item(&report, "load-tested");
     assert_eq!(lt["status"], "NEEDS-EVIDENCE", "{lt:#}");
     assert!(lt["message"].as_str().unwrap_or_default().contains(&old_name), "{lt:#}");
-    // A fresh successful record: PASS, naming it.
-    let now = chrono::Utc::now();
+    // A fresh successful record (ten minutes old): PASS, naming it.
+    let recent = chrono::Utc::now() - chrono::Duration::minutes(10);
     let ev =
-        audctl::evidence::Evidence::new("load", audctl::evidence::Outcome::Success, "p99 38 ms at 1000 req/s", now);
-    let fresh = audctl::evidence::record(&client, ns, &ev).await.expect("record");
+        audctl::evidence::Evidence::new("load", audctl::evidence::Outcome::Success, "p99 38 ms at 1000 req/s", recent);
+    let fresh = record_at(&client, ns, ev, recent).await;
     let (_, report) = bed.check(ns, &["--only", "load-tested", "--no-record"]);
     let lt = item(&report, "load-tested");
     assert_eq!(lt["status"], "PASS", "{lt:#}");
     assert_eq!(lt["evidence"], fresh.as_str());
     assert!(lt["message"].as_str().unwrap_or_default().contains("p99 38 ms"), "{lt:#}");
-    // --evidence-max-age tightens the limit below the record's age (0s: nothing is young enough).
-    let (_, report) = bed.check(ns, &["--only", "load-tested", "--no-record", "--evidence-max-age", "0s"]);
+    // --evidence-max-age tightens the limit below the record's age (5m against ten minutes), or not.
+    let (_, report) = bed.check(ns, &["--only", "load-tested", "--no-record", "--evidence-max-age", "5m"]);
     assert_eq!(item(&report, "load-tested")["status"], "NEEDS-EVIDENCE");
+    let (_, report) = bed.check(ns, &["--only", "load-tested", "--no-record", "--evidence-max-age", "1h"]);
+    assert_eq!(item(&report, "load-tested")["status"], "PASS");
     // The check records its own run, read back through the same module.
     let (code, report) = bed.check(ns, &["--only", "load-tested,rbac"]);
     let name = report["evidenceRecord"].as_str().unwrap_or_else(|| panic!("no evidence record: {report:#}")).to_owned();

@@ -202,7 +202,13 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
     }
     let deadline = started + timeout;
     let evidence_max_age = match &args.evidence_max_age {
-        Some(a) => Some(model::parse_duration(a).map_err(|e| usage(format!("--evidence-max-age: {e}")))?),
+        Some(a) => match model::parse_duration(a).map_err(|e| usage(format!("--evidence-max-age: {e}")))? {
+            // As for a checklist's evidence.maxAge: no record is younger than zero, every item would fail.
+            d if d.is_zero() => {
+                return Err(usage(format!("--evidence-max-age {a}: must be more than 0 (e.g. 7d, 12h)")));
+            }
+            d => Some(d),
+        },
         None => None,
     };
 
