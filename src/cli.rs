@@ -132,7 +132,7 @@ pub struct RenderArgs {
     /// Values file, merged over the defaults; repeat to layer files (later files win).
     #[arg(short = 'f', long = "values", value_name = "FILE")]
     pub values: Vec<PathBuf>,
-    /// Set one value after the files, e.g. --set autoscaling.maxReplicas=10 or env[0].value=x; repeatable.
+    /// Set values after the files, as Helm: --set autoscaling.maxReplicas=10,env[0].value=x, lists {a,b}; repeatable.
     // Doc comments are clap's help text, printed as written: `[0]` stays unescaped.
     #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long = "set", value_name = "PATH=VALUE")]

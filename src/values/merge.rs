@@ -43,17 +43,60 @@ pub struct SetArg {
     pub segments: Vec<Segment>,
     /// The path as errors show it (`a.b[0].c`), as serde_path_to_error writes it.
     pub display: String,
-    /// The value as typed by `typed_scalar`.
+    /// The value as typed by `typed_scalar` (a list of them for `{a,b}`).
     pub value: Value,
-    /// The value's text as given, so a number or boolean can go back to being a string where the
-    /// values expect one (`image.tag=1.2`, `image.tag=0.10`).
+    /// The value's text as given (escapes resolved), so a number or boolean can go back to being a
+    /// string where the values expect one (`image.tag=1.2`, `image.tag=0.10`).
     pub raw: String,
+    /// For a `{a,b}` list, each item's text as given, in order (empty otherwise).
+    pub item_raws: Vec<String>,
 }
 
-/// Parse `a.b[0].c=value` into the path segments, the display path and the typed value. Errors
-/// do not repeat the argument: the caller labels them with it. As in Helm,
-/// a backslash makes the next character of a key literal: `nginx\.ingress\.kubernetes\.io/limit-rpm`
-/// is one key (annotation and label keys have dots).
+/// Cut one `--set` argument into its assignments, as Helm does: `a=1,b.c=x` is two. A comma
+/// escaped by a backslash (`a=x\,y`) or inside a `{..}` list value (`hosts={a,b}`) belongs to
+/// the value. Helm users write several assignments in one `--set`; taking `1,b.c=x` as the text
+/// of `a` would be a silent surprise.
+pub fn split_assignments(arg: &str) -> Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let (mut start, mut in_key, mut in_list, mut escaped) = (0, true, false, false);
+    let mut chars = arg.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '=' if in_key => {
+                in_key = false;
+                in_list = matches!(chars.peek(), Some((_, '{')));
+            }
+            '}' if in_list => in_list = false,
+            ',' if in_key => {
+                return Err(format!("key {:?} has no value: expected PATH=VALUE before each `,`", &arg[start..i]));
+            }
+            ',' if !in_list => {
+                parts.push(&arg[start..i]);
+                (start, in_key) = (i + 1, true);
+            }
+            _ => {}
+        }
+    }
+    if in_list {
+        return Err("a list value `{..` has no closing `}`".to_owned());
+    }
+    if start == arg.len() && !parts.is_empty() {
+        return Err("the argument ends with `,`: expected another PATH=VALUE after it".to_owned());
+    }
+    if in_key && !parts.is_empty() {
+        return Err(format!("key {:?} has no value: expected PATH=VALUE after each `,`", &arg[start..]));
+    }
+    parts.push(&arg[start..]);
+    Ok(parts)
+}
+
+/// Parse one assignment `a.b[0].c=value` (see `split_assignments`) into the path segments, the
+/// display path and the typed value. Errors do not repeat the argument: the caller labels them
+/// with it. As in Helm, a backslash makes the next character literal, in a key
+/// (`nginx\.ingress\.kubernetes\.io/limit-rpm` is one key: annotation and label keys have dots)
+/// and in a value (`a=x\,y` is `x,y`).
 pub fn parse_set(arg: &str) -> Result<SetArg, String> {
     let (path, raw) = find_unescaped(arg, '=')
         .map(|i| (&arg[..i], &arg[i + 1..]))
@@ -85,7 +128,18 @@ pub fn parse_set(arg: &str) -> Result<SetArg, String> {
             return Err(format!("unexpected {rest:?} after a list index"));
         }
     }
-    Ok(SetArg { segments, display, value: typed_scalar(raw), raw: raw.to_owned() })
+    let unescape_value = |s: &str| unescape(s).ok_or_else(|| "a `\\` ends the value, escaping nothing".to_owned());
+    // `{a,b}` is a list of values, as in Helm (`ingress.tls[0].hosts={a.example.com,b.example.com}`).
+    if let Some(items) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')).filter(|_| !raw.ends_with("\\}")) {
+        let item_raws = match items {
+            "" => vec![],
+            items => split_unescaped(items, ',').into_iter().map(unescape_value).collect::<Result<Vec<_>, _>>()?,
+        };
+        let value = Value::Sequence(item_raws.iter().map(|r| typed_scalar(r)).collect());
+        return Ok(SetArg { segments, display, value, raw: raw.to_owned(), item_raws });
+    }
+    let raw = unescape_value(raw)?;
+    Ok(SetArg { segments, display, value: typed_scalar(&raw), raw, item_raws: vec![] })
 }
 
 /// Byte offset of the first `ch` not escaped by a backslash.
@@ -262,5 +316,30 @@ mod tests {
         assert_eq!(set.raw, "x=y");
         assert!(parse_set(r"a.b\").is_err(), "no `=`");
         assert!(parse_set(r"a.b\=1").is_err(), "the only `=` is escaped");
+    }
+
+    #[test]
+    fn assignments_split_on_unescaped_commas_outside_lists() {
+        assert_eq!(split_assignments("a=1,b.c=x").unwrap(), ["a=1", "b.c=x"]);
+        assert_eq!(split_assignments(r"a=x\,y,b=2").unwrap(), [r"a=x\,y", "b=2"]);
+        assert_eq!(split_assignments("h={a,b},c=1").unwrap(), ["h={a,b}", "c=1"]);
+        assert_eq!(split_assignments(r"k\,ey=1").unwrap(), [r"k\,ey=1"], "an escaped comma in a key");
+        assert_eq!(split_assignments("a=").unwrap(), ["a="]);
+        assert!(split_assignments("a=1,b").unwrap_err().contains(r#"key "b" has no value"#));
+        assert!(split_assignments("a,b=1").unwrap_err().contains(r#"key "a" has no value"#));
+        assert!(split_assignments("a=1,").unwrap_err().contains("ends with `,`"));
+        assert!(split_assignments("h={a,b").unwrap_err().contains("no closing `}`"));
+    }
+
+    #[test]
+    fn lists_and_escapes_in_values() {
+        let set = parse_set("h={a,1,true,x\\,y}").unwrap();
+        let s = |v: &str| Value::String(v.to_owned());
+        assert_eq!(set.value, Value::Sequence(vec![s("a"), Value::Number(1.into()), Value::Bool(true), s("x,y")]));
+        assert_eq!(set.item_raws, ["a", "1", "true", "x,y"]);
+        assert_eq!(parse_set("h={}").unwrap().value, Value::Sequence(vec![]));
+        assert_eq!(parse_set(r"a=x\,y\\z").unwrap().value, s(r"x,y\z"));
+        assert_eq!(parse_set(r"a=\{b}").unwrap().value, s("{b}"), "an escaped brace is no list");
+        assert!(parse_set(r"a=x\").unwrap_err().contains("ends the value"));
     }
 }

@@ -94,37 +94,62 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
     // expect a string there.
     let mut set_texts = HashMap::new();
     for arg in sets {
-        match merge::parse_set(arg) {
-            Ok(merge::SetArg { segments, display, value, raw }) => {
-                if matches!(value, Value::Number(_) | Value::Bool(_)) {
-                    set_texts.insert(display.clone(), (segments.clone(), raw));
-                } else {
-                    set_texts.remove(&display);
-                }
-                match merge::set_overlay(&segments, value, &merged) {
-                    Ok(overlay) => merge::merge(&mut merged, overlay),
-                    Err(message) => {
-                        let origin = Some(Origin::Set { arg: arg.clone() });
-                        errors.push(ValueError { origin, path: display, message });
-                        continue;
-                    }
-                }
-                // The path and each of its parents, from the segments: a key may contain dots.
-                let mut paths = vec![];
-                let mut p = String::new();
-                for segment in &segments {
-                    p = match segment {
-                        merge::Segment::Key(k) => source::join_key(&p, k),
-                        merge::Segment::Index(i) => source::join_index(&p, *i),
-                    };
-                    paths.push(p.clone());
-                }
-                sources.layers.push(Positions::of_set(arg, paths));
-            }
+        let set_error = |path: String, message: String| ValueError {
+            origin: Some(Origin::Set { arg: arg.clone() }),
+            path,
+            message,
+        };
+        let assignments = match merge::split_assignments(arg) {
+            Ok(assignments) => assignments,
             Err(message) => {
-                let origin = Some(Origin::Set { arg: arg.clone() });
-                errors.push(ValueError { origin, path: String::new(), message });
+                errors.push(set_error(String::new(), message));
+                continue;
             }
+        };
+        for assignment in assignments {
+            let merge::SetArg { segments, display, value, raw, item_raws } = match merge::parse_set(assignment) {
+                Ok(set) => set,
+                Err(message) => {
+                    errors.push(set_error(String::new(), message));
+                    continue;
+                }
+            };
+            // This assignment replaces whatever an earlier one set at or below its path.
+            let below = |path: &String| {
+                path == &display || path.strip_prefix(display.as_str()).is_some_and(|r| r.starts_with(['.', '[']))
+            };
+            set_texts.retain(|path, _| !below(path));
+            if matches!(value, Value::Number(_) | Value::Bool(_)) {
+                set_texts.insert(display.clone(), (segments.clone(), raw));
+            }
+            for (i, (item, item_raw)) in value.as_sequence().into_iter().flatten().zip(item_raws).enumerate() {
+                if matches!(item, Value::Number(_) | Value::Bool(_)) {
+                    let mut item_segments = segments.clone();
+                    item_segments.push(merge::Segment::Index(i));
+                    set_texts.insert(source::join_index(&display, i), (item_segments, item_raw));
+                }
+            }
+            let items = value.as_sequence().map_or(0, Vec::len);
+            match merge::set_overlay(&segments, value, &merged) {
+                Ok(overlay) => merge::merge(&mut merged, overlay),
+                Err(message) => {
+                    errors.push(set_error(display, message));
+                    continue;
+                }
+            }
+            // The path and each of its parents, from the segments: a key may contain dots.
+            let mut paths = vec![];
+            let mut p = String::new();
+            for segment in &segments {
+                p = match segment {
+                    merge::Segment::Key(k) => source::join_key(&p, k),
+                    merge::Segment::Index(i) => source::join_index(&p, *i),
+                };
+                paths.push(p.clone());
+            }
+            // A list's items came from here too, not from the file's items at the same indices.
+            paths.extend((0..items).map(|i| source::join_index(&p, i)));
+            sources.layers.push(Positions::of_set(arg, paths));
         }
     }
     if !errors.is_empty() {
@@ -412,5 +437,35 @@ mod tests {
         assert!(all.contains("bad.yaml:7:16: autoscaling.minReplicas: 9 is above"), "{all}");
         assert!(all.contains("bad.yaml:10:8: image.tag"), "{all}");
         assert!(all.contains("--set kafka.replicaCount=x: kafka.replicaCount"), "{all}");
+    }
+
+    #[test]
+    fn one_set_holds_several_assignments_and_lists_as_in_helm() {
+        let sets = [
+            r"replicaCount=4,image.tag=1.10,ingress.tls[0].secretName=t\,1".to_owned(),
+            "ingress.hosts[0].host=a.example.com,ingress.tls[0].hosts={a.example.com}".to_owned(),
+        ];
+        let values = load_texts(&[file("values-prod.yaml")], &sets).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(values.replica_count, 4);
+        assert_eq!(values.image.tag, "1.10", "a number where a string is expected keeps its text");
+        assert_eq!(values.ingress.tls[0].secret_name.as_deref(), Some("t,1"), "an escaped comma is the value's");
+        assert_eq!(values.ingress.hosts[0].host, "a.example.com");
+        assert_eq!(values.ingress.hosts[0].paths.len(), 1, "setting one field of a list item keeps the others");
+        assert_eq!(values.ingress.tls[0].hosts, ["a.example.com"]);
+
+        for (arg, expected) in [
+            ("replicaCount=4,", "--set replicaCount=4,: the argument ends with `,`"),
+            ("replicaCount=4,image", "--set replicaCount=4,image: key \"image\" has no value"),
+            ("ingress.tls[0].hosts={a,b", "has no closing `}`"),
+            ("replicaCount=4,imag.tag=1", "--set replicaCount=4,imag.tag=1: imag"),
+            // A list item is placed at the argument, and a number in a list of strings keeps its text.
+            (
+                "ingress.tls[0].hosts={2.50,audit-api.example.com}",
+                "--set ingress.tls[0].hosts={2.50,audit-api.example.com}: ingress.tls[0].hosts[0]: \"2.50\" is not one of",
+            ),
+        ] {
+            let all = load_texts(&[file("values-prod.yaml")], &[arg.to_owned()]).unwrap_err().to_string();
+            assert!(all.contains(expected), "{arg}: {all}");
+        }
     }
 }
