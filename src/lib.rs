@@ -18,6 +18,7 @@ pub mod probes;
 pub mod render;
 pub mod service;
 pub mod smoke;
+pub mod tls;
 pub mod values;
 pub mod verify;
 pub mod x509;

@@ -263,10 +263,12 @@ async fn smoke(
         steps: s.steps,
     };
 
+    // A --ca file that holds no usable certificate is the operator's to fix (exit 2), not a step.
+    let tls_config = crate::tls::client_config(service.ca_pem.as_deref()).map_err(usage)?;
     // TLS first: when it fails, every HTTP step would fail the same way.
     if service.url.starts_with("https://") {
         let t = Instant::now();
-        match tls::check(&service.url, service.ca_pem.as_deref(), args.min_cert_days, timeout).await {
+        match tls::check(&service.url, &tls_config, args.min_cert_days, timeout).await {
             Ok(detail) => {
                 s.push("tls", t, Ok(detail));
             }
@@ -286,7 +288,7 @@ async fn smoke(
         }
     }
 
-    let client = Client::new(&service.url, service.key().map(str::to_owned), service.ca_pem.as_deref(), timeout)
+    let client = Client::new(&service.url, service.key().map(str::to_owned), tls_config, timeout)
         .map_err(|e| usage(e.to_string()))?;
 
     let t = Instant::now();
@@ -534,17 +536,21 @@ mod tls {
         Invalid(String),
     }
 
-    pub async fn check(url: &str, ca: Option<&[u8]>, min_days: u32, timeout: Duration) -> Result<String, TlsFailure> {
+    pub async fn check(
+        url: &str,
+        config: &rustls::ClientConfig,
+        min_days: u32,
+        timeout: Duration,
+    ) -> Result<String, TlsFailure> {
         let uri: hyper::Uri = url.parse().map_err(|e| TlsFailure::Invalid(format!("URL {url:?}: {e}")))?;
         let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
         let port = uri.port_u16().unwrap_or(443);
-        let config = crate::load::http::client_tls(ca).map_err(TlsFailure::Invalid)?;
         let name = ServerName::try_from(host.clone()).map_err(|e| TlsFailure::Invalid(format!("host {host}: {e}")))?;
         let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
             .await
             .map_err(|_| TlsFailure::Unreachable(format!("{host}:{port}: connect timed out")))?
             .map_err(|e| TlsFailure::Unreachable(format!("{host}:{port}: {e}")))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config.clone()));
         let stream = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
             Err(_) => return Err(TlsFailure::Unreachable(format!("{host}:{port}: TLS handshake timed out"))),
             Ok(Err(e)) => {

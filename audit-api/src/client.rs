@@ -118,17 +118,20 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// `base` such as `https://audit.example.com` (no trailing `/api/v1`); `ca_pem` extra roots.
-    pub fn new(base: &str, key: Option<String>, ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout);
-        if let Some(pem) = ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| ClientError::Config(format!("reading the CA certificates: {e}")))?;
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder.build().map_err(|e| ClientError::Config(format!("building the HTTP client: {e}")))?;
+    /// `base` such as `https://audit.example.com` (no trailing `/api/v1`); `tls` the rustls
+    /// configuration of https connections (its roots and verifier: audctl adds `--ca` to them).
+    pub fn new(
+        base: &str,
+        key: Option<String>,
+        tls: rustls::ClientConfig,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(|e| ClientError::Config(format!("building the HTTP client: {e}")))?;
         Ok(Client { base: base.trim_end_matches('/').to_owned(), key, http })
     }
 

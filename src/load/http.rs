@@ -40,7 +40,7 @@ impl Endpoint {
         let exact = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let tls = if https {
-            let config = client_tls(ca_pem)?;
+            let config = crate::tls::client_config(ca_pem)?;
             let name = ServerName::try_from(host.clone()).map_err(|e| format!("--url {url:?}: host name: {e}"))?;
             Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
         } else {
@@ -80,30 +80,6 @@ where
     let (sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| Failure::Connect(e.to_string()))?;
     Ok((sender, Box::pin(conn)))
-}
-
-/// rustls client configuration: the webpki roots plus the certificates of `ca_pem`.
-pub fn client_tls(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    if let Some(pem) = ca_pem {
-        let mut n = 0;
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| format!("--ca: not a PEM certificate: {e}"))?;
-            roots.add(cert).map_err(|e| format!("--ca: unusable certificate: {e}"))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err("--ca: the file holds no PEM certificate".into());
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS configuration: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// Why a request failed before an HTTP answer could be judged.
