@@ -348,15 +348,18 @@ async fn sample_lag(
 ) {
     loop {
         let started = std::time::Instant::now();
-        match store.outbox_lag(consumer).await {
-            Ok((events, age)) => {
+        let took = match store.outbox_lag(consumer).await {
+            Ok((events, age, took)) => {
                 let (count, seconds) = gauges(&metrics);
                 count.store(events, Ordering::Relaxed);
                 seconds.store(age.as_secs_f64().to_bits(), Ordering::Relaxed);
+                took
             }
-            Err(e) => tracing::debug!(error = %e, consumer, "sampling the outbox lag failed"),
-        }
-        let took = started.elapsed();
+            Err(e) => {
+                tracing::debug!(error = %e, consumer, "sampling the outbox lag failed");
+                started.elapsed()
+            }
+        };
         tracing::debug!(consumer, took_ms = took.as_millis() as u64, "outbox lag sampled");
         tokio::time::sleep(next_sample(took)).await;
     }
@@ -366,8 +369,13 @@ async fn sample_lag(
 /// than 5% of the time. The count grows with the backlog, so during a long Kafka or search
 /// outage (millions of rows) every replica counting every 2 s would load the database most
 /// exactly when it already holds the most rows; the gauges then update less often instead.
+///
+/// At most every 30 s though: the gauges are what the lag alerts read, and a count slowed once
+/// (a CPU-starved host) must not leave them stale for minutes. It did: a search lag gauge stayed
+/// at 60,201 for over five minutes after the indexer had drained, and a CI run saw the Kafka lag
+/// gauge still above 0 a minute after every event was on the topic.
 pub(crate) fn next_sample(took: std::time::Duration) -> std::time::Duration {
-    (took * 19).max(std::time::Duration::from_secs(2))
+    (took * 19).clamp(std::time::Duration::from_secs(2), std::time::Duration::from_secs(30))
 }
 
 /// Every replica with the outbox on: warn at start about consumers registered in the database
@@ -483,6 +491,9 @@ mod tests {
         assert_eq!(next_sample(Duration::from_millis(105)), Duration::from_secs(2));
         // A 1 s count (a backlog of millions) waits 19 s: 1 s counting in every 20.
         assert_eq!(next_sample(Duration::from_secs(1)), Duration::from_secs(19));
-        assert_eq!(next_sample(Duration::from_millis(2500)), Duration::from_millis(47_500));
+        // Never less often than every 30 s: the alerts read these gauges.
+        assert_eq!(next_sample(Duration::from_millis(1500)), Duration::from_millis(28_500));
+        assert_eq!(next_sample(Duration::from_millis(2500)), Duration::from_secs(30));
+        assert_eq!(next_sample(Duration::from_secs(60)), Duration::from_secs(30));
     }
 }
