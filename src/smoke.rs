@@ -554,13 +554,10 @@ mod tls {
         let stream = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
             Err(_) => return Err(TlsFailure::Unreachable(format!("{host}:{port}: TLS handshake timed out"))),
             Ok(Err(e)) => {
-                let reason = e.to_string();
-                let hint = if reason.contains("UnknownIssuer") || reason.contains("unknown issuer") {
-                    " (self-signed or unknown CA: pass --ca FILE to trust it)"
-                } else {
-                    ""
-                };
-                return Err(TlsFailure::Invalid(format!("certificate refused for {host}: {reason}{hint}")));
+                return Err(TlsFailure::Invalid(format!(
+                    "certificate refused for {host}: {}",
+                    crate::tls::refusal(&e, &host)
+                )));
             }
             Ok(Ok(s)) => s,
         };

@@ -115,3 +115,28 @@ fn verify_pinned(
     }
     Ok(ServerCertVerified::assertion())
 }
+
+/// A failed handshake with `host` in words, with what to do when the certificate was refused. The
+/// rustls reason stays in the text (`UnknownIssuer`, `NotValidForName`, ...), for searching.
+pub fn refusal(e: &std::io::Error, host: &str) -> String {
+    let cert = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).and_then(|r| match r {
+        rustls::Error::InvalidCertificate(c) => Some(c),
+        _ => None,
+    });
+    let Some(cert) = cert else { return e.to_string() };
+    match cert {
+        CertificateError::UnknownIssuer => {
+            format!("{e} (self-signed or a private CA: pass the certificate or its CA with --ca FILE to trust it)")
+        }
+        // Reached only when the certificate is not one of --ca's (those are accepted above).
+        CertificateError::Other(other) if matches!(other.0.downcast_ref(), Some(webpki::Error::CaUsedAsEndEntity)) => {
+            "invalid peer certificate: CaUsedAsEndEntity: the server presents a CA certificate (CA:TRUE), \
+             not trusted here; if it is the server's own self-signed certificate, pass it with --ca FILE"
+                .to_owned()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            format!("{e} (its subjectAltName does not list {host}; the subject's common name alone is not used)")
+        }
+        _ => e.to_string(),
+    }
+}

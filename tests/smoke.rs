@@ -227,6 +227,12 @@ async fn tls_certificates_are_judged() -> anyhow::Result<()> {
     assert_eq!(code(&out), 1, "{report:#}");
     assert_eq!(failed(&report), ["tls"]);
     assert!(step(&report, "tls")["detail"].as_str().unwrap_or_default().contains("--ca"), "{report:#}");
+    // load cannot reach the service (exit 3) and says, in words, how to trust the certificate.
+    let out = audctl(&["load", "--url", &url, "--rate", "20", "--duration", "1s"], Some(KEY)).await?;
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    let why = stderr(&out);
+    assert!(why.contains("cannot connect: TLS:") && why.contains("--ca FILE"), "{why}");
+    assert!(!why.contains("Connect("), "a Debug form leaked: {why}");
     let out =
         audctl(&["smoke", "--url", &url, "--ca", ca.to_str().unwrap_or_default(), "-o", "json"], Some(KEY)).await?;
     let report = json(&out)?;
@@ -243,6 +249,13 @@ async fn tls_certificates_are_judged() -> anyhow::Result<()> {
     let ca_arg = ca.to_str().unwrap_or_default();
     let (addr, task) = terminate_tls(config, server.server.addr()).await?;
     let url = format!("https://localhost:{}", addr.port());
+    // Without --ca: refused, in words (not rustls's `Other(OtherError(CaUsedAsEndEntity))`).
+    let out = audctl(&["smoke", "--url", &url, "-o", "json"], Some(KEY)).await?;
+    let report = json(&out)?;
+    assert_eq!(code(&out), 1, "{report:#}");
+    let detail = step(&report, "tls")["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("CaUsedAsEndEntity") && detail.contains("--ca FILE"), "{detail}");
+    assert!(!detail.contains("OtherError"), "{detail}");
     let out = audctl(&["smoke", "--url", &url, "--ca", ca_arg, "-o", "json"], Some(KEY)).await?;
     let report = json(&out)?;
     assert_eq!(code(&out), 0, "{report:#}\n{}", stderr(&out));
@@ -256,7 +269,8 @@ async fn tls_certificates_are_judged() -> anyhow::Result<()> {
     let report = json(&out)?;
     assert_eq!(code(&out), 1, "{report:#}");
     assert_eq!(failed(&report), ["tls"]);
-    assert!(step(&report, "tls")["detail"].as_str().unwrap_or_default().contains("NotValidForName"), "{report:#}");
+    let detail = step(&report, "tls")["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("NotValidForName") && detail.contains("does not list 127.0.0.1"), "{detail}");
     task.abort();
     let (pem, config) = certificate_ca(days(-60), days(-2), true)?;
     service_support::write(&ca, &pem)?;

@@ -62,7 +62,7 @@ impl Endpoint {
                 let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
                     .await
                     .map_err(|_| Failure::Connect("TLS handshake timed out".into()))?
-                    .map_err(|e| Failure::Connect(format!("TLS: {e}")))?;
+                    .map_err(|e| Failure::Connect(format!("TLS: {}", crate::tls::refusal(&e, &self.host))))?;
                 handshake(tls).await?
             }
         };
@@ -92,6 +92,17 @@ pub enum Failure {
     /// The connection was found closed (e.g. an idle keep-alive timeout) before anything was sent:
     /// not the service's failure; the caller reconnects and sends.
     Stale,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(why) => write!(f, "cannot connect: {why}"),
+            Failure::Timeout => f.write_str("no answer within --timeout"),
+            Failure::Io(why) => write!(f, "the connection broke: {why}"),
+            Failure::Stale => f.write_str("the connection was found closed before the request was sent"),
+        }
+    }
 }
 
 impl Failure {

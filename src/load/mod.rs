@@ -107,7 +107,7 @@ async fn prepare(settings: &Settings, endpoint: &http::Endpoint, worker: usize) 
     let mut conn = endpoint.connect(settings.timeout).await.map_err(|f| {
         anyhow::Error::new(Unreachable {
             what: format!("service {}", crate::service::display_url(&settings.url)),
-            detail: format!("{f:?}"),
+            detail: f.to_string(),
         })
     })?;
     if workload.needs_seed() {
@@ -123,7 +123,7 @@ async fn prepare(settings: &Settings, endpoint: &http::Endpoint, worker: usize) 
             let (status, body) = conn
                 .send(endpoint, settings.key.as_deref(), &call)
                 .await
-                .map_err(|f| anyhow::anyhow!("seeding tenant {tenant}: {f:?}"))?;
+                .map_err(|f| anyhow::anyhow!("seeding tenant {tenant}: {f}"))?;
             let answer: audit_api::BatchResponse = match serde_json::from_slice(&body) {
                 Ok(a) if status.as_u16() == 201 => a,
                 _ => {
