@@ -60,6 +60,13 @@ impl KubeSettings {
             None if self.context.is_some() => Config::from_kubeconfig(&options)
                 .await
                 .map_err(|e| usage(format!("kubeconfig (context {:?}): {e}", self.context))),
+            // With nothing naming a cluster, kube's inference error (an in-cluster variable, then the
+            // default path, both Debug-quoted) reads as a fault; say what to give instead.
+            None if !self.configured() => Err(usage(format!(
+                "no cluster configured: give --kubeconfig FILE (or --context), set $KUBECONFIG, put `kube` \
+                 in the --targets file, create {}, or run in a pod",
+                home_kubeconfig().map_or_else(|| "~/.kube/config".to_owned(), |p| p.display().to_string())
+            ))),
             None => Config::infer().await.map_err(|e| usage(format!("no usable cluster configuration: {e}"))),
         }
     }

@@ -109,6 +109,28 @@ fn no_color_env_accepts_any_value() {
     }
 }
 
+/// With nothing naming a cluster, the cluster verbs say what to give (exit 2), not kube's inference
+/// error (`failed to infer config: in-cluster: (failed to read an incluster environment variable`).
+#[test]
+fn no_cluster_configured_says_what_to_give() {
+    let home = tempfile::tempdir().expect("temp dir");
+    for args in [vec!["history"], vec!["rollback"], vec!["diff"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
+            .args(&args)
+            .env_remove("KUBECONFIG")
+            .env_remove("AUDCTL_TARGETS")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", home.path())
+            .output()
+            .expect("audctl runs");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("no cluster configured: give --kubeconfig FILE"), "{args:?}: {err}");
+        assert!(err.contains(&home.path().join(".kube/config").display().to_string()), "{args:?}: {err}");
+        assert!(!err.contains("failed to infer config"), "{args:?}: {err}");
+    }
+}
+
 /// `-o junit` where a verb has no JUnit report is refused before any work: a deploy or rollback
 /// would otherwise touch the cluster first (here: none configured, which would be exit 3).
 #[test]
