@@ -7,7 +7,6 @@ use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -71,7 +70,10 @@ pub fn print(bytes: &[u8]) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing to stdout"),
+        // Not exit 1: for `verify` or `check` that says "the system failed", and it did not; the
+        // output could not be delivered (a full disk, a closed file), which is the caller's to fix.
+        Err(e) => Err(crate::error::usage(format!("writing to stdout: {e}"))),
+        Ok(()) => Ok(()),
     }
 }
 

@@ -109,6 +109,34 @@ fn no_color_env_accepts_any_value() {
     }
 }
 
+/// Output that cannot be delivered is exit 2 naming stdout, never 1 (for `verify`, "broken") and
+/// never a panic (clap_complete panics on a failed write); a closed pipe is not an error.
+#[test]
+fn undeliverable_output_is_exit_2_and_a_closed_pipe_is_fine() {
+    use std::process::Stdio;
+    let bin = env!("CARGO_BIN_EXE_audctl");
+    for args in [vec!["completions", "bash"], vec!["render", "-f", "../values/values-prod.yaml"]] {
+        let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else { panic!("/dev/full") };
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+        let out = Command::new(bin).args(&args).current_dir(dir).stdout(full).output().expect("audctl runs");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("writing to stdout: No space left on device"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // A reader that stops at once: the pipe closes under the writer.
+    let mut child = Command::new(bin)
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("audctl runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("audctl ends");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
 /// With nothing naming a cluster, the cluster verbs say what to give (exit 2), not kube's inference
 /// error (`failed to infer config: in-cluster: (failed to read an incluster environment variable`).
 #[test]

@@ -134,5 +134,37 @@ async fn verifies_exports_and_checkpoints() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:5: not JSON", p("garbled.ndjson"))), "{err}");
+
+    // A key repeated in a line (valid JSON, kept last by a plain parser): the hash covers only the
+    // real actor, a reader keeping the first sees another. Broken at that event, even with a valid
+    // checkpoint.
+    let mut doubled = lines.clone();
+    doubled[2] = doubled[2].replacen('{', r#"{"actor":{"id":"EVIL","type":"USER"},"#, 1);
+    assert!(doubled[2].matches("\"actor\"").count() == 2, "{}", doubled[2]);
+    std::fs::write(dir.join("doubled.ndjson"), doubled.join("\n"))?;
+    let out =
+        audctl(&["verify", &p("doubled.ndjson"), "--checkpoint", &checkpoint, "--public-key", &key_pem, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["brokenAt"], 3, "{report}");
+    assert!(report["reason"].as_str().is_some_and(|r| r.contains("line 3") && r.contains("twice")), "{report}");
+
+    // A line that is JSON but no event (`null`): an input error naming the line, not a broken chain.
+    let mut nulled = lines.clone();
+    nulled[1] = "null".into();
+    std::fs::write(dir.join("nulled.ndjson"), nulled.join("\n"))?;
+    let out = audctl(&["verify", &p("nulled.ndjson")]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2: not an event", p("nulled.ndjson"))), "{err}");
+
+    // A missing event: the reason gives the sequence found, in words.
+    let mut gap = lines.clone();
+    gap.remove(2);
+    std::fs::write(dir.join("gap.ndjson"), gap.join("\n"))?;
+    let out = audctl(&["verify", &p("gap.ndjson"), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["reason"], "expected sequence 3, found 4 (events missing or out of order)", "{report}");
     Ok(())
 }
