@@ -2,7 +2,7 @@
 //! secrets, JVM heap within the memory limit, datastores either deployed or reachable.
 
 use super::ValueError;
-use super::model::{Resources, Values};
+use super::model::{Image, Resources, Values};
 use super::quantity::{Quantity, jvm_size};
 use super::source::Sources;
 
@@ -28,6 +28,60 @@ impl Checker<'_> {
                     format!("request {request} is above the limit {limit}; expected requests <= limits"),
                 );
             }
+        }
+    }
+
+    /// The forms the kubelet and registries accept (distribution's reference grammar), so that a
+    /// bad tag fails here, naming the key, and not at deploy or at pull.
+    fn image(&mut self, path: &str, image: &Image) {
+        let repo = &image.repository;
+        // `[host[:port]/]path`: the host may hold a port and capitals, the path components not.
+        let parts: Vec<&str> = repo.split('/').collect();
+        let (host, path_parts) = match parts.as_slice() {
+            [first, rest @ ..] if !rest.is_empty() && (first.contains(['.', ':']) || *first == "localhost") => {
+                (Some(*first), rest)
+            }
+            all => (None, all),
+        };
+        let chars_ok = |c: &str, extra: &str| {
+            !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch) || extra.contains(ch))
+        };
+        let repo_ok = host.is_none_or(|h| chars_ok(h, ":") && h.matches(':').count() <= 1)
+            && path_parts.iter().all(|c| chars_ok(c, "") && !c.chars().any(|ch| ch.is_ascii_uppercase()));
+        if !repo_ok {
+            self.fail(
+                &format!("{path}.repository"),
+                format!(
+                    "{repo:?}: expected an image name like registry.example.com/team/name (lowercase path, no spaces)"
+                ),
+            );
+        }
+        let tag = &image.tag;
+        let tag_ok = tag.len() <= 128
+            && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !tag.is_empty() && !tag_ok {
+            self.fail(
+                &format!("{path}.tag"),
+                format!("{tag:?}: expected a tag of letters, digits, '_', '.' and '-' (at most 128, not starting with '.' or '-')"),
+            );
+        }
+        if let Some(digest) = &image.digest {
+            let ok = digest.split_once(':').is_some_and(|(alg, hex)| {
+                !alg.is_empty()
+                    && alg.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && hex.len() >= 32
+                    && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            });
+            if !ok {
+                self.fail(&format!("{path}.digest"), format!("{digest:?}: expected sha256:<64 hex digits>"));
+            }
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&image.pull_policy.as_str()) {
+            self.fail(
+                &format!("{path}.pullPolicy"),
+                format!("{:?}: expected Always, IfNotPresent or Never", image.pull_policy),
+            );
         }
     }
 
@@ -59,6 +113,8 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
     if v.image.tag.is_empty() && v.image.digest.is_none() {
         c.fail("image.tag", "empty: expected an image tag (or image.digest)".into());
     }
+    c.image("image", &v.image);
+    c.image("backups.image", &v.backups.image);
 
     c.resources("resources", &v.resources);
     c.resources("postgresql.primary.resources", &v.postgresql.primary.resources);

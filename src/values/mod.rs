@@ -439,6 +439,29 @@ mod tests {
         assert!(all.contains("--set kafka.replicaCount=x: kafka.replicaCount"), "{all}");
     }
 
+    /// Image references a registry or the kubelet would refuse fail at render, naming the key.
+    #[test]
+    fn image_references_are_checked() {
+        let ok = ["image.tag=1.4.0-rc_1", "image.repository=registry.example.com:5000/audit-trail/audit-server"];
+        load_texts(&[file("values-prod.yaml")], &ok.map(str::to_owned)).unwrap_or_else(|e| panic!("{e}"));
+        let digest = format!("image.digest=sha256:{}", "a".repeat(64));
+        load_texts(&[file("values-prod.yaml")], &[digest]).unwrap_or_else(|e| panic!("{e}"));
+        for (arg, expected) in [
+            ("image.pullPolicy=Sometimes", "image.pullPolicy: \"Sometimes\": expected Always, IfNotPresent or Never"),
+            ("image.tag=a b", "image.tag: \"a b\": expected a tag"),
+            ("image.tag=$(id)", "image.tag: \"$(id)\": expected a tag"),
+            ("image.tag=1.0:evil", "image.tag: \"1.0:evil\""),
+            ("image.tag=.hidden", "image.tag: \".hidden\""),
+            ("image.digest=notadigest", "image.digest: \"notadigest\": expected sha256:"),
+            ("image.repository=a b", "image.repository: \"a b\": expected an image name"),
+            ("image.repository=registry.example.com/Team/x", "image.repository"),
+            ("backups.image.pullPolicy=always", "backups.image.pullPolicy"),
+        ] {
+            let all = load_texts(&[file("values-prod.yaml")], &[arg.to_owned()]).unwrap_err().to_string();
+            assert!(all.contains(expected), "{arg}: {all}");
+        }
+    }
+
     #[test]
     fn one_set_holds_several_assignments_and_lists_as_in_helm() {
         let sets = [
