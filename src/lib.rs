@@ -73,6 +73,15 @@ where
 fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     // Refused before any work: found only when the report is printed, an unsupported format used
     // to exit 2 after a restore had replaced a database or a backup had been committed.
+    if matches!(cli.command, Command::Completions(_) | Command::Man) && cli.global.output != cli::OutputFormat::Table {
+        // They print a script or a page; taking -o json silently would hand a parser a script.
+        return Err(error::usage(format!(
+            "`audctl {}` prints {}: -o {} does not apply (leave -o out)",
+            cli.command.name(),
+            if matches!(cli.command, Command::Man) { "a man page" } else { "a shell script" },
+            clap::ValueEnum::to_possible_value(&cli.global.output).map(|v| v.get_name().to_owned()).unwrap_or_default()
+        )));
+    }
     if cli.global.output == cli::OutputFormat::Junit && !supports_junit(&cli.command) {
         return Err(error::usage(output::JUNIT_UNSUPPORTED));
     }

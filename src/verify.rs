@@ -24,6 +24,10 @@ pub struct VerifyReport {
     pub tenant_id: Option<String>,
     #[serde(flatten)]
     pub result: checkpoint::ExportReport,
+    /// The line of the export holding the first broken event (None: intact, or broken past the
+    /// last line, as a cut tail is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken_at_line: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointSummary>,
 }
@@ -49,7 +53,8 @@ impl Report for VerifyReport {
         t.add_row(["result".to_owned(), if self.result.verified { "VERIFIED" } else { "BROKEN" }.to_owned()]);
         t.add_row(["links checked".to_owned(), self.result.checked.to_string()]);
         if let Some(at) = self.result.broken_at {
-            t.add_row(["first broken at".to_owned(), at.to_string()]);
+            let line = self.broken_at_line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            t.add_row(["first broken at".to_owned(), format!("sequence {at}{line}")]);
         }
         if let Some(reason) = &self.result.reason {
             t.add_row(["reason".to_owned(), reason.clone()]);
@@ -91,19 +96,24 @@ pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
     let mut verifier = ExportVerifier::new(checkpoint.as_ref());
     let mut tenant = checkpoint.as_ref().map(|c| c.tenant_id.clone());
     let mut events = 0usize;
+    let mut broken_line = None;
     for (i, line) in BufReader::new(input).lines().enumerate() {
         // Unreadable input is the operator's to fix (exit 2), not a broken chain (exit 1).
         let line = line.map_err(|e| usage(format!("{shown}:{}: cannot read the export: {e}", i + 1)))?;
+        // A byte order mark, as an editor may add on saving: RFC 8259 lets a parser ignore it, and
+        // the hash covers the parsed event, not the file's bytes.
+        let line = if i == 0 { line.strip_prefix('\u{feff}').unwrap_or(&line) } else { &line };
         if line.trim().is_empty() {
             continue;
         }
-        let event = match serde_json::from_str::<strict::Strict>(&line) {
+        let event = match serde_json::from_str::<strict::Strict>(line) {
             Ok(strict::Strict(event)) => event,
             // A repeated key is valid JSON that no server wrote: the hash covers only the value the
             // parser keeps, and a reader keeping the other sees what was never stored. Tampering.
             Err(e) if e.classify() == serde_json::error::Category::Data => {
                 verifier.reject(format!("line {}: {e}: the hash covers only one of its values", i + 1));
                 events += 1;
+                broken_line = Some(i + 1);
                 break;
             }
             Err(e) => return Err(usage(format!("{shown}:{}: not JSON ({e}): is this an NDJSON export?", i + 1))),
@@ -117,6 +127,7 @@ pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
         verifier.check(&event);
         events += 1;
         if verifier.is_broken() {
+            broken_line = Some(i + 1);
             break;
         }
     }
@@ -130,6 +141,7 @@ pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
     let mut result = verifier.finish();
     if let Some(reason) = &bad_signature {
         // A checkpoint that does not verify proves nothing, whatever the chain says.
+        broken_line = None;
         result.verified = false;
         result.broken_at = None;
         result.reason = Some(reason.clone());
@@ -138,6 +150,7 @@ pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
     let report = VerifyReport {
         export: args.export.display().to_string(),
         tenant_id: tenant,
+        broken_at_line: broken_line,
         checkpoint: checkpoint.map(|c| CheckpointSummary {
             sequence: c.sequence,
             hash: c.hash,
@@ -151,7 +164,11 @@ pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
     if report.result.verified {
         Ok(())
     } else {
-        let at = report.result.broken_at.map(|s| format!(" at sequence {s}")).unwrap_or_default();
+        let at = match (report.result.broken_at, report.broken_at_line) {
+            (Some(s), Some(line)) => format!(" at sequence {s} ({shown}:{line})"),
+            (Some(s), None) => format!(" at sequence {s}"),
+            _ => String::new(),
+        };
         Err(CheckFailed(format!(
             "the export does not verify{at}: {}",
             report.result.reason.as_deref().unwrap_or("broken")
@@ -160,8 +177,8 @@ pub fn run(args: &VerifyArgs, format: OutputFormat) -> anyhow::Result<()> {
     }
 }
 
-/// Read a checkpoint (one object, or the answer of `GET /integrity/checkpoints` holding exactly
-/// one) and check its signature (a bad one fails the verification, exit 1, not the command).
+/// Read a checkpoint (one object, the answer of `GET /integrity/checkpoints` holding exactly one,
+/// or an append's receipt, whose `checkpoint` member is one) and check its signature (a bad one fails the verification, exit 1, not the command).
 fn load_checkpoint(path: &PathBuf, key_path: &PathBuf) -> anyhow::Result<(SignedCheckpoint, Result<(), String>)> {
     let text = std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
     let value: serde_json::Value =
@@ -175,8 +192,19 @@ fn load_checkpoint(path: &PathBuf, key_path: &PathBuf) -> anyhow::Result<(Signed
                 list.len()
             )));
         }
-        None => value,
+        // A receipt: the answer to an append, the checkpoint of its tenant's head at that event.
+        None => match value.get("checkpoint") {
+            Some(cp) if cp.is_object() => cp.clone(),
+            _ => value,
+        },
     };
+    if value.get("status").is_some() && value.get("signature").is_none() {
+        return Err(usage(format!(
+            "{}: an append's receipt without a checkpoint: append with `?signed=true` for a signed receipt, \
+             or give a checkpoint from GET /api/v1/integrity/checkpoints",
+            path.display()
+        )));
+    }
     let cp: SignedCheckpoint = serde_json::from_value(value).map_err(|e| {
         usage(format!(
             "{}: not a signed checkpoint ({{tenantId, sequence, hash, issuedAt, keyId, signature}}): {e}",

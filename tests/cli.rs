@@ -79,6 +79,16 @@ fn completions_are_generated() {
     assert_eq!(out.status.code(), Some(0));
     let script = text(&out.stdout);
     assert!(script.contains("_audctl") && script.contains("rollback"), "{script}");
+    // A script is no JSON: -o json is refused rather than ignored (and -o table is the default).
+    let refused: [(&[&str], &str); 2] =
+        [(&["completions", "bash", "-o", "json"], "a shell script"), (&["man", "-o", "yaml"], "a man page")];
+    for (args, what) in refused {
+        let out = audctl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(what) && err.contains("does not apply") && out.stdout.is_empty(), "{err}");
+    }
+    assert_eq!(audctl(&["completions", "zsh", "-o", "table"]).status.code(), Some(0));
 }
 
 #[test]

@@ -14,11 +14,15 @@ fn audctl(args: &[&str]) -> Output {
 }
 
 fn event(i: usize) -> Value {
+    event_of("acme", i)
+}
+
+fn event_of(tenant: &str, i: usize) -> Value {
     json!({
         "actor": {"id": format!("u{i}"), "type": "USER", "attributes": {"score": 80e-27 * i as f64, "\u{1f600}": i}},
         "action": {"type": "LOGIN"},
         "resource": {"id": "app", "type": "APPLICATION", "after": {"ratio": 1e21 / (i as f64 + 1.0)}},
-        "metadata": {"source": "tests", "tenantId": "acme", "tags": {"env": "test"}}
+        "metadata": {"source": "tests", "tenantId": tenant, "tags": {"env": "test"}}
     })
 }
 
@@ -31,9 +35,20 @@ async fn fetch(dir: &Path) -> anyhow::Result<()> {
     let server = audit_server::spawn(config).await?;
     let base = server.base_url();
     let http = reqwest::Client::new();
-    let batch = json!({"events": (0..50).map(event).collect::<Vec<_>>()});
+    let batch = json!({"events": (0..49).map(event).collect::<Vec<_>>()});
     let r = http.post(format!("{base}/api/v1/events/batch")).header("x-api-key", KEY).json(&batch).send().await?;
     anyhow::ensure!(r.status() == 201, "{}", r.text().await?);
+    // The 50th event alone, and one of another tenant: their receipts carry a signed checkpoint.
+    for (tenant, i, file) in [("acme", 49, "receipt.json"), ("globex", 0, "receipt-globex.json")] {
+        let r = http
+            .post(format!("{base}/api/v1/events?signed=true"))
+            .header("x-api-key", KEY)
+            .json(&event_of(tenant, i))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "{}", r.text().await?);
+        std::fs::write(dir.join(file), r.text().await?)?;
+    }
     let get = |path: &str| http.get(format!("{base}{path}")).header("x-api-key", KEY).send();
     std::fs::write(dir.join("export.ndjson"), get("/api/v1/events/export?tenantId=acme").await?.text().await?)?;
     std::fs::write(
@@ -157,6 +172,44 @@ async fn verifies_exports_and_checkpoints() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:2: not an event", p("nulled.ndjson"))), "{err}");
+
+    // A checkpoint of another tenant: said so, not blamed on the events.
+    let out = audctl(&["verify", &export, "--checkpoint", &p("receipt-globex.json"), "--public-key", &key_pem]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(r#"the signed checkpoint is tenant "globex"'s"#), "{table}");
+    // An append's receipt is a checkpoint too (its `checkpoint` member), here of the last event.
+    let out = audctl(&["verify", &export, "--checkpoint", &p("receipt.json"), "--public-key", &key_pem, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        (report["checkpointMatched"].clone(), report["checkpoint"]["sequence"].clone()),
+        (json!(true), json!(50))
+    );
+    // A receipt of an append without `?signed=true` holds no checkpoint: said so (exit 2).
+    let mut unsigned: Value = serde_json::from_str(&std::fs::read_to_string(p("receipt.json"))?)?;
+    unsigned.as_object_mut().map(|o| o.remove("checkpoint"));
+    std::fs::write(dir.join("unsigned.json"), unsigned.to_string())?;
+    let out = audctl(&["verify", &export, "--checkpoint", &p("unsigned.json"), "--public-key", &key_pem]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("?signed=true"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A byte order mark before the first line, as an editor may save it: the same export.
+    std::fs::write(dir.join("bom.ndjson"), format!("\u{feff}{}", lines.join("\n")))?;
+    let out = audctl(&["verify", &p("bom.ndjson"), "--checkpoint", &checkpoint, "--public-key", &key_pem]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A broken link is located by sequence and by line (a blank line makes them differ).
+    let mut spaced = edited.clone();
+    spaced.insert(1, String::new());
+    std::fs::write(dir.join("spaced.ndjson"), spaced.join("\n"))?;
+    let out = audctl(&["verify", &p("spaced.ndjson"), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!((report["brokenAt"].clone(), report["brokenAtLine"].clone()), (json!(3), json!(4)), "{report}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = audctl(&["verify", &p("spaced.ndjson"), "-v"]);
+    let err = err + &String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("at sequence 3 ({}:4)", p("spaced.ndjson"))), "{err}");
 
     // A missing event: the reason gives the sequence found, in words.
     let mut gap = lines.clone();

@@ -222,6 +222,14 @@ impl<'a> ExportVerifier<'a> {
         }
         match (&self.tenant, tenant) {
             (_, None) => return fail("the event has no metadata.tenantId".into()),
+            // Before any link is checked the tenant expected is the checkpoint's: a first event of
+            // another tenant means the two files do not go together, not a tampered event.
+            (Some(t), Some(u)) if *t != u && self.checked == 0 && self.checkpoint.is_some() => {
+                return fail(format!(
+                    "the signed checkpoint is tenant {t:?}'s but the export's events are tenant {u:?}'s: give the \
+                     checkpoint of tenant {u:?} (or the export of {t:?})"
+                ));
+            }
             (Some(t), Some(u)) if *t != u => return fail(format!("the event belongs to tenant {u:?}, not {t:?}")),
             (None, Some(u)) => self.tenant = Some(u),
             _ => {}
