@@ -117,7 +117,16 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Matches the bind errors of the components' logs and of Rust's std, as found in an error chain.
 pub fn is_port_clash(error: &anyhow::Error) -> bool {
     let text = format!("{error:#}");
-    ["Address already in use", "address already in use", "could not bind"].iter().any(|m| text.contains(m))
+    CLASH_MARKERS.iter().any(|m| text.contains(m))
+}
+
+const CLASH_MARKERS: [&str; 3] = ["Address already in use", "address already in use", "could not bind"];
+
+/// The first line of a log that reports a port clash. The tail shown in an error may not hold it:
+/// Elasticsearch's bind failure is followed by a stack trace longer than the tail.
+fn clash_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().find(|l| CLASH_MARKERS.iter().any(|m| l.contains(m))).map(|l| l.trim().to_owned())
 }
 
 /// Poll `probe` until it returns Ok(true), the process dies, or `timeout` passes; never later than
@@ -139,8 +148,9 @@ where
             Err(_) => last_err = format!("the probe did not answer within the remaining {left:?}"),
         }
         if !process.is_running() {
+            let clash = clash_line(process.log_path()).map(|l| format!("\n(port clash: {l})")).unwrap_or_default();
             bail!(
-                "{} exited during start-up (log {}):\n{}",
+                "{} exited during start-up (log {}):\n{}{clash}",
                 process.name(),
                 process.log_path().display(),
                 process.log_tail(40)
@@ -213,6 +223,22 @@ mod tests {
         // killpg(None) counts zombies; what matters is that nothing in the group still runs.
         let live = live_group_members(&[pgid as u32]);
         assert!(live.is_empty(), "process group {pgid} survived drop: {live:?}");
+        Ok(())
+    }
+
+    /// A bind failure far above the tail (Elasticsearch's, then a long stack trace) still reads as
+    /// a port clash, so the starter retries on fresh ports (a CI run failed on this).
+    #[tokio::test]
+    async fn a_clash_above_the_tail_is_still_a_clash() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo 'Caused by: java.net.BindException: Address already in use'; seq 1 100 | sed 's/^/\tat frame/'",
+        ]);
+        let mut p = Process::spawn("node", cmd, dir.path().join("log"))?;
+        let err = wait_until(&mut p, Duration::from_secs(10), || async { Ok(false) }).await.err().expect("exited");
+        assert!(is_port_clash(&err), "{err:#}");
         Ok(())
     }
 
