@@ -6,6 +6,7 @@
 
 pub mod canonical;
 pub mod checkpoint;
+pub mod strict;
 
 use std::collections::BTreeMap;
 
@@ -177,7 +178,8 @@ fn tags_schema() -> utoipa::openapi::schema::Object {
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .additional_properties(Some(string(4096)))
-        .property_names(Some(string(256).build()))
+        // The names the search's `tags` filter accepts: no empty name, no '='.
+        .property_names(Some(string(256).min_length(Some(1)).pattern(Some("^[^=]+$")).build()))
         .build()
 }
 

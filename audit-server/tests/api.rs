@@ -244,6 +244,54 @@ async fn error_statuses(backend: Backend) -> Result<()> {
     let (s, b) = api.post(KEY_A, "/api/v1/events", &long).await?;
     expect_json_error(s, 400, &b)?;
 
+    // What a client means must be what is stored, or a 400 naming the field: an integer literal
+    // beyond 64 bits (serde_json would round it to a double), a key given twice (readers disagree
+    // on which counts), a query parameter the route does not know (a filter silently dropped), a
+    // time bound finer than the stored microsecond, a leap second.
+    let raw = |path: &str, body: String| {
+        http.post(api.url(path)).header("x-api-key", KEY_A).header("content-type", "application/json").body(body)
+    };
+    let big = event("tenant-a", "x", "Y").to_string().replacen(
+        r#""actor":{"#,
+        r#""actor":{"attributes":{"n":18446744073709551617},"#,
+        1,
+    );
+    let r = raw("/api/v1/events", big).send().await?;
+    let (s, b) = (r.status().as_u16(), r.json::<Value>().await?);
+    expect_json_error(s, 400, &b)?;
+    ensure!(b["details"][0]["field"] == "actor.attributes.n", "{b}");
+    let twice =
+        event("tenant-a", "x", "Y").to_string().replacen(r#""tenantId":"#, r#""tenantId":"tenant-b","tenantId":"#, 1);
+    let r = raw("/api/v1/events", twice).send().await?;
+    let (s, b) = (r.status().as_u16(), r.json::<Value>().await?);
+    expect_json_error(s, 400, &b)?;
+    ensure!(b["message"].as_str().is_some_and(|m| m.contains("\"tenantId\" appears twice")), "{b}");
+    for (path, field) in [
+        ("/api/v1/events?tenantId=tenant-a&resourceType=NOPE", "resourceType"),
+        ("/api/v1/events/export?tenantId=tenant-a&since=1", "since"),
+        ("/api/v1/events?tenantId=tenant-a&to=2026-12-06T20:47:55.8659981Z", ""),
+        ("/api/v1/events?tenantId=tenant-a&from=2026-06-30T12:34:60Z", ""),
+    ] {
+        let (s, b) = api.get(KEY_A, path).await?;
+        expect_json_error(s, 400, &b)?;
+        ensure!(field.is_empty() || b["details"][0]["field"] == field, "{path}: {b}");
+    }
+    let (s, b) = api.post(KEY_A, "/api/v1/events?sign=true", &event("tenant-a", "x", "Y")).await?;
+    expect_json_error(s, 400, &b)?;
+    // POST /search: the same body rules as the appends (415, a field path for a wrong type).
+    let r = http
+        .post(api.url("/api/v1/search"))
+        .header("x-api-key", KEY_A)
+        .header("content-type", "text/plain")
+        .body(r#"{"tenantId":"tenant-a"}"#)
+        .send()
+        .await?;
+    let s = r.status().as_u16();
+    expect_json_error(s, 415, &r.json().await?)?;
+    let (s, b) = api.post(KEY_A, "/api/v1/search", &json!({"tenantId": "tenant-a", "limit": "5"})).await?;
+    expect_json_error(s, 400, &b)?;
+    ensure!(b["details"][0]["field"] == "limit", "{b}");
+
     // 401: missing and wrong key.
     let r = http.get(api.url("/api/v1/events?tenantId=tenant-a")).send().await?;
     let s = r.status().as_u16();

@@ -107,11 +107,13 @@ async fn openapi_declares_enforced_constraints() -> Result<()> {
 
 /// Rules JSON Schema cannot state, documented in the README: a batch holds one tenant, integers
 /// beyond 2^53 are refused, a `checkpoint` must be one the server signed, `signed=true` needs a
-/// signing key, `occurredAt` at most microsecond precision within years 1-9999, strings nested in
+/// signing key, `occurredAt` at most microsecond precision within years 1-9999 and no leap second
+/// (RFC 3339's date-time allows second 60), strings nested in
 /// free-form parts at most 4096 characters. A schema-valid request refused for one of them is
 /// expected.
-const INEXPRESSIBLE: [&str; 7] = [
+const INEXPRESSIBLE: [&str; 8] = [
     "all events of a batch must have the same tenantId",
+    "must not be a leap second",
     "integers beyond 2^53",
     "signed checkpoint",
     "has no signing key",

@@ -237,7 +237,7 @@ mod tests {
             "echo 'Caused by: java.net.BindException: Address already in use'; seq 1 100 | sed 's/^/\tat frame/'",
         ]);
         let mut p = Process::spawn("node", cmd, dir.path().join("log"))?;
-        let err = wait_until(&mut p, Duration::from_secs(10), || async { Ok(false) }).await.err().expect("exited");
+        let err = wait_until(&mut p, Duration::from_secs(10), || async { Ok(false) }).await.expect_err("exited");
         assert!(is_port_clash(&err), "{err:#}");
         Ok(())
     }

@@ -39,6 +39,16 @@ impl ApiError {
         Self::invalid(vec![FieldError { field: field.to_owned(), message: message.into() }])
     }
 
+    /// A query string that does not deserialize: the parameter named when serde names it (unknown,
+    /// repeated, or a value of the wrong type), in `details` as every other 400.
+    pub fn query(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        let text = rejection.body_text();
+        let message = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text).to_owned();
+        // serde's messages quote the field as `name`; an unknown one is listed after "expected".
+        let field = message.split('`').nth(1).filter(|_| message.contains("field `")).unwrap_or("").to_owned();
+        Self::invalid(vec![FieldError { field, message }])
+    }
+
     pub fn forbidden_tenant(tenant: &str) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", format!("this API key is not allowed for tenant {tenant:?}"))
     }

@@ -8,7 +8,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -116,6 +116,7 @@ pub async fn post_batch(
 
 /// Query of the POST routes.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AppendParams {
     signed: Option<bool>,
 }
@@ -126,7 +127,7 @@ fn receipt_signer(
     state: &AppState,
     params: Result<Query<AppendParams>, QueryRejection>,
 ) -> Result<Option<std::sync::Arc<crate::checkpoint::Signer>>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(p) = params.map_err(ApiError::query)?;
     if p.signed != Some(true) {
         return Ok(None);
     }
@@ -226,7 +227,7 @@ pub async fn get_event(
 /// Filters of `GET /events`. All optional except `tenantId`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
     /// The tenant whose events to list (required).
     #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
@@ -291,7 +292,7 @@ pub async fn list_events(
     Caller(scope): Caller,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(p) = params.map_err(ApiError::query)?;
     let tenant = required_tenant(p.tenant_id.as_deref())?;
     let mut errors = Vec::new();
     let mut field = |name: &str, message: String| errors.push(audit_api::FieldError { field: name.into(), message });
@@ -346,7 +347,7 @@ pub async fn list_events(
 /// Query of `GET /integrity/verify`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VerifyParams {
     /// The tenant whose chain to walk (required).
     #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
@@ -380,7 +381,7 @@ pub async fn verify(
     headers: HeaderMap,
     params: Result<Query<VerifyParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(p) = params.map_err(ApiError::query)?;
     let tenant = required_tenant(p.tenant_id.as_deref())?;
     scope.require(&tenant)?;
     let checkpoint = match p.checkpoint.as_deref() {
@@ -491,6 +492,14 @@ pub(crate) fn time(v: &str) -> Result<DateTime<Utc>, String> {
         .with_timezone(&Utc);
     if !(1..=9999).contains(&t.year()) {
         return Err("must be between years 1 and 9999".into());
+    }
+    // Timestamps are stored to the microsecond: a finer bound would be compared cut short, and
+    // `to` one nanosecond past an event would exclude it.
+    if t.nanosecond() % 1000 != 0 {
+        return Err("must not be more precise than a microsecond (timestamps are stored to the microsecond)".into());
+    }
+    if t.nanosecond() >= 1_000_000_000 {
+        return Err("must not be a leap second (second 60)".into());
     }
     Ok(t)
 }

@@ -2,6 +2,7 @@
 //! field listed). Validation runs on the raw JSON so all errors are reported at once, not just the
 //! first one serde would stop at.
 
+use audit_api::strict::Strict;
 use audit_api::{FieldError, MAX_BATCH_EVENTS, MAX_BODY_BYTES, NewEvent};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -25,36 +26,142 @@ impl FromRequest<AppState> for JsonBody {
         if state.appender.saturated() {
             return Err(AppendError::Overloaded.into());
         }
-        let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if !(mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!("expected Content-Type: application/json, got {content_type:?}"),
-            ));
+        let (value, size) = read_json(req, state).await?;
+        Ok(JsonBody(value, size))
+    }
+}
+
+/// A JSON request body of a query (`POST /search`): the same content type, size and syntax rules
+/// as an append's, without load shedding (a search takes nothing from the append queue).
+pub struct QueryBody(pub Value);
+
+impl FromRequest<AppState> for QueryBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(QueryBody(read_json(req, state).await?.0))
+    }
+}
+
+/// Content type (415), size (413), deadline (503), then the JSON: read strictly (a key given
+/// twice is refused, 400) and with integer literals beyond 64 bits refused (400, see
+/// [`overflowing_integers`]).
+async fn read_json(req: Request, state: &AppState) -> Result<(Value, usize), ApiError> {
+    let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !(mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected Content-Type: application/json, got {content_type:?}"),
+        ));
+    }
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    // The router sets DefaultBodyLimit to MAX_BODY_BYTES; Bytes turns an overrun into a 413.
+    let read = Bytes::from_request(req, state);
+    let read = match deadline {
+        Some(d) => tokio::time::timeout_at(d, read).await.map_err(|_| ApiError::timeout())?,
+        None => read.await,
+    };
+    let bytes = read.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {e}"))
         }
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(too_large());
+    })?;
+    // A key given twice is valid JSON that readers take differently (serde_json keeps the last,
+    // many proxies and parsers the first): what they see must be what is stored and hashed.
+    let value = match serde_json::from_slice::<Strict>(&bytes) {
+        Ok(Strict(value)) => value,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(ApiError::bad_request(format!("{e}: a member may be given once")));
         }
-        // The router sets DefaultBodyLimit to MAX_BODY_BYTES; Bytes turns an overrun into a 413.
-        let read = Bytes::from_request(req, state);
-        let read = match deadline {
-            Some(d) => tokio::time::timeout_at(d, read).await.map_err(|_| ApiError::timeout())?,
-            None => read.await,
-        };
-        let bytes = read.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
+        Err(e) => return Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
+    };
+    let overflowing = overflowing_integers(&bytes);
+    if !overflowing.is_empty() {
+        let mut errors = Vec::new();
+        at_values(&value, &mut String::new(), &overflowing, &mut errors);
+        if errors.is_empty() {
+            errors.push(FieldError { field: String::new(), message: INEXACT.into() });
+        }
+        return Err(ApiError::invalid(errors));
+    }
+    Ok((value, bytes.len()))
+}
+
+const INEXACT: &str = "integers beyond 2^53 in magnitude cannot be kept exactly (numbers are IEEE 754 doubles, RFC 8785); send them as strings";
+
+/// The values of the integer literals (no fraction, no exponent) outside strings that fit neither
+/// an i64 nor a u64. serde_json reads those as the nearest double without a trace of the literal,
+/// so [`inexact_numbers`] cannot tell `18446744073709551617` (rounded: refused) from
+/// `1.8446744073709552e19` (a double as sent: kept). One pass over the bytes of a body that
+/// already parsed as JSON, so strings and escapes are well formed.
+fn overflowing_integers(bytes: &[u8]) -> Vec<f64> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
             }
-        })?;
-        let value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-        Ok(JsonBody(value, bytes.len()))
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                let token = std::str::from_utf8(&bytes[start..i]).unwrap_or_default();
+                // 19 characters hold every i64 and u64 below 10^18: nothing to parse on the hot path.
+                if token.len() > 19
+                    && !token.contains(['.', 'e', 'E'])
+                    && token.parse::<i64>().is_err()
+                    && token.parse::<u64>().is_err()
+                    && let Ok(v) = token.parse::<f64>()
+                {
+                    found.push(v);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    found
+}
+
+/// The paths of the doubles equal to one of `targets` (the overflowing literals' values).
+fn at_values(value: &Value, path: &mut String, targets: &[f64], errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Number(n) if n.is_f64() && n.as_f64().is_some_and(|v| targets.contains(&v)) => {
+            errors.push(FieldError { field: path.clone(), message: INEXACT.into() });
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                at_values(item, path, targets, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                at_values(item, path, targets, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -128,8 +235,10 @@ pub fn event(value: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> Optio
             Some(map) if map.values().all(Value::is_string) => {
                 for (key, tag) in map {
                     let field = format!("metadata.tags.{key}");
-                    if key.chars().count() > MAX_ID {
-                        v.fail(&field, "tag names must be at most 256 characters");
+                    // The names a search can filter on (`tags` of POST /search): a tag stored
+                    // under another name could never be found by it.
+                    if key.is_empty() || key.chars().count() > MAX_ID || key.contains('=') {
+                        v.fail(&field, "tag names must be 1 to 256 characters without '='");
                     }
                     v.opt_text(Some(tag), &field);
                 }
@@ -183,6 +292,14 @@ fn occurred_at(text: &str) -> Result<String, String> {
     if t.nanosecond() % 1000 != 0 {
         return Err("must not be more precise than a microsecond (it would be stored rounded)".into());
     }
+    // chrono keeps a leap second as a nanosecond count past 10^9, and writes it back as second 60
+    // of any minute: no instant most readers accept (Python's datetime refuses it).
+    if t.nanosecond() >= 1_000_000_000 {
+        return Err(
+            "must not be a leap second (second 60): give the instant as second 59.999999 or 00 of the next minute"
+                .into(),
+        );
+    }
     Ok(crate::chain::format_timestamp(t))
 }
 
@@ -221,12 +338,9 @@ fn long_strings(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) 
 /// doubles), so what is hashed and returned would differ from what was sent: refuse them.
 fn inexact_numbers(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
     match value {
-        Value::Number(n) if !audit_api::canonical::exact_number(n) => errors.push(FieldError {
-            field: path.clone(),
-            message: "integers beyond 2^53 in magnitude cannot be kept exactly (numbers are IEEE 754 doubles, \
-                      RFC 8785); send them as strings"
-                .into(),
-        }),
+        Value::Number(n) if !audit_api::canonical::exact_number(n) => {
+            errors.push(FieldError { field: path.clone(), message: INEXACT.into() })
+        }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let len = path.len();
@@ -374,6 +488,25 @@ mod tests {
         })
     }
 
+    /// Literals beyond 64 bits (read as rounded doubles by serde_json) found by the scan, located
+    /// in the parsed value; doubles written as such, strings and smaller integers left alone.
+    #[test]
+    fn overflowing_integer_literals_are_found_and_located() {
+        let body = r#"{"a":{"n":18446744073709551617,"m":-9223372036854775809,"ok":18446744073709551615},
+            "f":1.8446744073709552e19,"s":"18446744073709551617 \" 99999999999999999999","l":[100000000000000000001]}"#;
+        let found = overflowing_integers(body.as_bytes());
+        assert_eq!(found, vec![18446744073709551617.0, -9223372036854775809.0, 1e20]);
+        let Strict(value) = serde_json::from_str(body).expect("json");
+        let mut errors = Vec::new();
+        at_values(&value, &mut String::new(), &found, &mut errors);
+        let mut fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        fields.sort();
+        // `f` is the double 2^64 as sent, equal to the first literal once rounded: named too, the
+        // one ambiguity of locating by value (the body is refused either way).
+        assert_eq!(fields, ["a.m", "a.n", "f", "l[0]"]);
+        assert!(overflowing_integers(br#"{"n":9223372036854775807,"t":"x"}"#).is_empty());
+    }
+
     #[test]
     fn occurred_at_is_normalised_or_refused() {
         for (sent, stored) in [
@@ -388,7 +521,14 @@ mod tests {
             let e = event(&v, "", &mut errors).unwrap_or_else(|| panic!("{sent}: {errors:?}"));
             assert_eq!(e.occurred_at.as_deref(), Some(stored), "{sent}");
         }
-        for bad in [json!("2026-01-31"), json!("2026-01-31T12:00:00.1234567Z"), json!("yesterday"), json!(1)] {
+        for bad in [
+            json!("2026-01-31"),
+            json!("2026-01-31T12:00:00.1234567Z"),
+            json!("yesterday"),
+            json!(1),
+            json!("2026-06-30T12:34:60Z"),
+            json!("2026-06-30T23:59:60.5+02:00"),
+        ] {
             let mut v = minimal();
             v["occurredAt"] = bad.clone();
             let mut errors = Vec::new();
@@ -412,6 +552,14 @@ mod tests {
         let before = format!("resource.before.{}", "x".repeat(64));
         let tag = format!("metadata.tags.{}", "y".repeat(257));
         assert_eq!(fields, ["actor.attributes.a[1].deep", "metadata.tags.big", &tag, "resource.after[0]", &before]);
+        // Names the search's tag filter could never take.
+        let mut unsearchable = minimal();
+        unsearchable["metadata"]["tags"] = json!({"k=v": "x", "": "e"});
+        let mut errors = Vec::new();
+        assert!(event(&unsearchable, "", &mut errors).is_none());
+        let mut fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["metadata.tags", "metadata.tags.k=v"]);
         let mut ok = minimal();
         ok["metadata"]["tags"] = json!({"k": "x".repeat(MAX_TEXT)});
         ok["resource"]["after"] = json!({"s": "x".repeat(MAX_TEXT)});

@@ -44,7 +44,7 @@ pub async fn public_key(State(state): State<AppState>) -> Result<Json<PublicKeyI
 /// Query of `GET /integrity/checkpoints`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantParams {
     /// The tenant (optional: default every tenant the key may read).
     #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
@@ -70,7 +70,7 @@ pub async fn checkpoints(
     Caller(scope): Caller,
     params: Result<Query<TenantParams>, QueryRejection>,
 ) -> Result<Json<CheckpointList>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(p) = params.map_err(ApiError::query)?;
     let signer = signer(&state)?;
     let tenant = match p.tenant_id.as_deref() {
         Some(t) => {
@@ -116,7 +116,7 @@ pub async fn checkpoints(
 /// Query of `GET /events/export`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExportParams {
     /// The tenant whose events to export (required).
     #[param(required = true, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]+$")]
@@ -140,7 +140,7 @@ pub async fn export(
     Caller(scope): Caller,
     params: Result<Query<ExportParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(p) = params.map_err(ApiError::query)?;
     let tenant = required_tenant(p.tenant_id.as_deref())?;
     scope.require(&tenant)?;
     // One page of 1000 at a time, following the last sequence: appends only add after it.

@@ -4,11 +4,11 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
+use super::input::QueryBody;
 use crate::search::query::{self, Search, SearchRequest, SearchResponse};
 
 /// Full-text and filtered search of one tenant's events, with aggregations and pagination. From
@@ -21,15 +21,23 @@ use crate::search::query::{self, Search, SearchRequest, SearchResponse};
         (status = 400, description = "Invalid request", body = audit_api::ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = audit_api::ErrorBody),
         (status = 403, description = "Key not allowed for the tenant", body = audit_api::ErrorBody),
+        (status = 413, description = "Body larger than 10 MiB", body = audit_api::ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = audit_api::ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn search(
     State(state): State<AppState>,
     Caller(scope): Caller,
-    body: Result<Json<SearchRequest>, JsonRejection>,
+    QueryBody(body): QueryBody,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // The path of the member that does not fit (`limit`, `aggregations[0]`), in `details` as every
+    // other 400 of the API; serde stops at the first, the rules of [`Search::parse`] list them all.
+    let request: SearchRequest = serde_path_to_error::deserialize(&body).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        ApiError::invalid(vec![audit_api::FieldError { field, message: e.into_inner().to_string() }])
+    })?;
     let s = Search::parse(request, super::events::time).map_err(|errors| {
         ApiError::invalid(errors.into_iter().map(|(field, message)| audit_api::FieldError { field, message }).collect())
     })?;
