@@ -197,7 +197,7 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
     if !v.postgresql.auth.postgres_password.is_empty() {
         c.fail(
             "postgresql.auth.postgresPassword",
-            "a password in a values file: expected \"\" and the password in auth.existingSecret".into(),
+            "a password in the values (a file or --set): expected \"\" and the password in auth.existingSecret".into(),
         );
     }
     // The templates honour these and no other value: anything else would be silently ignored.

@@ -20,9 +20,49 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::File { path, line, column } => write!(f, "{}:{line}:{column}", path.display()),
-            Origin::Set { arg } => write!(f, "--set {arg}"),
+            Origin::Set { arg } => write!(f, "--set {}", redacted(arg)),
         }
     }
+}
+
+/// A `--set` argument as errors show it, the value of any secret-like key replaced by `***`:
+/// errors land in CI logs, and a values file's secret is shown by position only, never by value.
+/// Assignments are split at unescaped commas, as `--set` parses them.
+fn redacted(arg: &str) -> String {
+    let secret = |key: &str| {
+        let key = key.to_ascii_lowercase();
+        ["password", "secret", "token", "apikey", "api_key", "credential", "privatekey"].iter().any(|w| key.contains(w))
+    };
+    let mut out = String::with_capacity(arg.len());
+    let mut part = String::new();
+    let mut chars = arg.chars().peekable();
+    let flush = |part: &mut String, out: &mut String| {
+        match part.split_once('=') {
+            Some((key, _)) if secret(key) => {
+                out.push_str(key);
+                out.push_str("=***");
+            }
+            _ => out.push_str(part),
+        }
+        part.clear();
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                part.push(c);
+                if let Some(next) = chars.next() {
+                    part.push(next);
+                }
+            }
+            ',' => {
+                flush(&mut part, &mut out);
+                out.push(',');
+            }
+            _ => part.push(c),
+        }
+    }
+    flush(&mut part, &mut out);
+    out
 }
 
 /// Positions of one layer (a file or a `--set`): key path -> (position of the key, position of the value).
@@ -199,6 +239,15 @@ impl<'a> Walker<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_of_a_set_are_never_shown() {
+        let shown = super::Origin::Set {
+            arg: r"image.tag=1.2,postgresql.auth.postgresPassword=Hunter2\,x,audit.apiKey=k1,replicaCount=3".into(),
+        }
+        .to_string();
+        assert_eq!(shown, "--set image.tag=1.2,postgresql.auth.postgresPassword=***,audit.apiKey=***,replicaCount=3");
+    }
+
     use super::*;
 
     #[test]
