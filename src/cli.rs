@@ -323,7 +323,9 @@ pub struct HistoryArgs {
 /// `audctl rollback [REVISION]`: re-apply a recorded revision (default: the previous good one).
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// Revision to return to (see `audctl history`); default: the last good one before the current.
+    /// Revision to return to (see `audctl history`); default: the one before the current, or the
+    /// deployed one when the latest failed or was interrupted (README, "Which revision rollback
+    /// returns to").
     pub revision: Option<u32>,
     /// Release name (default: the values' name with -f, else the only release recorded in the namespace).
     #[arg(long, value_name = "NAME")]

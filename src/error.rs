@@ -31,6 +31,16 @@ pub struct Unreachable {
 #[error("{0}")]
 pub struct CheckFailed(pub String);
 
+/// The run was stopped by a signal (Ctrl-C, SIGTERM) and cleaned up after; its message was already
+/// printed. The exit code is 128 + the signal, as a shell reports a process the signal stopped: CI
+/// runners and wrappers read it as "cancelled", which none of the verdicts above means.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Interrupted {
+    pub code: u8,
+    pub message: String,
+}
+
 pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
@@ -41,6 +51,8 @@ pub enum Failure {
     CheckFailed,
     Usage,
     Unreachable,
+    /// Stopped by a signal: 128 + its number.
+    Interrupted(u8),
     /// Anything untyped: an internal or environment error. Treated like a failed run.
     Other,
 }
@@ -57,6 +69,9 @@ impl Failure {
             if cause.is::<CheckFailed>() {
                 return Failure::CheckFailed;
             }
+            if let Some(i) = cause.downcast_ref::<Interrupted>() {
+                return Failure::Interrupted(i.code);
+            }
         }
         Failure::Other
     }
@@ -66,6 +81,7 @@ impl Failure {
             Failure::CheckFailed | Failure::Other => EXIT_FAILED,
             Failure::Usage => EXIT_USAGE,
             Failure::Unreachable => EXIT_UNREACHABLE,
+            Failure::Interrupted(code) => code,
         }
     }
 }

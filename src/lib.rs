@@ -62,7 +62,8 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let failure = Failure::classify(&err);
-            if !matches!(failure, Failure::CheckFailed) || cli.global.verbose > 0 {
+            // A failed check printed its report, an interrupted run its own line.
+            if !matches!(failure, Failure::CheckFailed | Failure::Interrupted(_)) || cli.global.verbose > 0 {
                 eprintln!("{}: {}", output::paint_error("error"), error::chain(&err));
             }
             ExitCode::from(failure.code())

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod canary;
 mod diff;
 pub mod gate;
+mod interrupt;
 pub mod lock;
 pub mod plan;
 pub mod release;
@@ -338,36 +339,43 @@ fn live_inventory(revs: &[Revision]) -> Vec<ObjectRef> {
     set.into_iter().collect()
 }
 
+/// The release namespace must exist before the lock and the records can (they live in it). An
+/// existing one is left alone here: the rendered Namespace is applied with the rest, after the
+/// preflight, so a refused deploy changes nothing. A missing one is created now; returns its
+/// identity then, for the preflight's message.
 async fn ensure_namespace(
     client: &kube::Client,
     resources: &Resources,
     manifests: &[Manifest],
     ns: &str,
-) -> anyhow::Result<()> {
-    if let Some(m) = manifests.iter().find(|m| m.id.kind == "Namespace" && m.id.name == ns) {
-        return match resources.apply(client, m, true, false).await {
-            Ok(_) => Ok(()),
-            Err(ApplyError::Other(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("applying namespace {ns}: {e:?}")),
-        };
-    }
+) -> anyhow::Result<Option<ObjectRef>> {
     let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
     match api.get_opt(ns).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(usage(format!(
+        Ok(Some(_)) => return Ok(None),
+        Ok(None) => {}
+        Err(e) => return Err(crate::kube::transport_error(e, "reading the release namespace")),
+    }
+    let Some(m) = manifests.iter().find(|m| m.id.kind == "Namespace" && m.id.name == ns) else {
+        return Err(usage(format!(
             "namespace {ns} does not exist and the values do not create it (namespace.create: false); create it first"
-        ))),
-        Err(e) => Err(crate::kube::transport_error(e, "reading the release namespace")),
+        )));
+    };
+    match resources.apply(client, m, true, false).await {
+        Ok(_) => Ok(Some(m.id.clone())),
+        Err(ApplyError::Other(e)) => Err(e),
+        Err(e) => Err(anyhow::anyhow!("applying namespace {ns}: {e:?}")),
     }
 }
 
 /// Server-side dry run of every object before anything changes: field-manager conflicts and
-/// objects the API server refuses are all reported at once, and nothing is applied.
+/// objects the API server refuses are all reported at once, and nothing is applied (but
+/// `created`, the namespace [`ensure_namespace`] had to create for the lock and records).
 async fn preflight(
     client: &kube::Client,
     resources: &Resources,
     manifests: &[Manifest],
     force: bool,
+    created: Option<&ObjectRef>,
 ) -> anyhow::Result<()> {
     let mut refused = Vec::new();
     let mut conflict = false;
@@ -392,7 +400,11 @@ async fn preflight(
             "these fields belong to another field manager: re-run with --force-conflicts to take them over".into(),
         );
     }
-    let msg = format!("nothing was applied:\n  {}", refused.join("\n  "));
+    let applied = match created {
+        Some(ns) => format!("nothing but {ns} was applied (created to hold the release lock and records)"),
+        None => "nothing was applied".to_owned(),
+    };
+    let msg = format!("{applied}:\n  {}", refused.join("\n  "));
     eprintln!("{}: {msg}", output::paint_error("deploy refused"));
     Err(CheckFailed(msg).into())
 }
@@ -443,11 +455,20 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
         return dry_run(global, &client, &manifests, &values, started_at).await;
     }
 
-    let resources = resolve_all(&client, &manifests, &[]).await?;
-    ensure_namespace(&client, &resources, &manifests, &ns).await?;
-    let holder = lock::identity("deploy");
-    let held = lock::acquire(&client, &ns, &name, &holder, &lock_options(&args.apply, "deploy")).await?;
-    let result = async {
+    // From here on the cluster changes: an interrupt is handled (see `interrupt`), not fatal.
+    let mut signals = interrupt::Signals::install()?;
+    let locked = async {
+        let resources = resolve_all(&client, &manifests, &[]).await?;
+        let created = ensure_namespace(&client, &resources, &manifests, &ns).await?;
+        let holder = lock::identity("deploy");
+        let held = lock::acquire(&client, &ns, &name, &holder, &lock_options(&args.apply, "deploy")).await?;
+        Ok::<_, anyhow::Error>((resources, created, held))
+    };
+    let (resources, created, held) = tokio::select! {
+        locked = locked => locked?,
+        stop = signals.first() => return Err(interrupt::before_lock(stop, "deploy")),
+    };
+    let body = async {
         let mut revs = release::list(&client, &ns, &name).await?;
         settle_interrupted(&client, &mut revs).await?;
         let previous = live_inventory(&revs);
@@ -458,7 +479,7 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
             resolve_all(&client, &manifests, &previous).await?
         };
         let t = Instant::now();
-        preflight(&client, &resources, &manifests, args.apply.force_conflicts).await?;
+        preflight(&client, &resources, &manifests, args.apply.force_conflicts, created.as_ref()).await?;
         tracing::info!("preflight dry run of {} objects: {:.2}s", manifests.len(), t.elapsed().as_secs_f64());
         let number = revs.first().map(|r| r.revision + 1).unwrap_or(1);
         let mut rev = Revision {
@@ -511,8 +532,13 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
             Err(e) => Applied::Failed { what: vec![format!("{e:#}")] },
         };
         finish(&run, &mut revs, &mut rev, applied, args.no_rollback, started_at, &held).await
-    }
-    .await;
+    };
+    // On a signal the run stops at its next await point, wherever it is; `settle` finds what it
+    // left pending from the records.
+    let result = tokio::select! {
+        result = body => result,
+        stop = signals.first() => return Err(interrupt::settle(&client, &ns, &name, held, stop).await),
+    };
     held.release().await;
     let (report, failure) = result?;
     let ev_outcome = if failure.is_some() { EvOutcome::Failure } else { EvOutcome::Success };
@@ -778,6 +804,9 @@ async fn roll_to(
             rev.state = State::Failed;
             rev.outcome = what.join("\n");
             release::update(&run.client, &rev).await?;
+            // Listed like the others: a restore after it numbers its revision past it and prunes
+            // what it created.
+            revs.insert(0, rev);
             Ok(Err(what.join("; ")))
         }
     }
@@ -906,6 +935,17 @@ async fn run_history(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<
     output::emit(global.output, &HistoryReport { release: name, namespace: ns.clone(), revisions })
 }
 
+/// `rollback` without a revision. When the latest revision is the current deployed one: the last
+/// good revision before it. When it is not (it failed with --no-rollback, or was interrupted), the
+/// deployed revision was serving before it: go back to that one (else the newest good one).
+fn default_target(revs: &[Revision]) -> Option<&Revision> {
+    let latest = revs.first()?;
+    if latest.state == State::Deployed {
+        return revs.iter().find(|r| r.state.good() && r.revision < latest.revision);
+    }
+    revs.iter().find(|r| r.state == State::Deployed).or_else(|| revs.iter().find(|r| r.state.good()))
+}
+
 async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let started_wall = chrono::Utc::now();
@@ -923,22 +963,32 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
     let given = args.release.as_deref().or(values.as_ref().map(|v| v.name.as_str()));
     let name = release_name(&client, &ns, given).await?;
     let holder = lock::identity("rollback");
-    let held = lock::acquire(&client, &ns, &name, &holder, &lock_options(&args.apply, "rollback")).await?;
-    let result = async {
+    let mut signals = interrupt::Signals::install()?;
+    let opts = lock_options(&args.apply, "rollback");
+    let held = tokio::select! {
+        held = lock::acquire(&client, &ns, &name, &holder, &opts) => held?,
+        stop = signals.first() => return Err(interrupt::before_lock(stop, "rollback")),
+    };
+    let body = async {
         let mut revs = release::list(&client, &ns, &name).await?;
         settle_interrupted(&client, &mut revs).await?;
-        let current = revs.iter().find(|r| r.state == State::Deployed).map(|r| r.revision);
+        let current = revs.iter().find(|r| r.state == State::Deployed).cloned();
         let target =
             match args.revision {
                 Some(n) => revs.iter().find(|r| r.revision == n).cloned().ok_or_else(|| {
                     usage(format!("release {name} has no revision {n} (see `audctl history -n {ns}`)"))
                 })?,
-                None => revs
-                    .iter()
-                    .find(|r| r.state.good() && Some(r.revision) != current && current.is_none_or(|c| r.revision < c))
+                None => default_target(&revs)
                     .cloned()
                     .ok_or_else(|| usage(format!("release {name} has no earlier good revision to roll back to")))?,
             };
+        if !target.state.good() {
+            eprintln!(
+                "warning: revision {} is recorded as {}: it did not become ready when it was rolled out",
+                target.revision,
+                target.state.as_str()
+            );
+        }
         if target.manifests.is_empty() {
             return Err(usage(format!("revision {} of {name} recorded no objects", target.revision)));
         }
@@ -956,17 +1006,37 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
             target.image.as_deref().unwrap_or("-")
         );
         let outcome = roll_to(&run, &mut revs, &target, action, args.apply.timeout, &held).await?;
-        Ok::<_, anyhow::Error>((target, outcome, revs))
-    }
-    .await;
+        // As a failed deploy is: a rollback that did not become ready must not leave the cluster on
+        // its spec while the records say the previous revision serves. Put that one back.
+        let restored = match (&outcome, &current) {
+            (Err(why), Some(prev)) if prev.revision != target.revision => {
+                eprintln!(
+                    "{}: revision {} did not become ready: {why}; restoring revision {} (current before the rollback)",
+                    output::paint_error("rollback failed"),
+                    target.revision,
+                    prev.revision
+                );
+                let failed = revs.first().map(|r| r.revision).unwrap_or(0);
+                let action =
+                    format!("automatic rollback to {} (rollback to {} failed)", prev.revision, target.revision);
+                Some((prev.revision, roll_to(&run, &mut revs, prev, action, args.apply.timeout, &held).await?, failed))
+            }
+            _ => None,
+        };
+        Ok::<_, anyhow::Error>((target, outcome, restored, revs))
+    };
+    let result = tokio::select! {
+        result = body => result,
+        stop = signals.first() => return Err(interrupt::settle(&client, &ns, &name, held, stop).await),
+    };
     held.release().await;
-    let (target, outcome, revs) = result?;
+    let (target, outcome, restored, revs) = result?;
     let seconds = started_at.elapsed().as_secs_f64();
     let (number, failure) = match &outcome {
         Ok(n) => (Some(*n), None),
         Err(why) => (revs.first().map(|r| r.revision), Some(why.clone())),
     };
-    let summary = match &failure {
+    let mut summary = match &failure {
         None => format!(
             "rolled back to revision {} (now revision {}) in {seconds:.1}s",
             target.revision,
@@ -974,6 +1044,16 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
         ),
         Some(why) => format!("rollback to revision {} failed: {why}", target.revision),
     };
+    match &restored {
+        Some((prev, Ok(n), _)) => {
+            summary.push_str(&format!("; restored revision {prev} (recorded as revision {n}), which is ready"))
+        }
+        Some((prev, Err(why), _)) => summary.push_str(&format!("; restoring revision {prev} failed too: {why}")),
+        None if failure.is_some() => summary.push_str("; left as it is (no other revision was current before)"),
+        None => {}
+    }
+    // The failed rollback's own revision, not the restore's, is what the report is about.
+    let number = restored.as_ref().map(|(_, _, failed)| Some(*failed)).unwrap_or(number);
     let env = current_cluster(&settings).ok().and_then(|(c, _)| c);
     let ev = Evidence::new(
         "rollback",
@@ -1015,5 +1095,48 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
             Err(CheckFailed(summary).into())
         }
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revs(states: &[(u32, State)]) -> Vec<Revision> {
+        states
+            .iter()
+            .map(|&(revision, state)| Revision {
+                release: "audit-trail".into(),
+                namespace: "ns".into(),
+                revision,
+                state,
+                action: "deploy".into(),
+                started: String::new(),
+                finished: None,
+                who: "me".into(),
+                values_digest: None,
+                image: None,
+                outcome: String::new(),
+                audctl_version: "0".into(),
+                inventory: vec![],
+                manifests: vec![],
+                cluster: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rollback_default_target() {
+        use State::*;
+        let target = |s: &[(u32, State)]| default_target(&revs(s)).map(|r| r.revision);
+        // The latest is current: the good one before it.
+        assert_eq!(target(&[(3, Deployed), (2, Failed), (1, Superseded)]), Some(1));
+        // The latest failed (--no-rollback) or was interrupted: the deployed one was serving.
+        assert_eq!(target(&[(28, Failed), (27, Deployed), (26, Superseded)]), Some(27));
+        assert_eq!(target(&[(5, Interrupted), (4, Interrupted), (3, Deployed), (2, Superseded)]), Some(3));
+        // Nothing deployed: the newest good one.
+        assert_eq!(target(&[(3, Failed), (2, Superseded), (1, Superseded)]), Some(2));
+        assert_eq!(target(&[(1, Deployed)]), None);
+        assert_eq!(target(&[]), None);
     }
 }
