@@ -48,6 +48,47 @@ impl KubeSettings {
         Client::try_from(config).context("building the Kubernetes client")
     }
 
+    /// [`Self::client`], after asking the server its version: a kubeconfig pointing at another
+    /// HTTP server (a wrong port, an Elasticsearch) is said to be one (exit 3, naming the URL)
+    /// instead of failing later as missing resource types or an HTML page quoted as an API error.
+    /// For the verbs that change or read releases; `check` reports per item instead.
+    pub async fn api_client(&self) -> anyhow::Result<Client> {
+        let config = self.config().await?;
+        let url = config.cluster_url.to_string();
+        let client = Client::try_from(config).context("building the Kubernetes client")?;
+        // A server that accepts the connection and never answers would otherwise hold the verb for
+        // kube's read timeout (minutes).
+        let asked = tokio::time::timeout(std::time::Duration::from_secs(30), client.apiserver_version()).await;
+        let Ok(answer) = asked else {
+            return Err(Unreachable {
+                what: "the Kubernetes API server".into(),
+                detail: format!("{url} accepted the connection but did not answer GET /version within 30 s"),
+            }
+            .into());
+        };
+        match answer {
+            Ok(_) => Ok(client),
+            Err(e) if is_transport(&e) => Err(transport_error(e, &format!("connecting to {url}"))),
+            // Refused credentials are the real calls' to report (a server may hide /version).
+            Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => Ok(client),
+            Err(e) => {
+                let mut why = match &e {
+                    kube::Error::Api(s) => format!("HTTP {}", s.code),
+                    other => other.to_string(),
+                };
+                why.truncate(200);
+                Err(Unreachable {
+                    what: "the Kubernetes API server".into(),
+                    detail: format!(
+                        "{url} does not answer as one (GET /version: {why}): is the kubeconfig's server the API \
+                         server's address and port?"
+                    ),
+                }
+                .into())
+            }
+        }
+    }
+
     pub async fn config(&self) -> anyhow::Result<Config> {
         let options = KubeConfigOptions { context: self.context.clone(), ..Default::default() };
         match &self.kubeconfig {

@@ -312,3 +312,48 @@ fn backup_all_exit_codes() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
     assert_eq!(report["backups"].as_array().map(Vec::len), Some(2), "{report}");
 }
+
+/// A kubeconfig pointing at an HTTP server that is not a Kubernetes API (a wrong port) is exit 3
+/// naming the URL, for history (an HTML page was quoted as an API error, exit 1) and diff ("22
+/// resource types are missing from the cluster", exit 2).
+#[test]
+fn a_server_that_is_not_kubernetes_is_said_to_be_unreachable() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = "<html><body><h1>404 Not Found</h1></body></html>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let url = format!("http://127.0.0.1:{port}");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{url}\"}}}}]\n\
+             users: [{{name: u, user: {{token: t0ps3cret}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let kc = kubeconfig.to_str().expect("utf-8");
+    for args in [vec!["history", "-n", "audit-trail"], vec!["diff", "-f", "values/values-prod.yaml"]] {
+        let mut args = args.clone();
+        args.extend(["--kubeconfig", kc]);
+        let out = audctl(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains(&url) && err.contains("does not answer as one"), "{args:?}: {err}");
+        assert!(!err.contains("<html>") && !err.contains("t0ps3cret"), "{args:?}: {err}");
+    }
+}

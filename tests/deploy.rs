@@ -403,6 +403,18 @@ async fn diff_exit_codes_and_secret_masking() {
     for leak in ["s3cr3t", "czNjcjN0", "managedFields"] {
         assert!(!diff.contains(leak), "diff leaks {leak}: {diff}");
     }
+    // -o json: the same diffs per object, with the change; parseable, the secret still masked.
+    let mut json_args = args("0.2.0");
+    json_args.extend(["-o".to_owned(), "json".to_owned()]);
+    let out = run("diff", json_args).await;
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("diff -o json is JSON");
+    let objects = report["objects"].as_array().cloned().unwrap_or_default();
+    assert_eq!(report["changed"].as_u64(), Some(objects.len() as u64), "{report}");
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").expect("the Deployment changes");
+    assert_eq!(deployment["change"], "update", "{report}");
+    assert!(deployment["diff"].as_str().is_some_and(|d| d.contains(":0.2.0")), "{report}");
+    assert!(!out.stdout.windows(6).any(|w| w == b"s3cr3t"), "{report}");
     // The live secret is what was deployed (the mask is only in the diff).
     let s = Api::<Secret>::namespaced(client(k).await, ns).get("audit-trail-test").await.expect("secret");
     let data = s.data.unwrap_or_default();

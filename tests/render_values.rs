@@ -96,7 +96,12 @@ fn jvm_options_for_the_rust_server_refused() {
 #[test]
 fn inline_password_refused() {
     let e = refused("postgresql:\n  auth:\n    postgresPassword: hunter2\n", &[]);
-    assert_has(&e, "bad.yaml:3:23: postgresql.auth.postgresPassword: a password in a values file");
+    assert_has(&e, "bad.yaml:3:23: postgresql.auth.postgresPassword: a password in the values");
+    assert!(!e.contains("hunter2"), "{e}");
+    // Given by --set, the secret is not echoed either (errors land in CI logs).
+    let e = refused("{}\n", &["--set", "image.tag=1.2,postgresql.auth.postgresPassword=hunter2"]);
+    assert_has(&e, "--set image.tag=1.2,postgresql.auth.postgresPassword=***: postgresql.auth.postgresPassword");
+    assert!(!e.contains("hunter2"), "{e}");
 }
 
 #[test]

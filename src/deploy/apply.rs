@@ -62,10 +62,10 @@ pub async fn resolve(client: &kube::Client, ids: &[&ObjectRef]) -> anyhow::Resul
             }
             None => {
                 missing.insert(format!(
-                    "{} ({}): the cluster does not serve this kind; install the CRD that defines it (e.g. {}s.{}) and its operator",
+                    "{} ({}): the cluster does not serve this kind; install the CRD that defines it (e.g. {}.{}) and its operator",
                     r.kind,
                     r.api_version,
-                    r.kind.to_lowercase(),
+                    plural(&r.kind),
                     r.group()
                 ));
             }
@@ -80,6 +80,22 @@ pub async fn resolve(client: &kube::Client, ids: &[&ObjectRef]) -> anyhow::Resul
         )));
     }
     Ok(Resources { found })
+}
+
+/// The plural resource name Kubernetes derives from a kind (as apiextensions' defaulting and
+/// `kubectl` do): `Kafka` -> `kafkas`, `Elasticsearch` -> `elasticsearches`, `NetworkPolicy` ->
+/// `networkpolicies`. A guess for the hint only; discovery gives the real one.
+fn plural(kind: &str) -> String {
+    let k = kind.to_lowercase();
+    if k.ends_with('s') || k.ends_with('x') || k.ends_with("ch") || k.ends_with("sh") {
+        format!("{k}es")
+    } else if let Some(stem) = k.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
+    {
+        format!("{stem}ies")
+    } else {
+        format!("{k}s")
+    }
 }
 
 /// Why one apply failed.
@@ -175,4 +191,23 @@ impl Resources {
 /// "field .spec.replicas is owned by field manager ..." lines for an apply conflict.
 pub fn describe_conflict(id: &ObjectRef, conflicts: &[String]) -> String {
     format!("{id}: {}", conflicts.iter().map(|c| format!("conflict on {c}")).collect::<Vec<_>>().join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The CRD names of the kinds the release uses, as their operators name them.
+    #[test]
+    fn plurals_as_kubernetes_derives_them() {
+        for (kind, plural) in [
+            ("Kafka", "kafkas"),
+            ("KafkaTopic", "kafkatopics"),
+            ("Elasticsearch", "elasticsearches"),
+            ("Ingress", "ingresses"),
+            ("NetworkPolicy", "networkpolicies"),
+            ("Gateway", "gateways"),
+            ("ExternalSecret", "externalsecrets"),
+        ] {
+            assert_eq!(super::plural(kind), plural);
+        }
+    }
 }

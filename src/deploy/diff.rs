@@ -1,30 +1,68 @@
 //! `audctl diff`: each rendered object server-side dry-run applied (what the API server would store,
 //! defaults and admission included) against the live object, as a unified diff per object, with
 //! managed fields and Secret values masked. Objects a deploy would prune show as removed.
-//! Exit 0: nothing would change; 1: something would.
+//! Exit 0: nothing would change; 1: something would. `-o json|yaml`: the same diffs, one entry
+//! per object with its change (`create`, `update`, `prune`).
 
 use std::fmt::Write as _;
 
+use comfy_table::Table;
+use serde::Serialize;
 use serde_json::Value;
 use similar::TextDiff;
 
 use super::apply::ApplyError;
 use super::plan::{self, ObjectRef};
 use super::{live_inventory, release, render, resolve_all, settings};
+use crate::cli::OutputFormat;
 use crate::cli::{DiffArgs, GlobalArgs};
 use crate::error::CheckFailed;
+use crate::output::{self, Report};
+
+/// What a deploy would change, for `-o json|yaml` (the text form is the unified diffs alone).
+#[derive(Debug, Serialize)]
+struct DiffReport {
+    changed: usize,
+    objects: Vec<ObjectDiff>,
+}
+
+#[derive(Debug, Serialize)]
+struct ObjectDiff {
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    name: String,
+    change: &'static str,
+    /// Unified diff of the live object (Secret values masked) against what the deploy would store.
+    diff: String,
+}
+
+impl ObjectDiff {
+    fn new(id: &ObjectRef, change: &'static str, diff: String) -> Self {
+        ObjectDiff { kind: id.kind.clone(), namespace: id.namespace.clone(), name: id.name.clone(), change, diff }
+    }
+}
+
+impl Report for DiffReport {
+    fn table(&self) -> Table {
+        let mut t = output::new_table(["object", "change"]);
+        for o in &self.objects {
+            t.add_row([format!("{}/{}", o.kind, o.name), o.change.to_owned()]);
+        }
+        t
+    }
+}
 
 pub async fn diff(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<()> {
     let rendered = render(&args.values, &global.render_sets(&args.set), args.templates.as_deref())?;
     let settings = settings(global)?;
-    let client = settings.client().await?;
+    let client = settings.api_client().await?;
     let (values, manifests) = (&rendered.values, &rendered.manifests);
     let revs = release::list(&client, &values.namespace.name, &values.name).await.unwrap_or_default();
     let previous = live_inventory(&revs);
     let resources = resolve_all(&client, manifests, &previous).await?;
 
-    let mut out = String::new();
-    let mut changed = 0usize;
+    let mut objects = Vec::new();
     for m in manifests {
         let live = resources.get(&client, &m.id).await?;
         // force: a diff shows what the deploy would store; conflicts are the deploy's to refuse.
@@ -42,8 +80,7 @@ pub async fn diff(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<()> {
         plan::mask_secret(before.as_mut(), &mut after);
         let text = unified(&m.id, before.as_ref(), Some(&after))?;
         if !text.is_empty() {
-            changed += 1;
-            out.push_str(&text);
+            objects.push(ObjectDiff::new(&m.id, if before.is_none() { "create" } else { "update" }, text));
         }
     }
     for r in plan::to_prune(&previous, &plan::inventory(manifests)) {
@@ -53,11 +90,18 @@ pub async fn diff(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<()> {
             }
             plan::normalize(&mut live);
             mask_alone(&mut live);
-            changed += 1;
-            out.push_str(&unified(&r, Some(&live), None)?);
+            objects.push(ObjectDiff::new(&r, "prune", unified(&r, Some(&live), None)?));
         }
     }
-    print!("{out}");
+    let changed = objects.len();
+    match global.output {
+        // The unified diffs as `git diff` prints them, for people and patch tools.
+        OutputFormat::Table => {
+            let text: String = objects.iter().map(|o| o.diff.as_str()).collect();
+            output::print(text.as_bytes())?;
+        }
+        format => output::emit(format, &DiffReport { changed, objects })?,
+    }
     if changed == 0 {
         eprintln!("no changes: the cluster matches the render");
         Ok(())

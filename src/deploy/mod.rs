@@ -446,7 +446,7 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     };
     let settings = settings(global)?;
     check_cluster(&values.cluster, global, &settings, "deploy")?;
-    let client = settings.client().await?;
+    let client = settings.api_client().await?;
     let ns = values.namespace.name.clone();
     let name = values.name.clone();
     let image = plan::image(&manifests);
@@ -928,7 +928,7 @@ impl Report for HistoryReport {
 }
 
 async fn run_history(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<()> {
-    let client = settings(global)?.client().await?;
+    let client = settings(global)?.api_client().await?;
     let ns = &global.namespace;
     let name = release_name(&client, ns, args.release.as_deref()).await?;
     let revisions = release::list(&client, ns, &name).await?;
@@ -958,7 +958,7 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
     if let Some(v) = &values {
         check_cluster(&v.cluster, global, &settings, "roll back")?;
     }
-    let client = settings.client().await?;
+    let client = settings.api_client().await?;
     let ns = values.as_ref().map(|v| v.namespace.name.clone()).unwrap_or_else(|| global.namespace.clone());
     let given = args.release.as_deref().or(values.as_ref().map(|v| v.name.as_str()));
     let name = release_name(&client, &ns, given).await?;
