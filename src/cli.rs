@@ -287,11 +287,11 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub force_conflicts: bool,
     /// How long to wait for the rollout to be ready (and for a busy release lock), e.g. 90s, 5m.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5m", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub timeout: std::time::Duration,
     /// Lease of the release lock: renewed while this run lives; after it expires, a killed run's
     /// lock is taken over by the next deploy.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub lock_lease: std::time::Duration,
     /// Take the release lock even though another run holds a live lease.
     #[arg(long)]
@@ -344,6 +344,15 @@ pub struct RollbackArgs {
 /// "90s", "5m", "1h", "1m30s" or plain seconds (one reading for every flag: [`crate::duration`]).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::duration::parse_or_seconds(s)
+}
+
+/// A duration that must not be zero: `--timeout 0s` would fail every rollout at once (and a zero
+/// lease could never be renewed in time), as `check --timeout 0s` is refused.
+pub fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0 (e.g. 90s, 5m)".to_owned()),
+        d => Ok(d),
+    }
 }
 
 /// `audctl verify`: an export (`GET /api/v1/events/export?tenantId=`) checked without the server.
@@ -692,6 +701,9 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(std::time::Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(std::time::Duration::from_secs(7200)));
         assert!(parse_duration("5x").is_err() && parse_duration("5m3").is_err());
+        assert_eq!(parse_positive_duration("0s"), Err("must be more than 0 (e.g. 90s, 5m)".to_owned()));
+        assert_eq!(parse_positive_duration("0"), Err("must be more than 0 (e.g. 90s, 5m)".to_owned()));
+        assert_eq!(parse_positive_duration("1ms"), Ok(std::time::Duration::from_millis(1)));
     }
 
     #[test]

@@ -94,13 +94,23 @@ impl KubeSettings {
         match &self.kubeconfig {
             Some(path) => {
                 let kubeconfig = read_kubeconfig(path)?;
+                unknown_context(&kubeconfig, self.context.as_deref(), &path.display().to_string())?;
                 Config::from_custom_kubeconfig(kubeconfig, &options)
                     .await
                     .map_err(|e| usage(format!("kubeconfig {}: {e}", path.display())))
             }
-            None if self.context.is_some() => Config::from_kubeconfig(&options)
-                .await
-                .map_err(|e| usage(format!("kubeconfig (context {:?}): {e}", self.context))),
+            None if self.context.is_some() => {
+                if let Ok(kubeconfig) = Kubeconfig::read() {
+                    unknown_context(
+                        &kubeconfig,
+                        self.context.as_deref(),
+                        "the kubeconfig ($KUBECONFIG or ~/.kube/config)",
+                    )?;
+                }
+                Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|e| usage(format!("kubeconfig (context {:?}): {e}", self.context)))
+            }
             // With nothing naming a cluster, kube's inference error (an in-cluster variable, then the
             // default path, both Debug-quoted) reads as a fault; say what to give instead.
             None if !self.configured() => Err(usage(format!(
@@ -111,6 +121,20 @@ impl KubeSettings {
             None => Config::infer().await.map_err(|e| usage(format!("no usable cluster configuration: {e}"))),
         }
     }
+}
+
+/// `--context` naming no context of the kubeconfig: say which it has (kube says only "failed to
+/// load current context").
+fn unknown_context(kubeconfig: &Kubeconfig, context: Option<&str>, shown: &str) -> anyhow::Result<()> {
+    let Some(wanted) = context else { return Ok(()) };
+    if kubeconfig.contexts.iter().any(|c| c.name == wanted) {
+        return Ok(());
+    }
+    let names: Vec<&str> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
+    Err(usage(format!(
+        "{shown} has no context {wanted:?}; it has: {}",
+        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+    )))
 }
 
 /// Read a kubeconfig file; a bad one is a usage error naming the path once (kube's own message for

@@ -357,3 +357,23 @@ fn a_server_that_is_not_kubernetes_is_said_to_be_unreachable() {
         assert!(!err.contains("<html>") && !err.contains("t0ps3cret"), "{args:?}: {err}");
     }
 }
+
+/// `--context` naming no context of the kubeconfig lists the ones it has (kube said only "failed
+/// to load current context: nosuch").
+#[test]
+fn an_unknown_context_lists_the_known_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"http://127.0.0.1:1\"}}]\n\
+         users: [{name: u, user: {}}]\n\
+         contexts: [{name: prod, context: {cluster: c, user: u}}, {name: staging, context: {cluster: c, user: u}}]\n\
+         current-context: prod\n",
+    )
+    .expect("kubeconfig");
+    let out = audctl(&["history", "--kubeconfig", kubeconfig.to_str().expect("utf-8"), "--context", "nosuch"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(r#"has no context "nosuch"; it has: prod, staging"#), "{err}");
+}
