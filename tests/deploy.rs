@@ -10,7 +10,7 @@
 //! Needs the testbed binaries: run `cargo xtask deps install` first.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -430,13 +430,13 @@ async fn killed_deploy_leaves_a_lock_the_next_deploy_recovers() {
     deploy_ok(k, &["-f", &local(), "--set", &set_ns]).await;
 
     // A deploy stuck waiting on a never-ready rollout, holding the lock with an 8s lease...
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .arg("--kubeconfig")
-        .arg(k.kubeconfig())
-        .args([
+    let values = local();
+    let mut child = spawn_audctl(
+        k,
+        &[
             "deploy",
             "-f",
-            &local(),
+            &values,
             "--set",
             &set_ns,
             "--set",
@@ -445,28 +445,11 @@ async fn killed_deploy_leaves_a_lock_the_next_deploy_recovers() {
             "10m",
             "--lock-lease",
             "8s",
-        ])
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn audctl");
+        ],
+    );
     let pid = child.id().expect("pid");
+    until_locked_and_recorded(&c, ns, pid, 2, async || true).await;
     let leases: Api<Lease> = Api::namespaced(c.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let holder =
-            leases.get_opt("audctl-audit-trail-lock").await.ok().flatten().and_then(|l| l.spec?.holder_identity);
-        let pending = secrets.get_opt("audctl-release-audit-trail-v2").await.ok().flatten().is_some();
-        if holder.is_some_and(|h| h.contains(&format!("pid {pid} "))) && pending {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the first deploy never took the lock and recorded revision 2");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     // ...is killed -9, as a cancelled CI job would be.
     child.start_kill().expect("kill -9");
     let _ = child.wait().await;

@@ -5,8 +5,7 @@
 //!
 //! Needs the testbed binaries: run `cargo xtask deps install` first.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -29,32 +28,12 @@ async fn interrupt_while_waiting(
     revision: u32,
     signal: i32,
 ) -> std::process::Output {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .arg("--kubeconfig")
-        .arg(k.kubeconfig())
-        .args(args)
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn audctl");
+    let child = spawn_audctl(k, args);
     let pid = child.id().expect("pid");
-    let leases: Api<Lease> = Api::namespaced(c.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
-    let record = format!("audctl-release-audit-trail-v{revision}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let holder = leases.get_opt(LOCK).await.ok().flatten().and_then(|l| l.spec?.holder_identity);
-        let recorded = secrets.get_opt(&record).await.ok().flatten().is_some();
-        let applied = image_of(&deployment(c, ns).await).ends_with(":never-ready");
-        if holder.is_some_and(|h| h.contains(&format!("pid {pid} "))) && recorded && applied {
-            break;
-        }
-        assert!(Instant::now() < deadline, "audctl never took the lock, recorded revision {revision} and applied");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_locked_and_recorded(c, ns, pid, revision, async || {
+        image_of(&deployment(c, ns).await).ends_with(":never-ready")
+    })
+    .await;
     // Well into the wait (it polls every 250 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
     // SAFETY: kill(2) of the child this test started.

@@ -1,4 +1,4 @@
-//! Shared by tests/deploy.rs and tests/canary.rs: one testbed cluster per test binary
+//! Shared by tests/deploy.rs, tests/deploy_recovery.rs and tests/canary.rs: one testbed cluster per test binary
 //! (kube-apiserver + controller-manager + scheduler + kwok), stopped when the binary exits, and the
 //! audctl binary run against it.
 #![allow(dead_code)]
@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::Value;
 
@@ -131,4 +133,45 @@ pub fn image_of(d: &Deployment) -> String {
         .and_then(|p| p.containers.first())
         .and_then(|c| c.image.clone())
         .unwrap_or_default()
+}
+
+/// audctl started in the background against the cluster (output piped, killed if dropped), for
+/// the tests that stop a run midway.
+pub fn spawn_audctl(k: &testbed::Kube, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .arg("--kubeconfig")
+        .arg(k.kubeconfig())
+        .args(args)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn audctl")
+}
+
+/// Wait (two minutes at most) until the audctl run `pid` holds the release lock of `ns`, has
+/// recorded `revision`, and `also` is true (e.g. it applied what it now waits for).
+pub async fn until_locked_and_recorded(
+    c: &kube::Client,
+    ns: &str,
+    pid: u32,
+    revision: u32,
+    also: impl AsyncFn() -> bool,
+) {
+    let leases: Api<Lease> = Api::namespaced(c.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
+    let record = format!("audctl-release-audit-trail-v{revision}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let holder =
+            leases.get_opt("audctl-audit-trail-lock").await.ok().flatten().and_then(|l| l.spec?.holder_identity);
+        let recorded = secrets.get_opt(&record).await.ok().flatten().is_some();
+        if holder.is_some_and(|h| h.contains(&format!("pid {pid} "))) && recorded && also().await {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "audctl never took the lock and recorded revision {revision}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
