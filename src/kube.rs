@@ -72,11 +72,15 @@ impl KubeSettings {
             // Refused credentials are the real calls' to report (a server may hide /version).
             Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => Ok(client),
             Err(e) => {
-                let mut why = match &e {
+                // By characters: an HTML page's text may be multi-byte, and String::truncate panics
+                // off a character boundary.
+                let why: String = match &e {
                     kube::Error::Api(s) => format!("HTTP {}", s.code),
                     other => other.to_string(),
-                };
-                why.truncate(200);
+                }
+                .chars()
+                .take(200)
+                .collect();
                 Err(Unreachable {
                     what: "the Kubernetes API server".into(),
                     detail: format!(

@@ -14,8 +14,7 @@ use similar::TextDiff;
 use super::apply::ApplyError;
 use super::plan::{self, ObjectRef};
 use super::{live_inventory, release, render, resolve_all, settings};
-use crate::cli::OutputFormat;
-use crate::cli::{DiffArgs, GlobalArgs};
+use crate::cli::{DiffArgs, GlobalArgs, OutputFormat};
 use crate::error::CheckFailed;
 use crate::output::{self, Report};
 

@@ -27,42 +27,22 @@ impl fmt::Display for Origin {
 
 /// A `--set` argument as errors show it, the value of any secret-like key replaced by `***`:
 /// errors land in CI logs, and a values file's secret is shown by position only, never by value.
-/// Assignments are split at unescaped commas, as `--set` parses them.
+/// Cut into assignments as `--set` parses them (escaped commas and `{a,b}` lists stay in their
+/// value); an argument that does not parse is shown without its values when it names a secret.
 fn redacted(arg: &str) -> String {
     let secret = |key: &str| {
         let key = key.to_ascii_lowercase();
         ["password", "secret", "token", "apikey", "api_key", "credential", "privatekey"].iter().any(|w| key.contains(w))
     };
-    let mut out = String::with_capacity(arg.len());
-    let mut part = String::new();
-    let mut chars = arg.chars().peekable();
-    let flush = |part: &mut String, out: &mut String| {
-        match part.split_once('=') {
-            Some((key, _)) if secret(key) => {
-                out.push_str(key);
-                out.push_str("=***");
-            }
-            _ => out.push_str(part),
-        }
-        part.clear();
+    let shown = |part: &str| match part.split_once('=') {
+        Some((key, _)) if secret(key) => format!("{key}=***"),
+        _ => part.to_owned(),
     };
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                part.push(c);
-                if let Some(next) = chars.next() {
-                    part.push(next);
-                }
-            }
-            ',' => {
-                flush(&mut part, &mut out);
-                out.push(',');
-            }
-            _ => part.push(c),
-        }
+    match super::merge::split_assignments(arg) {
+        Ok(parts) => parts.into_iter().map(shown).collect::<Vec<_>>().join(","),
+        Err(_) if secret(arg) => "<an argument naming a secret, not shown>".to_owned(),
+        Err(_) => arg.to_owned(),
     }
-    flush(&mut part, &mut out);
-    out
 }
 
 /// Positions of one layer (a file or a `--set`): key path -> (position of the key, position of the value).
@@ -242,10 +222,13 @@ mod tests {
     #[test]
     fn secrets_of_a_set_are_never_shown() {
         let shown = super::Origin::Set {
-            arg: r"image.tag=1.2,postgresql.auth.postgresPassword=Hunter2\,x,audit.apiKey=k1,replicaCount=3".into(),
+            arg: r"image.tag=1.2,postgresql.auth.postgresPassword=Hunter2\,x,audit.apiKeys={k1,k2},replicaCount=3"
+                .into(),
         }
         .to_string();
-        assert_eq!(shown, "--set image.tag=1.2,postgresql.auth.postgresPassword=***,audit.apiKey=***,replicaCount=3");
+        assert_eq!(shown, "--set image.tag=1.2,postgresql.auth.postgresPassword=***,audit.apiKeys=***,replicaCount=3");
+        let unclosed = super::Origin::Set { arg: "a.password={x,y".into() }.to_string();
+        assert!(!unclosed.contains('x'), "{unclosed}");
     }
 
     use super::*;
