@@ -63,6 +63,20 @@ pub enum CheckpointMatch {
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointList {
     pub checkpoints: Vec<SignedCheckpoint>,
+    /// Tenants left unsigned because their chain no longer contains their latest published
+    /// checkpoint (only when every tenant was asked for; one tenant asked for is a 409). Absent
+    /// when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diverged: Vec<Diverged>,
+}
+
+/// A tenant the server refused to sign a checkpoint for, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Diverged {
+    pub tenant_id: String,
+    pub problem: String,
 }
 
 /// Answer to `GET /integrity/public-key`.

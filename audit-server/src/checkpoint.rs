@@ -164,17 +164,34 @@ impl Signer {
                     prev.issued_at, prev.sequence
                 )));
             }
-            if prev.sequence > 0 && store.hash_at(tenant_id, prev.sequence).await?.as_deref() != Some(&prev.hash) {
-                return Err(CheckpointError::Diverged(format!(
-                    "event {} no longer matches the published checkpoint of {}: the chain was rewritten",
-                    prev.sequence, prev.issued_at
-                )));
+            if prev.sequence > 0 {
+                // Missing and different are told apart, as `/integrity/verify` does.
+                match store.hash_at(tenant_id, prev.sequence).await? {
+                    None => {
+                        return Err(CheckpointError::Diverged(format!(
+                            "event {} of the published checkpoint of {} is missing from the chain: events were removed",
+                            prev.sequence, prev.issued_at
+                        )));
+                    }
+                    Some(h) if h != prev.hash => {
+                        return Err(CheckpointError::Diverged(format!(
+                            "event {} no longer matches the published checkpoint of {}: the chain was rewritten",
+                            prev.sequence, prev.issued_at
+                        )));
+                    }
+                    Some(_) => {}
+                }
             }
             if prev.sequence == sequence && prev.hash == hash {
                 return Ok(prev.clone());
             }
         }
         let cp = self.sign(tenant_id, sequence, &hash);
+        // An empty chain has nothing to anchor: it is signed but not published, so that asking
+        // for any name creates no directory (nor a Kafka record) for it.
+        if sequence == 0 {
+            return Ok(cp);
+        }
         self.publish(&cp).map_err(CheckpointError::Io)?;
         if let Some(kafka) = &self.kafka {
             kafka.send(&cp);

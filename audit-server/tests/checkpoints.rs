@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 on_both!(
     tail_cut_with_head_rewrite_detected,
+    one_diverged_tenant_leaves_the_others_signed,
     restore_of_old_backup_detected,
     export_verifies_offline,
     client_checkpoint_detects_truncation_and_rewrite,
@@ -101,6 +102,45 @@ async fn tail_cut_with_head_rewrite_detected(backend: Backend) -> Result<()> {
     // And the server refuses to sign over it.
     let (s, b) = checkpoint(&api, "cut").await?;
     ensure!(s == 409 && b["error"] == "chain_diverged", "{s} {b}");
+    server.shutdown().await
+}
+
+async fn one_diverged_tenant_leaves_the_others_signed(backend: Backend) -> Result<()> {
+    let db = Db::new(backend, "one_diverged").await?;
+    let (server, api, published) = server(&db).await?;
+    append(&api, "div", 5, "a").await?;
+    append(&api, "fine", 3, "a").await?;
+    let (s, all) = api.get(ADMIN_KEY, "/api/v1/integrity/checkpoints").await?;
+    ensure!(s == 200 && all["checkpoints"].as_array().map(Vec::len) == Some(2), "{s} {all}");
+    ensure!(all.get("diverged").is_none(), "nothing diverged yet: {all}");
+    // Events 4 and 5 of `div` (5: its checkpoint's) removed, then appended to: the head is past
+    // the checkpoint, and the checkpoint's event is gone.
+    db.exec("DELETE FROM events WHERE tenant_id = 'div' AND sequence IN (4, 5)").await?;
+    append(&api, "div", 2, "b").await?;
+    append(&api, "fine", 1, "b").await?;
+    let (s, all) = api.get(ADMIN_KEY, "/api/v1/integrity/checkpoints").await?;
+    ensure!(s == 200, "one diverged tenant refused the whole request: {s} {all}");
+    let signed: Vec<(&str, i64)> = all["checkpoints"]
+        .as_array()
+        .context("checkpoints")?
+        .iter()
+        .filter_map(|c| Some((c["tenantId"].as_str()?, c["sequence"].as_i64()?)))
+        .collect();
+    ensure!(signed == [("fine", 4)], "{all}");
+    ensure!(all["diverged"][0]["tenantId"] == "div", "{all}");
+    let problem = all["diverged"][0]["problem"].as_str().unwrap_or_default();
+    ensure!(problem.contains("event 5 of the published checkpoint") && problem.contains("missing"), "{all}");
+    // Asked for alone, the diverged tenant is a 409 saying the same.
+    let (s, b) = checkpoint(&api, "div").await?;
+    ensure!(
+        s == 409 && b["error"] == "chain_diverged" && b["message"].as_str().unwrap_or_default().contains("missing"),
+        "{s} {b}"
+    );
+    // A tenant without events gets a checkpoint of the empty chain, and nothing is published for it.
+    let (s, b) = checkpoint(&api, "nobody").await?;
+    ensure!(s == 200 && b["checkpoints"][0]["sequence"] == 0, "{s} {b}");
+    ensure!(!published.join("t_nobody").exists(), "a directory was created for a tenant without events");
+    ensure!(published.join("t_fine/latest.json").exists(), "{}", published.display());
     server.shutdown().await
 }
 

@@ -2,7 +2,7 @@
 //! verifiers (`audctl verify`, the README's Python recipe) check against them.
 
 use audit_api::ErrorBody;
-use audit_api::checkpoint::{CheckpointList, PublicKeyInfo};
+use audit_api::checkpoint::{CheckpointList, Diverged, PublicKeyInfo};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -52,7 +52,8 @@ pub struct TenantParams {
 }
 
 /// Sign and publish a checkpoint of the current chain head of one tenant, or of every tenant the
-/// key may read. Refused (409) when the chain no longer contains the latest published checkpoint.
+/// key may read. Refused (409) when the tenant's chain no longer contains its latest published
+/// checkpoint; for every tenant, such tenants are listed in `diverged` and the others signed.
 #[utoipa::path(
     get, path = "/api/v1/integrity/checkpoints", tag = "integrity", params(TenantParams),
     responses(
@@ -61,7 +62,7 @@ pub struct TenantParams {
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "Key not allowed for the tenant", body = ErrorBody),
         (status = 404, description = "No signing key configured", body = ErrorBody),
-        (status = 409, description = "The chain diverged from its published checkpoint", body = ErrorBody),
+        (status = 409, description = "The tenant's chain diverged from its published checkpoint (tenantId given)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -80,6 +81,7 @@ pub async fn checkpoints(
         }
         None => None,
     };
+    let one_tenant = tenant.is_some();
     let heads = state.store.heads().await?;
     let mut wanted: Vec<(String, Option<(i64, String)>)> = heads
         .into_iter()
@@ -91,13 +93,18 @@ pub async fn checkpoints(
     {
         wanted.push((t, None));
     }
-    let mut out = Vec::with_capacity(wanted.len());
+    let mut out = CheckpointList { checkpoints: Vec::with_capacity(wanted.len()), diverged: Vec::new() };
     for (t, head) in wanted {
         match signer.checkpoint(&state.store, &t, head).await {
-            Ok(cp) => out.push(cp),
+            Ok(cp) => out.checkpoints.push(cp),
             Err(CheckpointError::Diverged(m)) => {
                 tracing::error!(tenant = t, problem = %m, "refusing to sign a checkpoint");
-                return Err(ApiError::new(StatusCode::CONFLICT, "chain_diverged", format!("tenant {t:?}: {m}")));
+                // One tenant's divergence must not leave every other tenant unanchored: when all
+                // were asked for, the others are signed and this one is listed apart.
+                if one_tenant {
+                    return Err(ApiError::new(StatusCode::CONFLICT, "chain_diverged", format!("tenant {t:?}: {m}")));
+                }
+                out.diverged.push(Diverged { tenant_id: t, problem: m });
             }
             Err(CheckpointError::Store(e)) => return Err(e.into()),
             Err(CheckpointError::Io(e)) => {
@@ -110,7 +117,7 @@ pub async fn checkpoints(
             }
         }
     }
-    Ok(Json(CheckpointList { checkpoints: out }))
+    Ok(Json(out))
 }
 
 /// Query of `GET /events/export`.
