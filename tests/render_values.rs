@@ -52,6 +52,20 @@ fn wrong_type() {
 }
 
 #[test]
+fn log_level_the_server_would_refuse_or_misread() {
+    // `infoo` alone is a valid filter for tracing (a target named infoo) and would log nothing else.
+    for bad in ["infoo", "warn,audit_server=loud", ""] {
+        let e = refused(&format!("server:\n  logLevel: {bad:?}\n"), &[]);
+        assert_has(&e, &format!("bad.yaml:2:13: server.logLevel: {bad:?}: expected a level (trace, debug"));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("ok.yaml"), "server:\n  logLevel: WARN, audit_server=debug,h2[conn]=off\n")
+        .expect("write values");
+    let out = audctl(&["render", "-f", "ok.yaml"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn invalid_quantity() {
     let e = refused("resources:\n  limits:\n    memory: 2Gb\n", &[]);
     assert_has(&e, "bad.yaml:3:13: resources.limits.memory: \"2Gb\" is not a Kubernetes quantity");
@@ -530,4 +544,18 @@ fn staging_on_prod_prefers_spreading_and_limits_to_200_per_minute() {
     assert!(prod_affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].is_sequence());
     let prod_ingress = &object(&prod, "Ingress", "audit-trail")["metadata"]["annotations"];
     assert_eq!(prod_ingress["nginx.ingress.kubernetes.io/limit-rpm"].as_str(), Some("1000"));
+}
+
+#[test]
+fn a_type_error_is_not_judged_again_with_the_default() {
+    // values-prod: PDB minAvailable 2. The wrong minReplicas stands in as its default (2) for the
+    // other checks, which reported "2 leaves no pod evictable with 2 replicas".
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--set", "autoscaling.minReplicas=abc"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, "autoscaling.minReplicas");
+    assert!(!stderr.contains("podDisruptionBudget"), "a cross-field error computed with the default:\n{stderr}");
+    // The same cross-field check still runs when the value it reads is the user's own.
+    let (code, _, stderr) = render_in_root(&["render", "-f", PROD, "--set", "autoscaling.minReplicas=2"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_has(&stderr, "podDisruptionBudget.minAvailable: 2 leaves no pod evictable with 2 replicas");
 }

@@ -6,6 +6,7 @@
 //! them is lost to its dashboards.
 
 use std::fmt;
+use std::io::IsTerminal;
 
 use anyhow::{Context, bail};
 use tracing::{Event, Subscriber};
@@ -16,20 +17,46 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// Install the global subscriber from the environment (`env` looks a variable up).
 pub fn init(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    // An unparseable filter falls back to info rather than silencing the server.
-    let filter = env("AUDIT_LOG").and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new("info"));
-    if env("AUDIT_LOG_FORMAT").is_some_and(|f| f == "text") {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+    let settings = settings(&env)?;
+    if settings.text {
+        // Colours only on a terminal: `text` piped to a file or a collector must stay plain.
+        tracing_subscriber::fmt().with_env_filter(settings.filter).with_ansi(std::io::stdout().is_terminal()).init();
         return Ok(());
     }
-    let fields = fixed_fields(env("AUDIT_LOG_FIELDS").as_deref())?;
     let json = tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false);
     tracing_subscriber::fmt()
         .fmt_fields(JsonFields::new())
-        .event_format(WithFields { inner: json, prefix: fields })
-        .with_env_filter(filter)
+        .event_format(WithFields { inner: json, prefix: settings.fields })
+        .with_env_filter(settings.filter)
         .init();
     Ok(())
+}
+
+/// What `AUDIT_LOG`, `AUDIT_LOG_FORMAT` and `AUDIT_LOG_FIELDS` ask for.
+struct Settings {
+    filter: EnvFilter,
+    text: bool,
+    fields: String,
+}
+
+/// A mistyped variable is refused at startup, naming it: falling back (to info, to JSON) would
+/// leave the operator reading logs that are not the ones asked for, with nothing saying why.
+fn settings(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
+    let filter = match env("AUDIT_LOG").filter(|f| !f.trim().is_empty()) {
+        None => EnvFilter::new("info"),
+        // Spaces around the commas are how people write lists; tracing refuses them.
+        Some(f) => {
+            EnvFilter::try_new(f.split(',').map(str::trim).collect::<Vec<_>>().join(",")).with_context(|| {
+                format!("AUDIT_LOG={f:?}: expected a log filter such as info, warn or audit_server=debug,info")
+            })?
+        }
+    };
+    let text = match env("AUDIT_LOG_FORMAT").as_deref().map(str::trim) {
+        None | Some("" | "json") => false,
+        Some("text") => true,
+        Some(other) => bail!("AUDIT_LOG_FORMAT={other:?}: expected json (the default) or text"),
+    };
+    Ok(Settings { filter, text, fields: fixed_fields(env("AUDIT_LOG_FIELDS").as_deref())? })
 }
 
 /// `AUDIT_LOG_FIELDS` (a JSON object of strings) as the text that goes after each line's `{`:
@@ -86,6 +113,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::fixed_fields;
+
+    #[test]
+    fn mistyped_settings_are_refused() {
+        let with = |name: &'static str, value: &'static str| move |n: &str| (n == name).then(|| value.to_owned());
+        let err = |name, value| super::settings(&with(name, value)).err().expect("accepted").to_string();
+        assert_eq!(err("AUDIT_LOG_FORMAT", "xml"), r#"AUDIT_LOG_FORMAT="xml": expected json (the default) or text"#);
+        assert!(
+            err("AUDIT_LOG", "audit_server=loud")
+                .starts_with(r#"AUDIT_LOG="audit_server=loud": expected a log filter"#)
+        );
+        assert!(super::settings(&with("AUDIT_LOG_FORMAT", "text")).unwrap().text);
+        assert!(!super::settings(&with("AUDIT_LOG_FORMAT", "json")).unwrap().text);
+        assert!(!super::settings(&|_: &str| None).unwrap().text);
+        assert!(super::settings(&with("AUDIT_LOG", "warn,audit_server=debug")).is_ok());
+        assert!(super::settings(&with("AUDIT_LOG", "WARN, audit_server=debug ,h2[conn]=off")).is_ok());
+    }
 
     #[test]
     fn fixed_fields_are_json_members() {

@@ -9,10 +9,31 @@ use super::source::Sources;
 struct Checker<'a> {
     sources: &'a Sources,
     errors: &'a mut Vec<ValueError>,
+    /// Paths whose value was wrong (a type error, already reported) and stands in as its default
+    /// so that the other checks can run: a check that reads one would judge the default, not
+    /// what the user wrote (`--set autoscaling.minReplicas=abc` is no PDB problem).
+    repaired: &'a [String],
+}
+
+/// `path` is `other`, or one is inside the other (`a.b` and `a.b.c`, `a.b[0]`).
+fn related(path: &str, other: &str) -> bool {
+    let inside = |inner: &str, outer: &str| {
+        inner.strip_prefix(outer).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    };
+    inside(path, other) || inside(other, path)
 }
 
 impl Checker<'_> {
     fn fail(&mut self, path: &str, message: String) {
+        self.fail_reading(path, &[], message);
+    }
+
+    /// [`Checker::fail`] for a check that also read the values at `reads`: dropped when it or one
+    /// of them was repaired.
+    fn fail_reading(&mut self, path: &str, reads: &[&str], message: String) {
+        if self.repaired.iter().any(|r| std::iter::once(path).chain(reads.iter().copied()).any(|p| related(p, r))) {
+            return;
+        }
         let origin = self.sources.value_origin(path).cloned();
         self.errors.push(ValueError { origin, path: path.to_owned(), message });
     }
@@ -23,8 +44,9 @@ impl Checker<'_> {
             if let (Some(request), Some(limit)) = (request, limit)
                 && request.value() > limit.value()
             {
-                self.fail(
+                self.fail_reading(
                     &format!("{path}.requests.{name}"),
+                    &[&format!("{path}.limits.{name}")],
                     format!("request {request} is above the limit {limit}; expected requests <= limits"),
                 );
             }
@@ -100,8 +122,8 @@ impl Checker<'_> {
     }
 }
 
-pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
-    let mut c = Checker { sources, errors };
+pub fn semantic(v: &Values, sources: &Sources, repaired: &[String], errors: &mut Vec<ValueError>) {
+    let mut c = Checker { sources, errors, repaired };
     c.dns_label("name", &v.name);
     c.dns_label("namespace.name", &v.namespace.name);
     if !["privileged", "baseline", "restricted"].contains(&v.namespace.pod_security.as_str()) {
@@ -115,6 +137,7 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
     }
     c.image("image", &v.image);
     c.image("backups.image", &v.backups.image);
+    log_filter(&mut c, &v.server.log_level);
 
     c.resources("resources", &v.resources);
     c.resources("postgresql.primary.resources", &v.postgresql.primary.resources);
@@ -129,8 +152,9 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
             c.fail("autoscaling.minReplicas", "0: expected at least 1".into());
         }
         if a.min_replicas > a.max_replicas {
-            c.fail(
+            c.fail_reading(
                 "autoscaling.minReplicas",
+                &["autoscaling.maxReplicas"],
                 format!(
                     "{} is above autoscaling.maxReplicas ({}); expected minReplicas <= maxReplicas",
                     a.min_replicas, a.max_replicas
@@ -163,8 +187,9 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
         if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) = pdb.min_available
             && i64::from(n) >= i64::from(floor)
         {
-            c.fail(
+            c.fail_reading(
                 "podDisruptionBudget.minAvailable",
+                &["autoscaling.enabled", "autoscaling.minReplicas", "replicaCount"],
                 format!("{n} leaves no pod evictable with {floor} replicas: node drains would block; expected fewer than {floor}"),
             );
         }
@@ -240,8 +265,9 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
         }
     }
     if v.kafka.enabled && v.kafka.topic.replicas > v.kafka.replica_count {
-        c.fail(
+        c.fail_reading(
             "kafka.topic.replicas",
+            &["kafka.replicaCount", "kafka.enabled"],
             format!(
                 "{} replicas with {} brokers: expected at most the broker count",
                 v.kafka.topic.replicas, v.kafka.replica_count
@@ -249,7 +275,11 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
         );
     }
     if v.kafka.topic.min_insync_replicas > v.kafka.topic.replicas {
-        c.fail("kafka.topic.minInsyncReplicas", "above kafka.topic.replicas: every write would fail".into());
+        c.fail_reading(
+            "kafka.topic.minInsyncReplicas",
+            &["kafka.topic.replicas"],
+            "above kafka.topic.replicas: every write would fail".into(),
+        );
     }
 
     for (name, enabled, host) in [
@@ -269,6 +299,27 @@ pub fn semantic(v: &Values, sources: &Sources, errors: &mut Vec<ValueError>) {
 
 /// The checkpoint directory is a volume of its own (two mounts cannot share a path), and the
 /// server refuses negative intervals.
+/// `server.logLevel` becomes the server's `AUDIT_LOG` filter, which refuses to start on a bad level;
+/// a bare word that is not a level (`infoo`) would be taken as a target name and log nothing
+/// else. So: a level, or `target=level`, comma-separated (span filters `target[span]=level` are
+/// passed through).
+fn log_filter(c: &mut Checker<'_>, filter: &str) {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let bad = filter.split(',').map(str::trim).filter(|d| !d.is_empty() && !d.contains('[')).find(|d| {
+        let level = d.rsplit_once('=').map_or(*d, |(_, l)| l);
+        !LEVELS.contains(&level.to_ascii_lowercase().as_str())
+    });
+    if filter.trim().is_empty() || bad.is_some() {
+        c.fail(
+            "server.logLevel",
+            format!(
+                "{filter:?}: expected a level (trace, debug, info, warn, error or off) or target=level, comma-separated \
+                 (e.g. info or warn,audit_server=debug)"
+            ),
+        );
+    }
+}
+
 fn integrity(c: &mut Checker<'_>, v: &Values) {
     let i = &v.integrity;
     let dir = i.checkpoint_dir.trim_end_matches('/');
@@ -345,7 +396,11 @@ fn heap_within_limit(c: &mut Checker<'_>, v: &Values) {
         if let (Some(heap), Some(limit)) = (flag.strip_prefix("-Xmx").and_then(jvm_size), es_limit)
             && heap > limit
         {
-            c.fail("elasticsearch.javaOpts", format!("{flag} is above elasticsearch.resources.limits.memory"));
+            c.fail_reading(
+                "elasticsearch.javaOpts",
+                &["elasticsearch.resources.limits.memory"],
+                format!("{flag} is above elasticsearch.resources.limits.memory"),
+            );
         }
     }
 }
@@ -381,8 +436,9 @@ fn pools_within_max_connections(c: &mut Checker<'_>, v: &Values) {
     if needed > usable {
         let lanes = super::model::SERVER_APPEND_LANES;
         let fits = (usable / u64::from(pods.max(1))).saturating_sub(u64::from(lanes));
-        c.fail(
+        c.fail_reading(
             "server.dbMaxConnections",
+            &["autoscaling", "replicaCount", "postgresql.parameters", "postgresql.enabled"],
             format!(
                 "{pods} pods x ({} pooled + {lanes} append connections) = {needed} at full scale, but \
                  max_connections {max} - {reserved} reserved leaves {usable}; expected server.dbMaxConnections \

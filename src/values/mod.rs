@@ -156,9 +156,11 @@ pub fn load_texts(files: &[(PathBuf, String)], sets: &[String]) -> Result<Values
         return Err(ValueErrors(errors));
     }
     let typed = deserialize_all(merged, &defaults, &set_texts, &sources, &mut errors);
-    if let Some((values, repaired)) = &typed {
-        unknown_nested_keys(repaired, values, &sources, &mut errors);
-        check::semantic(values, &sources, &mut errors);
+    if let Some((values, tree)) = &typed {
+        unknown_nested_keys(tree, values, &sources, &mut errors);
+        // The type errors' paths hold defaults now (see deserialize_all).
+        let repaired: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+        check::semantic(values, &sources, &repaired, &mut errors);
     }
     match typed {
         Some((values, _)) if errors.is_empty() => Ok(values),

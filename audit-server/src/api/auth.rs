@@ -44,6 +44,15 @@ impl KeyRing {
             if k.tenants.is_empty() {
                 anyhow::bail!("API key {:?}: `tenants` is empty (use [\"*\"] for every tenant)", k.label());
             }
+            // A tenant no request can name (a space, a slash, 129 characters) would be a key that
+            // silently grants nothing for it: refuse at startup, saying what a tenant id may be.
+            if let Some(bad) = k.tenants.iter().find(|t| *t != "*" && !super::input::valid_tenant(t)) {
+                anyhow::bail!(
+                    "API key {:?}: tenant {bad:?} is not a tenant id (expected 1 to 128 of A-Z a-z 0-9 . _ : @ -, \
+                     or * for every tenant)",
+                    k.label()
+                );
+            }
             let scope = Scope {
                 name: k.name.clone().unwrap_or_else(|| format!("key#{}", i + 1)),
                 all_tenants: k.tenants.iter().any(|t| t == "*"),
@@ -258,6 +267,17 @@ mod tests {
         assert!(ok(big.acquire("k", 25).await));
         assert!(!ok(big.acquire("k", 1).await));
         assert!(ok(RateLimiter::new(0.0, 0).acquire("k", 1_000_000).await), "off");
+    }
+
+    #[test]
+    fn tenants_no_request_can_name_are_a_configuration_error() {
+        for bad in ["ac me", "", "a/b", &"t".repeat(129)] {
+            let err = KeyRing::new(&[ApiKeyConfig::plain("k1", &["acme", bad])]).err().expect("accepted");
+            let text = err.to_string();
+            assert!(text.contains(&format!("tenant {bad:?} is not a tenant id")), "{text}");
+            assert!(!text.contains("k1"), "the key itself is printed: {text}");
+        }
+        assert!(KeyRing::new(&[ApiKeyConfig::plain("k1", &["*", "acme", "a.b_c:d@e-f"])]).is_ok());
     }
 
     #[test]
