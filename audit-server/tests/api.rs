@@ -266,6 +266,18 @@ async fn error_statuses(backend: Backend) -> Result<()> {
     let (s, b) = (r.status().as_u16(), r.json::<Value>().await?);
     expect_json_error(s, 400, &b)?;
     ensure!(b["message"].as_str().is_some_and(|m| m.contains("\"tenantId\" appears twice")), "{b}");
+    // What the client sent is named, not echoed back in full: a 4,097-character member name,
+    // too long and given twice.
+    let long_name = "n".repeat(4097);
+    let echoed = event("tenant-a", "x", "Y").to_string().replacen(
+        r#""actor":{"#,
+        &format!(r#""actor":{{"attributes":{{"{long_name}":1,"{long_name}":2}},"#),
+        1,
+    );
+    let r = raw("/api/v1/events", echoed).send().await?;
+    let (s, text) = (r.status().as_u16(), r.text().await?);
+    ensure!(s == 400 && text.len() < 1500, "{s}: {} bytes: {text:.300}", text.len());
+    ensure!(text.contains("more characters"), "{text:.300}");
     for (path, field) in [
         ("/api/v1/events?tenantId=tenant-a&resourceType=NOPE", "resourceType"),
         ("/api/v1/events/export?tenantId=tenant-a&since=1", "since"),
@@ -317,6 +329,17 @@ async fn error_statuses(backend: Backend) -> Result<()> {
     let r = http.post(&url).header("x-api-key", KEY_A).header("content-type", "text/plain").body("{}").send().await?;
     let s = r.status().as_u16();
     expect_json_error(s, 415, &r.json().await?)?;
+    // 415: a compressed body (RFC 9110 8.4.1), saying which coding and what is accepted; identity
+    // is no coding at all.
+    let gz = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xab\xae\x05\x00\x43\xbf\xa6\xa3\x02\x00\x00\x00".to_vec();
+    let r = raw("/api/v1/events", String::new()).header("content-encoding", "gzip").body(gz).send().await?;
+    ensure!(r.headers().get("accept-encoding").is_some_and(|v| v == "identity"), "{:?}", r.headers());
+    let (s, b) = (r.status().as_u16(), r.json::<Value>().await?);
+    expect_json_error(s, 415, &b)?;
+    ensure!(b["message"].as_str().is_some_and(|m| m.contains("Content-Encoding \"gzip\"")), "{b}");
+    let r = raw("/api/v1/events", event("tenant-a", "x", "Y").to_string()).header("content-encoding", "identity");
+    let s = r.send().await?.status().as_u16();
+    ensure!(s == 201, "Content-Encoding: identity refused: {s}");
     // 429: the rate-limited key, once its burst is spent.
     let mut limited = None;
     for _ in 0..400 {

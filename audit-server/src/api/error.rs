@@ -107,10 +107,32 @@ impl ApiError {
     }
 }
 
+/// Characters of a field path, and of a message, in an error body.
+const MAX_FIELD: usize = 200;
+const MAX_MESSAGE: usize = 1000;
+
+/// `text` cut to `max` characters, `...` and the number of characters left out marking the cut.
+fn clip(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some((at, _)) => {
+            let left = text[at..].chars().count();
+            format!("{}... ({left} more characters)", &text[..at])
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry = matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
-        let body = ErrorBody { error: self.code.to_owned(), message: self.message, details: self.details };
+        // Field paths and messages can quote what the client sent (a member name of 4,097
+        // characters, an unknown key): an error names it, it does not echo it back in full.
+        let details = self.details.map(|d| {
+            d.into_iter()
+                .map(|f| FieldError { field: clip(f.field, MAX_FIELD), message: clip(f.message, MAX_MESSAGE) })
+                .collect()
+        });
+        let body = ErrorBody { error: self.code.to_owned(), message: clip(self.message, MAX_MESSAGE), details };
         let mut response = (self.status, Json(body)).into_response();
         if retry {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -121,5 +143,18 @@ impl IntoResponse for ApiError {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn long_quotes_are_clipped_by_characters() {
+        assert_eq!(clip("short".into(), 10), "short");
+        assert_eq!(clip("0123456789".into(), 10), "0123456789");
+        assert_eq!(clip("ééééé".into(), 3), "ééé... (2 more characters)");
+        assert_eq!(clip("x".repeat(4097), 200), format!("{}... (3897 more characters)", "x".repeat(200)));
     }
 }

@@ -57,6 +57,18 @@ async fn read_json(req: Request, state: &AppState) -> Result<(Value, usize), Api
             format!("expected Content-Type: application/json, got {content_type:?}"),
         ));
     }
+    // A compressed body would read as "malformed JSON"; RFC 9110 (8.4.1) asks for a 415 naming
+    // the coding. None is decoded here: bodies are small and a decompressor is a bomb to guard.
+    let encoding = req.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("(not text)").trim());
+    if let Some(coding) = encoding.filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity")) {
+        let mut refused = ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Encoding {coding:?} is not accepted: send the body uncompressed (no Content-Encoding)"),
+        );
+        refused.headers.push(("accept-encoding", "identity".into()));
+        return Err(refused);
+    }
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
