@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::Api;
 
 mod kube_support;
@@ -44,6 +44,26 @@ async fn interrupt_while_waiting(
         .expect("wait")
 }
 
+/// The `audctl.io/outcome` of the evidence records of `verb` in `ns`, newest first (names start
+/// with the time).
+async fn evidence_outcomes(c: &kube::Client, ns: &str, verb: &str) -> Vec<String> {
+    let selector = format!("audctl.io/kind=evidence,audctl.io/verb={verb}");
+    let list = Api::<ConfigMap>::namespaced(c.clone(), ns)
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .expect("evidence records");
+    let mut records: Vec<(String, String)> = list
+        .items
+        .into_iter()
+        .map(|cm| {
+            let outcome = cm.metadata.labels.unwrap_or_default().get("audctl.io/outcome").cloned().unwrap_or_default();
+            (cm.metadata.name.unwrap_or_default(), outcome)
+        })
+        .collect();
+    records.sort();
+    records.into_iter().rev().map(|(_, o)| o).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn interrupted_deploy_and_rollback_release_the_lock_and_record_interrupted() {
     let k = cluster().await;
@@ -67,6 +87,9 @@ async fn interrupted_deploy_and_rollback_release_the_lock_and_record_interrupted
     assert!(leases.get_opt(LOCK).await.expect("lease").is_none(), "lock still held: {}", text(&out));
     assert_eq!(states(&history(k, ns).await), vec![(2, "interrupted".into()), (1, "deployed".into())]);
     assert!(image_of(&deployment(&c, ns).await).ends_with(":never-ready"), "an interrupt rolled back");
+    // The interrupted run left its evidence record (outcome error), next to the first deploy's.
+    let outcomes = evidence_outcomes(&c, ns, "deploy").await;
+    assert_eq!(outcomes, ["error", "success"], "deploy evidence records, newest first");
 
     // SIGTERM (a cancelled CI job): exit 143, the same recovery.
     let out = interrupt_while_waiting(k, &c, ns, &never_ready, 3, libc::SIGTERM).await;
@@ -84,6 +107,7 @@ async fn interrupted_deploy_and_rollback_release_the_lock_and_record_interrupted
     assert!(stderr(&out).contains("revision 4 left mid-rollout"), "{}", text(&out));
     assert!(leases.get_opt(LOCK).await.expect("lease").is_none(), "lock still held: {}", text(&out));
     assert_eq!(history(k, ns).await[0]["state"], "interrupted");
+    assert_eq!(evidence_outcomes(&c, ns, "rollback").await, ["error"], "the interrupted rollback's evidence");
 
     // What the message says to run works: back to revision 1, the one that was serving.
     let out = audctl(k, &["rollback", "-n", ns, "--timeout", "3m"]).await;

@@ -421,6 +421,14 @@ async fn settle_interrupted(client: &kube::Client, revs: &mut [Revision]) -> any
     Ok(())
 }
 
+/// An interrupted run is evidence too (what was stopped, when, by whom): a later audit must not
+/// find a gap where a deploy was attempted.
+async fn record_interrupted(client: &kube::Client, ns: &str, ev: &Evidence) {
+    if let Err(e) = evidence::record(client, ns, ev).await {
+        eprintln!("warning: could not write the evidence record of the interrupted run: {e:#}");
+    }
+}
+
 fn lock_options(args: &ApplyArgs, verb: &str) -> lock::Options {
     lock::Options {
         lease: args.lock_lease,
@@ -537,7 +545,14 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     // left pending from the records.
     let result = tokio::select! {
         result = body => result,
-        stop = signals.first() => return Err(interrupt::settle(&client, &ns, &name, held, stop).await),
+        stop = signals.first() => {
+            let stopped = interrupt::settle(&client, &ns, &name, held, stop).await;
+            let ev = Evidence::new("deploy", EvOutcome::Error, stopped.to_string(), started_wall)
+                .subject(subject(values.cluster.environment.as_deref(), &settings))
+                .values_digest(evidence::digest_of(&values));
+            record_interrupted(&client, &ns, &ev).await;
+            return Err(stopped);
+        }
     };
     held.release().await;
     let (report, failure) = result?;
@@ -1027,7 +1042,14 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
     };
     let result = tokio::select! {
         result = body => result,
-        stop = signals.first() => return Err(interrupt::settle(&client, &ns, &name, held, stop).await),
+        stop = signals.first() => {
+            let stopped = interrupt::settle(&client, &ns, &name, held, stop).await;
+            let env = current_cluster(&settings).ok().and_then(|(c, _)| c);
+            let ev = Evidence::new("rollback", EvOutcome::Error, stopped.to_string(), started_wall)
+                .subject(subject(env.as_deref(), &settings));
+            record_interrupted(&client, &ns, &ev).await;
+            return Err(stopped);
+        }
     };
     held.release().await;
     let (target, outcome, restored, revs) = result?;
