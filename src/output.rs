@@ -52,8 +52,24 @@ where
     if !color_enabled() {
         table.force_no_tty();
     }
+    // A terminal that reports no size (a pty nobody sized: `docker exec -t`, some CI runners say
+    // 0 columns) would wrap every column to one character. Then COLUMNS if it is set, else no
+    // wrapping at all.
+    if table.width().is_some_and(|w| w < MIN_TABLE_WIDTH) {
+        match std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse::<u16>().ok()) {
+            Some(columns) if columns >= MIN_TABLE_WIDTH => {
+                table.set_width(columns);
+            }
+            _ => {
+                table.set_content_arrangement(ContentArrangement::Disabled);
+            }
+        }
+    }
     table
 }
+
+/// Below this many columns a terminal's reported width is taken for no width at all.
+const MIN_TABLE_WIDTH: u16 = 20;
 
 /// Write `report` to stdout in `format`.
 pub fn emit<R: Report>(format: OutputFormat, report: &R) -> anyhow::Result<()> {

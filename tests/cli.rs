@@ -377,3 +377,44 @@ fn an_unknown_context_lists_the_known_ones() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains(r#"has no context "nosuch"; it has: prod, staging"#), "{err}");
 }
+
+/// Run audctl with stdin, stdout and stderr on a fresh pseudo-terminal, whose size is 0x0 until
+/// someone sets it (as under `docker exec -t` or a CI runner's pty). Returns what it wrote.
+fn on_unsized_pty(args: &[&str], columns: Option<&str>) -> String {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut leader, mut follower) = (0, 0);
+    // SAFETY: openpty(3) writes two new descriptors; the name, termios and winsize are optional.
+    let rc =
+        unsafe { libc::openpty(&mut leader, &mut follower, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    let (leader, follower) = unsafe { (OwnedFd::from_raw_fd(leader), OwnedFd::from_raw_fd(follower)) };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audctl"));
+    cmd.args(args).env_remove("COLUMNS").env_remove("NO_COLOR");
+    if let Some(c) = columns {
+        cmd.env("COLUMNS", c);
+    }
+    let mut child = cmd
+        .stdin(follower.try_clone().expect("dup"))
+        .stdout(follower.try_clone().expect("dup"))
+        .stderr(follower)
+        .spawn()
+        .expect("run audctl");
+    // The command holds the follower's descriptors: until they close, the leader never ends.
+    drop(cmd);
+    let mut out = Vec::new();
+    // Reading the leader fails with EIO once the child has exited and closed the follower.
+    let _ = std::fs::File::from(leader).read_to_end(&mut out);
+    assert!(child.wait().expect("wait").success(), "{}", String::from_utf8_lossy(&out));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn a_terminal_of_no_width_gets_a_readable_table() {
+    let out = on_unsized_pty(&["check", "--list-probes"], None);
+    assert!(out.contains("PROBE") && out.contains("cluster.ha"), "a column wrapped to one character:\n{out:.600}");
+    let out = on_unsized_pty(&["check", "--list-probes"], Some("100"));
+    assert!(out.contains("PROBE"), "{out:.600}");
+    assert!(out.lines().all(|l| l.chars().count() <= 100), "wider than COLUMNS=100:\n{out}");
+}
