@@ -418,3 +418,17 @@ fn a_terminal_of_no_width_gets_a_readable_table() {
     assert!(out.contains("PROBE"), "{out:.600}");
     assert!(out.lines().all(|l| l.chars().count() <= 100), "wider than COLUMNS=100:\n{out}");
 }
+
+#[test]
+fn an_empty_backup_repository_says_so() {
+    let repo = tempfile::tempdir().expect("temp dir");
+    let path = repo.path().to_str().expect("UTF-8 temp path");
+    let out = audctl(&["backup", "list", "--repo", path]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("no backups in {path}")), "{stderr}");
+    let out = audctl(&["backup", "list", "--repo", path, "--component", "redis", "-o", "json"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no backups of redis in"), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(json["backups"], serde_json::json!([]), "{json}");
+}

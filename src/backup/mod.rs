@@ -296,6 +296,11 @@ fn list(ctx: &Ctx, component: Option<&str>) -> anyhow::Result<()> {
         .collect();
     let damaged = ctx.repo.damaged(component)?.into_iter().map(DamagedRow::from).collect();
     let report = ListReport { repo: ctx.repo.display(), backups, incomplete: ctx.repo.partial(), damaged };
+    // An empty table reads like a rendering failure: say so (stderr: stdout stays the report).
+    if report.backups.is_empty() && report.incomplete.is_empty() && report.damaged.is_empty() {
+        let of = component.map(|c| format!(" of {c}")).unwrap_or_default();
+        eprintln!("no backups{of} in {}", report.repo);
+    }
     output::emit(ctx.global.output, &report)
 }
 
