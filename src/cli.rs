@@ -382,7 +382,9 @@ pub struct ServiceArgs {
     /// PEM file of a CA (or self-signed certificate) to trust for https, besides the system roots.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Tenant to write to (default: `audit.tenant` of --targets, then `audctl-smoke`).
+    /// Tenant to write to (default: `audit.tenant` of --targets, then `audctl-smoke`). For `load`,
+    /// the prefix of its --tenants tenants (`ID-0`..; default `audctl-load`), or with --tenants 1
+    /// the tenant itself.
     #[arg(long, value_name = "ID")]
     pub tenant: Option<String>,
 }

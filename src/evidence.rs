@@ -252,14 +252,23 @@ async fn prune(client: &kube::Client, namespace: &str, verb: &str) -> anyhow::Re
 /// For verbs whose main job is elsewhere (smoke, load, backup...): write the record when a cluster is
 /// configured, and say on stderr what happened. Never fails the verb: the verb's own result stands,
 /// but a record that could not be written is reported, never silently dropped.
+/// How long writing an evidence record may take once the API server answered.
+const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn record_best_effort(settings: &KubeSettings, namespace: &str, evidence: &Evidence) -> Option<String> {
     if !settings.configured() {
         eprintln!("evidence: no cluster configured (--kubeconfig/--context/targets), record not written");
         return None;
     }
+    // Bounded: the record comes after the verb's own work and its report, and a server that
+    // accepts connections but never answers would otherwise hold the verb for kube's read timeout
+    // (minutes) after its result is known. api_client asks /version within 30 s first.
     let result = async {
-        let client = settings.client().await?;
-        record(&client, namespace, evidence).await
+        let client = settings.api_client().await?;
+        match tokio::time::timeout(RECORD_TIMEOUT, record(&client, namespace, evidence)).await {
+            Ok(recorded) => recorded,
+            Err(_) => anyhow::bail!("the API server did not answer within {} s", RECORD_TIMEOUT.as_secs()),
+        }
     }
     .await
     .context("evidence record not written");

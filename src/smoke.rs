@@ -134,6 +134,9 @@ pub fn run(args: &SmokeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let targets = crate::service::targets(global)?;
     let service = crate::service::resolve(&args.service, targets.as_ref(), from.fallback.clone())?;
     let timeout = crate::load::plan::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout {e}")))?;
+    if timeout.is_zero() {
+        return Err(usage("--timeout must be above zero"));
+    }
     let tenant = service.tenant.clone().unwrap_or_else(|| "audctl-smoke".into());
     let started = chrono::Utc::now();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
@@ -233,8 +236,10 @@ const STEPS_AFTER_TLS: &[&str] = &[
     "rate-limit headers",
 ];
 
+/// Nothing answered the first request: refused, unresolvable, or accepted and then silent for
+/// the whole --timeout (a hung process or a black-holing proxy). Exit 3, not a failed check.
 fn transport(e: &ClientError) -> bool {
-    matches!(e, ClientError::Transport { connect: true, .. })
+    matches!(e, ClientError::Transport { connect: true, .. } | ClientError::Transport { timeout: true, .. })
 }
 
 fn describe<T>(a: &Answer<T>) -> String {

@@ -347,7 +347,9 @@ fn a_server_that_is_not_kubernetes_is_said_to_be_unreachable() {
     )
     .expect("kubeconfig");
     let kc = kubeconfig.to_str().expect("utf-8");
-    for args in [vec!["history", "-n", "audit-trail"], vec!["diff", "-f", "values/values-prod.yaml"]] {
+    for args in
+        [vec!["history", "-n", "audit-trail"], vec!["diff", "-f", "values/values-prod.yaml"], vec!["attest", "--list"]]
+    {
         let mut args = args.clone();
         args.extend(["--kubeconfig", kc]);
         let out = audctl(&args);
@@ -356,6 +358,15 @@ fn a_server_that_is_not_kubernetes_is_said_to_be_unreachable() {
         assert!(err.contains(&url) && err.contains("does not answer as one"), "{args:?}: {err}");
         assert!(!err.contains("<html>") && !err.contains("t0ps3cret"), "{args:?}: {err}");
     }
+    // The evidence record after a smoke run (the service is a closed port: exit 3 for that) says
+    // why it was not written, as the verbs above do.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let out = audctl(&["smoke", "--url", &closed_url, "--kubeconfig", kc]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("evidence record not written") && err.contains("does not answer as one"), "{err}");
 }
 
 /// `--context` naming no context of the kubeconfig lists the ones it has (kube said only "failed
@@ -431,4 +442,27 @@ fn an_empty_backup_repository_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no backups of redis in"), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(json["backups"], serde_json::json!([]), "{json}");
+}
+
+#[test]
+fn smoke_refuses_a_zero_timeout() {
+    // Every step would time out at once and read as a failing service (exit 1).
+    let out = audctl(&["smoke", "--url", "http://127.0.0.1:9", "--timeout", "0s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--timeout must be above zero"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn smoke_against_a_silent_service_is_unreachable() {
+    // Accepts every connection and never answers (a hung process, a black-holing proxy).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    let out = audctl(&["smoke", "--url", &url, "--timeout", "1s", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["unreachable"], true, "{report}");
 }

@@ -182,3 +182,26 @@ async fn an_unwritable_plot_path_is_refused_before_the_run() -> anyhow::Result<(
     assert_eq!(counter(&url, "audit_events_ingested_total").await?, before, "the load ran anyway");
     server.stop().await
 }
+
+/// A key scoped to one tenant can be load-tested (`--tenant acme --tenants 1` writes to acme
+/// itself, not acme-0); no key at all is refused before the run (exit 2), not measured as 401s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_key_and_no_key() -> anyhow::Result<()> {
+    let server = Server::start_with(Backend::Sqlite, "", |c| {
+        c.api_keys.push(audit_server::ApiKeyConfig::plain("acme-only-key", &["acme"]));
+    })
+    .await?;
+    let url = server.url();
+    let args = ["load", "--url", &url, "--rate", "20", "--duration", "1s", "--max-p99", "60s", "-o", "json"];
+    let mut scoped = args.to_vec();
+    scoped.extend(["--tenant", "acme", "--tenants", "1", "--mix", "ingest=1,read=1"]);
+    let out = audctl(&scoped, Some("acme-only-key")).await?;
+    let report = json(&out)?;
+    assert_eq!(code(&out), 0, "{report:#}\n{}", stderr(&out));
+    assert_eq!(report["ok"], 20, "{report:#}");
+    let out = audctl(&args, None).await?;
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no API key"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "a report was printed");
+    server.stop().await
+}

@@ -39,7 +39,8 @@ pub async fn cluster_client(global: &GlobalArgs) -> anyhow::Result<Option<kube::
     if !settings.configured() {
         return Ok(None);
     }
-    Ok(Some(settings.client().await?))
+    // Asked its version first (bounded): a hung or wrong server is exit 3, said so.
+    Ok(Some(settings.api_client().await?))
 }
 
 fn load_targets(global: &GlobalArgs) -> anyhow::Result<audctl_targets::Targets> {

@@ -61,6 +61,13 @@ pub fn settings(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<Settings
     if timeout.is_zero() {
         return Err(usage("--timeout must be above zero"));
     }
+    // Every scenario calls the API with a key: without one, a whole run would measure 401s.
+    if service.key().is_none() {
+        return Err(usage(format!(
+            "no API key: pass --api-key-file, set {} or audit.apiKey in --targets",
+            crate::service::API_KEY_ENV
+        )));
+    }
     Ok(Settings {
         url: service.url.clone(),
         key: service.key().map(str::to_owned),
@@ -99,9 +106,15 @@ pub fn run(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     finish(report, args, global, started, &runtime)
 }
 
+/// `<prefix>-0` .. `<prefix>-<n-1>`; one tenant is the name itself, so that a key scoped to one
+/// tenant (`--tenant acme --tenants 1`, or `audit.tenant` of the targets) can be load-tested.
+fn tenant_names(prefix: &str, n: usize) -> Vec<String> {
+    if n == 1 { vec![prefix.to_owned()] } else { (0..n).map(|i| format!("{prefix}-{i}")).collect() }
+}
+
 /// The workload with seeded events when its scenarios read.
 async fn prepare(settings: &Settings, endpoint: &http::Endpoint, worker: usize) -> anyhow::Result<Workload> {
-    let tenants = (0..settings.tenants).map(|i| format!("{}-{i}", settings.tenant_prefix)).collect();
+    let tenants = tenant_names(&settings.tenant_prefix, settings.tenants);
     let mut workload =
         Workload::new(settings.mix.clone(), tenants, settings.batch_size, &endpoint.base_path, &endpoint.exact);
     let mut conn = endpoint.connect(settings.timeout).await.map_err(|f| {
@@ -521,4 +534,13 @@ fn record_evidence(
         .figure("failedThresholds", failed);
     runtime.block_on(record_best_effort(&kube, &global.namespace, &evidence));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_tenant_is_the_name_itself() {
+        assert_eq!(super::tenant_names("acme", 1), ["acme"]);
+        assert_eq!(super::tenant_names("audctl-load", 3), ["audctl-load-0", "audctl-load-1", "audctl-load-2"]);
+    }
 }
