@@ -466,3 +466,28 @@ fn smoke_against_a_silent_service_is_unreachable() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["unreachable"], true, "{report}");
 }
+
+#[test]
+fn load_against_a_stalled_service_ends_near_its_planned_end() {
+    // 2 connections, 20/s for 2 s, 1 s timeout, against a port that never answers: before, the 40
+    // arrivals were worked off one timeout per connection at a time (about 20 s).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .args(["load", "--url", &url, "--rate", "20", "--duration", "2s", "--connections", "2", "--timeout", "1s"])
+        .args(["-o", "json"])
+        .env("AUDIT_API_KEY", "k")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run audctl");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let elapsed = report["elapsedSeconds"].as_f64().unwrap_or(f64::MAX);
+    assert!(elapsed < 5.0, "ran {elapsed} s for a planned 2 s with a 1 s timeout: {report}");
+    assert_eq!(report["requests"], 40, "every planned arrival is counted: {report}");
+    assert!(report["errorsByClass"]["not sent: a --timeout behind schedule"].as_u64() > Some(0), "{report}");
+}

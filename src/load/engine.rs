@@ -84,14 +84,25 @@ pub async fn run(spec: Spec, seconds: UnboundedSender<(u64, Interval)>) -> Durat
     elapsed
 }
 
+/// The error class of an arrival not sent because it was over --timeout late.
+pub const BEHIND: &str = "not sent: a --timeout behind schedule";
+
 async fn open_loop(shared: &Shared, rng: &mut Rng) {
     let mut conn: Option<Conn> = None;
     loop {
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(at) = shared.spec.model.arrival_time(n) else { return };
         let intended = shared.start + at;
-        if intended > Instant::now() {
+        let now = Instant::now();
+        if intended > now {
             tokio::time::sleep_until(intended).await;
+        } else if now > intended + shared.spec.timeout {
+            // Already a whole --timeout late before it could be sent (the service stalled and
+            // every connection is busy): it is counted as failed, not sent, so that a stalled
+            // service ends the run near its planned end plus one timeout instead of draining
+            // the backlog for as long again as the service takes to answer it.
+            shared.record(Some(now - intended), None, Some(BEHIND));
+            continue;
         }
         one(shared, rng, &mut conn, intended).await;
     }
