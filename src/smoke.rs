@@ -310,6 +310,7 @@ async fn smoke(
         Ok(a) => {
             let r = match &a.body {
                 Body::Ok(h) if a.status == 200 && h.status == "UP" => Ok("UP".to_owned()),
+                Body::Ok(h) => Err(format!("HTTP {}, status {:?} (expected UP)", a.status, h.status)),
                 _ => Err(describe(&a)),
             };
             s.push("liveness", t, r);
@@ -320,6 +321,7 @@ async fn smoke(
     let r = match client.readiness().await {
         Ok(a) => match &a.body {
             Body::Ok(h) if a.status == 200 && h.status == "UP" => Ok("UP".to_owned()),
+            Body::Ok(h) => Err(format!("HTTP {}, status {:?} (expected UP)", a.status, h.status)),
             _ => Err(match &a.body {
                 Body::Invalid { text, .. } if a.status == 503 => format!("HTTP 503 not ready: {}", text.trim()),
                 _ => describe(&a),
@@ -415,6 +417,14 @@ async fn smoke(
                     Body::Ok(r) if status == 201 && r.status == "STORED" => {
                         s.push("write event", t, Ok(format!("id {} sequence {}", r.id, r.sequence)));
                         Some(r)
+                    }
+                    Body::Ok(r) => {
+                        s.push(
+                            "write event",
+                            t,
+                            Err(format!("HTTP {status}, receipt status {:?} (expected STORED)", r.status)),
+                        );
+                        None
                     }
                     _ => {
                         s.push("write event", t, Err(d));

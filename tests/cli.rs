@@ -491,3 +491,48 @@ fn load_against_a_stalled_service_ends_near_its_planned_end() {
     assert_eq!(report["requests"], 40, "every planned arrival is counted: {report}");
     assert!(report["errorsByClass"]["not sent: a --timeout behind schedule"].as_u64() > Some(0), "{report}");
 }
+
+#[test]
+fn smoke_says_which_status_a_health_endpoint_reported() {
+    // Every path answers 200 `{"status":"DOWN"}` (a health endpoint reporting itself down).
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            // A write is "accepted" with a receipt that is not STORED.
+            let (status, body) = if buf[..n].starts_with(b"POST") {
+                (
+                    "201 Created",
+                    r#"{"id":"e1","sequence":1,"timestamp":"2026-12-07T00:00:00Z","hash":"h","previousHash":"p","status":"QUEUED"}"#,
+                )
+            } else {
+                ("200 OK", r#"{"status":"DOWN"}"#)
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .args(["smoke", "--url", &url, "--timeout", "2s", "-o", "json"])
+        .env("AUDIT_API_KEY", "k")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run audctl");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let detail = |name: &str| {
+        report["steps"].as_array().into_iter().flatten().find(|s| s["name"] == name).map(|s| s["detail"].to_string())
+    };
+    for step in ["liveness", "readiness"] {
+        let d = detail(step).unwrap_or_default();
+        assert!(d.contains(r#"status \"DOWN\" (expected UP)"#), "{step}: {d}\n{report}");
+    }
+    let d = detail("write event").unwrap_or_default();
+    assert!(d.contains(r#"receipt status \"QUEUED\" (expected STORED)"#), "{d}\n{report}");
+}
