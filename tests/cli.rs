@@ -229,6 +229,8 @@ fn passwords_in_urls_are_never_printed() {
     let down = targets("down.yaml", &format!("http://elastic:{PW}@127.0.0.1:1"));
     let bad_port = targets("port.yaml", &format!("http://elastic:{PW}@127.0.0.1:99999"));
     let r = repo.to_str().expect("utf-8");
+    let key_file = dir.path().join("key").to_str().expect("utf-8").to_owned();
+    std::fs::write(&key_file, "k").expect("key file");
     let cases: Vec<(Vec<String>, i32)> = vec![
         (vec!["--targets".into(), down, "backup".into(), "--repo".into(), r.into(), "search".into()], 3),
         (vec!["--targets".into(), bad_port, "backup".into(), "--repo".into(), r.into(), "search".into()], 2),
@@ -239,9 +241,20 @@ fn passwords_in_urls_are_never_printed() {
             3,
         ),
         (
-            ["load", "--url", &format!("http://u:{PW}@127.0.0.1:1"), "--rate", "5", "--duration", "1s"]
-                .map(String::from)
-                .to_vec(),
+            // A key, so that the run gets as far as connecting (without one it is exit 2 first).
+            [
+                "load",
+                "--url",
+                &format!("http://u:{PW}@127.0.0.1:1"),
+                "--rate",
+                "5",
+                "--duration",
+                "1s",
+                "--api-key-file",
+                &key_file,
+            ]
+            .map(String::from)
+            .to_vec(),
             3,
         ),
         (
@@ -452,15 +465,21 @@ fn smoke_refuses_a_zero_timeout() {
     assert!(text(&out.stderr).contains("--timeout must be above zero"), "{}", text(&out.stderr));
 }
 
-#[test]
-fn smoke_against_a_silent_service_is_unreachable() {
-    // Accepts every connection and never answers (a hung process, a black-holing proxy).
+/// The URL of a port that accepts every connection and never answers (a hung process, a
+/// black-holing proxy), for as long as the test runs.
+fn silent_service() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     std::thread::spawn(move || {
         let held: Vec<_> = listener.incoming().flatten().collect();
         drop(held);
     });
+    url
+}
+
+#[test]
+fn smoke_against_a_silent_service_is_unreachable() {
+    let url = silent_service();
     let out = audctl(&["smoke", "--url", &url, "--timeout", "1s", "-o", "json"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
@@ -471,12 +490,7 @@ fn smoke_against_a_silent_service_is_unreachable() {
 fn load_against_a_stalled_service_ends_near_its_planned_end() {
     // 2 connections, 20/s for 2 s, 1 s timeout, against a port that never answers: before, the 40
     // arrivals were worked off one timeout per connection at a time (about 20 s).
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        let held: Vec<_> = listener.incoming().flatten().collect();
-        drop(held);
-    });
+    let url = silent_service();
     let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
         .args(["load", "--url", &url, "--rate", "20", "--duration", "2s", "--connections", "2", "--timeout", "1s"])
         .args(["-o", "json"])
