@@ -68,12 +68,19 @@ pub fn settings(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<Settings
             crate::service::API_KEY_ENV
         )));
     }
+    let model = plan::model(args)?;
+    if model.planned_arrivals() == Some(0) {
+        return Err(usage(format!(
+            "the schedule plans no request ({:.1}s at that rate): raise --rate or --duration",
+            model.duration().as_secs_f64()
+        )));
+    }
     Ok(Settings {
         url: service.url.clone(),
         key: service.key().map(str::to_owned),
         ca_pem: service.ca_pem.clone(),
         ca_path: args.service.ca.clone(),
-        model: plan::model(args)?,
+        model,
         mix,
         tenant_prefix: service.tenant.clone().unwrap_or_else(|| "audctl-load".into()),
         tenants: args.tenants,
@@ -378,6 +385,12 @@ fn thresholds(settings: &Settings, corrected: &Percentiles, requests: u64, error
     vec![p99, errors]
 }
 
+/// 0.5/s is not "0/s": whole rates without decimals, others to at most 3.
+fn rate_text(r: f64) -> String {
+    let text = format!("{r:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 impl Report for LoadReport {
     fn table(&self) -> comfy_table::Table {
         let mut t = output::new_table(["", "value"]);
@@ -386,7 +399,7 @@ impl Report for LoadReport {
         };
         row("url", self.url.clone());
         let model = match (self.target_rate, self.concurrency) {
-            (Some(r), _) => format!("open, target {r:.0}/s"),
+            (Some(r), _) => format!("open, target {}/s", rate_text(r)),
             (None, Some(c)) => format!("closed, {c} in flight"),
             _ => self.model.clone(),
         };
@@ -538,6 +551,13 @@ fn record_evidence(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rates_keep_their_fraction() {
+        for (rate, text) in [(0.5, "0.5"), (500.0, "500"), (1.0 / 3.0, "0.333"), (20.25, "20.25"), (10.0, "10")] {
+            assert_eq!(super::rate_text(rate), text);
+        }
+    }
+
     #[test]
     fn one_tenant_is_the_name_itself() {
         assert_eq!(super::tenant_names("acme", 1), ["acme"]);
