@@ -465,6 +465,16 @@ fn smoke_refuses_a_zero_timeout() {
     assert!(text(&out.stderr).contains("--timeout must be above zero"), "{}", text(&out.stderr));
 }
 
+/// audctl with an API key in the environment and no kubeconfig (no evidence record).
+fn audctl_with_key(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .args(args)
+        .env("AUDIT_API_KEY", "k")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run audctl")
+}
+
 /// The URL of a port that accepts every connection and never answers (a hung process, a
 /// black-holing proxy), for as long as the test runs.
 fn silent_service() -> String {
@@ -491,13 +501,21 @@ fn load_against_a_stalled_service_ends_near_its_planned_end() {
     // 2 connections, 20/s for 2 s, 1 s timeout, against a port that never answers: before, the 40
     // arrivals were worked off one timeout per connection at a time (about 20 s).
     let url = silent_service();
-    let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .args(["load", "--url", &url, "--rate", "20", "--duration", "2s", "--connections", "2", "--timeout", "1s"])
-        .args(["-o", "json"])
-        .env("AUDIT_API_KEY", "k")
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("run audctl");
+    let out = audctl_with_key(&[
+        "load",
+        "--url",
+        &url,
+        "--rate",
+        "20",
+        "--duration",
+        "2s",
+        "--connections",
+        "2",
+        "--timeout",
+        "1s",
+        "-o",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let elapsed = report["elapsedSeconds"].as_f64().unwrap_or(f64::MAX);
@@ -532,12 +550,7 @@ fn smoke_says_which_status_a_health_endpoint_reported() {
             );
         }
     });
-    let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .args(["smoke", "--url", &url, "--timeout", "2s", "-o", "json"])
-        .env("AUDIT_API_KEY", "k")
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("run audctl");
+    let out = audctl_with_key(&["smoke", "--url", &url, "--timeout", "2s", "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let detail = |name: &str| {
@@ -554,11 +567,7 @@ fn smoke_says_which_status_a_health_endpoint_reported() {
 #[test]
 fn load_refuses_a_schedule_without_requests() {
     // 0.5/s for 1 s plans no arrival: a "passing" run of nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .args(["load", "--url", "http://127.0.0.1:9", "--rate", "0.5", "--duration", "1s"])
-        .env("AUDIT_API_KEY", "k")
-        .output()
-        .expect("run audctl");
+    let out = audctl_with_key(&["load", "--url", "http://127.0.0.1:9", "--rate", "0.5", "--duration", "1s"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("plans no request"), "{}", text(&out.stderr));
 }
