@@ -68,19 +68,12 @@ pub fn settings(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<Settings
             crate::service::API_KEY_ENV
         )));
     }
-    let model = plan::model(args)?;
-    if model.planned_arrivals() == Some(0) {
-        return Err(usage(format!(
-            "the schedule plans no request ({:.1}s at that rate): raise --rate or --duration",
-            model.duration().as_secs_f64()
-        )));
-    }
     Ok(Settings {
         url: service.url.clone(),
         key: service.key().map(str::to_owned),
         ca_pem: service.ca_pem.clone(),
         ca_path: args.service.ca.clone(),
-        model,
+        model: plan::model(args)?,
         mix,
         tenant_prefix: service.tenant.clone().unwrap_or_else(|| "audctl-load".into()),
         tenants: args.tenants,
