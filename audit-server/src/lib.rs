@@ -152,8 +152,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
         local_key_file = Some(path);
     }
     let keys = KeyRing::new(&key_configs)?;
-    if config.kafka.is_some() || config.search.is_some() {
-        store.enable_outbox();
+    let consumers = u8::from(config.kafka.is_some()) + u8::from(config.search.is_some());
+    if consumers > 0 {
+        store.enable_outbox(consumers);
     }
     let store = Arc::new(store);
     let metrics = Arc::new(metrics::Metrics::default());

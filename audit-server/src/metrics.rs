@@ -47,6 +47,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "audit_outbox_rows",
     "audit_outbox_read_floor_misses_total",
     "audit_outbox_read_floor_position",
+    "audit_outbox_events_read_total",
 ];
 
 /// The `phase` labels of `audit_append_phase_seconds_total`: `queue` is summed over requests (time
@@ -103,6 +104,8 @@ pub struct SearchMetrics {
     pub lag_seconds: AtomicU64,
     /// The indexer's read floor, as the relay's.
     pub read_floor: AtomicU64,
+    /// Events its reads took from this process's memory, and from the database.
+    pub events_from: [AtomicU64; 2],
 }
 
 #[derive(Default)]
@@ -160,6 +163,9 @@ pub struct KafkaMetrics {
     pub lag_seconds: AtomicU64,
     /// The relay's read floor (`crate::outbox::floor`): its reads start after this position.
     pub read_floor: AtomicU64,
+    /// Events its reads took from this process's memory (`crate::outbox::handoff`), and from the
+    /// database.
+    pub events_from: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -255,6 +261,20 @@ impl Metrics {
         );
         for (consumer, floor) in [("kafka", &k.read_floor), ("search", &self.search.read_floor)] {
             let _ = writeln!(out, "{name}{{consumer=\"{consumer}\"}} {}", floor.load(Ordering::Relaxed));
+        }
+        let name = "audit_outbox_events_read_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Events the consumer's reads took from this process's memory (committed here) or from the database.\n# TYPE {name} counter"
+        );
+        for (consumer, from) in [("kafka", &k.events_from), ("search", &self.search.events_from)] {
+            for (source, n) in ["memory", "database"].iter().zip(from) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{consumer=\"{consumer}\",source=\"{source}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
         }
         let name = "audit_append_phase_seconds_total";
         let _ = writeln!(

@@ -232,6 +232,12 @@ async fn every_event_once_in_order(backend: Backend) -> Result<()> {
     ensure!(api.metric("audit_kafka_published_total").await? >= acked.len() as f64);
     ensure!(api.metric("audit_kafka_relay_leader").await? == 1.0);
     ensure!(api.metric("audit_outbox_read_floor_misses_total").await? == 0.0, "rows found below the read floor");
+    if backend == Backend::Postgres {
+        // The relay took the events this process committed from memory (src/outbox/handoff.rs),
+        // and check_topic above compared every message with the stored event.
+        let memory = api.metric(r#"audit_outbox_events_read_total{consumer="kafka",source="memory"}"#).await?;
+        ensure!(memory > 0.0, "no event was handed off in memory");
+    }
     if backend == Backend::Sqlite {
         // Issue 25: a signed checkpoint (SQLite generates a key) also goes to the topic.
         let (s, body) = api.get(ADMIN_KEY, "/api/v1/integrity/checkpoints?tenantId=t-alpha").await?;
@@ -363,6 +369,10 @@ async fn killed_between_publish_and_record() -> Result<()> {
     let missing = acked.iter().filter(|id| !on_topic.contains(*id)).count();
     ensure!(missing == 0, "{missing} of {} acknowledged events are not on the topic", acked.len());
     let skipped = api.metric("audit_kafka_resync_skipped_total").await?;
+    // The killed process's unpublished events are not in this one's memory: they were read from
+    // the database (and checked above with the others).
+    let from_database = api.metric(r#"audit_outbox_events_read_total{consumer="kafka",source="database"}"#).await?;
+    ensure!(from_database > 0.0, "the restarted relay read no event from the database");
     eprintln!(
         "killed with {unrecorded} messages published but not recorded; the restarted relay skipped {skipped}; {} \
          acknowledged events each once and in order",

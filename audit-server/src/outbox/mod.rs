@@ -23,6 +23,7 @@
 //! may still have in flight is explained in [`kafka`].
 
 pub mod floor;
+pub mod handoff;
 pub mod kafka;
 
 use std::collections::BTreeMap;
@@ -133,10 +134,15 @@ macro_rules! advance_body {
 }
 
 impl Store {
-    /// Write outbox rows with every append from now on (call before serving).
-    pub fn enable_outbox(&mut self) {
+    /// Write outbox rows with every append from now on (call before serving); `consumers`: how
+    /// many this process runs, which take the events it commits from memory ([`handoff`],
+    /// PostgreSQL).
+    pub fn enable_outbox(&mut self, consumers: u8) {
         match self {
-            Store::Postgres(s) => s.outbox = true,
+            Store::Postgres(s) => {
+                s.outbox = true;
+                s.handoff = Some(Box::new(handoff::HandOff::new(consumers, handoff::KEPT)));
+            }
             Store::Sqlite(s) => s.outbox = true,
         }
     }
@@ -214,11 +220,13 @@ impl Store {
         let read = self.outbox_pending(consumer, limit, from).await?;
         let positions = read.rows.iter().map(|p| p.position).collect();
         let below = floor.below();
-        let gauge = match consumer {
-            KAFKA => &metrics.kafka.read_floor,
-            _ => &metrics.search.read_floor,
+        let (gauge, sources) = match consumer {
+            KAFKA => (&metrics.kafka.read_floor, &metrics.kafka.events_from),
+            _ => (&metrics.search.read_floor, &metrics.search.events_from),
         };
         gauge.store(u64::try_from(below).unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        sources[0].fetch_add(read.from_memory as u64, std::sync::atomic::Ordering::Relaxed);
+        sources[1].fetch_add(read.from_database as u64, std::sync::atomic::Ordering::Relaxed);
         let missed = floor.read(from, positions, read.xmin, limit);
         if missed > 0 {
             metrics.outbox_floor_misses.fetch_add(missed as u64, std::sync::atomic::Ordering::Relaxed);
@@ -236,51 +244,23 @@ impl Store {
     /// events, in position order, and the xmin of the read's snapshot (PostgreSQL).
     async fn outbox_pending(&self, consumer: &str, limit: usize, after: i64) -> Result<PendingRead, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // The outbox rows first (LIMIT inside a materialized CTE), then their events by primary
-        // key: joined in one query, the planner sometimes (stale statistics of a table that is a
-        // queue) joined the whole outbox to the events and sorted it, spilling to disk, on every poll.
-        // `o.position > $3` starts the index scan past the rows already handled (see [`floor`]);
-        // the snapshot's xmin is the same for every row (one statement, one snapshot).
-        let sql = |id: &str, xmin: &str| {
-            format!(
-                "WITH p AS MATERIALIZED (
-                     SELECT o.position, o.tenant_id, o.sequence, c.sequence AS after
-                     FROM outbox o
-                     LEFT JOIN outbox_cursors c ON c.consumer = $1 AND c.tenant_id = o.tenant_id
-                     WHERE o.consumer = $1 AND o.position > $3 AND o.sequence > COALESCE(c.sequence, 0)
-                     ORDER BY o.position LIMIT $2)
-                 SELECT {id} AS id, e.tenant_id, e.sequence, e.ts, e.actor_id, e.resource_id, e.action_type, e.body, \
-                 e.hash, e.previous_hash, p.position, p.after, {xmin} AS snapshot_xmin
-                 FROM p JOIN events e ON e.tenant_id = p.tenant_id AND e.sequence = p.sequence
-                 ORDER BY p.position"
-            )
-        };
-        let mut out = PendingRead { rows: Vec::new(), xmin: None };
         match self {
-            Store::Postgres(s) => {
-                let xmin = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql("e.id::text", xmin)))
-                    .bind(consumer)
-                    .bind(limit)
-                    .bind(after)
-                    .fetch_all(s.pool())
-                    .await?;
-                for r in &rows {
-                    out.xmin = Some(r.try_get("snapshot_xmin")?);
-                    out.rows.push(Pending {
-                        position: r.try_get("position")?,
-                        after: r.try_get("after")?,
-                        row: crate::store::postgres::to_row(r)?,
-                    });
-                }
-            }
+            Store::Postgres(s) => pg_pending(s, consumer, limit, after).await,
             Store::Sqlite(s) => {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql("e.id", "NULL")))
-                    .bind(consumer)
-                    .bind(limit)
-                    .bind(after)
-                    .fetch_all(s.pool())
-                    .await?;
+                // The outbox rows first (LIMIT inside a materialized CTE), then their events by
+                // primary key, in one query.
+                let sql = "WITH p AS MATERIALIZED (
+                         SELECT o.position, o.tenant_id, o.sequence, c.sequence AS after
+                         FROM outbox o
+                         LEFT JOIN outbox_cursors c ON c.consumer = $1 AND c.tenant_id = o.tenant_id
+                         WHERE o.consumer = $1 AND o.position > $3 AND o.sequence > COALESCE(c.sequence, 0)
+                         ORDER BY o.position LIMIT $2)
+                     SELECT e.id, e.tenant_id, e.sequence, e.ts, e.actor_id, e.resource_id, e.action_type, e.body, \
+                     e.hash, e.previous_hash, p.position, p.after
+                     FROM p JOIN events e ON e.tenant_id = p.tenant_id AND e.sequence = p.sequence
+                     ORDER BY p.position";
+                let rows = sqlx::query(sql).bind(consumer).bind(limit).bind(after).fetch_all(s.pool()).await?;
+                let mut out = PendingRead { rows: Vec::with_capacity(rows.len()), ..PendingRead::default() };
                 for r in &rows {
                     out.rows.push(Pending {
                         position: r.try_get("position")?,
@@ -288,9 +268,10 @@ impl Store {
                         row: crate::store::sqlite::to_row(r)?,
                     });
                 }
+                out.from_database = out.rows.len();
+                Ok(out)
             }
         }
-        Ok(out)
     }
 
     /// Rows in the outbox: one per event and registered consumer that has not passed it yet.
@@ -417,6 +398,67 @@ impl Store {
     }
 }
 
+/// PostgreSQL: the outbox rows alone (position, key, cursor), then their events: from this
+/// process's hand-off when it committed them ([`handoff`]), the others by primary key in one more
+/// statement. The rows are what a joined read returned (the same statement decides which); an
+/// event is committed with its row, so the second statement, under a later snapshot, finds it.
+/// A row whose event is not found is left out, as the join left it out.
+async fn pg_pending(
+    s: &crate::store::postgres::PgStore,
+    consumer: &str,
+    limit: i64,
+    after: i64,
+) -> Result<PendingRead, StoreError> {
+    // The snapshot's xmin is the same for every row (one statement, one snapshot).
+    let keys: Vec<(i64, String, i64, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT o.position, o.tenant_id, o.sequence, c.sequence AS after,
+                (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint) AS snapshot_xmin
+         FROM outbox o
+         LEFT JOIN outbox_cursors c ON c.consumer = $1 AND c.tenant_id = o.tenant_id
+         WHERE o.consumer = $1 AND o.position > $3 AND o.sequence > COALESCE(c.sequence, 0)
+         ORDER BY o.position LIMIT $2",
+    )
+    .bind(consumer)
+    .bind(limit)
+    .bind(after)
+    .fetch_all(s.pool())
+    .await?;
+    let mut out = PendingRead { xmin: keys.first().map(|k| k.4), ..PendingRead::default() };
+    let wanted: Vec<(&str, i64)> = keys.iter().map(|k| (k.1.as_str(), k.2)).collect();
+    let mut found = match &s.handoff {
+        Some(h) => h.take(&wanted),
+        None => wanted.iter().map(|_| None).collect(),
+    };
+    out.from_memory = found.iter().filter(|r| r.is_some()).count();
+    let (tenants, sequences): (Vec<&str>, Vec<i64>) =
+        wanted.iter().zip(&found).filter(|(_, r)| r.is_none()).map(|(k, _)| *k).unzip();
+    if !tenants.is_empty() {
+        let sql = format!(
+            "SELECT {} FROM events WHERE (tenant_id, sequence) IN \
+             (SELECT k.t, k.s FROM unnest($1::text[], $2::bigint[]) AS k(t, s))",
+            crate::store::postgres::COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&tenants).bind(&sequences).fetch_all(s.pool()).await?;
+        let mut read: BTreeMap<(String, i64), StoredRow> = BTreeMap::new();
+        for r in &rows {
+            let row = crate::store::postgres::to_row(r)?;
+            read.insert((row.tenant_id.clone(), row.sequence), row);
+        }
+        out.from_database = read.len();
+        for ((tenant, sequence), slot) in wanted.iter().zip(found.iter_mut()) {
+            if slot.is_none() {
+                *slot = read.remove(&((*tenant).to_owned(), *sequence));
+            }
+        }
+    }
+    for ((position, _, _, after, _), row) in keys.into_iter().zip(found) {
+        if let Some(row) = row {
+            out.rows.push(Pending { position, after, row });
+        }
+    }
+    Ok(out)
+}
+
 /// PostgreSQL: delete the rows the consumer just handled, by primary key; after a resync, every
 /// row of the handled tenants its cursors passed (a scan of the consumer's rows: rare).
 async fn pg_purge(tx: &mut sqlx::PgConnection, p: &Progress<'_>) -> Result<(), StoreError> {
@@ -476,10 +518,14 @@ async fn sqlite_purge(tx: &mut sqlx::SqliteConnection, p: &Progress<'_>) -> Resu
     Ok(())
 }
 
-/// A consumer's read: its rows, and its snapshot's xmin (PostgreSQL, when it found rows).
+/// A consumer's read: its rows, its snapshot's xmin (PostgreSQL, when it found rows), and where
+/// their events came from.
+#[derive(Default)]
 struct PendingRead {
     rows: Vec<Pending>,
     xmin: Option<i64>,
+    from_memory: usize,
+    from_database: usize,
 }
 
 /// What [`Store::outbox_advance`] did.

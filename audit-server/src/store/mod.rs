@@ -107,6 +107,7 @@ pub enum JobOutcome {
 }
 
 /// A row to insert, computed while the chain head is locked.
+#[derive(Clone)]
 pub(crate) struct NewRow {
     pub id: Uuid,
     pub sequence: i64,

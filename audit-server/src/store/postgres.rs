@@ -19,6 +19,7 @@ use super::{
     JobOutcome, ListQuery, Phases, Plan, Run, Start, StoreError, StoredRow, TxError, Verifier, parse_receipts, plan,
 };
 use crate::chain;
+use crate::outbox::handoff::HandOff;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -43,6 +44,8 @@ pub struct PgStore {
     last_commit: Mutex<Option<Instant>>,
     /// Write an outbox row with every event (a consumer such as Kafka is configured).
     pub(crate) outbox: bool,
+    /// With the outbox: the events this process committed, for its own consumers.
+    pub(crate) handoff: Option<Box<HandOff>>,
 }
 
 /// Remembered chain heads at most (beyond it the map starts over: memory stays bounded with any
@@ -121,6 +124,7 @@ impl PgStore {
             max: max_connections + append_connections.max(1),
             last_commit: Mutex::new(None),
             outbox: false,
+            handoff: None,
         })
     }
 
@@ -189,7 +193,7 @@ impl PgStore {
         self.committed();
         self.keep(conn);
         self.remember_heads(runs.iter().zip(&plans).map(|(r, p)| (r.tenant_id.as_str(), p)));
-        Ok(plans.into_iter().map(|p| p.outcomes).collect())
+        Ok(runs.iter().zip(plans).map(|(r, p)| self.hand_off(&r.tenant_id, p)).collect())
     }
 
     /// Runs whose chain head this process wrote last and whose jobs carry no idempotency key, in
@@ -250,7 +254,7 @@ impl PgStore {
                 for ((&i, run), plan) in at.iter().zip(&fast).zip(plans) {
                     if written.contains(&run.tenant_id) {
                         stored.push((run.tenant_id.as_str(), plan.head_sequence, plan.head_hash.clone()));
-                        results[i] = Some(Ok(plan.outcomes));
+                        results[i] = Some(Ok(self.hand_off(&run.tenant_id, plan)));
                     }
                 }
                 let mut heads = lock(&self.heads);
@@ -280,6 +284,14 @@ impl PgStore {
             }
         }
         results
+    }
+
+    /// A committed plan's outcomes; its rows go to this process's consumers.
+    fn hand_off(&self, tenant: &str, plan: Plan) -> Vec<JobOutcome> {
+        if let Some(h) = &self.handoff {
+            h.put(tenant, plan.rows);
+        }
+        plan.outcomes
     }
 
     fn forget_heads<'a>(&self, tenants: impl Iterator<Item = &'a str>) {
