@@ -17,6 +17,7 @@ pub mod output;
 pub mod probes;
 pub mod render;
 pub mod service;
+pub mod signals;
 pub mod smoke;
 pub mod tls;
 pub mod values;

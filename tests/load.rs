@@ -4,6 +4,7 @@
 
 mod service_support;
 
+use anyhow::Context;
 use service_support::{Backend, KEY, Server, audctl, code, counter, json, stderr};
 
 /// A weighted mix over several tenants: every request answered and checked, the merged counts of
@@ -203,5 +204,63 @@ async fn one_tenant_key_and_no_key() -> anyhow::Result<()> {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("no API key"), "{}", stderr(&out));
     assert!(out.stdout.is_empty(), "a report was printed");
+    server.stop().await
+}
+
+/// Stopped midway: SIGINT (Ctrl-C) to a local run, SIGTERM to a coordinator alone (as a CI
+/// supervisor sends it; the coordinator passes it on to its workers). Each prints the report of
+/// what was answered until then, marked interrupted, and exits 128 + the signal; the server's
+/// counter of committed events is the independent reference for what the report counts as ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_runs_report_what_they_measured() -> anyhow::Result<()> {
+    let server = Server::start(Backend::Sqlite, "").await?;
+    let url = server.url();
+    for (signal, name, workers) in [(libc::SIGINT, "SIGINT", None), (libc::SIGTERM, "SIGTERM", Some(2))] {
+        let mut args: Vec<String> = ["load", "--url", &url, "--rate", "20", "--duration", "120s", "--max-p99", "60s"]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(["--connections".into(), "4".into(), "-o".into(), "json".into()]);
+        if let Some(n) = workers {
+            args.extend(["--workers-local".into(), n.to_string()]);
+        }
+        let before = counter(&url, "audit_events_ingested_total").await?;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"));
+        cmd.args(&args)
+            .env("AUDIT_API_KEY", KEY)
+            .env_remove("AUDCTL_TARGETS")
+            .env_remove("KUBECONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn()?;
+        // Running: the server committed events of this run.
+        let started = std::time::Instant::now();
+        while counter(&url, "audit_events_ingested_total").await? < before + 40.0 {
+            anyhow::ensure!(started.elapsed() < std::time::Duration::from_secs(60), "{name}: the run never started");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let pid = child.id().context("pid")? as i32;
+        // SAFETY: kill(2) on the child this test started and has not waited for.
+        unsafe { libc::kill(pid, signal) };
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+            .await
+            .context("audctl did not stop within 60 s of the signal")??;
+        let report = json(&out)?;
+        assert_eq!(code(&out), 128 + signal, "{name}: {report:#}\n{}", stderr(&out));
+        let why = report["interrupted"].as_str().unwrap_or_default();
+        assert!(why.starts_with(&format!("{name} after")), "{name}: {report:#}");
+        assert!(stderr(&out).contains("interrupted ("), "{}", stderr(&out));
+        assert!(report["elapsedSeconds"].as_f64().unwrap_or(f64::MAX) < 60.0, "{report:#}");
+        let ok = report["ok"].as_f64().unwrap_or(0.0);
+        assert!(ok >= 40.0, "{name}: {report:#}");
+        // Every event reported ok was committed (one per ingest request, nothing seeded); the
+        // requests in flight (at most one per connection, 4 in all) may have been committed and
+        // dropped uncounted.
+        let committed = counter(&url, "audit_events_ingested_total").await? - before;
+        assert!(committed >= ok && committed <= ok + 4.0, "{name}: committed {committed}, ok {ok}");
+        if let Some(n) = workers {
+            assert_eq!(report["workers"].as_array().map(Vec::len), Some(n), "{report:#}");
+        }
+    }
     server.stop().await
 }

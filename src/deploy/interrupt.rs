@@ -4,70 +4,18 @@
 //! stop), marks what was being rolled out `interrupted`, releases the lock and says how to get back.
 //! A second signal exits at once, for when that clean-up itself hangs (cluster unreachable).
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+pub use crate::signals::{Signals, Stop};
 
 use super::lock;
 use super::release::{self, State};
 
-/// Which signal stopped the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    Int,
-    Term,
-}
-
-impl Stop {
-    fn name(self) -> &'static str {
-        match self {
-            Stop::Int => "SIGINT",
-            Stop::Term => "SIGTERM",
-        }
-    }
-
-    /// 128 + the signal number (see [`crate::error::Interrupted`]).
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Stop::Int => 130,
-            Stop::Term => 143,
-        }
-    }
+/// The first signal of a deploy or rollback (a second one exits at once).
+pub async fn first(signals: &mut Signals) -> Stop {
+    signals.first(", leaving the lock to expire", "; the release lock expires after its lease").await
 }
 
 fn interrupted(stop: Stop, message: String) -> anyhow::Error {
-    crate::error::Interrupted { code: stop.exit_code(), message }.into()
-}
-
-/// SIGINT and SIGTERM, caught from creation on (the default action, dying at once, is replaced).
-pub struct Signals {
-    int: Signal,
-    term: Signal,
-}
-
-impl Signals {
-    pub fn install() -> anyhow::Result<Self> {
-        Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
-    }
-
-    /// The first signal. From then on a second one exits the process at once.
-    pub async fn first(&mut self) -> Stop {
-        let stop = tokio::select! {
-            _ = self.int.recv() => Stop::Int,
-            _ = self.term.recv() => Stop::Term,
-        };
-        eprintln!("{} received: stopping (a second signal exits at once, leaving the lock to expire)", stop.name());
-        let (int, term) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
-        if let (Ok(mut int), Ok(mut term)) = (int, term) {
-            tokio::spawn(async move {
-                let again = tokio::select! {
-                    _ = int.recv() => Stop::Int,
-                    _ = term.recv() => Stop::Term,
-                };
-                eprintln!("{} received again: exiting now; the release lock expires after its lease", again.name());
-                std::process::exit(i32::from(again.exit_code()));
-            });
-        }
-        stop
-    }
+    stop.error(message)
 }
 
 /// Stopped before the lock was held: no revision was recorded by this run.

@@ -474,7 +474,7 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     };
     let (resources, created, held) = tokio::select! {
         locked = locked => locked?,
-        stop = signals.first() => return Err(interrupt::before_lock(stop, "deploy")),
+        stop = interrupt::first(&mut signals) => return Err(interrupt::before_lock(stop, "deploy")),
     };
     let body = async {
         let mut revs = release::list(&client, &ns, &name).await?;
@@ -545,7 +545,7 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
     // left pending from the records.
     let result = tokio::select! {
         result = body => result,
-        stop = signals.first() => {
+        stop = interrupt::first(&mut signals) => {
             let stopped = interrupt::settle(&client, &ns, &name, held, stop).await;
             let ev = Evidence::new("deploy", EvOutcome::Error, stopped.to_string(), started_wall)
                 .subject(subject(values.cluster.environment.as_deref(), &settings))
@@ -982,7 +982,7 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
     let opts = lock_options(&args.apply, "rollback");
     let held = tokio::select! {
         held = lock::acquire(&client, &ns, &name, &holder, &opts) => held?,
-        stop = signals.first() => return Err(interrupt::before_lock(stop, "rollback")),
+        stop = interrupt::first(&mut signals) => return Err(interrupt::before_lock(stop, "rollback")),
     };
     let body = async {
         let mut revs = release::list(&client, &ns, &name).await?;
@@ -1042,7 +1042,7 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
     };
     let result = tokio::select! {
         result = body => result,
-        stop = signals.first() => {
+        stop = interrupt::first(&mut signals) => {
             let stopped = interrupt::settle(&client, &ns, &name, held, stop).await;
             let env = current_cluster(&settings).ok().and_then(|(c, _)| c);
             let ev = Evidence::new("rollback", EvOutcome::Error, stopped.to_string(), started_wall)

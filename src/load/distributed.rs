@@ -17,6 +17,7 @@ use super::scenario::scenario_name;
 use super::stats::{Aggregator, Interval, WireInterval};
 use super::{LoadReport, Progress, Settings, WorkerSummary, engine, plan};
 use crate::error::{Unreachable, usage};
+use crate::signals::Signals;
 
 /// Environment variable naming the executable workers run (default: this one).
 pub const WORKER_EXE_ENV: &str = "AUDCTL_WORKER_EXE";
@@ -75,11 +76,25 @@ async fn worker_run(
         seed: (u64::from(std::process::id()) << 8) ^ index as u64,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let run = tokio::spawn(engine::run(spec, tx));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // A worker gets Ctrl-C from the terminal and SIGTERM from its coordinator, often both: any
+    // signal ends its run, and it still sends what it measured (the coordinator reports it).
+    let mut signals = Signals::install()?;
+    let run = tokio::spawn(engine::run(spec, tx, stop));
     let mut total = Interval::default();
-    while let Some((second, iv)) = rx.recv().await {
-        total.merge(&iv)?;
-        write_line(out, &Line::Interval(iv.to_wire(second)?)).await?;
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some((second, iv)) => {
+                    total.merge(&iv)?;
+                    write_line(out, &Line::Interval(iv.to_wire(second)?)).await?;
+                }
+                None => break,
+            },
+            _ = signals.next() => {
+                let _ = stop_tx.send(true);
+            }
+        }
     }
     let elapsed = run.await.context("the generator task failed")?;
     let done = Line::Done {
@@ -185,7 +200,27 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
     let mut done: BTreeMap<usize, WorkerSummary> = BTreeMap::new();
     let mut elapsed = Duration::ZERO;
     let mut failure: Option<anyhow::Error> = None;
-    while let Some((index, line)) = rx.recv().await {
+    let mut signals = Signals::install()?;
+    let mut interrupted = None;
+    loop {
+        let (index, line) = tokio::select! {
+            got = rx.recv() => match got {
+                Some(got) => got,
+                None => break,
+            },
+            stop = signals.first(super::AT_ONCE, ""), if interrupted.is_none() => {
+                // The workers stop and send what they measured; from a terminal they got the
+                // signal too, from a supervisor (SIGTERM to this process) they did not.
+                interrupted = Some(stop);
+                for child in &children {
+                    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+                        unsafe { libc::kill(pid, libc::SIGTERM) };
+                    }
+                }
+                continue;
+            }
+        };
         match line? {
             Line::Interval(w) => {
                 agg.add(w.second, &Interval::from_wire(&w)?)?;
@@ -226,5 +261,7 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
     } else {
         settings.mix.iter().map(|(s, w)| format!("{}={w}", scenario_name(*s))).collect::<Vec<_>>().join(",")
     };
-    Ok(LoadReport::build(settings, &scenario, &agg, elapsed, done.into_values().collect()))
+    let mut report = LoadReport::build(settings, &scenario, &agg, elapsed, done.into_values().collect());
+    report.interrupt(interrupted);
+    Ok(report)
 }

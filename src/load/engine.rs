@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::http::{Conn, Endpoint, Failure};
@@ -41,8 +42,9 @@ impl Shared {
 }
 
 /// Run the schedule; every finished second is sent on `seconds` as (index from 0, interval), the
-/// last partial second included. Returns the elapsed time.
-pub async fn run(spec: Spec, seconds: UnboundedSender<(u64, Interval)>) -> Duration {
+/// last partial second included. Returns the elapsed time. Once `stop` turns true (a signal), the
+/// run ends there: requests in flight are dropped uncounted, what was answered is kept.
+pub async fn run(spec: Spec, seconds: UnboundedSender<(u64, Interval)>, mut stop: watch::Receiver<bool>) -> Duration {
     let tasks = match &spec.model {
         Model::Open { .. } => spec.connections.max(1),
         Model::Closed { concurrency, .. } => (*concurrency).max(1),
@@ -74,6 +76,10 @@ pub async fn run(spec: Spec, seconds: UnboundedSender<(u64, Interval)>) -> Durat
                     break;
                 }
             }
+            () = stopped(&mut stop) => {
+                workers.abort_all();
+                break;
+            }
         }
     }
     let elapsed = shared.start.elapsed();
@@ -82,6 +88,13 @@ pub async fn run(spec: Spec, seconds: UnboundedSender<(u64, Interval)>) -> Durat
         let _ = seconds.send((second, iv));
     }
     elapsed
+}
+
+/// Resolves once `stop` is true; never if its sender is gone without saying so.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The error class of an arrival not sent because it was over --timeout late.

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, LoadArgs, Scenario};
 use crate::error::{CheckFailed, Unreachable, usage};
 use crate::output::{self, Report};
+use crate::signals::{Signals, Stop};
 use plan::Model;
 use scenario::Workload;
 use stats::{Aggregator, Percentiles, Point};
@@ -173,19 +174,38 @@ async fn local(settings: &Settings) -> anyhow::Result<LoadReport> {
         seed: std::process::id().into(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut signals = Signals::install()?;
     let progress = Progress::new(settings);
-    let run = tokio::spawn(engine::run(spec, tx));
+    let run = tokio::spawn(engine::run(spec, tx, stop));
     let mut agg = Aggregator::default();
-    while let Some((second, iv)) = rx.recv().await {
-        agg.add(second, &iv)?;
-        agg.flush_upto(second)?;
-        progress.update(&agg);
+    let mut interrupted = None;
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some((second, iv)) => {
+                    agg.add(second, &iv)?;
+                    agg.flush_upto(second)?;
+                    progress.update(&agg);
+                }
+                None => break,
+            },
+            stop = signals.first(AT_ONCE, ""), if interrupted.is_none() => {
+                interrupted = Some(stop);
+                let _ = stop_tx.send(true);
+            }
+        }
     }
     let elapsed = run.await.context("the generator task failed")?;
     agg.flush_all()?;
     progress.finish();
-    Ok(LoadReport::build(settings, &workload.label(), &agg, elapsed, Vec::new()))
+    let mut report = LoadReport::build(settings, &workload.label(), &agg, elapsed, Vec::new());
+    report.interrupt(interrupted);
+    Ok(report)
 }
+
+/// What a second signal loses (announced with the first).
+const AT_ONCE: &str = ", without a report";
 
 /// The live line on a terminal: current rate, p99 and errors.
 pub struct Progress {
@@ -280,6 +300,11 @@ pub struct LoadReport {
     pub passed: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerSummary>,
+    /// Stopped by a signal before its planned end: the report covers what was answered until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
+    #[serde(skip)]
+    pub stop: Option<Stop>,
     pub timeline: Vec<Point>,
 }
 
@@ -319,8 +344,30 @@ impl LoadReport {
             passed: thresholds.iter().all(|t| t.passed),
             thresholds,
             workers,
+            interrupted: None,
+            stop: None,
             timeline: agg.timeline.clone(),
         }
+    }
+
+    /// Requests that got an HTTP answer, good or bad (not a timeout, connection or I/O failure,
+    /// nor an arrival left unsent).
+    pub fn answered(&self) -> u64 {
+        let answers =
+            self.errors_by_class.iter().filter(|(class, _)| class.starts_with("HTTP ") || *class == "invalid body");
+        self.ok + answers.map(|(_, n)| n).sum::<u64>()
+    }
+
+    /// Mark the report as cut short by `stop` (None: it ran to its end).
+    pub fn interrupt(&mut self, stop: Option<Stop>) {
+        let Some(stop) = stop else { return };
+        self.interrupted = Some(format!(
+            "{} after {:.1}s of {:.1}s planned: partial results (requests in flight were dropped)",
+            stop.name(),
+            self.elapsed_seconds,
+            self.planned_seconds
+        ));
+        self.stop = Some(stop);
     }
 }
 
@@ -399,6 +446,9 @@ impl Report for LoadReport {
         row("model", model);
         row("scenario", self.scenario.clone());
         row("duration", format!("{:.1}s (planned {:.1}s)", self.elapsed_seconds, self.planned_seconds));
+        if let Some(why) = &self.interrupted {
+            row("interrupted", why.clone());
+        }
         row("requests", format!("{} ({} ok, {} failed)", self.requests, self.ok, self.errors));
         row("throughput", format!("{:.1}/s", self.throughput));
         let p = |p: &Percentiles| {
@@ -486,6 +536,20 @@ fn finish(
         std::fs::write(path, plot::svg(&title, &report.timeline))
             .map_err(|e| usage(format!("writing the plot {}: {e}", path.display())))?;
     }
+    if let (Some(stop), Some(why)) = (report.stop, &report.interrupted) {
+        let message = format!("interrupted ({why})");
+        eprintln!("{}: {message}", output::paint_error("load"));
+        return Err(stop.error(message));
+    }
+    if report.requests > 0 && report.answered() == 0 {
+        // Connected, then nothing answered (a hung service, a black-holing proxy): what smoke
+        // calls unreachable too, not a latency verdict.
+        return Err(Unreachable {
+            what: format!("service {}", report.url),
+            detail: format!("none of {} requests was answered within --timeout", report.requests),
+        }
+        .into());
+    }
     let failed: Vec<&Threshold> = report.thresholds.iter().filter(|t| !t.passed).collect();
     if failed.is_empty() {
         return Ok(());
@@ -510,9 +574,18 @@ fn record_evidence(
     use crate::evidence::{Evidence, Outcome, record_best_effort};
     let targets = crate::service::targets(global)?;
     let kube = crate::kube::KubeSettings::resolve(global, targets.as_ref());
-    let outcome = if report.passed { Outcome::Success } else { Outcome::Failure };
+    let unanswered = report.requests > 0 && report.answered() == 0;
+    let outcome = match (report.interrupted.is_some() || unanswered, report.passed) {
+        (true, _) => Outcome::Error,
+        (false, true) => Outcome::Success,
+        (false, false) => Outcome::Failure,
+    };
+    let cut = match report.stop {
+        Some(stop) => format!("interrupted by {} after {:.1}s: ", stop.name(), report.elapsed_seconds),
+        None => String::new(),
+    };
     let summary = format!(
-        "{} {}: p99 {} at {:.1} req/s, {:.2}% errors, thresholds {}",
+        "{cut}{} {}: p99 {} at {:.1} req/s, {:.2}% errors, thresholds {}",
         report.model,
         report.scenario,
         if report.corrected.count > 0 { ms(report.corrected.p99) } else { "n/a".into() },
@@ -537,7 +610,8 @@ fn record_evidence(
         .figure("serviceP99Ms", report.service.p99)
         .figure("durationSeconds", report.elapsed_seconds)
         .figure("workers", report.workers.len().max(1))
-        .figure("failedThresholds", failed);
+        .figure("failedThresholds", failed)
+        .figure("interrupted", &report.interrupted);
     runtime.block_on(record_best_effort(&kube, &global.namespace, &evidence));
     Ok(())
 }
