@@ -304,8 +304,10 @@ mod tests {
             let ts = "2026-01-01T00:00:00.000000Z";
             let row = stored_row(&id, sequence, canonical_body(&id, sequence, ts, &event));
             let typed = row.clone().into_event().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let borrowed = row.to_event().map_err(|e| TestCaseError::fail(e.to_string()))?;
             let reference = row.into_event_via_value().map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(&typed, &reference);
+            prop_assert_eq!(&borrowed, &reference);
             // Free-form values (attributes, before/after) are left out: JCS writes numbers as
             // doubles, so an integer above 2^53 comes back rounded, by design of the hashed form.
             prop_assert_eq!(
@@ -321,6 +323,7 @@ mod tests {
         for body in ["not json", "[1]", r#"{"id":"x"}"#] {
             let row = stored_row("x", 1, body.into());
             assert!(row.clone().into_event().is_err(), "{body}");
+            assert!(row.to_event().is_err(), "{body}");
             assert!(row.into_event_via_value().is_err(), "{body}");
         }
     }

@@ -238,8 +238,7 @@ impl StoredRow {
     /// The bench showed no rate change beyond its noise. Same semantics as the tree path
     /// (`into_event_via_value`, compared by a property test): unknown members ignored.
     pub fn into_event(self) -> Result<StoredEvent, StoreError> {
-        let b: Body = serde_json::from_str(&self.body)
-            .map_err(|e| StoreError::Internal(format!("event {} has an unreadable body: {e}", self.id)))?;
+        let b = self.body()?;
         Ok(StoredEvent {
             id: b.id,
             sequence: b.sequence,
@@ -252,6 +251,29 @@ impl StoredRow {
             hash: self.hash,
             previous_hash: self.previous_hash,
         })
+    }
+
+    /// [`StoredRow::into_event`] of a borrowed row (the relay keeps its rows until they are
+    /// recorded): the hashes are copied, not the whole row with its body.
+    pub fn to_event(&self) -> Result<StoredEvent, StoreError> {
+        let b = self.body()?;
+        Ok(StoredEvent {
+            id: b.id,
+            sequence: b.sequence,
+            timestamp: b.timestamp,
+            occurred_at: b.occurred_at,
+            actor: b.actor,
+            action: b.action,
+            resource: b.resource,
+            metadata: b.metadata,
+            hash: self.hash.clone(),
+            previous_hash: self.previous_hash.clone(),
+        })
+    }
+
+    fn body(&self) -> Result<Body, StoreError> {
+        serde_json::from_str(&self.body)
+            .map_err(|e| StoreError::Internal(format!("event {} has an unreadable body: {e}", self.id)))
     }
 
     /// The reference for [`StoredRow::into_event`]: the body parsed to a `Value`, the two hashes
