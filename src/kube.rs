@@ -166,10 +166,27 @@ pub fn is_transport(err: &kube::Error) -> bool {
 /// keep their status and message.
 pub fn transport_error(err: kube::Error, doing: &str) -> anyhow::Error {
     if is_transport(&err) {
-        Unreachable { what: "the Kubernetes API server".into(), detail: format!("{doing}: {err}") }.into()
+        Unreachable { what: "the Kubernetes API server".into(), detail: format!("{doing}: {}", with_causes(&err)) }
+            .into()
     } else {
         anyhow::Error::new(err).context(doing.to_owned())
     }
+}
+
+/// The error and its causes: kube's own text of a transport failure is only "client error
+/// (Connect)"; the reason (refused, no route, DNS, TLS) is in the sources.
+pub fn with_causes(err: &kube::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// HTTP status of an API answer, if the error is one.

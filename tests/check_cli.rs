@@ -234,12 +234,23 @@ fn attest_list_junit_is_refused_before_the_cluster() {
     assert!(err.contains("-o junit is only available for check, smoke and load"), "{err}");
     // The same cluster with a format attest --list has: it is asked, and does not answer.
     let out = audctl(dir.path(), &["attest", "--list", "-o", "json", "--kubeconfig", &kc]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    // check says so in a sentence.
-    let out = audctl(dir.path(), &["check", "-f", &prod(), "--only", "cluster-ha", "--kubeconfig", &kc, "--no-record"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    // With the reason, not only kube's "client error (Connect)".
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("Connection refused"), "{err}");
+    // check says so in a sentence, and the item why.
+    let out = audctl(
+        dir.path(),
+        &["check", "-f", &prod(), "--only", "cluster-ha", "--kubeconfig", &kc, "--no-record", "-o", "json"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("error: a target of the check is unreachable: items not evaluated: cluster-ha"), "{err}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("listing nodes: the API server is unreachable: ") && report.contains("Connection refused"),
+        "{report}"
+    );
 }
 
 /// Messages read as sentences: the kubeconfig path quoted once, "1 item", no double space.

@@ -103,8 +103,11 @@ fn client(ctx: &Context) -> Result<kube::Client, Finding> {
 /// A failed API call as a finding: unreachable, forbidden or other.
 fn api_error(e: kube::Error, doing: &str) -> Finding {
     if crate::kube::is_transport(&e) {
-        return Finding::error(ErrorCause::Unreachable, format!("{doing}: the API server is unreachable: {e}"))
-            .hint("check the kubeconfig/context and that the API server answers");
+        return Finding::error(
+            ErrorCause::Unreachable,
+            format!("{doing}: the API server is unreachable: {}", crate::kube::with_causes(&e)),
+        )
+        .hint("check the kubeconfig/context and that the API server answers");
     }
     match crate::kube::api_status(&e) {
         Some(401 | 403) => Finding::error(ErrorCause::Forbidden, format!("{doing}: forbidden: {e}"))
