@@ -17,6 +17,8 @@ pub struct Process {
     child: Child,
     log: PathBuf,
     grace: Duration,
+    /// Stops the group if this process dies without dropping it ([`watchdog`]).
+    watchdog: Option<Child>,
 }
 
 impl Process {
@@ -37,7 +39,10 @@ impl Process {
             cmd.env(crate::scratch::RUN_ID_ENV, run);
         }
         let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(Self { name, child, log, grace: Duration::from_secs(10) })
+        let grace = Duration::from_secs(10);
+        // Best effort: without it the component still stops on drop, as before.
+        let watchdog = watchdog(child.id(), std::process::id(), grace).ok();
+        Ok(Self { name, child, log, grace, watchdog })
     }
 
     pub fn with_grace(mut self, grace: Duration) -> Self {
@@ -71,11 +76,21 @@ impl Process {
     pub fn kill_hard(&mut self) {
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
+        self.release_watchdog();
+    }
+
+    /// The group is gone: its id may be reused, and the watchdog must not signal it any more.
+    fn release_watchdog(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 
     /// SIGTERM the group and wait up to the grace period, then SIGKILL.
     pub fn stop(&mut self) {
         if !self.is_running() {
+            self.release_watchdog();
             return;
         }
         let pgid = Pid::from_raw(self.child.id() as i32);
@@ -85,6 +100,7 @@ impl Process {
             if !self.is_running() {
                 // The leader exited; make sure helpers it forked are gone too.
                 let _ = killpg(pgid, Signal::SIGKILL);
+                self.release_watchdog();
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -97,6 +113,27 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A `sh` loop that waits for this (test) process to be gone, then stops the process group `pgid`
+/// as drop would have: SIGTERM, then SIGKILL after `grace`. A test killed by a signal (Ctrl-C, a
+/// CI timeout) runs no drop, and its PostgreSQL, brokers or API server would live on under PID 1.
+/// Not `PR_SET_PDEATHSIG`: it fires when the spawning *thread* exits, and tokio's blocking
+/// threads do. Polls once a second; in a group of its own, so that stopping the component's group
+/// does not stop it, and drop kills it.
+fn watchdog(pgid: u32, owner: u32, grace: Duration) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let script = format!(
+        "while kill -0 {owner} 2>/dev/null; do sleep 1; done; kill -TERM -{pgid} 2>/dev/null; sleep {grace}; \
+         kill -KILL -{pgid} 2>/dev/null; exit 0",
+        grace = grace.as_secs().max(1)
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    if let Some(run) = std::env::var_os(crate::scratch::RUN_ID_ENV) {
+        cmd.env(crate::scratch::RUN_ID_ENV, run);
+    }
+    cmd.spawn()
 }
 
 /// The last `lines` lines of a log file (empty if unreadable).
@@ -223,6 +260,31 @@ mod tests {
         // killpg(None) counts zombies; what matters is that nothing in the group still runs.
         let live = live_group_members(&[pgid as u32]);
         assert!(live.is_empty(), "process group {pgid} survived drop: {live:?}");
+        Ok(())
+    }
+
+    /// The owner (here a `sleep`, standing for a test process) is killed with SIGKILL, so no drop
+    /// runs: the watchdog stops the component's whole group, a forked grandchild included.
+    #[test]
+    fn the_watchdog_stops_the_group_when_its_owner_dies() -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let mut owner = Command::new("sleep").arg("300").spawn()?;
+        let mut component = Command::new("sh");
+        component.args(["-c", "sleep 300 & wait"]).process_group(0);
+        let mut component = component.spawn()?;
+        let pgid = component.id();
+        let mut dog = watchdog(pgid, owner.id(), Duration::from_secs(1))?;
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!live_group_members(&[pgid]).is_empty(), "the component is running");
+        owner.kill()?;
+        owner.wait()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !live_group_members(&[pgid]).is_empty() {
+            assert!(Instant::now() < deadline, "group {pgid} still alive 15 s after its owner died");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = component.wait();
+        assert!(dog.wait()?.success(), "the watchdog exits once done");
         Ok(())
     }
 

@@ -27,15 +27,20 @@ use crate::store::{NewRow, StoredRow};
 
 /// Events kept at most (oldest evicted first): a few seconds of this server's top rate, so a
 /// consumer that keeps up finds every one, and one that fell behind reads from the database as
-/// before. Bounded by count, about 1-2 kB each: 40 MB at most, a twentieth of a production pod's
-/// memory request.
+/// before.
 pub const KEPT: usize = 20_000;
+
+/// And bytes of event text kept at most: events are 1-2 kB typically but may be megabytes (the
+/// request body limit is 10 MiB), and this must stay a small part of a pod's memory (values-prod
+/// requests 2 GiB).
+pub const KEPT_BYTES: usize = 32 << 20;
 
 pub struct HandOff {
     inner: Mutex<Inner>,
     /// Consumers in this process: an entry is dropped once each has taken it.
     readers: u8,
     kept: usize,
+    kept_bytes: usize,
 }
 
 #[derive(Default)]
@@ -43,6 +48,8 @@ struct Inner {
     by_tenant: HashMap<String, HashMap<i64, Entry>>,
     /// Keys in commit order, for eviction (entries already taken by every reader are skipped).
     order: VecDeque<(String, i64)>,
+    /// Text bytes of the entries in `by_tenant`.
+    bytes: usize,
 }
 
 struct Entry {
@@ -51,8 +58,8 @@ struct Entry {
 }
 
 impl HandOff {
-    pub fn new(readers: u8, kept: usize) -> Self {
-        HandOff { inner: Mutex::new(Inner::default()), readers: readers.max(1), kept }
+    pub fn new(readers: u8, kept: usize, kept_bytes: usize) -> Self {
+        HandOff { inner: Mutex::new(Inner::default()), readers: readers.max(1), kept, kept_bytes }
     }
 
     /// A tenant's rows, just committed.
@@ -61,15 +68,18 @@ impl HandOff {
             return;
         }
         let mut inner = self.lock();
-        let Inner { by_tenant, order } = &mut *inner;
+        let Inner { by_tenant, order, bytes } = &mut *inner;
         let entries = by_tenant.entry(tenant.to_owned()).or_default();
         for row in rows {
             order.push_back((tenant.to_owned(), row.sequence));
+            *bytes += size(&row);
             entries.insert(row.sequence, Entry { row, left: self.readers });
         }
-        while order.len() > self.kept {
+        while order.len() > self.kept || *bytes > self.kept_bytes {
             let Some((t, s)) = order.pop_front() else { break };
-            remove(by_tenant, &t, s);
+            if let Some(row) = remove(by_tenant, &t, s) {
+                *bytes -= size(&row);
+            }
         }
     }
 
@@ -83,7 +93,11 @@ impl HandOff {
                 let entry = entries.get_mut(&sequence)?;
                 entry.left = entry.left.saturating_sub(1);
                 let row = match entry.left {
-                    0 => remove(&mut inner.by_tenant, tenant, sequence)?,
+                    0 => {
+                        let row = remove(&mut inner.by_tenant, tenant, sequence)?;
+                        inner.bytes -= size(&row);
+                        row
+                    }
                     _ => entry.row.clone(),
                 };
                 Some(stored(tenant, row))
@@ -103,6 +117,11 @@ fn remove(by_tenant: &mut HashMap<String, HashMap<i64, Entry>>, tenant: &str, se
         by_tenant.remove(tenant);
     }
     Some(entry.row)
+}
+
+/// What an entry's text weighs.
+fn size(r: &NewRow) -> usize {
+    r.body.len() + r.actor_id.len() + r.resource_id.len() + r.action_type.len() + r.hash.len() + r.previous_hash.len()
 }
 
 /// The row as the database gives it back (`store::postgres::to_row`).
@@ -145,7 +164,7 @@ mod tests {
 
     #[test]
     fn each_reader_gets_each_event_once_then_it_is_gone() {
-        let h = HandOff::new(2, 100);
+        let h = HandOff::new(2, 100, KEPT_BYTES);
         h.put("t1", vec![row(1), row(2)]);
         h.put("t2", vec![row(1)]);
         let first = h.take(&[("t1", 1), ("t2", 1), ("t1", 3)]);
@@ -159,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_oldest_are_evicted_beyond_the_bound() {
-        let h = HandOff::new(1, 3);
+        let h = HandOff::new(1, 3, KEPT_BYTES);
         h.put("t", vec![row(1), row(2)]);
         h.put("u", vec![row(1), row(2)]);
         assert_eq!(sequences(&h.take(&[("t", 1), ("t", 2), ("u", 1), ("u", 2)])), [None, Some(2), Some(1), Some(2)]);
@@ -169,8 +188,19 @@ mod tests {
     }
 
     #[test]
+    fn large_events_are_evicted_by_their_bytes() {
+        let big = |sequence| NewRow { body: "x".repeat(1000), ..row(sequence) };
+        // Room for two of them (each 1000 bytes of body plus its short fields).
+        let h = HandOff::new(1, 100, 2500);
+        h.put("t", vec![big(1), big(2), big(3)]);
+        assert_eq!(sequences(&h.take(&[("t", 1), ("t", 2), ("t", 3)])), [None, Some(2), Some(3)]);
+        let inner = h.lock();
+        assert_eq!(inner.bytes, 0, "everything left was taken");
+    }
+
+    #[test]
     fn kept_zero_keeps_nothing() {
-        let h = HandOff::new(1, 0);
+        let h = HandOff::new(1, 0, KEPT_BYTES);
         h.put("t", vec![row(1)]);
         assert_eq!(sequences(&h.take(&[("t", 1)])), [None]);
     }

@@ -141,7 +141,7 @@ impl Store {
         match self {
             Store::Postgres(s) => {
                 s.outbox = true;
-                s.handoff = Some(Box::new(handoff::HandOff::new(consumers, handoff::KEPT)));
+                s.handoff = Some(Box::new(handoff::HandOff::new(consumers, handoff::KEPT, handoff::KEPT_BYTES)));
             }
             Store::Sqlite(s) => s.outbox = true,
         }
