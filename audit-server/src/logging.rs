@@ -39,6 +39,11 @@ struct Settings {
     fields: String,
 }
 
+fn ends_in_level(directive: &str) -> bool {
+    let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+    ["trace", "debug", "info", "warn", "error", "off"].contains(&level.to_ascii_lowercase().as_str())
+}
+
 /// A mistyped variable is refused at startup, naming it: falling back (to info, to JSON) would
 /// leave the operator reading logs that are not the ones asked for, with nothing saying why.
 fn settings(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
@@ -46,7 +51,17 @@ fn settings(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
         None => EnvFilter::new("info"),
         // Spaces around the commas are how people write lists; tracing refuses them.
         Some(f) => {
-            EnvFilter::try_new(f.split(',').map(str::trim).collect::<Vec<_>>().join(",")).with_context(|| {
+            let directives: Vec<&str> = f.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+            // tracing reads a bare word that is not a level as a target enabled at every level:
+            // `infoo` would log nothing of this server and say nothing. As `audctl render`'s check
+            // of server.logLevel: each directive ends in a level (span filters `x[...]` aside).
+            if let Some(d) = directives.iter().find(|d| !d.contains('[') && !ends_in_level(d)) {
+                bail!(
+                    "AUDIT_LOG={f:?}: {d:?} is neither a level nor target=level (levels: trace, debug, info, warn, \
+                     error, off; e.g. info or warn,audit_server=debug)"
+                );
+            }
+            EnvFilter::try_new(directives.join(",")).with_context(|| {
                 format!("AUDIT_LOG={f:?}: expected a log filter such as info, warn or audit_server=debug,info")
             })?
         }
@@ -121,7 +136,14 @@ mod tests {
         assert_eq!(err("AUDIT_LOG_FORMAT", "xml"), r#"AUDIT_LOG_FORMAT="xml": expected json (the default) or text"#);
         assert!(
             err("AUDIT_LOG", "audit_server=loud")
-                .starts_with(r#"AUDIT_LOG="audit_server=loud": expected a log filter"#)
+                .starts_with(r#"AUDIT_LOG="audit_server=loud": "audit_server=loud" is neither"#)
+        );
+        // What tracing itself refuses (a span filter left open).
+        assert!(err("AUDIT_LOG", "h2[conn=off").starts_with(r#"AUDIT_LOG="h2[conn=off": expected a log filter"#));
+        assert_eq!(
+            err("AUDIT_LOG", "warn, infoo"),
+            "AUDIT_LOG=\"warn, infoo\": \"infoo\" is neither a level nor target=level (levels: trace, debug, info, \
+             warn, error, off; e.g. info or warn,audit_server=debug)"
         );
         assert!(super::settings(&with("AUDIT_LOG_FORMAT", "text")).unwrap().text);
         assert!(!super::settings(&with("AUDIT_LOG_FORMAT", "json")).unwrap().text);
