@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::manifests::{doc, label_selects, pods};
 use super::{Comparison, Context, ErrorCause, Finding, Probe, ProbeFuture, Target};
+use crate::values::Values;
 
 type RunFn = for<'a> fn(&'a Context) -> ProbeFuture<'a>;
 
@@ -238,11 +239,20 @@ async fn ha(ctx: &Context) -> Probed {
         .flat_map(|e| e.addresses.clone())
         .collect();
     let zone_list = zones.iter().cloned().collect::<Vec<_>>().join(", ");
-    let rows = vec![
+    let mut rows = vec![
         cmp("Ready nodes", ">= 3", ready.len(), ready.len() >= 3),
         cmp("zones with Ready nodes", ">= 3", format!("{} ({zone_list})", zones.len()), zones.len() >= 3),
         cmp("API server endpoints", ">= 2", endpoints.len(), endpoints.len() >= 2),
     ];
+    let spread = one_server_pod_per_node(&ctx.values);
+    if let Some(s) = &spread {
+        rows.push(cmp(
+            "Ready nodes for one server pod per node",
+            format!(">= {}", s.needed),
+            ready.len(),
+            ready.len() >= s.needed,
+        ));
+    }
     let mut problems = Vec::new();
     if ready.len() < 3 {
         problems.push(format!("{} Ready nodes of {} (need 3)", ready.len(), nodes.len()));
@@ -259,14 +269,32 @@ async fn ha(ctx: &Context) -> Probed {
             endpoints.len()
         ));
     }
+    let summary = format!(
+        "{} Ready nodes in {} zones ({zone_list}); {} API server endpoints",
+        ready.len(),
+        zones.len(),
+        endpoints.len()
+    );
     Ok(if problems.is_empty() {
-        Finding::pass(format!(
-            "{} Ready nodes in {} zones ({zone_list}); {} API server endpoints",
-            ready.len(),
-            zones.len(),
-            endpoints.len()
-        ))
-        .comparisons(rows)
+        match spread.filter(|s| ready.len() < s.needed) {
+            // The cluster is HA; the release cannot use all of it as configured. A warning: the
+            // cluster may grow (an autoscaler) before the HPA gets there.
+            Some(s) => Finding::warn(format!(
+                "{summary}; but the server's required pod anti-affinity (one pod per node, kubernetes.io/hostname) \
+                 needs {} Ready nodes at full scale ({} pods, {}, plus {} surge pods of a rolling update): with {}, \
+                 pods beyond {} stay Pending, and a rollout at {} replicas cannot place its surge pod",
+                s.needed,
+                s.pods,
+                s.source,
+                s.needed - s.pods,
+                ready.len(),
+                ready.len(),
+                ready.len()
+            ))
+            .hint("add nodes (or a cluster autoscaler), lower autoscaling.maxReplicas, or make the anti-affinity preferred")
+            .comparisons(rows),
+            None => Finding::pass(summary).comparisons(rows),
+        }
     } else {
         Finding::fail(problems.join("; "))
             .hint(
@@ -275,6 +303,34 @@ async fn ha(ctx: &Context) -> Probed {
             )
             .comparisons(rows)
     })
+}
+
+/// What the server's required anti-affinity asks of the nodes.
+struct Spread {
+    /// Server pods at full scale.
+    pods: usize,
+    source: &'static str,
+    /// Nodes for those and a rolling update's surge pods.
+    needed: usize,
+}
+
+/// Some when the values require at most one server pod per node (a required pod anti-affinity
+/// term on kubernetes.io/hostname). The Deployment rolls with maxSurge 25 % and maxUnavailable 0
+/// (templates/deployment.yaml.j2), so a rollout needs a node free for each surge pod.
+fn one_server_pod_per_node(values: &Values) -> Option<Spread> {
+    let terms = values
+        .affinity
+        .as_ref()?
+        .pod_anti_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?;
+    if !terms.iter().any(|t| t.topology_key == "kubernetes.io/hostname") {
+        return None;
+    }
+    let pods = values.server_pods_at_full_scale() as usize;
+    let source = if values.autoscaling.enabled { "autoscaling.maxReplicas" } else { "replicaCount" };
+    Some(Spread { pods, source, needed: pods + pods.div_ceil(4) })
 }
 
 fn ingress_disabled() -> Finding {
@@ -993,4 +1049,25 @@ async fn alert_rules(ctx: &Context) -> Probed {
             picking.join(", ")
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    fn spread(files: &[&str], sets: &[&str]) -> Option<(usize, usize, &'static str)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let files: Vec<_> = files.iter().map(|f| root.join(f)).collect();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let values = crate::values::load(&files, &sets).expect("values");
+        super::one_server_pod_per_node(&values).map(|s| (s.pods, s.needed, s.source))
+    }
+
+    #[test]
+    fn required_anti_affinity_needs_a_node_per_pod_and_surge() {
+        // values-prod: maxReplicas 20, a quarter more to roll (rounded up).
+        assert_eq!(spread(&["values/values-prod.yaml"], &[]), Some((20, 25, "autoscaling.maxReplicas")));
+        let fixed = ["autoscaling.enabled=false", "replicaCount=3"];
+        assert_eq!(spread(&["values/values-prod.yaml"], &fixed), Some((3, 4, "replicaCount")));
+        // The default affinity is preferred: no constraint on the node count.
+        assert_eq!(spread(&[], &[]), None);
+    }
 }
