@@ -6,7 +6,8 @@
 //! of rows already handled, [`floor`]), and purges them once its cursor has passed them. Rows are
 //! per consumer, not shared, so that a consumer never reads past rows it already handled that a
 //! slower consumer still holds (the bench measured that costing as much as the appends), and a
-//! stopped consumer costs the others nothing.
+//! stopped consumer costs the others nothing. On PostgreSQL the read selects the rows alone and
+//! takes their events from this process's memory when it committed them ([`handoff`]).
 //!
 //! Why cursors per tenant and not one global position: positions are taken when a transaction
 //! inserts and become visible when it commits, and concurrent transactions (several lanes, several
