@@ -238,37 +238,13 @@ impl StoredRow {
     /// The bench showed no rate change beyond its noise. Same semantics as the tree path
     /// (`into_event_via_value`, compared by a property test): unknown members ignored.
     pub fn into_event(self) -> Result<StoredEvent, StoreError> {
-        let b = self.body()?;
-        Ok(StoredEvent {
-            id: b.id,
-            sequence: b.sequence,
-            timestamp: b.timestamp,
-            occurred_at: b.occurred_at,
-            actor: b.actor,
-            action: b.action,
-            resource: b.resource,
-            metadata: b.metadata,
-            hash: self.hash,
-            previous_hash: self.previous_hash,
-        })
+        Ok(self.body()?.with_hashes(self.hash, self.previous_hash))
     }
 
     /// [`StoredRow::into_event`] of a borrowed row (the relay keeps its rows until they are
     /// recorded): the hashes are copied, not the whole row with its body.
     pub fn to_event(&self) -> Result<StoredEvent, StoreError> {
-        let b = self.body()?;
-        Ok(StoredEvent {
-            id: b.id,
-            sequence: b.sequence,
-            timestamp: b.timestamp,
-            occurred_at: b.occurred_at,
-            actor: b.actor,
-            action: b.action,
-            resource: b.resource,
-            metadata: b.metadata,
-            hash: self.hash.clone(),
-            previous_hash: self.previous_hash.clone(),
-        })
+        Ok(self.body()?.with_hashes(self.hash.clone(), self.previous_hash.clone()))
     }
 
     fn body(&self) -> Result<Body, StoreError> {
@@ -304,6 +280,23 @@ struct Body {
     action: audit_api::Action,
     resource: audit_api::Resource,
     metadata: audit_api::Metadata,
+}
+
+impl Body {
+    fn with_hashes(self, hash: String, previous_hash: String) -> StoredEvent {
+        StoredEvent {
+            id: self.id,
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            occurred_at: self.occurred_at,
+            actor: self.actor,
+            action: self.action,
+            resource: self.resource,
+            metadata: self.metadata,
+            hash,
+            previous_hash,
+        }
+    }
 }
 
 /// Where an incremental walk starts: a position verified before (the event at `sequence` had
