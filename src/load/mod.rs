@@ -350,12 +350,12 @@ impl LoadReport {
         }
     }
 
-    /// Requests that got an HTTP answer, good or bad (not a timeout, connection or I/O failure,
-    /// nor an arrival left unsent).
-    pub fn answered(&self) -> u64 {
+    /// Requests were sent and none got an HTTP answer, good or bad: all timed out, failed on
+    /// I/O or to connect, or were left unsent.
+    pub fn unanswered(&self) -> bool {
         let answers =
             self.errors_by_class.iter().filter(|(class, _)| class.starts_with("HTTP ") || *class == "invalid body");
-        self.ok + answers.map(|(_, n)| n).sum::<u64>()
+        self.requests > 0 && self.ok + answers.map(|(_, n)| n).sum::<u64>() == 0
     }
 
     /// Mark the report as cut short by `stop` (None: it ran to its end).
@@ -541,7 +541,7 @@ fn finish(
         eprintln!("{}: {message}", output::paint_error("load"));
         return Err(stop.error(message));
     }
-    if report.requests > 0 && report.answered() == 0 {
+    if report.unanswered() {
         // Connected, then nothing answered (a hung service, a black-holing proxy): what smoke
         // calls unreachable too, not a latency verdict.
         return Err(Unreachable {
@@ -574,8 +574,7 @@ fn record_evidence(
     use crate::evidence::{Evidence, Outcome, record_best_effort};
     let targets = crate::service::targets(global)?;
     let kube = crate::kube::KubeSettings::resolve(global, targets.as_ref());
-    let unanswered = report.requests > 0 && report.answered() == 0;
-    let outcome = match (report.interrupted.is_some() || unanswered, report.passed) {
+    let outcome = match (report.interrupted.is_some() || report.unanswered(), report.passed) {
         (true, _) => Outcome::Error,
         (false, true) => Outcome::Success,
         (false, false) => Outcome::Failure,
