@@ -434,9 +434,12 @@ async fn pg_pending(
     let (tenants, sequences): (Vec<&str>, Vec<i64>) =
         wanted.iter().zip(&found).filter(|(_, r)| r.is_none()).map(|(k, _)| *k).unzip();
     if !tenants.is_empty() {
+        // One primary-key lookup per key, whatever the planner guesses of the arrays (a hash join
+        // could scan the whole events table): LIMIT 1 keeps the LATERAL subquery from being
+        // flattened into a plain join.
         let sql = format!(
-            "SELECT {} FROM events WHERE (tenant_id, sequence) IN \
-             (SELECT k.t, k.s FROM unnest($1::text[], $2::bigint[]) AS k(t, s))",
+            "SELECT e.* FROM unnest($1::text[], $2::bigint[]) AS k(t, s) \
+             CROSS JOIN LATERAL (SELECT {} FROM events WHERE tenant_id = k.t AND sequence = k.s LIMIT 1) AS e",
             crate::store::postgres::COLUMNS
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&tenants).bind(&sequences).fetch_all(s.pool()).await?;
