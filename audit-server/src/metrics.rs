@@ -302,7 +302,7 @@ impl Metrics {
             ),
             (
                 "audit_outbox_rows",
-                "Outbox rows (one per event and registered consumer) not passed yet (grows if a registered consumer no longer runs).",
+                "Events listed in outbox rows (each event once per registered consumer) not deleted yet; a row goes once its consumer passed all of its events (grows if a registered consumer no longer runs).",
                 self.outbox_rows.load(Ordering::Relaxed),
             ),
         ];

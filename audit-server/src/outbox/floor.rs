@@ -71,9 +71,9 @@ impl Floor {
     }
 
     /// A read from `from` returned rows at these positions (ascending), under a snapshot whose
-    /// xmin is `xmin` (None: not PostgreSQL). Returns how many rows at or below the floor it found:
-    /// nonzero is a bug, and the floor goes back to 0.
-    pub fn read(&mut self, from: i64, positions: Vec<i64>, xmin: Option<i64>, limit: usize) -> usize {
+    /// xmin is `xmin` (None: not PostgreSQL); `cut`: it stopped at its limit. Returns how many
+    /// rows at or below the floor it found: nonzero is a bug, and the floor goes back to 0.
+    pub fn read(&mut self, from: i64, positions: Vec<i64>, xmin: Option<i64>, cut: bool) -> usize {
         let missed = match from < self.below {
             true => positions.iter().take_while(|p| **p <= self.below).count(),
             false => 0,
@@ -82,7 +82,6 @@ impl Floor {
             self.below = 0;
             self.seen.clear();
         }
-        let cut = positions.len() >= limit;
         self.read = Some(Read { xmin, positions, cut });
         missed
     }
@@ -132,7 +131,7 @@ mod tests {
     /// A read of `positions` from the floor, all handled and recorded by `xid`; the new floor.
     fn step(f: &mut Floor, positions: &[i64], xmin: i64, xid: i64) -> i64 {
         let from = f.below();
-        f.read(from, positions.to_vec(), Some(xmin), 1000);
+        f.read(from, positions.to_vec(), Some(xmin), false);
         f.recorded(Some(xid), positions);
         f.below()
     }
@@ -152,21 +151,21 @@ mod tests {
         let mut f = Floor::default();
         step(&mut f, &[10, 20], 1, 5);
         // Read 2 stopped at its limit at 15: rows after it were not read.
-        f.read(0, vec![12, 15], Some(6), 2);
+        f.read(0, vec![12, 15], Some(6), true);
         f.recorded(Some(7), &[12, 15]);
         assert_eq!(f.below(), 15);
         // Read 3 saw up to 25 and held row 17 back (a gap in its tenant's chain): 15 stays, the
         // highest row a safe read saw.
-        f.read(15, vec![17, 25], Some(8), 1000);
+        f.read(15, vec![17, 25], Some(8), false);
         f.recorded(Some(9), &[25]);
         assert_eq!(f.below(), 15);
         // Read 4 makes read 3's 25 safe, but row 17 is still not handled (handled given in
         // another order than read).
-        f.read(15, vec![17, 26, 30], Some(10), 1000);
+        f.read(15, vec![17, 26, 30], Some(10), false);
         f.recorded(Some(11), &[30, 26]);
         assert_eq!(f.below(), 16);
         // Not recorded (lease lost, failure): nothing moves, and the read is forgotten.
-        f.read(16, vec![17, 30], Some(100), 1000);
+        f.read(16, vec![17, 30], Some(100), false);
         f.recorded(None, &[17, 30]);
         assert_eq!(f.below(), 16);
         f.recorded(Some(200), &[17, 30]);
@@ -177,7 +176,7 @@ mod tests {
     fn without_a_snapshot_the_floor_stays_at_zero() {
         let mut f = Floor::default();
         for xid in 1..5 {
-            f.read(0, vec![xid * 10], None, 1000);
+            f.read(0, vec![xid * 10], None, false);
             f.recorded(Some(xid), &[xid * 10]);
         }
         assert_eq!(f.below(), 0);
@@ -188,9 +187,9 @@ mod tests {
         let mut f = Floor::default();
         step(&mut f, &[10, 20], 1, 5);
         assert_eq!(step(&mut f, &[30], 6, 7), 20);
-        assert_eq!(f.read(0, vec![18, 19, 35], Some(8), 1000), 2);
+        assert_eq!(f.read(0, vec![18, 19, 35], Some(8), false), 2);
         assert_eq!(f.below(), 0);
         // A read from the floor (now 0) counts nothing.
-        assert_eq!(f.read(0, vec![5], Some(9), 1000), 0);
+        assert_eq!(f.read(0, vec![5], Some(9), false), 0);
     }
 }

@@ -193,12 +193,12 @@ impl Relay {
                         }
                     }
                 }
-                let pending = match self
+                let (pending, rows) = match self
                     .store
                     .outbox_read(KAFKA, self.config.batch_max_events, &mut floor, &self.metrics)
                     .await
                 {
-                    Ok(p) => p,
+                    Ok(read) => read,
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka relay: reading the outbox failed");
                         if wait(stop, backoff).await {
@@ -232,7 +232,8 @@ impl Relay {
                             let next = offsets.entry(partition).or_insert(0);
                             *next = (*next).max(offset + 1);
                         }
-                        let positions: Vec<i64> = pending.iter().map(|p| p.position).collect();
+                        // Rows an event of which waits behind a gap stay for the next read.
+                        let positions = rows.complete(pending.iter().map(|p| p.position));
                         let progress = Progress {
                             consumer: KAFKA,
                             holder: &self.holder,
@@ -248,9 +249,7 @@ impl Relay {
                                 floor.recorded(xid, &positions);
                                 // A partial batch: the relay keeps up; let the next one fill for a
                                 // poll interval (fewer, larger produce requests and cursor writes).
-                                if pending.len() < self.config.batch_max_events
-                                    && wait(stop, self.config.poll_interval).await
-                                {
+                                if !rows.cut() && wait(stop, self.config.poll_interval).await {
                                     discard(producer).await;
                                     return Ended::Stopped;
                                 }

@@ -51,13 +51,14 @@ impl Indexer {
                 Some(MAX_BACKOFF)
             } else {
                 match self.step(&mut floor).await {
-                    Ok(0) => Some(self.config.poll_interval),
-                    // A full batch: more is waiting, go on at once. A partial one: the indexer
-                    // keeps up, so let the next batch fill for one poll interval rather than
-                    // paying a bulk request and a cursor transaction for every few events.
-                    Ok(n) => {
+                    Ok((0, _)) => Some(self.config.poll_interval),
+                    // A full batch (the read stopped at its limit): more is waiting, go on at
+                    // once. A partial one: the indexer keeps up, so let the next batch fill for
+                    // one poll interval rather than paying a bulk request and a cursor
+                    // transaction for every few events.
+                    Ok((_, full)) => {
                         backoff = self.config.poll_interval;
-                        (n < self.config.batch_max_events).then_some(self.config.poll_interval)
+                        (!full).then_some(self.config.poll_interval)
                     }
                     Err(e) => {
                         self.metrics.search.failures.fetch_add(1, Ordering::Relaxed);
@@ -80,22 +81,23 @@ impl Indexer {
     }
 
     /// Take or renew the lease, then index one batch; how many events were indexed (0: not the
-    /// leader or nothing pending). `floor`: where reads start (reset when the lease is not held).
-    async fn step(&self, floor: &mut Floor) -> Result<usize, String> {
+    /// leader or nothing pending) and whether the read stopped at its limit. `floor`: where
+    /// reads start (reset when the lease is not held).
+    async fn step(&self, floor: &mut Floor) -> Result<(usize, bool), String> {
         let ttl = self.config.lease;
         let leading = self.store.outbox_lease(SEARCH, &self.holder, ttl).await.map_err(|e| e.to_string())?;
         self.metrics.search.leader.store(u64::from(leading), Ordering::Relaxed);
         if !leading {
             *floor = Floor::default();
-            return Ok(0);
+            return Ok((0, false));
         }
-        let pending = self
+        let (pending, read) = self
             .store
             .outbox_read(SEARCH, self.config.batch_max_events, floor, &self.metrics)
             .await
             .map_err(|e| e.to_string())?;
         if pending.is_empty() {
-            return Ok(0);
+            return Ok((0, read.cut()));
         }
         let mut rows = Vec::with_capacity(pending.len());
         let mut events = Vec::with_capacity(pending.len());
@@ -125,6 +127,9 @@ impl Indexer {
                 }
             }
         }
+        // A row with a failed item stays (its other events are passed by the cursors).
+        let indexed = done.len();
+        let done = read.complete(done);
         let progress = Progress {
             consumer: SEARCH,
             holder: &self.holder,
@@ -134,19 +139,18 @@ impl Indexer {
             offsets: None,
         };
         let advanced = self.store.outbox_advance(&progress).await.map_err(|e| e.to_string())?;
-        let indexed = done.len();
         self.metrics.search.indexed.fetch_add(indexed as u64, Ordering::Relaxed);
         match advanced {
             Advanced::Recorded { xid } => floor.recorded(xid, &done),
             Advanced::LeaseLost => {
                 *floor = Floor::default();
                 self.metrics.search.leader.store(0, Ordering::Relaxed);
-                return Ok(0);
+                return Ok((0, false));
             }
         }
         match first_error {
             Some(e) => Err(format!("{} of the batch refused, first: {e}", failed.len())),
-            None => Ok(indexed),
+            None => Ok((indexed, read.cut())),
         }
     }
 }

@@ -520,14 +520,17 @@ const APPEND: &str = "WITH u AS (
         SELECT x.* FROM UNNEST($16::text[], $17::text[], $18::text[], $19::text[]) AS x (tenant_id, key, fingerprint, receipts)
         WHERE x.tenant_id IN (SELECT tenant_id FROM l)
     ), o AS (
-        -- The transactional outbox (src/outbox): the events' sequences, committed with them, one
-        -- row per registered consumer, when a consumer is configured ($20). The transaction takes
-        -- its id before it draws positions (the WHERE runs before the position default): the
-        -- consumers' read floor depends on it (src/outbox/floor.rs).
-        INSERT INTO outbox (consumer, tenant_id, sequence)
-        SELECT c.consumer, r.tenant_id, r.sequence FROM UNNEST($6::text[], $8::bigint[]) AS r (tenant_id, sequence)
+        -- The transactional outbox (src/outbox): the events' keys, committed with them, in one
+        -- row per registered consumer (none when no event is written), when a consumer is
+        -- configured ($20), in the order written. The transaction takes its id before it draws
+        -- positions (the WHERE runs before the position default): the consumers' read floor
+        -- depends on it (src/outbox/floor.rs).
+        INSERT INTO outbox (consumer, tenants, sequences)
+        SELECT c.consumer, array_agg(r.tenant_id ORDER BY r.i), array_agg(r.sequence ORDER BY r.i)
+        FROM UNNEST($6::text[], $8::bigint[]) WITH ORDINALITY AS r (tenant_id, sequence, i)
         CROSS JOIN outbox_consumers AS c
         WHERE $20 AND r.tenant_id IN (SELECT tenant_id FROM l) AND pg_current_xact_id() IS NOT NULL
+        GROUP BY c.consumer
     )
     UPDATE chain_heads AS h SET last_sequence = u.new_sequence, last_hash = u.new_hash
     FROM u WHERE h.tenant_id = u.tenant_id AND h.tenant_id IN (SELECT tenant_id FROM l)

@@ -91,15 +91,39 @@ impl Db {
         })
     }
 
-    /// Outbox rows whose consumer's cursor has passed them. A consumer deletes the rows it
-    /// handled in the transaction that moves its cursors, so this is 0 at every instant; rows
-    /// left behind would only go with the periodic purge, 10 s later.
+    /// Outbox rows whose consumer's cursors have passed them (PostgreSQL: every event the row
+    /// lists; SQLite: its one event). A consumer deletes the rows it handled in the transaction
+    /// that moves its cursors, so this is 0 at every instant; rows left behind would only go with
+    /// the periodic purge, 10 s later.
     pub async fn passed_outbox_rows(&self) -> anyhow::Result<i64> {
-        self.count(
-            "SELECT count(*) FROM outbox o JOIN outbox_cursors c \
-             ON c.consumer = o.consumer AND c.tenant_id = o.tenant_id WHERE o.sequence <= c.sequence",
-        )
-        .await
+        match &self.url {
+            Some(_) => {
+                self.count(
+                    "SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 \
+                     FROM unnest(o.tenants, o.sequences) AS k (tenant_id, sequence) \
+                     LEFT JOIN outbox_cursors c ON c.consumer = o.consumer AND c.tenant_id = k.tenant_id \
+                     WHERE k.sequence > COALESCE(c.sequence, 0))",
+                )
+                .await
+            }
+            None => {
+                self.count(
+                    "SELECT count(*) FROM outbox o JOIN outbox_cursors c \
+                     ON c.consumer = o.consumer AND c.tenant_id = o.tenant_id WHERE o.sequence <= c.sequence",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Events the outbox holds, over all consumers (PostgreSQL lists a transaction's events in
+    /// one row per consumer; SQLite has one row per event), of the rows `filter` selects.
+    pub async fn outbox_events(&self, filter: &str) -> anyhow::Result<i64> {
+        let sql = match &self.url {
+            Some(_) => format!("SELECT COALESCE(sum(cardinality(sequences)), 0)::bigint FROM outbox WHERE {filter}"),
+            None => format!("SELECT count(*) FROM outbox WHERE {filter}"),
+        };
+        self.count(&sql).await
     }
 
     /// Sample [`Db::passed_outbox_rows`] every 50 ms until `stop` is set and at least 5 samples
