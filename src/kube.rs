@@ -44,8 +44,15 @@ impl KubeSettings {
     /// The client. Errors here are configuration errors (exit 2): a missing or malformed kubeconfig,
     /// an unknown context.
     pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(self.client_at().await?.0)
+    }
+
+    /// [`Self::client`] and the API server's address, for messages that must say which server
+    /// did not answer.
+    pub async fn client_at(&self) -> anyhow::Result<(Client, String)> {
         let config = self.config().await?;
-        Client::try_from(config).context("building the Kubernetes client")
+        let url = config.cluster_url.to_string().trim_end_matches('/').to_owned();
+        Ok((Client::try_from(config).context("building the Kubernetes client")?, url))
     }
 
     /// [`Self::client`], after asking the server its version: a kubeconfig pointing at another

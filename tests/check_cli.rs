@@ -251,6 +251,8 @@ fn attest_list_junit_is_refused_before_the_cluster() {
         report.contains("listing nodes: the API server is unreachable: ") && report.contains("Connection refused"),
         "{report}"
     );
+    // Which server: the kubeconfig's, as written there.
+    assert!(report.contains(&format!("(API server https://127.0.0.1:{port})")), "{report}");
 }
 
 /// Messages read as sentences: the kubeconfig path quoted once, "1 item", no double space.

@@ -418,6 +418,7 @@ mod tests {
         Context {
             namespace: "t".into(),
             kube: None,
+            kube_url: None,
             targets: Default::default(),
             values,
             objects: Vec::new(),

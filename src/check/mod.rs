@@ -225,7 +225,10 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
 
     let targets = load_targets(global)?;
     let settings = KubeSettings::resolve(global, Some(&targets));
-    let client = if settings.configured() { Some(settings.client().await?) } else { None };
+    let (client, kube_url) = match settings.configured() {
+        true => settings.client_at().await.map(|(c, url)| (Some(c), Some(url)))?,
+        false => (None, None),
+    };
     let namespace = values.namespace.name.clone();
 
     // The probes the selected items need, each run once.
@@ -241,6 +244,7 @@ pub async fn evaluate(args: &CheckArgs, global: &GlobalArgs) -> anyhow::Result<C
     let ctx = Context {
         namespace: namespace.clone(),
         kube: client.clone(),
+        kube_url,
         targets,
         values: values.clone(),
         objects,

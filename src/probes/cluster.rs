@@ -50,7 +50,8 @@ macro_rules! live {
         fn run<'a>(ctx: &'a Context) -> ProbeFuture<'a> {
             Box::pin(async move {
                 match $f(ctx).await {
-                    Ok(f) | Err(f) => f,
+                    Ok(f) => f,
+                    Err(f) => at_api_server(f, ctx),
                 }
             })
         }
@@ -99,6 +100,15 @@ fn client(ctx: &Context) -> Result<kube::Client, Finding> {
         Finding::error(ErrorCause::NotConfigured, "no cluster configured")
             .hint("give --kubeconfig/--context, KUBECONFIG or a targets file with `kube`")
     })
+}
+
+/// An unreachable API server's finding names the server (kube's errors do not), so that a
+/// kubeconfig pointing at the wrong cluster or port shows in the report.
+fn at_api_server(mut f: Finding, ctx: &Context) -> Finding {
+    if let (Some(ErrorCause::Unreachable), Some(url)) = (&f.cause, &ctx.kube_url) {
+        f.message = format!("{} (API server {url})", f.message);
+    }
+    f
 }
 
 /// A failed API call as a finding: unreachable, forbidden or other.

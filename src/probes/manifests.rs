@@ -487,6 +487,7 @@ mod tests {
         Context {
             namespace: values.namespace.name.clone(),
             kube: None,
+            kube_url: None,
             targets: Default::default(),
             values,
             objects,

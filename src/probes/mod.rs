@@ -157,6 +157,8 @@ pub struct Context {
     pub namespace: String,
     /// The cluster, when one is configured.
     pub kube: Option<kube::Client>,
+    /// Its API server's address, named when it does not answer (the client does not say).
+    pub kube_url: Option<String>,
     /// Connection settings of datastores and the service (empty when no targets file is given).
     pub targets: audctl_targets::Targets,
     /// The merged values the manifests were rendered from.

@@ -22,6 +22,7 @@ pub fn context(targets: Targets, values: audctl::values::Values) -> Context {
     Context {
         namespace: "audit-trail".into(),
         kube: None,
+        kube_url: None,
         targets,
         values,
         objects: Vec::new(),
