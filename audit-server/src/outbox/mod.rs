@@ -3,13 +3,14 @@
 //! transaction's events; SQLite: `sqlite_insert`, one row per event), so a row exists if and only
 //! if its events committed. A row is read whole and deleted once every event it lists was handled
 //! (`Rows::complete`); an event its consumer's cursor already passed is not read again. Consumers
-//! read the outbox, not the request path: the Kafka relay ([`kafka`]) and the search indexer. Each consumer keeps a cursor per
-//! tenant (the last sequence it handled) and a lease, reads only its own rows (from past a floor
-//! of rows already handled, [`floor`]), and purges them once its cursor has passed them. Rows are
-//! per consumer, not shared, so that a consumer never reads past rows it already handled that a
-//! slower consumer still holds (the bench measured that costing as much as the appends), and a
-//! stopped consumer costs the others nothing. On PostgreSQL the read selects the rows alone and
-//! takes their events from this process's memory when it committed them ([`handoff`]).
+//! read the outbox, not the request path: the Kafka relay ([`kafka`]) and the search indexer.
+//! Each consumer keeps a cursor per tenant (the last sequence it handled) and a lease, reads only
+//! its own rows (from past a floor of rows already handled, [`floor`]), and purges them once its
+//! cursors have passed them. Rows are per consumer, not shared, so that a consumer never reads
+//! past rows it already handled that a slower consumer still holds (the bench measured that
+//! costing as much as the appends), and a stopped consumer costs the others nothing. On
+//! PostgreSQL the read selects the rows alone and takes their events from this process's memory
+//! when it committed them ([`handoff`]).
 //!
 //! Why cursors per tenant and not one global position: positions are taken when a transaction
 //! inserts and become visible when it commits, and concurrent transactions (several lanes, several
