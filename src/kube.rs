@@ -60,9 +60,7 @@ impl KubeSettings {
     /// instead of failing later as missing resource types or an HTML page quoted as an API error.
     /// For the verbs that change or read releases; `check` reports per item instead.
     pub async fn api_client(&self) -> anyhow::Result<Client> {
-        let config = self.config().await?;
-        let url = config.cluster_url.to_string();
-        let client = Client::try_from(config).context("building the Kubernetes client")?;
+        let (client, url) = self.client_at().await?;
         // A server that accepts the connection and never answers would otherwise hold the verb for
         // kube's read timeout (minutes).
         let asked = tokio::time::timeout(std::time::Duration::from_secs(30), client.apiserver_version()).await;
