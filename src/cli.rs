@@ -477,8 +477,15 @@ pub struct LoadArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
     /// Distributed: run N local worker processes and merge their histograms.
-    #[arg(long, value_name = "N", conflicts_with = "worker")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["worker", "workers"])]
     pub workers_local: Option<usize>,
+    /// Distributed in the cluster: run N workers as the pods of a Job in namespace -n, follow their
+    /// logs and merge their histograms (needs --worker-image; --url must be reachable from the pods).
+    #[arg(long, value_name = "N", conflicts_with = "worker", requires = "worker_image")]
+    pub workers: Option<usize>,
+    /// Image of the --workers pods: one with `audctl` on its PATH, of this version.
+    #[arg(long, value_name = "IMAGE", requires = "workers")]
+    pub worker_image: Option<String>,
     /// Internal: run as worker INDEX/COUNT of a distributed run, streaming histograms on stdout.
     #[arg(long, hide = true, value_name = "INDEX/COUNT")]
     pub worker: Option<String>,

@@ -565,3 +565,18 @@ fn smoke_says_which_status_a_health_endpoint_reported() {
     let d = detail("write event").unwrap_or_default();
     assert!(d.contains(r#"receipt status \"QUEUED\" (expected STORED)"#), "{d}\n{report}");
 }
+
+#[test]
+fn load_workers_in_the_cluster_need_an_image_and_a_count() {
+    let base = ["load", "--url", "http://127.0.0.1:9", "--rate", "1", "--duration", "1s"];
+    let without_image = audctl_with_key(&[&base[..], &["--workers", "2"]].concat());
+    assert_eq!(without_image.status.code(), Some(2), "{}", text(&without_image.stderr));
+    assert!(text(&without_image.stderr).contains("--worker-image"), "{}", text(&without_image.stderr));
+    let zero = audctl_with_key(&[&base[..], &["--workers", "0", "--worker-image", "x/audctl:1"]].concat());
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero.stderr));
+    assert!(text(&zero.stderr).contains("--workers must be at least 1"), "{}", text(&zero.stderr));
+    let both =
+        audctl_with_key(&[&base[..], &["--workers", "2", "--worker-image", "x", "--workers-local", "2"]].concat());
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both.stderr));
+    assert!(text(&both.stderr).contains("cannot be used with"), "{}", text(&both.stderr));
+}

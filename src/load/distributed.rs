@@ -1,7 +1,9 @@
 //! Distributed mode: `--workers-local N` starts N worker processes (this binary, `load --worker i/N`),
-//! each running its share of the load and streaming one JSON line per second with its interval's
-//! HDR histograms (V2, base64). The coordinator merges them into one report and one threshold verdict.
-//! The API key reaches workers through their environment, never their command line.
+//! and `--workers N` runs them as the pods of a Kubernetes Job (see [`super::job`]). Each worker runs
+//! its share of the load and streams one JSON line per second with its interval's HDR histograms
+//! (V2, base64), on stdout or in its pod's log. The coordinator merges them into one report and one
+//! threshold verdict. The API key reaches workers through their environment, never their command
+//! line.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -24,7 +26,7 @@ pub const WORKER_EXE_ENV: &str = "AUDCTL_WORKER_EXE";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-enum Line {
+pub(super) enum Line {
     Interval(WireInterval),
     Done { requests: u64, ok: u64, latency_samples: u64, elapsed_seconds: f64 },
     Error { message: String, unreachable: bool },
@@ -106,8 +108,9 @@ async fn worker_run(
     write_line(out, &done).await
 }
 
-/// The command line of worker `index`: the resolved settings, not the user's flags.
-fn worker_args(settings: &Settings, index: usize, count: usize) -> Vec<String> {
+/// The command line of worker `index` (a number, or `$(JOB_COMPLETION_INDEX)` in a pod): the
+/// resolved settings, not the user's flags. `ca`: where the worker finds the CA file.
+pub(super) fn worker_args(settings: &Settings, index: &str, count: usize, ca: Option<&str>) -> Vec<String> {
     let mut a: Vec<String> = vec!["load".into(), "--worker".into(), format!("{index}/{count}"), "--url".into()];
     a.push(settings.url.clone());
     let mix = settings.mix.iter().map(|(s, w)| format!("{}={w}", scenario_name(*s))).collect::<Vec<_>>().join(",");
@@ -143,10 +146,29 @@ fn worker_args(settings: &Settings, index: usize, count: usize) -> Vec<String> {
     a.extend(["--tenant".into(), settings.tenant_prefix.clone()]);
     a.extend(["--batch-size".into(), settings.batch_size.to_string()]);
     a.extend(["--timeout".into(), format!("{}", settings.timeout.as_secs_f64())]);
-    if let Some(ca) = &settings.ca_path {
-        a.extend(["--ca".into(), ca.display().to_string()]);
+    if let Some(ca) = ca {
+        a.extend(["--ca".into(), ca.to_owned()]);
     }
     a
+}
+
+/// A worker's output line for the coordinator: `None` when it is not one. Local workers write
+/// only these on stdout, so anything else is an error there; a pod's log also holds its stderr
+/// (`lenient`), whose lines are shown as the worker's and skipped.
+pub(super) fn route(index: usize, line: &str, lenient: bool) -> Option<anyhow::Result<Line>> {
+    match serde_json::from_str::<Line>(line) {
+        Ok(l) => Some(Ok(l)),
+        Err(_) if lenient => {
+            eprintln!("worker {index}: {line}");
+            None
+        }
+        Err(e) => Some(Err(anyhow::Error::new(e).context(format!("worker {index} sent an unreadable line")))),
+    }
+}
+
+/// Whether a line is a worker's last (after it, nothing else is read from that worker).
+pub(super) fn is_last(line: &anyhow::Result<Line>) -> bool {
+    !matches!(line, Ok(Line::Interval(_)))
 }
 
 /// Coordinator side: start the workers, merge their streams second by second.
@@ -155,11 +177,12 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
         Some(p) => p.into(),
         None => std::env::current_exe().context("finding the audctl executable for the workers")?,
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, anyhow::Result<Line>)>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, anyhow::Result<Line>)>();
     let mut children = Vec::new();
     for index in 0..count {
+        let ca = settings.ca_path.as_ref().map(|p| p.display().to_string());
         let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(worker_args(settings, index, count))
+        cmd.args(worker_args(settings, &index.to_string(), count, ca.as_deref()))
             .env_remove(crate::service::API_KEY_ENV)
             .env_remove("AUDCTL_TARGETS")
             .stdin(Stdio::null())
@@ -177,9 +200,9 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
             loop {
                 match lines.next_line().await {
                     Ok(Some(l)) => {
-                        let parsed = serde_json::from_str::<Line>(&l)
-                            .with_context(|| format!("worker {index} sent an unreadable line"));
-                        let _ = tx.send((index, parsed));
+                        if let Some(parsed) = route(index, &l, false) {
+                            let _ = tx.send((index, parsed));
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -193,6 +216,46 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
     }
     drop(tx);
 
+    let merged = merge(settings, count, rx, || {
+        for child in &children {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) on our own child's pid; no memory is involved.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    })
+    .await?;
+    let mut failure = merged.failure;
+    for (index, mut child) in children.into_iter().enumerate() {
+        let status = child.wait().await.with_context(|| format!("waiting for worker {index}"))?;
+        if failure.is_none() && !merged.done.contains_key(&index) {
+            failure = Some(anyhow::anyhow!("worker {index} ended without its results ({status})"));
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    report(settings, merged.agg, merged.elapsed, merged.done, merged.interrupted)
+}
+
+/// What the coordinator learnt from its workers.
+pub(super) struct Merged {
+    pub agg: Aggregator,
+    pub elapsed: Duration,
+    pub done: BTreeMap<usize, WorkerSummary>,
+    /// The first error a worker reported (or its stream's).
+    pub failure: Option<anyhow::Error>,
+    pub interrupted: Option<crate::signals::Stop>,
+}
+
+/// Merge the workers' lines second by second until every sender is gone. A signal calls
+/// `interrupt` once (it makes the workers stop and send what they measured).
+pub(super) async fn merge(
+    settings: &Settings,
+    count: usize,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(usize, anyhow::Result<Line>)>,
+    mut interrupt: impl FnMut(),
+) -> anyhow::Result<Merged> {
     let progress = Progress::new(settings);
     let mut agg = Aggregator::default();
     // Last second each worker reported (None: nothing yet); done workers no longer hold seconds back.
@@ -212,12 +275,7 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
                 // The workers stop and send what they measured; from a terminal they got the
                 // signal too, from a supervisor (SIGTERM to this process) they did not.
                 interrupted = Some(stop);
-                for child in &children {
-                    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-                        unsafe { libc::kill(pid, libc::SIGTERM) };
-                    }
-                }
+                interrupt();
                 continue;
             }
         };
@@ -246,15 +304,17 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
         }
     }
     progress.finish();
-    for (index, mut child) in children.into_iter().enumerate() {
-        let status = child.wait().await.with_context(|| format!("waiting for worker {index}"))?;
-        if failure.is_none() && !done.contains_key(&index) {
-            failure = Some(anyhow::anyhow!("worker {index} ended without its results ({status})"));
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    Ok(Merged { agg, elapsed, done, failure, interrupted })
+}
+
+/// The report of a distributed run.
+pub(super) fn report(
+    settings: &Settings,
+    mut agg: Aggregator,
+    elapsed: Duration,
+    done: BTreeMap<usize, WorkerSummary>,
+    interrupted: Option<crate::signals::Stop>,
+) -> anyhow::Result<LoadReport> {
     agg.flush_all()?;
     let scenario = if settings.mix.len() == 1 {
         scenario_name(settings.mix[0].0).to_owned()

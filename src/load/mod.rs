@@ -1,10 +1,12 @@
 //! `audctl load`: an open-model (constant arrival rate or k6-style stages) or closed-model load
 //! generator against the audit API, with coordinated-omission-corrected latency, HDR histograms,
-//! thresholds that decide the exit code, an SVG plot and distributed local workers.
+//! thresholds that decide the exit code, an SVG plot and distributed workers (local processes, or
+//! the pods of a Kubernetes Job).
 
 pub mod distributed;
 pub mod engine;
 pub mod http;
+pub mod job;
 pub mod plan;
 pub mod plot;
 pub mod scenario;
@@ -99,10 +101,20 @@ pub fn run(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         return runtime.block_on(distributed::worker(&settings, index, count));
     }
     let started = chrono::Utc::now();
-    let report = match args.workers_local {
-        Some(0) => return Err(usage("--workers-local must be at least 1")),
-        Some(n) => runtime.block_on(distributed::coordinate(&settings, n))?,
-        None => runtime.block_on(local(&settings))?,
+    let report = match (args.workers_local, args.workers) {
+        (Some(0), _) => return Err(usage("--workers-local must be at least 1")),
+        (_, Some(0)) => return Err(usage("--workers must be at least 1")),
+        (Some(n), _) => runtime.block_on(distributed::coordinate(&settings, n))?,
+        (None, Some(n)) => {
+            let targets = crate::service::targets(global)?;
+            let opts = job::JobOptions {
+                kube: crate::kube::KubeSettings::resolve(global, targets.as_ref()),
+                namespace: global.namespace.clone(),
+                image: args.worker_image.clone().unwrap_or_default(),
+            };
+            runtime.block_on(job::coordinate(&settings, n, &opts))?
+        }
+        (None, None) => runtime.block_on(local(&settings))?,
     };
     finish(report, args, global, started, &runtime)
 }

@@ -101,6 +101,28 @@ impl Kube {
         &self.nodes
     }
 
+    /// Serve the logs of container `container` of pod `namespace/pod` from `file` (CRI log format,
+    /// `<RFC 3339 time> stdout F <line>`, as a container runtime writes it), followed like a running
+    /// container's: `kubectl logs -f` and the API's pods/log then read it through the apiserver and
+    /// kwok, which is how a test plays the runtime of a pod whose command it runs itself.
+    pub fn serve_logs(&self, namespace: &str, pod: &str, container: &str, file: &Path) -> anyhow::Result<()> {
+        let manifest = format!(
+            "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: Logs\nmetadata:\n  name: {pod}\n  namespace: {namespace}\n\
+             spec:\n  logs:\n  - containers: [{container}]\n    logsFile: {}\n    follow: true\n",
+            file.display()
+        );
+        let mut cmd = self.kubectl();
+        cmd.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child = cmd.spawn().context("starting kubectl")?;
+        use std::io::Write as _;
+        child.stdin.take().context("kubectl stdin")?.write_all(manifest.as_bytes())?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("kubectl apply of the Logs of {namespace}/{pod} failed ({status})");
+        }
+        Ok(())
+    }
+
     /// Process ids (each the leader of its own process group) of etcd, the control plane and kwok.
     pub fn pids(&self) -> Vec<u32> {
         self.processes.iter().map(Process::pid).collect()
@@ -126,6 +148,7 @@ struct Binaries {
     kwok: PathBuf,
     kwok_stages: PathBuf,
     storage_class: PathBuf,
+    kwok_logs_crd: PathBuf,
     crd_dirs: Vec<PathBuf>,
 }
 
@@ -148,6 +171,7 @@ impl Binaries {
             kwok: crate::require("kwok", &layout::kwok_bin(cache))?,
             kwok_stages: crate::require("kwok stages", &kwok_data.join("stages.yaml"))?,
             storage_class: crate::require("kwok storage class", &kwok_data.join("storage-class.yaml"))?,
+            kwok_logs_crd: crate::require("kwok Logs CRD", &kwok_data.join(layout::KWOK_LOGS_CRD_FILE))?,
             crd_dirs,
         })
     }
@@ -276,6 +300,9 @@ fn spawn_apiserver(bins: &Binaries, files: &Layout, etcd_port: u16, port: u16, t
         // The default reconciler rejects a loopback address for the `kubernetes` Service endpoints.
         .arg("--endpoint-reconciler-type=none")
         .args(["--allow-privileged=true", "--profiling=false"])
+        // kwok's nodes also report their name as a Hostname address, which resolves nowhere: logs
+        // and exec are proxied to the kubelet (kwok) at the InternalIP, 127.0.0.1.
+        .arg("--kubelet-preferred-address-types=InternalIP")
         .current_dir(&files.root);
     Ok(Process::spawn("kube-apiserver", cmd, files.logs.join("kube-apiserver.log"))?.with_grace(Duration::from_secs(5)))
 }
@@ -304,11 +331,20 @@ fn spawn_kwok(bins: &Binaries, files: &Layout) -> anyhow::Result<Process> {
         .with_context(|| format!("reading {}", bins.kwok_stages.display()))?;
     let config = files.root.join("kwok-stages.yaml");
     std::fs::write(&config, kwok_config(&upstream)?)?;
+    // kwok's kubelet API (pod logs) at the nodes' port, over TLS as the apiserver expects of a
+    // kubelet. The apiserver's own serving certificate (SAN 127.0.0.1) will do: the apiserver does
+    // not verify kubelets without --kubelet-certificate-authority.
+    let port = free_port()?;
+    let key = files.serving_cert.with_extension("key");
     let mut cmd = Command::new(&bins.kwok);
     cmd.arg(format!("--kubeconfig={}", files.kubeconfig.display()))
         .arg(format!("--config={}", config.display()))
         .args(["--manage-all-nodes=true", "--node-ip=127.0.0.1", "--cidr=10.244.0.1/16"])
-        .arg(format!("--server-address=127.0.0.1:{}", free_port()?))
+        .arg(format!("--server-address=127.0.0.1:{port}"))
+        .arg(format!("--node-port={port}"))
+        .arg(format!("--tls-cert-file={}", files.serving_cert.display()))
+        .arg(format!("--tls-private-key-file={}", key.display()))
+        .arg("--enable-crds=Logs")
         .arg("--node-lease-duration-seconds=40")
         .current_dir(&files.root);
     Process::spawn("kwok", cmd, files.logs.join("kwok.log"))
@@ -342,14 +378,11 @@ async fn load_objects(bins: &Binaries, files: &Layout, nodes: &[String]) -> anyh
     run(kubectl(&bins.kubectl, &files.kubeconfig).arg("create").arg("-f").arg(&nodes_file)).await?;
     let mut apply = kubectl(&bins.kubectl, &files.kubeconfig);
     // Server-side: some CRDs are too large for client-side apply's last-applied annotation.
-    apply.args(["apply", "--server-side", "-f"]).arg(&bins.storage_class);
+    apply.args(["apply", "--server-side", "-f"]).arg(&bins.storage_class).arg("-f").arg(&bins.kwok_logs_crd);
     for crd_dir in &bins.crd_dirs {
         apply.arg("-f").arg(crd_dir);
     }
     run(&mut apply).await?;
-    if bins.crd_dirs.is_empty() {
-        return Ok(());
-    }
     // `kubectl wait` fails at once on a CRD that has no status yet, so retry until the deadline.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -29,6 +29,11 @@ pub const KWOK_STAGES: &[&str] = &[
 ];
 /// The default StorageClass whose PVCs kwok's volume stages bind.
 pub const KWOK_STORAGE_CLASS: &str = "volume/fast/storage-class.yaml";
+/// kwok's `Logs` CRD, inside the kwok module: per-pod container logs served from a file, which is how
+/// a test plays the container runtime of a pod (see `Kube::serve_logs`).
+pub const KWOK_LOGS_CRD: &str = "kustomize/crd/bases/kwok.x-k8s.io_logs.yaml";
+/// Its name in the kwok data directory.
+pub const KWOK_LOGS_CRD_FILE: &str = "logs-crd.yaml";
 
 /// Where a set of CRDs comes from.
 pub enum CrdOrigin {

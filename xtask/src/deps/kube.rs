@@ -219,7 +219,7 @@ fn install_kwok(cache: &Path) -> anyhow::Result<()> {
     }
 
     let data = layout::kwok_data_dir(cache);
-    if data.join("stages.yaml").is_file() && data.join("storage-class.yaml").is_file() {
+    if ["stages.yaml", "storage-class.yaml", layout::KWOK_LOGS_CRD_FILE].iter().all(|f| data.join(f).is_file()) {
         eprintln!("kube: kwok stages cached in {}", data.display());
         return Ok(());
     }
@@ -239,6 +239,9 @@ fn install_kwok(cache: &Path) -> anyhow::Result<()> {
         let class = stage_dir.join(layout::KWOK_STORAGE_CLASS);
         std::fs::copy(&class, tmp.join("storage-class.yaml"))
             .with_context(|| format!("copying {}", class.display()))?;
+        let crd = module.join(layout::KWOK_LOGS_CRD);
+        std::fs::copy(&crd, tmp.join(layout::KWOK_LOGS_CRD_FILE))
+            .with_context(|| format!("copying {}", crd.display()))?;
         publish(&tmp, &data)
     })
 }
