@@ -66,14 +66,7 @@ async fn worker_pods_refused_by_admission_end_the_run_naming_why() -> anyhow::Re
 async fn two_workers_in_a_job_merge_exactly() -> anyhow::Result<()> {
     let k = kube_support::cluster().await;
     let client = kube_support::client(k).await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": NS, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest"
-        }}
-    }))?;
-    namespaces.create(&PostParams::default(), &ns).await.context("creating the namespace")?;
+    restricted_namespace(&client, NS).await?;
     let server = Server::start(Backend::Sqlite, "load_job").await?;
     let url = server.url();
     let before = counter(&url, "audit_events_ingested_total").await?;
@@ -91,7 +84,7 @@ async fn two_workers_in_a_job_merge_exactly() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let runtime = play_runtime(k, &client, logs.path(), 2);
+    let runtime = play_runtime(k, &client, NS, logs.path(), 2);
     let (out, workers) = tokio::time::timeout(Duration::from_secs(240), async { tokio::join!(coordinator, runtime) })
         .await
         .context("the distributed run did not end within 240 s")?;
@@ -134,6 +127,64 @@ async fn two_workers_in_a_job_merge_exactly() -> anyhow::Result<()> {
     server.stop().await
 }
 
+/// Ctrl-C to the coordinator deletes the pods; their workers get SIGTERM (from the kubelet: here
+/// the test's runtime), log what they measured, and the coordinator reports it, interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_reports_what_the_pods_measured() -> anyhow::Result<()> {
+    const INT: &str = "load-job-interrupted";
+    let k = kube_support::cluster().await;
+    let client = kube_support::client(k).await;
+    restricted_namespace(&client, INT).await?;
+    let server = Server::start(Backend::Sqlite, "load_job_int").await?;
+    let url = server.url();
+    let before = counter(&url, "audit_events_ingested_total").await?;
+    let logs = tempfile::tempdir()?;
+    let coordinator = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .arg("--kubeconfig")
+        .arg(k.kubeconfig())
+        .args(["-n", INT, "load", "--url", &url, "--rate", "20", "--duration", "120s", "--connections", "4"])
+        .args(["--workers", "2", "--worker-image", "registry.example/audctl:test", "--max-p99", "60s", "-o", "json"])
+        .env("AUDIT_API_KEY", KEY)
+        .env_remove("AUDCTL_TARGETS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = coordinator.id().context("pid")? as i32;
+    let runtime = tokio::spawn({
+        let (client, dir) = (client.clone(), logs.path().to_owned());
+        async move { play_runtime(kube_support::cluster().await, &client, INT, &dir, 2).await }
+    });
+    // Running: the server committed events of both workers' first seconds.
+    let started = std::time::Instant::now();
+    while counter(&url, "audit_events_ingested_total").await? < before + 40.0 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "the run never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: kill(2) on the child this test started and has not waited for.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = tokio::time::timeout(Duration::from_secs(90), coordinator.wait_with_output())
+        .await
+        .context("audctl did not stop within 90 s of the signal")??;
+    runtime.await??;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).context(stderr.clone())?;
+    assert_eq!(out.status.code(), Some(130), "{report:#}\n{stderr}");
+    assert!(report["interrupted"].as_str().unwrap_or_default().starts_with("SIGINT after"), "{report:#}");
+    let per_worker = report["workers"].as_array().context("workers")?;
+    assert_eq!(per_worker.len(), 2, "{report:#}");
+    let ok = report["ok"].as_f64().unwrap_or(0.0);
+    let sum: f64 = per_worker.iter().map(|w| w["ok"].as_f64().unwrap_or(0.0)).sum();
+    assert_eq!(ok, sum, "{report:#}");
+    assert!((40.0..2400.0).contains(&ok), "{report:#}");
+    // Every ok was committed; a request in flight per connection (4 per worker) may be committed
+    // and dropped uncounted.
+    let committed = counter(&url, "audit_events_ingested_total").await? - before;
+    assert!(committed >= ok && committed <= ok + 8.0, "committed {committed}, ok {ok}");
+    server.stop().await
+}
+
 /// What the runtime saw of a worker pod.
 struct Ran {
     pod: String,
@@ -143,17 +194,20 @@ struct Ran {
     spec_json: String,
 }
 
-/// Wait for `count` worker pods to be scheduled and run each one's command as its container would.
+/// Wait for `count` worker pods to be scheduled and run each one's command as its container would;
+/// like a kubelet, give a pod's process SIGTERM when the pod is deleted.
 async fn play_runtime(
     k: &testbed::Kube,
     client: &kube::Client,
+    ns: &str,
     dir: &std::path::Path,
     count: usize,
 ) -> anyhow::Result<Vec<Ran>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut started: BTreeMap<String, tokio::task::JoinHandle<anyhow::Result<()>>> = BTreeMap::new();
     let mut ran = Vec::new();
+    let mut pids: BTreeMap<String, u32> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while started.len() < count {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "worker pods not scheduled within 120 s");
@@ -207,7 +261,7 @@ async fn play_runtime(
 
             let log = dir.join(format!("{name}.log"));
             std::fs::File::create(&log)?;
-            k.serve_logs(NS, &name, &container.name, &log)?;
+            k.serve_logs(ns, &name, &container.name, &log)?;
             let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
                 .args(&args)
                 .env_clear()
@@ -218,6 +272,7 @@ async fn play_runtime(
                 .stderr(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()?;
+            pids.insert(name.clone(), child.id().context("pid")?);
             let (stdout, stderr) = (child.stdout.take().context("stdout")?, child.stderr.take().context("stderr")?);
             started.insert(
                 name.clone(),
@@ -230,6 +285,21 @@ async fn play_runtime(
                 }),
             );
             ran.push(Ran { pod: name, node, worker, spec_json: serde_json::to_string(&spec)? });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while !started.values().all(|t| t.is_finished()) {
+        let live = pods.list(&ListParams::default().labels("audctl.io/load-run")).await?.items;
+        for (name, pid) in std::mem::take(&mut pids) {
+            let deleted = !live
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == Some(name.as_str()) && p.metadata.deletion_timestamp.is_none());
+            if deleted && !started[&name].is_finished() {
+                // SAFETY: kill(2) of a process this test started and has not reaped.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            } else if !deleted {
+                pids.insert(name, pid);
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -248,5 +318,20 @@ async fn cri_log(from: impl tokio::io::AsyncRead + Unpin, stream: &str, file: &s
         let entry = format!("{now} {stream} F {line}\n");
         std::fs::OpenOptions::new().append(true).open(file)?.write_all(entry.as_bytes())?;
     }
+    Ok(())
+}
+
+/// A namespace enforcing the `restricted` Pod Security standard, as the release's does.
+async fn restricted_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest"
+        }}
+    }))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .context("creating the namespace")?;
     Ok(())
 }
