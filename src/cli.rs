@@ -88,7 +88,8 @@ pub enum Command {
     /// Verify the running service end to end (D-Day smoke tests).
     Smoke(SmokeArgs),
     /// Generate load against the service and enforce latency/error thresholds.
-    Load(LoadArgs),
+    // Boxed: by far the largest arguments, which every other variant would be sized to.
+    Load(Box<LoadArgs>),
     /// Back up PostgreSQL, Elasticsearch, Redis and Kafka.
     Backup(BackupArgs),
     /// Restore the datastores from a backup and verify the result.
@@ -486,6 +487,13 @@ pub struct LoadArgs {
     /// Image of the --workers pods: one with `audctl` on its PATH, of this version.
     #[arg(long, value_name = "IMAGE", requires = "workers")]
     pub worker_image: Option<String>,
+    /// JSON merge patch (RFC 7386) applied to the --workers Job, as kubectl run's --overrides:
+    /// e.g. '{"spec":{"template":{"spec":{"nodeSelector":{"pool":"load"}}}}}'.
+    #[arg(long, value_name = "JSON", requires = "workers")]
+    pub worker_overrides: Option<String>,
+    /// Print the Job --workers would create (YAML; the Secret's values are not shown) and exit.
+    #[arg(long, requires = "workers")]
+    pub dry_run: bool,
     /// Internal: run as worker INDEX/COUNT of a distributed run, streaming histograms on stdout.
     #[arg(long, hide = true, value_name = "INDEX/COUNT")]
     pub worker: Option<String>,

@@ -580,3 +580,46 @@ fn load_workers_in_the_cluster_need_an_image_and_a_count() {
     assert_eq!(both.status.code(), Some(2), "{}", text(&both.stderr));
     assert!(text(&both.stderr).contains("cannot be used with"), "{}", text(&both.stderr));
 }
+
+#[test]
+fn load_workers_dry_run_prints_the_job_without_the_key_or_the_cluster() {
+    let out = Command::new(env!("CARGO_BIN_EXE_audctl"))
+        .args(["-n", "perf", "load", "--url", "https://audit.example.com", "--rate", "90", "--duration", "2m"])
+        .args(["--workers", "3", "--worker-image", "reg.example/audctl:0.1", "--dry-run"])
+        .args(["--worker-overrides", r#"{"spec":{"template":{"spec":{"nodeSelector":{"pool":"load"}}}}}"#])
+        .env("AUDIT_API_KEY", "dry-run-secret-key")
+        // No cluster anywhere: a dry run does not contact one.
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .expect("run audctl");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!stdout.contains("dry-run-secret-key") && !text(&out.stderr).contains("dry-run-secret-key"));
+    let job: serde_yaml::Value = serde_yaml::from_str(&stdout).expect("YAML");
+    assert_eq!(job["kind"].as_str(), Some("Job"));
+    assert_eq!(job["spec"]["completions"].as_u64(), Some(3));
+    // 2 minutes, plus the 5-minute start-up allowance and one more.
+    assert_eq!(job["spec"]["activeDeadlineSeconds"].as_u64(), Some(120 + 300 + 60));
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeSelector"]["pool"].as_str(), Some("load"));
+    assert_eq!(pod["containers"][0]["image"].as_str(), Some("reg.example/audctl:0.1"));
+    let args: Vec<&str> =
+        pod["containers"][0]["args"].as_sequence().expect("args").iter().filter_map(|a| a.as_str()).collect();
+    assert!(args.windows(2).any(|w| w == ["--worker", "$(JOB_COMPLETION_INDEX)/3"]), "{args:?}");
+    assert!(stdout.starts_with("# Job perf/audctl-load-"), "{stdout}");
+
+    let bad = audctl_with_key(&[
+        "load",
+        "--url",
+        "https://a",
+        "--workers",
+        "2",
+        "--worker-image",
+        "i",
+        "--worker-overrides",
+        "{\"spec\":",
+        "--dry-run",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("--worker-overrides: not JSON"), "{}", text(&bad.stderr));
+}

@@ -77,6 +77,7 @@ async fn two_workers_in_a_job_merge_exactly() -> anyhow::Result<()> {
         .arg(k.kubeconfig())
         .args(["-n", NS, "load", "--url", &url, "--scenario", "ingest", "--rate", "40", "--duration", "3s"])
         .args(["--tenants", "4", "--workers", "2", "--worker-image", "registry.example/audctl:test"])
+        .args(["--worker-overrides", r#"{"spec":{"template":{"metadata":{"labels":{"team":"sre"}}}}}"#])
         // Counting, not timing (see tests/load.rs).
         .args(["--max-p99", "60s", "-o", "json"])
         .env("AUDIT_API_KEY", KEY)
@@ -114,6 +115,7 @@ async fn two_workers_in_a_job_merge_exactly() -> anyhow::Result<()> {
     assert_ne!(workers[0].node, workers[1].node, "workers spread over nodes");
     for w in &workers {
         assert!(!w.spec_json.contains(KEY), "the API key appears in pod {}'s spec", w.pod);
+        assert_eq!(w.labels.get("team").map(String::as_str), Some("sre"), "--worker-overrides on pod {}", w.pod);
     }
 
     // Nothing left behind: the Job (with its pods) and the Secret are deleted.
@@ -192,6 +194,7 @@ struct Ran {
     /// The `--worker` argument after expansion.
     worker: String,
     spec_json: String,
+    labels: BTreeMap<String, String>,
 }
 
 /// Wait for `count` worker pods to be scheduled and run each one's command as its container would;
@@ -284,7 +287,8 @@ async fn play_runtime(
                     Ok(())
                 }),
             );
-            ran.push(Ran { pod: name, node, worker, spec_json: serde_json::to_string(&spec)? });
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            ran.push(Ran { pod: name, node, worker, spec_json: serde_json::to_string(&spec)?, labels });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -58,6 +58,56 @@ pub struct JobOptions {
     pub namespace: String,
     /// An image with `audctl` on its PATH.
     pub image: String,
+    /// `--worker-overrides`: a JSON merge patch applied to the Job.
+    pub overrides: Option<serde_json::Value>,
+}
+
+/// `--worker-overrides`: a JSON object (a merge patch), or a usage error saying where it is not.
+pub fn parse_overrides(text: &str) -> anyhow::Result<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        usage(format!("--worker-overrides: not JSON: {e} (expected an object such as {{\"spec\":{{...}}}})"))
+    })?;
+    if !value.is_object() {
+        return Err(usage("--worker-overrides: expected a JSON object (a merge patch of the Job)"));
+    }
+    Ok(value)
+}
+
+/// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let serde_json::Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+    }
+}
+
+/// `--dry-run`: the Job on stdout, as YAML.
+pub fn print(settings: &Settings, count: usize, opts: &JobOptions) -> anyhow::Result<()> {
+    let name = run_name();
+    let job = job(&name, settings, count, &opts.image, opts.overrides.as_ref())?;
+    let mut text = format!(
+        "# Job {}/{name}; Secret {name} (not shown) holds the API key{}.\n",
+        opts.namespace,
+        if settings.ca_pem.is_some() { " and the CA file" } else { "" }
+    );
+    text.push_str(&serde_yaml::to_string(&job).context("writing the Job as YAML")?);
+    crate::output::print(text.as_bytes())
+}
+
+fn run_name() -> String {
+    format!("audctl-load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 pub async fn coordinate(settings: &Settings, count: usize, opts: &JobOptions) -> anyhow::Result<LoadReport> {
@@ -71,14 +121,17 @@ pub async fn coordinate(settings: &Settings, count: usize, opts: &JobOptions) ->
         );
     }
     let client = opts.kube.api_client().await?;
-    let name = format!("audctl-load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let name = run_name();
     let ns = opts.namespace.as_str();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
 
     secrets.create(&PostParams::default(), &secret(&name, settings)).await.map_err(|e| refused(e, "Secret", ns))?;
-    let job = match jobs.create(&PostParams::default(), &job(&name, settings, count, &opts.image)?).await {
+    let job = match jobs
+        .create(&PostParams::default(), &job(&name, settings, count, &opts.image, opts.overrides.as_ref())?)
+        .await
+    {
         Ok(j) => j,
         Err(e) => {
             let _ = secrets.delete(&name, &DeleteParams::default()).await;
@@ -333,7 +386,13 @@ fn secret(name: &str, settings: &Settings) -> Secret {
 }
 
 /// The Job of a run; its pods run `audctl load --worker $(JOB_COMPLETION_INDEX)/N ...`.
-pub fn job(name: &str, settings: &Settings, count: usize, image: &str) -> anyhow::Result<Job> {
+pub fn job(
+    name: &str,
+    settings: &Settings,
+    count: usize,
+    image: &str,
+    overrides: Option<&serde_json::Value>,
+) -> anyhow::Result<Job> {
     let ca = settings.ca_pem.as_ref().map(|_| format!("{CA_MOUNT}/ca.crt"));
     let args = distributed::worker_args(settings, "$(JOB_COMPLETION_INDEX)", count, ca.as_deref());
     let deadline = settings.model.duration() + START_TIMEOUT + Duration::from_secs(60);
@@ -345,14 +404,7 @@ pub fn job(name: &str, settings: &Settings, count: usize, image: &str) -> anyhow
             "valueFrom": {"secretKeyRef": {"name": name, "key": "api-key"}}
         }));
     }
-    let (mounts, volumes) = match ca {
-        Some(_) => (
-            serde_json::json!([{"name": "ca", "mountPath": CA_MOUNT, "readOnly": true}]),
-            serde_json::json!([{"name": "ca", "secret": {"secretName": name, "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]),
-        ),
-        None => (serde_json::json!([]), serde_json::json!([])),
-    };
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "labels": labels},
@@ -387,20 +439,33 @@ pub fn job(name: &str, settings: &Settings, count: usize, image: &str) -> anyhow
                         "command": ["audctl"],
                         "args": args,
                         "env": env,
-                        "volumeMounts": mounts,
                         "resources": {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
                         "securityContext": {
                             "allowPrivilegeEscalation": false,
                             "readOnlyRootFilesystem": true,
                             "capabilities": {"drop": ["ALL"]}
                         }
-                    }],
-                    "volumes": volumes
+                    }]
                 }
             }
         }
     });
-    serde_json::from_value(value).context("building the load Job")
+    if ca.is_some() {
+        let pod = &mut value["spec"]["template"]["spec"];
+        pod["volumes"] = serde_json::json!([{"name": "ca", "secret": {
+            "secretName": name, "items": [{"key": "ca.crt", "path": "ca.crt"}]
+        }}]);
+        pod["containers"][0]["volumeMounts"] =
+            serde_json::json!([{"name": "ca", "mountPath": CA_MOUNT, "readOnly": true}]);
+    }
+    match overrides {
+        None => serde_json::from_value(value).context("building the load Job"),
+        Some(patch) => {
+            merge_patch(&mut value, patch);
+            serde_json::from_value(value)
+                .map_err(|e| usage(format!("--worker-overrides: the patched Job is not a valid Job: {e}")))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -429,7 +494,7 @@ mod tests {
 
     #[test]
     fn pods_run_their_index_with_the_key_from_the_secret_and_the_ca_mounted() {
-        let job = job("audctl-load-1", &settings(true), 3, "reg/audctl:1").expect("job");
+        let job = job("audctl-load-1", &settings(true), 3, "reg/audctl:1", None).expect("job");
         let spec = job.spec.expect("spec");
         assert_eq!((spec.completions, spec.parallelism, spec.backoff_limit), (Some(3), Some(3), Some(0)));
         assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
@@ -458,9 +523,34 @@ mod tests {
 
     #[test]
     fn without_a_ca_nothing_is_mounted() {
-        let job = job("audctl-load-2", &settings(false), 1, "reg/audctl:1").expect("job");
+        let job = job("audctl-load-2", &settings(false), 1, "reg/audctl:1", None).expect("job");
         let pod = job.spec.expect("spec").template.spec.expect("pod");
         assert!(pod.volumes.unwrap_or_default().is_empty());
         assert!(!pod.containers[0].args.clone().unwrap_or_default().contains(&"--ca".to_owned()));
+    }
+
+    #[test]
+    fn overrides_merge_as_rfc_7386_says() {
+        // RFC 7386's own example (section 3).
+        let mut target = serde_json::json!({"title": "Goodbye!", "author": {"givenName": "John", "familyName": "Doe"},
+            "tags": ["example", "sample"], "content": "This will be unchanged"});
+        let patch = serde_json::json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890",
+            "author": {"familyName": null}, "tags": ["example"]});
+        merge_patch(&mut target, &patch);
+        assert_eq!(
+            target,
+            serde_json::json!({"title": "Hello!", "author": {"givenName": "John"}, "tags": ["example"],
+                "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"})
+        );
+        let patch =
+            parse_overrides(r#"{"spec":{"template":{"spec":{"nodeSelector":{"pool":"load"}}}}}"#).expect("json");
+        let patched = job("audctl-load-3", &settings(false), 2, "reg/audctl:1", Some(&patch)).expect("job");
+        let pod = patched.spec.expect("spec").template.spec.expect("pod");
+        assert_eq!(pod.node_selector.unwrap_or_default().get("pool").map(String::as_str), Some("load"));
+        assert_eq!(pod.containers[0].image.as_deref(), Some("reg/audctl:1"), "the rest is kept");
+        let bad = parse_overrides(r#"{"spec":{"completions":"many"}}"#).expect("json");
+        let err = job("audctl-load-4", &settings(false), 2, "i", Some(&bad)).expect_err("not a Job");
+        assert!(err.to_string().contains("--worker-overrides: the patched Job"), "{err}");
+        assert!(parse_overrides("[1]").is_err() && parse_overrides("{").is_err());
     }
 }

@@ -111,7 +111,11 @@ pub fn run(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 kube: crate::kube::KubeSettings::resolve(global, targets.as_ref()),
                 namespace: global.namespace.clone(),
                 image: args.worker_image.clone().unwrap_or_default(),
+                overrides: args.worker_overrides.as_deref().map(job::parse_overrides).transpose()?,
             };
+            if args.dry_run {
+                return job::print(&settings, n, &opts);
+            }
             runtime.block_on(job::coordinate(&settings, n, &opts))?
         }
         (None, None) => runtime.block_on(local(&settings))?,
