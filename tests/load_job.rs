@@ -41,15 +41,8 @@ async fn worker_pods_refused_by_admission_end_the_run_naming_why() -> anyhow::Re
     }))?;
     Api::<LimitRange>::namespaced(client.clone(), REFUSING).create(&PostParams::default(), &limits).await?;
     let started = std::time::Instant::now();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .arg("--kubeconfig")
-        .arg(k.kubeconfig())
-        .args(["-n", REFUSING, "load", "--url", "https://audit.example.invalid", "--rate", "10", "--duration", "1m"])
-        .args(["--workers", "2", "--worker-image", "registry.example/audctl:test"])
-        .env("AUDIT_API_KEY", KEY)
-        .env_remove("AUDCTL_TARGETS")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
+    let out = coordinator(k, REFUSING, "https://audit.example.invalid")
+        .args(["--rate", "10", "--duration", "1m"])
         .output()
         .await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -72,18 +65,9 @@ async fn two_workers_in_a_job_merge_exactly() -> anyhow::Result<()> {
     let before = counter(&url, "audit_events_ingested_total").await?;
     let logs = tempfile::tempdir()?;
 
-    let coordinator = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .arg("--kubeconfig")
-        .arg(k.kubeconfig())
-        .args(["-n", NS, "load", "--url", &url, "--scenario", "ingest", "--rate", "40", "--duration", "3s"])
-        .args(["--tenants", "4", "--workers", "2", "--worker-image", "registry.example/audctl:test"])
+    let coordinator = coordinator(k, NS, &url)
+        .args(["--scenario", "ingest", "--rate", "40", "--duration", "3s", "--tenants", "4"])
         .args(["--worker-overrides", r#"{"spec":{"template":{"metadata":{"labels":{"team":"sre"}}}}}"#])
-        // Counting, not timing (see tests/load.rs).
-        .args(["--max-p99", "60s", "-o", "json"])
-        .env("AUDIT_API_KEY", KEY)
-        .env_remove("AUDCTL_TARGETS")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .output();
     let runtime = play_runtime(k, &client, NS, logs.path(), 2);
     let (out, workers) = tokio::time::timeout(Duration::from_secs(240), async { tokio::join!(coordinator, runtime) })
@@ -141,14 +125,8 @@ async fn an_interrupted_run_reports_what_the_pods_measured() -> anyhow::Result<(
     let url = server.url();
     let before = counter(&url, "audit_events_ingested_total").await?;
     let logs = tempfile::tempdir()?;
-    let coordinator = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"))
-        .arg("--kubeconfig")
-        .arg(k.kubeconfig())
-        .args(["-n", INT, "load", "--url", &url, "--rate", "20", "--duration", "120s", "--connections", "4"])
-        .args(["--workers", "2", "--worker-image", "registry.example/audctl:test", "--max-p99", "60s", "-o", "json"])
-        .env("AUDIT_API_KEY", KEY)
-        .env_remove("AUDCTL_TARGETS")
-        .stdin(Stdio::null())
+    let coordinator = coordinator(k, INT, &url)
+        .args(["--rate", "20", "--duration", "120s", "--connections", "4"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -185,6 +163,22 @@ async fn an_interrupted_run_reports_what_the_pods_measured() -> anyhow::Result<(
     let committed = counter(&url, "audit_events_ingested_total").await? - before;
     assert!(committed >= ok && committed <= ok + 8.0, "committed {committed}, ok {ok}");
     server.stop().await
+}
+
+/// `audctl load --workers 2` in namespace `ns` against `url`, JSON report, key in the environment;
+/// the caller adds the model.
+fn coordinator(k: &testbed::Kube, ns: &str, url: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_audctl"));
+    cmd.arg("--kubeconfig")
+        .arg(k.kubeconfig())
+        .args(["-n", ns, "load", "--url", url, "--workers", "2", "--worker-image", "registry.example/audctl:test"])
+        // Counting, not timing (see tests/load.rs).
+        .args(["--max-p99", "60s", "-o", "json"])
+        .env("AUDIT_API_KEY", KEY)
+        .env_remove("AUDCTL_TARGETS")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
 }
 
 /// What the runtime saw of a worker pod.
