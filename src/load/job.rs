@@ -127,11 +127,10 @@ pub async fn coordinate(settings: &Settings, count: usize, opts: &JobOptions) ->
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
 
+    // Built first: an override that leaves no valid Job must not leave a Secret behind.
+    let manifest = job(&name, settings, count, &opts.image, opts.overrides.as_ref())?;
     secrets.create(&PostParams::default(), &secret(&name, settings)).await.map_err(|e| refused(e, "Secret", ns))?;
-    let job = match jobs
-        .create(&PostParams::default(), &job(&name, settings, count, &opts.image, opts.overrides.as_ref())?)
-        .await
-    {
+    let job = match jobs.create(&PostParams::default(), &manifest).await {
         Ok(j) => j,
         Err(e) => {
             let _ = secrets.delete(&name, &DeleteParams::default()).await;
@@ -205,7 +204,11 @@ async fn run(
     if let Some(e) = merged.failure {
         return Err(e);
     }
-    if let Some(missing) = (0..count).find(|i| !merged.done.contains_key(i)) {
+    // An interrupted run reports what the workers that started measured; otherwise every worker
+    // must have sent its results.
+    if merged.interrupted.is_none()
+        && let Some(missing) = (0..count).find(|i| !merged.done.contains_key(i))
+    {
         anyhow::bail!("worker {missing} (Job {name}) ended without its results");
     }
     distributed::report(settings, merged.agg, merged.elapsed, merged.done, merged.interrupted)
@@ -258,8 +261,12 @@ async fn follow_pods(
         if following.len() == count {
             break;
         }
-        if let Some(why) = job_failed(jobs, name).await {
-            anyhow::bail!("Job {name} failed: {why}");
+        match job_state(jobs, name).await {
+            JobState::Failed(why) => anyhow::bail!("Job {name} failed: {why}"),
+            // Deleted (by an interrupt, or by someone else): nothing more will start; the workers
+            // that did are still followed, and the missing ones are reported.
+            JobState::Gone => return Ok(()),
+            JobState::Active => {}
         }
         // The Job controller could not create a pod: refused by admission (Pod Security, a
         // LimitRange, a quota). It would retry, but a load run that cannot start all its workers
@@ -324,13 +331,29 @@ async fn follow_log(pods: Api<Pod>, pod: String, index: usize, tx: UnboundedSend
     let _ = tx.send((index, Err(anyhow::anyhow!("worker pod {pod} ended without its results"))));
 }
 
-async fn job_failed(jobs: &Api<Job>, name: &str) -> Option<String> {
-    let job = jobs.get_opt(name).await.ok().flatten()?;
-    let conditions = job.status?.conditions?;
-    conditions
+enum JobState {
+    Active,
+    Failed(String),
+    Gone,
+}
+
+async fn job_state(jobs: &Api<Job>, name: &str) -> JobState {
+    let job = match jobs.get_opt(name).await {
+        Ok(Some(j)) if j.metadata.deletion_timestamp.is_none() => j,
+        Ok(_) => return JobState::Gone,
+        // A failed read is not a verdict: the next round asks again.
+        Err(_) => return JobState::Active,
+    };
+    let failed = job
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
         .into_iter()
-        .find(|c| c.type_ == "Failed" && c.status == "True")
-        .map(|c| c.message.or(c.reason).unwrap_or_else(|| "no reason given".into()))
+        .find(|c| c.type_ == "Failed" && c.status == "True");
+    match failed {
+        Some(c) => JobState::Failed(c.message.or(c.reason).unwrap_or_else(|| "no reason given".into())),
+        None => JobState::Active,
+    }
 }
 
 /// The newest of the Job's warning events (of `reason` only, if given), and how many others there
