@@ -178,9 +178,9 @@ pub async fn coordinate(settings: &Settings, count: usize) -> anyhow::Result<Loa
         None => std::env::current_exe().context("finding the audctl executable for the workers")?,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, anyhow::Result<Line>)>();
+    let ca = settings.ca_path.as_ref().map(|p| p.display().to_string());
     let mut children = Vec::new();
     for index in 0..count {
-        let ca = settings.ca_path.as_ref().map(|p| p.display().to_string());
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(worker_args(settings, &index.to_string(), count, ca.as_deref()))
             .env_remove(crate::service::API_KEY_ENV)

@@ -157,9 +157,7 @@ pub async fn coordinate(settings: &Settings, count: usize, opts: &JobOptions) ->
 
     // The Job's deletion takes its pods (and the Secret it owns); the Secret is also deleted by name
     // in case its owner was not set.
-    let background =
-        DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
-    if let Err(e) = jobs.delete(&name, &background).await
+    if let Err(e) = jobs.delete(&name, &with_pods()).await
         && crate::kube::api_status(&e) != Some(404)
     {
         eprintln!(
@@ -193,9 +191,7 @@ async fn run(
         // Deleting the pods gives each worker SIGTERM: it stops and logs what it measured.
         let (jobs, name) = (jobs.clone(), name.to_owned());
         tokio::spawn(async move {
-            let dp =
-                DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
-            let _ = jobs.delete(&name, &dp).await;
+            let _ = jobs.delete(&name, &with_pods()).await;
         });
     })
     .await;
@@ -329,6 +325,11 @@ async fn follow_log(pods: Api<Pod>, pod: String, index: usize, tx: UnboundedSend
     }
     // The log ended (the container exited) before the worker's last line.
     let _ = tx.send((index, Err(anyhow::anyhow!("worker pod {pod} ended without its results"))));
+}
+
+/// Deleting a Job deletes its pods (and what it owns) too, in the background.
+fn with_pods() -> DeleteParams {
+    DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() }
 }
 
 enum JobState {
