@@ -165,6 +165,66 @@ async fn an_interrupted_run_reports_what_the_pods_measured() -> anyhow::Result<(
     server.stop().await
 }
 
+/// Ctrl-C while the worker pods run but before their logs are served (here: nobody plays the
+/// runtime, so they never are): the deleted pods end the wait for their logs at once, and the
+/// report is the empty interrupted run, not an error after the log retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_before_the_logs_are_served_reports_at_once() -> anyhow::Result<()> {
+    const EARLY: &str = "load-job-early";
+    let k = kube_support::cluster().await;
+    let client = kube_support::client(k).await;
+    restricted_namespace(&client, EARLY).await?;
+    let mut coordinator = coordinator(k, EARLY, "https://audit.example.invalid")
+        .args(["--rate", "10", "--duration", "1m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = coordinator.id().context("pid")? as i32;
+    // Both pods started (kwok runs a Job's pods to completion at once): audctl is now trying to
+    // open their logs.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), EARLY);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let started = pods
+            .list(&ListParams::default().labels("audctl.io/load-run"))
+            .await?
+            .items
+            .iter()
+            .filter(|p| {
+                let statuses = p.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+                let state = statuses.and_then(|c| c.first()).and_then(|c| c.state.as_ref());
+                state.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            })
+            .count();
+        if started == 2 {
+            break;
+        }
+        if let Some(status) = coordinator.try_wait()? {
+            let out = coordinator.wait_with_output().await?;
+            anyhow::bail!("audctl ended ({status}) before its pods ran: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "worker pods not started within 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let signalled = std::time::Instant::now();
+    // SAFETY: kill(2) on the child this test started and has not waited for.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = tokio::time::timeout(Duration::from_secs(90), coordinator.wait_with_output())
+        .await
+        .context("audctl did not stop within 90 s of the signal")??;
+    let took = signalled.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).context(stderr.clone())?;
+    assert_eq!(out.status.code(), Some(130), "{report:#}\n{stderr}");
+    assert!(report["interrupted"].as_str().unwrap_or_default().starts_with("SIGINT after"), "{report:#}");
+    assert_eq!(report["requests"].as_f64(), Some(0.0), "{report:#}");
+    assert!(stderr.contains("was deleted before its log was served"), "{stderr}");
+    // The log retries last 30 s; the deleted pods must not be waited for.
+    assert!(took < Duration::from_secs(25), "stopped {took:?} after the signal\n{stderr}");
+    Ok(())
+}
+
 /// `audctl load --workers 2` in namespace `ns` against `url`, JSON report, key in the environment;
 /// the caller adds the model.
 fn coordinator(k: &testbed::Kube, ns: &str, url: &str) -> tokio::process::Command {

@@ -279,7 +279,17 @@ pub(super) async fn merge(
                 continue;
             }
         };
-        match line? {
+        let line = match line {
+            Ok(line) => line,
+            // After an interrupt a worker may end without its results (its pod deleted before it
+            // started, a process killed): the run reports the workers that did send theirs.
+            Err(e) if interrupted.is_some() => {
+                progress.println(&format!("audctl load: worker {index}: {e:#} (after the interrupt)"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match line {
             Line::Interval(w) => {
                 agg.add(w.second, &Interval::from_wire(&w)?)?;
                 last[index] = Some(w.second);

@@ -293,6 +293,13 @@ async fn follow_log(pods: Api<Pod>, pod: String, index: usize, tx: UnboundedSend
         match pods.log_stream(&pod, &lp).await {
             Ok(s) => break s,
             Err(e) if attempts < LOG_OPEN_ATTEMPTS && !crate::kube::is_transport(&e) => {
+                // A pod deleted meanwhile (an interrupt deletes the Job) will never serve its log:
+                // waiting out the attempts would hold the interrupted run's report back.
+                if !pod_alive(&pods, &pod).await {
+                    let _ = tx
+                        .send((index, Err(anyhow::anyhow!("worker pod {pod} was deleted before its log was served"))));
+                    return;
+                }
                 tracing::debug!("log of worker pod {pod} not served yet: {e}");
                 attempts += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -325,6 +332,16 @@ async fn follow_log(pods: Api<Pod>, pod: String, index: usize, tx: UnboundedSend
     }
     // The log ended (the container exited) before the worker's last line.
     let _ = tx.send((index, Err(anyhow::anyhow!("worker pod {pod} ended without its results"))));
+}
+
+/// Whether the pod still exists and is not being deleted (an unanswered question counts as alive:
+/// the caller keeps trying).
+async fn pod_alive(pods: &Api<Pod>, pod: &str) -> bool {
+    match pods.get_opt(pod).await {
+        Ok(Some(p)) => p.metadata.deletion_timestamp.is_none(),
+        Ok(None) => false,
+        Err(_) => true,
+    }
 }
 
 /// Deleting a Job deletes its pods (and what it owns) too, in the background.

@@ -257,6 +257,11 @@ impl Progress {
         }
     }
 
+    /// A line on stderr that the live line does not overwrite.
+    pub fn println(&self, line: &str) {
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
