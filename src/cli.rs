@@ -637,6 +637,19 @@ pub enum RestoreCommand {
     Search(SearchRestoreArgs),
     /// Redis: copy every key with its TTL into the target, then compare key counts and TTLs.
     Redis(RedisRestoreArgs),
+    /// Kafka: replay an exported backup (`backup kafka --export`) into a topic, each record to its
+    /// partition in order, then compare every record.
+    Kafka(KafkaRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaRestoreArgs {
+    #[command(flatten)]
+    pub common: RestoreCommon,
+    /// Topic to restore into (default: the backup's). Created with the backup's partitions and
+    /// retention when missing; an existing one must be empty with enough partitions (or --force).
+    #[arg(long, value_name = "NAME")]
+    pub topic: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -658,14 +671,15 @@ pub struct RestoreCommon {
     #[arg(value_name = "BACKUP_ID")]
     pub id: String,
     /// Where to restore: PostgreSQL `postgres://user@host:port/db` (password in PGPASSWORD or inline;
-    /// required), search `http(s)://host:9200`, redis `redis://:password@host:port` (default: the
-    /// targets file's entry).
+    /// required), search `http(s)://host:9200`, redis `redis://:password@host:port`, Kafka
+    /// `host:port,host:port` (default: the targets file's entry).
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Restore over a target that already holds data (objects in the backup are dropped and recreated).
+    /// Restore over a target that already holds data (objects in the backup are dropped and
+    /// recreated; for Kafka, the topic).
     #[arg(long)]
     pub force: bool,
 }

@@ -181,6 +181,9 @@ pub fn run_restore(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()
         RestoreCommand::Search(a) => {
             runtime()?.block_on(recorded(&ctx, "restore", Component::Search, search::restore(&ctx, a)))
         }
+        RestoreCommand::Kafka(a) => {
+            runtime()?.block_on(recorded(&ctx, "restore", Component::Kafka, kafka::restore::restore(&ctx, a)))
+        }
     }
 }
 

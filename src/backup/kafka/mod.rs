@@ -3,6 +3,8 @@
 //! every partition (what a replay could start from); `--export` also copies the topic's records into
 //! the backup, one JSON line per record (key, value and headers base64), one file per partition.
 
+pub mod restore;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,7 @@ use crate::evidence::{Evidence, Outcome};
 
 /// The guide's Kafka retention: 7 days.
 pub const REQUIRED_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
-const TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,7 +45,7 @@ pub struct KafkaPoint {
     pub exported: Option<u64>,
 }
 
-fn unreachable(servers: &str, e: impl std::fmt::Display) -> anyhow::Error {
+pub(super) fn unreachable(servers: &str, e: impl std::fmt::Display) -> anyhow::Error {
     Unreachable { what: format!("Kafka at {servers}"), detail: e.to_string() }.into()
 }
 
