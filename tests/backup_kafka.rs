@@ -237,6 +237,32 @@ async fn restore_replays_every_record_in_order() -> anyhow::Result<()> {
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("without --export"), "{}", out.stderr);
 
+    // A line that does not decode (here with its checksum made to match, as a faulty writer would
+    // leave it) fails `backup verify` and stops a restore before anything is written.
+    let dir0 = repo.join("kafka").join(&id);
+    let file2 = dir0.join("topic").join("2.jsonl");
+    let text = std::fs::read_to_string(&file2)?;
+    let first = text.lines().next().context("a line")?;
+    let broken = r#"{"partition":2,"offset":0,"timestamp":null,"key":"@@","value":null,"headers":[]}"#;
+    std::fs::write(&file2, text.replacen(first, broken, 1))?;
+    let manifest_path = dir0.join("manifest.json");
+    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)?;
+    for f in manifest["files"].as_array_mut().context("files")? {
+        if f["path"] == "topic/2.jsonl" {
+            f["sha256"] = sha256sum(&file2).into();
+            f["size"] = std::fs::metadata(&file2)?.len().into();
+        }
+    }
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;
+    let v = audctl(&["-o", "json", "backup", "--repo", r, "verify", &id]).await;
+    assert_eq!(v.code, Some(1), "{}\n{}", v.stdout, v.stderr);
+    let row = v.json()["checks"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "exported records").cloned());
+    let actual = row.as_ref().and_then(|r| r["actual"].as_str()).unwrap_or_default().to_owned();
+    assert!(actual.contains("topic/2.jsonl line 1") && actual.contains("not base64"), "{row:?}");
+    let out = restore(&["--topic", "never-created"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("topic/2.jsonl line 1"), "{}", out.stderr);
+
     // A corrupted file is refused before anything is written: the topic is not even created.
     let file = repo.join("kafka").join(&id).join("topic").join("1.jsonl");
     let mut bytes = std::fs::read(&file)?;

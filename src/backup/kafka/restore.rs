@@ -77,12 +77,12 @@ impl Line {
 }
 
 /// Each partition's file of the backup, read line by line (a topic need not fit in memory).
-struct PartitionFile {
+pub(super) struct PartitionFile {
     partition: i32,
     path: PathBuf,
     /// Shown in messages: the path inside the backup.
     name: String,
-    records: u64,
+    pub(super) records: u64,
     oldest: Option<i64>,
 }
 
@@ -111,7 +111,7 @@ impl PartitionFile {
 }
 
 /// The partition files of the backup, each checked to decode before anything is written.
-fn partition_files(stored: &repo::Stored, point: &KafkaPoint) -> anyhow::Result<Vec<PartitionFile>> {
+pub(super) fn partition_files(stored: &repo::Stored, point: &KafkaPoint) -> anyhow::Result<Vec<PartitionFile>> {
     let mut files = Vec::new();
     for &partition in point.partitions.keys() {
         let name = format!("topic/{partition}.jsonl");
