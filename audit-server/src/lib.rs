@@ -115,9 +115,9 @@ impl ConsumerTasks {
     }
 }
 
-/// Open the store (migrating it), bind the listener and start serving.
-pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
-    let mut store = match &config.database_url {
+/// Open the store of `config` (PostgreSQL, else SQLite in its data directory), migrating it.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Ok(match &config.database_url {
         Some(url) => Store::Postgres(
             PgStore::connect(
                 url,
@@ -138,7 +138,12 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
                     .with_context(|| format!("opening SQLite database {}", path.display()))?,
             )
         }
-    };
+    })
+}
+
+/// Open the store (migrating it), bind the listener and start serving.
+pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
+    let mut store = open_store(&config).await?;
     let mut key_configs = config.api_keys.clone();
     let mut local_key_file = None;
     if key_configs.is_empty() {

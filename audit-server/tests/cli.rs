@@ -47,3 +47,26 @@ fn help_version_and_unknown_arguments_start_nothing() {
     }
     assert!(!home.path().join(".local/share/audit-server").exists(), "a data directory was created");
 }
+
+/// `search-reindex` refuses bad arguments and a configuration without a search cluster (exit 2)
+/// before it opens any database.
+#[test]
+fn search_reindex_refuses_bad_arguments_and_no_cluster() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let out = run(&["search-reindex", "--help"], home.path());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--since TIME"));
+    for (args, says) in [
+        (vec!["search-reindex", "--since", "yesterday"], "expected an RFC 3339 time"),
+        (vec!["search-reindex", "--batch", "0"], "expected 1 to 10000"),
+        (vec!["search-reindex", "--tenant"], "expected a value"),
+        (vec!["search-reindex", "--all"], "unknown argument \"--all\""),
+        (vec!["search-reindex"], "set AUDIT_SEARCH_URL"),
+    ] {
+        let out = run(&args, home.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert!(!home.path().join(".local/share/audit-server").exists(), "a data directory was created");
+}

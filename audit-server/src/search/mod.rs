@@ -6,6 +6,7 @@
 pub mod client;
 pub mod indexer;
 pub mod query;
+pub mod reindex;
 
 /// The indexer's consumer name in the outbox (cursors, lease, purge).
 pub const SEARCH: &str = "search";
