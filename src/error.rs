@@ -97,6 +97,12 @@ pub fn chain(err: &anyhow::Error) -> impl fmt::Display + '_ {
                     f.write_str(": ")?;
                 }
                 first = false;
+                // kube prints an API error as its text followed by the whole Status in Debug
+                // form, then the Status again as its source: say it once, with the HTTP code.
+                if let Some(kube::Error::Api(status)) = cause.downcast_ref::<kube::Error>() {
+                    let reason = if status.reason.is_empty() { String::new() } else { format!(" {}", status.reason) };
+                    return write!(f, "{} (HTTP {}{reason})", status.message, status.code);
+                }
                 write!(f, "{cause}")?;
             }
             Ok(())
@@ -109,6 +115,21 @@ pub fn chain(err: &anyhow::Error) -> impl fmt::Display + '_ {
 mod tests {
     use super::*;
     use anyhow::Context;
+
+    #[test]
+    fn a_kube_api_error_is_said_once_with_its_code() {
+        let status = kube::core::Status {
+            message: "namespaces \"audit-trail\" not found".into(),
+            reason: "NotFound".into(),
+            code: 404,
+            ..Default::default()
+        };
+        let err = anyhow::Error::new(kube::Error::Api(Box::new(status))).context("writing evidence x");
+        assert_eq!(
+            chain(&err).to_string(),
+            "writing evidence x: namespaces \"audit-trail\" not found (HTTP 404 NotFound)"
+        );
+    }
 
     #[test]
     fn classify_finds_typed_error_under_context() {

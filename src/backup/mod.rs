@@ -324,7 +324,43 @@ fn consistency_summary(m: &manifest::Manifest) -> String {
             }
             parts.join(", ")
         }
-        _ => c.to_string(),
+        // Read field by field: a manifest of another version may lack one; the JSON is the fallback.
+        Component::Kafka => {
+            let topic = c.get("topic").and_then(|v| v.as_str());
+            let partitions = c.get("partitions").and_then(|v| v.as_object()).map(|p| p.len());
+            let retention = c.get("retentionMs").and_then(|v| v.as_i64());
+            match (topic, partitions, retention) {
+                (Some(t), Some(p), Some(r)) => {
+                    let retention = if r < 0 { "unlimited".to_owned() } else { format!("{} h", r / 3_600_000) };
+                    let exported = match c.get("exported").and_then(|v| v.as_u64()) {
+                        Some(n) => format!(", {n} records exported"),
+                        None => ", offsets only".to_owned(),
+                    };
+                    let plural = if p == 1 { "" } else { "s" };
+                    format!("topic {t}: {p} partition{plural}, retention {retention}{exported}")
+                }
+                _ => c.to_string(),
+            }
+        }
+        Component::Search => {
+            let snapshot = c.get("snapshot").and_then(|v| v.as_str());
+            let state = c.get("state").and_then(|v| v.as_str());
+            let docs: Option<u64> =
+                c.get("indices").and_then(|v| v.as_object()).map(|i| i.values().filter_map(|d| d.as_u64()).sum());
+            match (snapshot, state, docs) {
+                (Some(s), Some(st), Some(d)) => format!("snapshot {s} ({st}), {d} documents"),
+                _ => c.to_string(),
+            }
+        }
+        Component::Redis => {
+            let node = c.get("node").and_then(|v| v.as_str());
+            let role = c.get("role").and_then(|v| v.as_str());
+            let keys = c.get("keys").and_then(|v| v.as_u64());
+            match (node, role, keys) {
+                (Some(n), Some(r), Some(k)) => format!("RDB from the {r} {n}, {k} keys"),
+                _ => c.to_string(),
+            }
+        }
     }
 }
 
@@ -887,5 +923,45 @@ async fn all(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         }
         Some(Failure::Usage) if classes.iter().all(|c| *c == Failure::Usage) => Err(usage(msg)),
         _ => Err(anyhow::anyhow!(msg)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn summary(component: Component, consistency: serde_json::Value) -> String {
+        let now = Utc::now();
+        let m = manifest::Manifest::new(
+            "x".into(),
+            component,
+            now,
+            now,
+            Vec::new(),
+            String::new(),
+            String::new(),
+            consistency,
+        );
+        consistency_summary(&m)
+    }
+
+    #[test]
+    fn consistency_points_read_as_sentences_and_fall_back_to_their_json() {
+        let kafka = json!({"topic": "audit-events", "retentionMs": 604800000, "retentionOk": true,
+                           "partitions": {"0": [0, 15], "1": [0, 30]}, "exported": 45});
+        assert_eq!(
+            summary(Component::Kafka, kafka),
+            "topic audit-events: 2 partitions, retention 168 h, 45 records exported"
+        );
+        let offsets_only = json!({"topic": "t", "retentionMs": -1, "partitions": {"0": [3, 9]}});
+        assert_eq!(summary(Component::Kafka, offsets_only), "topic t: 1 partition, retention unlimited, offsets only");
+        let search = json!({"repository": "r", "snapshot": "s1", "uuid": "u", "state": "SUCCESS",
+                            "indices": {"a": 3, "b": 4}, "shardsTotal": 2, "shardsFailed": 0});
+        assert_eq!(summary(Component::Search, search), "snapshot s1 (SUCCESS), 7 documents");
+        let redis = json!({"node": "redis://r:6379", "role": "replica", "keys": 12, "expires": 1});
+        assert_eq!(summary(Component::Redis, redis), "RDB from the replica redis://r:6379, 12 keys");
+        // A field missing (another version's manifest): the JSON as it is.
+        assert_eq!(summary(Component::Redis, json!({"node": "n"})), r#"{"node":"n"}"#);
     }
 }

@@ -1,4 +1,5 @@
-//! Byte progress (bytes written and rate) on stderr when it is a terminal; a summary line either way.
+//! Progress on stderr when it is a terminal (bytes written and rate, or items counted), and a
+//! summary line either way.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -10,6 +11,8 @@ pub struct Bytes {
     started: Instant,
     label: String,
     quiet: bool,
+    /// What is counted when it is not bytes (`records`, `keys`).
+    noun: Option<&'static str>,
 }
 
 impl Bytes {
@@ -31,13 +34,34 @@ impl Bytes {
         );
         bar.set_message(label.clone());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Bytes { bar, started: Instant::now(), label, quiet: false }
+        Bytes { bar, started: Instant::now(), label, quiet: false, noun: None }
+    }
+
+    /// A bar counting items (`noun`: "records", "keys") rather than bytes.
+    pub fn count(label: impl Into<String>, total: Option<u64>, noun: &'static str) -> Bytes {
+        let label = label.into();
+        let target =
+            if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bar = ProgressBar::with_draw_target(total, target);
+        let template = if total.is_some() {
+            format!("{{spinner}} {{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {noun} {{per_sec}} {{eta}}")
+        } else {
+            format!("{{spinner}} {{msg}} {{human_pos}} {noun} {{per_sec}} {{elapsed}}")
+        };
+        bar.set_style(
+            ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(label.clone());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Bytes { bar, started: Instant::now(), label, quiet: false, noun: Some(noun) }
     }
 
     /// Counts without showing or summarising anything.
     pub fn hidden() -> Bytes {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
-        Bytes { bar, started: Instant::now(), label: String::new(), quiet: true }
+        Bytes { bar, started: Instant::now(), label: String::new(), quiet: true, noun: None }
     }
 
     pub fn add(&self, n: u64) {
@@ -52,11 +76,16 @@ impl Bytes {
         self.bar.position()
     }
 
-    /// Clear the bar and print `label: N MiB in S s (R MiB/s)` on stderr.
+    /// Clear the bar and print `label: N MiB in S s (R MiB/s)` (or `N records in S s (R/s)`) on stderr.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
         if !self.quiet {
             let secs = self.started.elapsed().as_secs_f64();
+            if let Some(noun) = self.noun {
+                let n = self.bytes();
+                eprintln!("{}: {n} {noun} in {secs:.1} s ({:.0}/s)", self.label, n as f64 / secs.max(0.001));
+                return;
+            }
             let mib = self.bytes() as f64 / (1024.0 * 1024.0);
             eprintln!("{}: {mib:.1} MiB in {secs:.1} s ({:.1} MiB/s)", self.label, mib / secs.max(0.001));
         }

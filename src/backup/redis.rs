@@ -365,7 +365,7 @@ pub async fn restore(ctx: &Ctx<'_>, args: &RedisRestoreArgs) -> anyhow::Result<E
         redis::cmd("FLUSHALL").query_async::<()>(&mut tc).await?;
     }
     let dbs = keyspace(&mut sc).await?;
-    let progress = Bytes::new("keys copied", Some(dbs.values().map(|v| v.0).sum()));
+    let progress = Bytes::count("copied into the target", Some(dbs.values().map(|v| v.0).sum()), "keys");
     // Expiry per key as copied: compared with the target afterwards.
     let mut expiries: Vec<(u32, Vec<u8>, i64)> = Vec::new();
     for &db in dbs.keys() {

@@ -282,7 +282,7 @@ pub async fn restore(ctx: &Ctx<'_>, args: &KafkaRestoreArgs) -> anyhow::Result<E
         .set("message.timeout.ms", "120000")
         .create()
         .context("creating the Kafka producer")?;
-    let progress = Bytes::new(format!("records restored into {topic}"), Some(total));
+    let progress = Bytes::count(format!("restored into {topic}"), Some(total), "records");
     for f in &files {
         produce(&producer, &topic, f, &progress).await.map_err(|e| {
             e.context(format!(
