@@ -57,6 +57,10 @@ pub struct Args {
     /// Add two servers to the outbox comparison, one with only Kafka configured and one with only
     /// search (`--outbox-each`): what each consumer costs on its own.
     outbox_each: bool,
+    /// Add a server without the outbox whose acknowledged events this process publishes to the
+    /// topic and indexes itself, as the relay and indexer would (`--outbox-ceiling`): the brokers'
+    /// and the search node's work with nothing in PostgreSQL, the best any outbox could do here.
+    outbox_ceiling: bool,
     /// Print the outbox comparison's top statements per database from pg_stat_statements
     /// (`--pg-stats`; needs `AUDCTL_TESTBED_PG_CONF="shared_preload_libraries = 'pg_stat_statements'"`).
     pg_stats: bool,
@@ -88,6 +92,7 @@ fn args() -> Result<Args> {
         outbox: true,
         outbox_split: false,
         outbox_each: false,
+        outbox_ceiling: false,
         pg_stats: false,
         hold_snapshot: false,
         production_tuning: true,
@@ -119,6 +124,7 @@ fn args() -> Result<Args> {
             "--no-outbox" => a.outbox = false,
             "--outbox-split" => a.outbox_split = true,
             "--outbox-each" => a.outbox_each = true,
+            "--outbox-ceiling" => a.outbox_ceiling = true,
             "--pg-stats" => a.pg_stats = true,
             "--hold-snapshot" => a.hold_snapshot = true,
             "--pg" => {
@@ -139,7 +145,7 @@ fn args() -> Result<Args> {
             "--serve" => a.serve = Some(text()?),
             other => bail!(
                 "unknown argument {other}; expected --seconds N, --clients N, --batch-clients N, --pool N, --lanes N, \
-                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --outbox-split, --outbox-each, --pg-stats, --hold-snapshot, --pg production|testbed, --jvm steady|fast-start, --only LIST"
+                 --storage disk|tmpfs|both, --soak SECONDS, --no-outbox, --outbox-split, --outbox-each, --outbox-ceiling, --pg-stats, --hold-snapshot, --pg production|testbed, --jvm steady|fast-start, --only LIST"
             ),
         }
     }
@@ -525,13 +531,43 @@ async fn drive(
     per_request: u64,
     duration: Duration,
 ) -> Result<Figure> {
+    drive_with(http, url, bodies, clients, per_request, duration, None).await
+}
+
+/// Where a mirror gets each acknowledged request (the body posted and the server's answer),
+/// counted until the mirror has handled it.
+#[derive(Clone)]
+struct Acked {
+    tx: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Vec<u8>)>,
+    pending: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Acked {
+    fn send(&self, acked: (Vec<u8>, Vec<u8>)) {
+        self.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.tx.send(acked).is_err() {
+            self.pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// [`drive`], handing every acknowledged request to `mirror` (see `--outbox-ceiling`).
+async fn drive_with(
+    http: &reqwest::Client,
+    url: &str,
+    bodies: Arc<Vec<Vec<u8>>>,
+    clients: usize,
+    per_request: u64,
+    duration: Duration,
+    mirror: Option<Acked>,
+) -> Result<Figure> {
     let warmup = Duration::from_secs(2);
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (http, url, bodies) = (http.clone(), url.to_owned(), bodies.clone());
+        let (http, url, bodies, mirror) = (http.clone(), url.to_owned(), bodies.clone(), mirror.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let (mut ok, mut errors, mut i) = (0u64, 0u64, c);
@@ -542,6 +578,7 @@ async fn drive(
                 }
                 let body = bodies[i % bodies.len()].clone();
                 i += clients;
+                let posted = mirror.as_ref().map(|_| body.clone());
                 let r = http
                     .post(&url)
                     .header("x-api-key", KEY)
@@ -551,7 +588,10 @@ async fn drive(
                     .await;
                 let good = matches!(&r, Ok(r) if r.status().as_u16() == 201);
                 if let Ok(r) = r {
-                    let _ = r.bytes().await;
+                    let answer = r.bytes().await;
+                    if let (true, Some(m), Some(posted), Ok(answer)) = (good, &mirror, posted, answer) {
+                        m.send((posted, answer.to_vec()));
+                    }
                 }
                 if now >= measure_from {
                     if good {

@@ -6,7 +6,9 @@
 //! the machine's changing load and any drift over the run hit both alike. Then the relay and the
 //! indexer must drain: both lags back to 0. `--outbox-split` adds a server whose consumers cannot
 //! reach Kafka or search (rows written, never read), `--outbox-each` one with only Kafka and one
-//! with only search configured.
+//! with only search configured. `--outbox-ceiling` one without the outbox whose acknowledged events
+//! this process publishes and indexes itself ([`Mirror`]): the brokers' and the search node's
+//! share of the cost alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
-use super::{Figure, KEY, body_bytes, cpu, drive, event};
+use super::{Acked, Figure, KEY, body_bytes, cpu, drive, drive_with, event};
 
 /// The figures of both servers and a summary line.
 pub async fn outbox_cost(
@@ -31,8 +33,12 @@ pub async fn outbox_cost(
     let kafka = testbed::kafka_with(3, args.jvm).await?;
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create()?;
-    let topic = NewTopic::new("audit-events", 3, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
-    for r in admin.create_topics(&[topic], &AdminOptions::new()).await? {
+    // The ceiling mirror's topic is its own: the relay reads the audit topic's last records back.
+    let topics: Vec<NewTopic> = ["audit-events", CEILING_TOPIC]
+        .into_iter()
+        .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"))
+        .collect();
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
     }
     eprintln!("starting Elasticsearch (testbed, {:?} JVM)...", args.jvm);
@@ -57,6 +63,9 @@ pub async fn outbox_cost(
     if args.outbox_each {
         kinds.push(("bench_kafka_only", Kind::KafkaOnly));
         kinds.push(("bench_search_only", Kind::SearchOnly));
+    }
+    if args.outbox_ceiling {
+        kinds.push(("bench_ceiling", Kind::Ceiling));
     }
     let unreachable = unreachable_port()?;
     let mut servers = Vec::new();
@@ -94,6 +103,16 @@ pub async fn outbox_cost(
     // and PostgreSQL can be counted apart from theirs and from the JVMs'.
     let client_rt = cpu::client_runtime()?;
     let client_http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let mirror = match args.outbox_ceiling {
+        true => {
+            let mut s = tuned.search.clone().ok_or_else(|| anyhow::anyhow!("no search settings"))?;
+            s.index_settings = index_settings.clone();
+            s.index_prefix = "ceiling-events".into();
+            let bootstrap = kafka.bootstrap_servers().to_string();
+            Some(client_rt.spawn(async move { Mirror::start(&bootstrap, &s).await }).await??)
+        }
+        false => None,
+    };
     // Warm the JVMs up first (fast-start brokers compile for a minute after their start), and
     // every server with consumers (a fresh database's first run, statistics not yet gathered,
     // was seen far slower): these runs are not measured.
@@ -130,13 +149,18 @@ pub async fn outbox_cost(
             // after a run with the outbox must not run during the next one (it would be counted
             // against the run without it).
             drains.push(drain_all(http, &servers, &kinds).await?);
+            if let Some(m) = &mirror {
+                m.drain().await?;
+            }
             let server = &servers[i].0;
             let label = kinds[i].1.label();
             eprintln!("running: outbox comparison, round {}, {label}", round + 1);
             let url = format!("{}/api/v1/events", server.base_url());
             let before = cpu::sample();
             let (h, b) = (client_http.clone(), bodies.clone());
-            let f = client_rt.spawn(async move { drive(&h, &url, b, clients, 1, duration).await }).await??;
+            let acked = if kinds[i].1 == Kind::Ceiling { mirror.as_ref().map(|m| m.tx.clone()) } else { None };
+            let f =
+                client_rt.spawn(async move { drive_with(&h, &url, b, clients, 1, duration, acked).await }).await??;
             let after = cpu::sample();
             let used = after.since(&before);
             let server_cores = after.cores(&before, &[cpu::SERVERS, cpu::POSTGRES]);
@@ -163,6 +187,9 @@ pub async fn outbox_cost(
     drop(client_rt);
     // Everything the outbox servers stored must reach the topic and the index.
     drains.push(drain_all(http, &servers, &kinds).await?);
+    if let Some(m) = mirror {
+        m.drain().await?;
+    }
     let drains: Vec<String> = drains.iter().map(|[k, s]| format!("{k:.1}/{s:.1}")).collect();
     if let Some(from) = stats_from {
         pg_stats_print(pg, &urls, &from).await?;
@@ -211,6 +238,15 @@ pub async fn outbox_cost(
             eff / efficiency[0].max(1e-9),
         ));
     }
+    if let Some(i) = kinds.iter().position(|(_, k)| *k == Kind::Ceiling) {
+        summary.push_str(&format!(
+            " Ceiling (--outbox-ceiling): no outbox, this process publishing and indexing every acknowledged event \
+             itself {:.0} events/s (ratio {:.3}): the brokers' and the search node's share alone, the best any \
+             outbox can reach on this machine.",
+            means[i],
+            means[i] / means[0].max(1.0),
+        ));
+    }
     for (i, (_, kind)) in kinds.iter().enumerate().filter(|(_, (_, k))| matches!(k, Kind::KafkaOnly | Kind::SearchOnly))
     {
         summary.push_str(&format!(
@@ -251,13 +287,15 @@ enum Kind {
     RowsOnly,
     KafkaOnly,
     SearchOnly,
+    /// No outbox; the bench mirrors its acknowledged events to Kafka and search.
+    Ceiling,
 }
 
 impl Kind {
     /// Whether the server has Kafka and search configured.
     fn consumers(self) -> (bool, bool) {
         match self {
-            Kind::Plain => (false, false),
+            Kind::Plain | Kind::Ceiling => (false, false),
             Kind::Outbox | Kind::RowsOnly => (true, true),
             Kind::KafkaOnly => (true, false),
             Kind::SearchOnly => (false, true),
@@ -276,6 +314,7 @@ impl Kind {
             Kind::RowsOnly => "with outbox rows only (consumers unreachable)",
             Kind::KafkaOnly => "with the outbox, Kafka only",
             Kind::SearchOnly => "with the outbox, search only",
+            Kind::Ceiling => "without the outbox, its events published and indexed by the bench",
         }
     }
 
@@ -286,6 +325,7 @@ impl Kind {
             Kind::RowsOnly => "outbox rows only, unread",
             Kind::KafkaOnly => "outbox: Kafka only",
             Kind::SearchOnly => "outbox: search only",
+            Kind::Ceiling => "no outbox, mirrored by the bench",
         }
     }
 }
@@ -373,4 +413,95 @@ async fn pg_stats_print(pg: &testbed::postgres::Postgres, urls: &[(&str, String)
         eprintln!("{rows}");
     }
     Ok(())
+}
+
+const CEILING_TOPIC: &str = "ceiling-events";
+
+/// `--outbox-ceiling`: the brokers' and the search node's work without the outbox. Every event
+/// the ceiling server acknowledged (the posted event and its receipt make the stored event) is
+/// published as the relay publishes it (key tenant, value the stored event, `sequence` header;
+/// idempotent producer, acks=all, linger 20 ms) and bulk-indexed with the server's own search
+/// client (template, documents) in batches of up to 1000 every 200 ms, as the indexer does. The
+/// database does nothing for it: what is left of the outbox's cost is the JVMs' and the encoding.
+struct Mirror {
+    tx: Acked,
+    pending: Arc<std::sync::atomic::AtomicU64>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Mirror {
+    async fn start(bootstrap: &str, search: &audit_server::config::SearchConfig) -> Result<Mirror> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        use std::sync::atomic::Ordering;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "20")
+            .create()?;
+        let client = audit_server::search::client::SearchClient::new(search)?;
+        client.install_template().await.map_err(|e| anyhow::anyhow!("template: {e}"))?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Vec<u8>)>();
+        let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = pending.clone();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(1000);
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                let until = tokio::time::Instant::now() + Duration::from_millis(200);
+                while batch.len() < 1000 {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(x)) => batch.push(x),
+                        _ => break,
+                    }
+                }
+                let n = batch.len() as u64;
+                let events: Vec<audit_api::StoredEvent> =
+                    batch.drain(..).filter_map(|(posted, receipt)| stored(&posted, &receipt)).collect();
+                let mut deliveries = Vec::with_capacity(events.len());
+                for e in &events {
+                    let value = serde_json::to_vec(e).unwrap_or_default();
+                    let sequence = e.sequence.to_string();
+                    let headers =
+                        OwnedHeaders::new().insert(Header { key: "sequence", value: Some(sequence.as_bytes()) });
+                    let record =
+                        FutureRecord::to(CEILING_TOPIC).key(&e.metadata.tenant_id).payload(&value).headers(headers);
+                    if let Ok(d) = producer.send_result(record) {
+                        deliveries.push(d);
+                    }
+                }
+                if let Err(e) = client.bulk(&events).await {
+                    eprintln!("ceiling mirror: bulk failed: {e}");
+                }
+                for d in deliveries {
+                    let _ = d.await;
+                }
+                counted.fetch_sub(n, Ordering::Relaxed);
+            }
+        });
+        Ok(Mirror { tx: Acked { tx, pending: pending.clone() }, pending, _task: task })
+    }
+
+    /// Wait until every event handed to the mirror is published and indexed.
+    async fn drain(&self) -> Result<()> {
+        let start = Instant::now();
+        while self.pending.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            if start.elapsed() > Duration::from_secs(300) {
+                bail!("the ceiling mirror did not drain within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The stored event from what was posted and the receipt's id, sequence, timestamp and hashes.
+fn stored(posted: &[u8], receipt: &[u8]) -> Option<audit_api::StoredEvent> {
+    let mut event: serde_json::Value = serde_json::from_slice(posted).ok()?;
+    let receipt: serde_json::Value = serde_json::from_slice(receipt).ok()?;
+    for k in ["id", "sequence", "timestamp", "hash", "previousHash"] {
+        event[k] = receipt.get(k)?.clone();
+    }
+    serde_json::from_value(event).ok()
 }
