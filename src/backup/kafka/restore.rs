@@ -239,7 +239,11 @@ pub async fn restore(ctx: &Ctx<'_>, args: &KafkaRestoreArgs) -> anyhow::Result<E
                 "created with {needed} partitions, replication {replication}, retention.ms {}",
                 point.retention_ms
             ),
-            Some(_) if recreate => format!("deleted and recreated (--force) with {needed} partitions"),
+            Some(_) if recreate => format!(
+                "deleted and recreated (--force) with {needed} partitions, replication {replication}, retention.ms {} \
+                 (its other settings are not kept)",
+                point.retention_ms
+            ),
             Some(e) => format!("exists, empty, {} partitions", e.partitions.len()),
         }
     );
