@@ -250,16 +250,27 @@ enum Applied {
 
 impl Run<'_> {
     /// Apply in order, wait, then prune what `previous` had and `manifests` no longer have.
+    /// `rollback`: fields the controller-manager took meanwhile are taken back (see
+    /// [`controllers_only`]).
     async fn apply_and_wait(
         &self,
         manifests: &[Manifest],
         previous: &[ObjectRef],
         timeout: Duration,
         lock: &lock::Held,
+        rollback: bool,
     ) -> anyhow::Result<Applied> {
         let mut conflicts = Vec::new();
         for m in manifests {
-            match self.resources.apply(&self.client, m, self.args.force_conflicts, false).await {
+            let mut applied = self.resources.apply(&self.client, m, self.args.force_conflicts, false).await;
+            if rollback
+                && let Err(ApplyError::Conflict(c)) = &applied
+                && controllers_only(c)
+            {
+                eprintln!("{}: taking back {} from the controller-manager", m.id, c.join(", "));
+                applied = self.resources.apply(&self.client, m, true, false).await;
+            }
+            match applied {
                 Ok(_) => eprintln!("applied {}", m.id),
                 Err(ApplyError::Conflict(c)) => conflicts.push(apply::describe_conflict(&m.id, &c)),
                 Err(ApplyError::NoNamespace) => {
@@ -365,6 +376,16 @@ async fn ensure_namespace(
         Err(ApplyError::Other(e)) => Err(e),
         Err(e) => Err(anyhow::anyhow!("applying namespace {ns}: {e:?}")),
     }
+}
+
+/// Whether every conflicting field belongs to the controller-manager. A rollback restores a
+/// revision that was good; the revision it undoes may have had controllers take fields: above all
+/// a HorizontalPodAutoscaler, which sets `.spec.replicas` through the scale subresource (its
+/// templates leave the field to it). Restoring a revision without one means taking the count
+/// back, or the rollback fails on its own undo. Fields of any other manager (a person, another
+/// tool) are still refused without `--force-conflicts`.
+fn controllers_only(conflicts: &[String]) -> bool {
+    !conflicts.is_empty() && conflicts.iter().all(|c| c.contains("conflict with \"kube-controller-manager\""))
 }
 
 /// Server-side dry run of every object before anything changes: field-manager conflicts and
@@ -534,7 +555,7 @@ async fn run_deploy(global: &GlobalArgs, args: &DeployArgs) -> anyhow::Result<()
             return canary_deploy(&run, &mut revs, &mut rev, &canary, started_at, &held).await;
         }
         let timeout = args.apply.timeout.saturating_sub(started_at.elapsed()).max(Duration::from_secs(1));
-        let applied = run.apply_and_wait(&manifests, &previous, timeout, &held).await;
+        let applied = run.apply_and_wait(&manifests, &previous, timeout, &held, false).await;
         let applied = match applied {
             Ok(a) => a,
             Err(e) => Applied::Failed { what: vec![format!("{e:#}")] },
@@ -613,7 +634,7 @@ async fn canary_deploy(
     let (steps, why) = match outcome {
         Ok(canary::Outcome::Passed(steps)) => {
             eprintln!("canary passed {} step(s): promoting it to {}", steps.len(), c.plan.stable);
-            let applied = match run.apply_and_wait(c.manifests, c.previous, timeout, lock).await {
+            let applied = match run.apply_and_wait(c.manifests, c.previous, timeout, lock, false).await {
                 Ok(a) => a,
                 Err(e) => Applied::Failed { what: vec![format!("{e:#}")] },
             };
@@ -802,7 +823,7 @@ async fn roll_to(
     let started = Instant::now();
     let resources = resolve_all(&run.client, &manifests, &previous).await?;
     let sub = Run { client: run.client.clone(), resources, release: run.release, ns: run.ns, args: run.args };
-    let applied = sub.apply_and_wait(&manifests, &previous, timeout, lock).await?;
+    let applied = sub.apply_and_wait(&manifests, &previous, timeout, lock, true).await?;
     rev.finished = Some(release::now());
     match applied {
         Applied::Ready { pruned } => {
@@ -1123,6 +1144,21 @@ async fn run_rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollback_takes_back_only_what_the_controller_manager_took() {
+        // As the API server said it on the testbed (`deps up`): prod's HPA had scaled the failed
+        // revision, and the rollback to a revision with a replica count failed on it.
+        let hpa = vec![
+            r#".spec.replicas (conflict with "kube-controller-manager" with subresource "scale" using apps/v1)"#
+                .to_owned(),
+        ];
+        assert!(controllers_only(&hpa));
+        let person = vec![r#".data.KAFKA_TOPIC (conflict with "intruder" using v1)"#.to_owned()];
+        assert!(!controllers_only(&person));
+        assert!(!controllers_only(&[hpa[0].clone(), person[0].clone()]));
+        assert!(!controllers_only(&[]));
+    }
 
     fn revs(states: &[(u32, State)]) -> Vec<Revision> {
         states

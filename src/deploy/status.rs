@@ -102,13 +102,17 @@ pub fn pods(kind: &str, obj: &Value) -> Option<Pods> {
 }
 
 fn deployment(obj: &Value) -> Readiness {
+    // Generation first: until the controller has seen this apply, the conditions are about the
+    // previous rollout. A rollback right after a stuck one would otherwise fail on the stuck
+    // one's ProgressDeadlineExceeded (seen on the testbed), which the controller resets once it
+    // observes the new template.
+    if let Err(e) = observed(obj) {
+        return Readiness::InProgress(e);
+    }
     if let Some(c) = condition(obj, "Progressing")
         && c.get("reason").and_then(Value::as_str) == Some("ProgressDeadlineExceeded")
     {
         return Readiness::Failed(format!("rollout stuck: {}", cond_text(obj, "Progressing")));
-    }
-    if let Err(e) = observed(obj) {
-        return Readiness::InProgress(e);
     }
     let wanted = int(obj, &["spec", "replicas"]).unwrap_or(1);
     let updated = int(obj, &["status", "updatedReplicas"]).unwrap_or(0);
@@ -267,6 +271,11 @@ mod tests {
             {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
              "message": "ReplicaSet \"x-1\" has timed out progressing."}]}));
         assert!(matches!(assess("Deployment", &stuck), Readiness::Failed(m) if m.contains("ProgressDeadlineExceeded")));
+        // The same condition before the controller saw the new generation: the previous rollout's.
+        let earlier = dep(json!({"observedGeneration": 1, "replicas": 4, "updatedReplicas": 1, "conditions": [
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+             "message": "ReplicaSet \"x-1\" has timed out progressing."}]}));
+        assert!(matches!(assess("Deployment", &earlier), Readiness::InProgress(m) if m.contains("generation 2")));
         assert_eq!(pods("Deployment", &unavailable), Some(Pods { ready: 2, wanted: 3 }));
     }
 
