@@ -28,6 +28,19 @@ async fn topic(
     Ok(())
 }
 
+/// A targets file naming `kafka` and `topic` in `dir`, and where the repository goes.
+fn targets_and_repo(
+    dir: &std::path::Path,
+    kafka: &testbed::Kafka,
+    topic: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let targets = Targets {
+        kafka: Some(KafkaTarget { bootstrap_servers: kafka.target().bootstrap_servers, topic: topic.into() }),
+        ..Default::default()
+    };
+    (targets_file(dir, &targets), dir.join("repo"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_retention_and_export() -> anyhow::Result<()> {
     let kafka = testbed::kafka(1).await?;
@@ -50,14 +63,8 @@ async fn offsets_retention_and_export() -> anyhow::Result<()> {
     }
 
     let dir = tempfile::tempdir()?;
-    let targets = Targets {
-        kafka: Some(KafkaTarget { bootstrap_servers: kafka.target().bootstrap_servers, topic: "audit-events".into() }),
-        ..Default::default()
-    };
-    let targets = targets_file(dir.path(), &targets);
-    let t = targets.to_str().unwrap_or_default();
-    let repo = dir.path().join("repo");
-    let r = repo.to_str().unwrap_or_default();
+    let (targets, repo) = targets_and_repo(dir.path(), &kafka, "audit-events");
+    let (t, r) = (targets.to_str().unwrap_or_default(), repo.to_str().unwrap_or_default());
 
     let b = audctl(&["--targets", t, "-o", "json", "backup", "kafka", "--repo", r, "--export"]).await.ok().json();
     let c = &b["consistency"];
@@ -181,14 +188,8 @@ async fn restore_replays_every_record_in_order() -> anyhow::Result<()> {
     assert_eq!(source.values().map(Vec::len).sum::<usize>(), 120);
 
     let dir = tempfile::tempdir()?;
-    let targets = Targets {
-        kafka: Some(KafkaTarget { bootstrap_servers: kafka.target().bootstrap_servers, topic: "events".into() }),
-        ..Default::default()
-    };
-    let targets = targets_file(dir.path(), &targets);
-    let t = targets.to_str().unwrap_or_default();
-    let repo = dir.path().join("repo");
-    let r = repo.to_str().unwrap_or_default();
+    let (targets, repo) = targets_and_repo(dir.path(), &kafka, "events");
+    let (t, r) = (targets.to_str().unwrap_or_default(), repo.to_str().unwrap_or_default());
     let b = audctl(&["--targets", t, "-o", "json", "backup", "kafka", "--repo", r, "--export"]).await.ok().json();
     let id = b["id"].as_str().context("id")?.to_owned();
 

@@ -299,8 +299,16 @@ async fn suite(pg: &testbed::postgres::Postgres, args: &Args) -> Result<Vec<Figu
         written.push(sample);
         let before = scrape(&http, &base).await?;
         let cpu_before = cpu::sample();
-        let f = drive(&http, &format!("{base}{path}"), bodies, clients, per_request, Duration::from_secs(args.seconds))
-            .await?;
+        let f = drive(
+            &http,
+            &format!("{base}{path}"),
+            bodies,
+            clients,
+            per_request,
+            Duration::from_secs(args.seconds),
+            None,
+        )
+        .await?;
         let after = scrape(&http, &base).await?;
         let phases = format!("{}; {}", after.since(&before), cpu::sample().since(&cpu_before));
         eprintln!("  {phases}");
@@ -405,7 +413,7 @@ async fn soak(pg: &testbed::postgres::Postgres, args: &Args) -> Result<()> {
         let http = http.clone();
         let clients = args.clients;
         let seconds = args.soak;
-        async move { drive(&http, &url_events, bodies, clients, 1, Duration::from_secs(seconds)).await }
+        async move { drive(&http, &url_events, bodies, clients, 1, Duration::from_secs(seconds), None).await }
     });
     // drive() warms up for 2 s: the first sample is taken once it measures.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -522,18 +530,6 @@ fn body_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// A closed loop: `clients` tasks each POST back to back, a 2 s warm-up then `duration` measured.
-async fn drive(
-    http: &reqwest::Client,
-    url: &str,
-    bodies: Arc<Vec<Vec<u8>>>,
-    clients: usize,
-    per_request: u64,
-    duration: Duration,
-) -> Result<Figure> {
-    drive_with(http, url, bodies, clients, per_request, duration, None).await
-}
-
 /// Where a mirror gets each acknowledged request (the body posted and the server's answer),
 /// counted until the mirror has handled it.
 #[derive(Clone)]
@@ -551,8 +547,9 @@ impl Acked {
     }
 }
 
-/// [`drive`], handing every acknowledged request to `mirror` (see `--outbox-ceiling`).
-async fn drive_with(
+/// A closed loop: `clients` tasks each POST back to back, a 2 s warm-up then `duration` measured;
+/// every acknowledged request goes to `mirror` when there is one (see `--outbox-ceiling`).
+async fn drive(
     http: &reqwest::Client,
     url: &str,
     bodies: Arc<Vec<Vec<u8>>>,

@@ -19,7 +19,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
-use super::{Acked, Figure, KEY, body_bytes, cpu, drive, drive_with, event};
+use super::{Acked, Figure, KEY, body_bytes, cpu, drive, event};
 
 /// The figures of both servers and a summary line.
 pub async fn outbox_cost(
@@ -121,7 +121,7 @@ pub async fn outbox_cost(
         let url = format!("{}/api/v1/events", servers[i].0.base_url());
         let (h, b) = (client_http.clone(), bodies.clone());
         let warm = if *kind == Kind::Outbox { duration } else { duration / 2 };
-        client_rt.spawn(async move { drive(&h, &url, b, clients, 1, warm).await }).await??;
+        client_rt.spawn(async move { drive(&h, &url, b, clients, 1, warm, None).await }).await??;
     }
     let stats_from = match args.pg_stats {
         true => Some(pg_stats_reset(pg, &urls).await?),
@@ -159,8 +159,7 @@ pub async fn outbox_cost(
             let before = cpu::sample();
             let (h, b) = (client_http.clone(), bodies.clone());
             let acked = if kinds[i].1 == Kind::Ceiling { mirror.as_ref().map(|m| m.tx.clone()) } else { None };
-            let f =
-                client_rt.spawn(async move { drive_with(&h, &url, b, clients, 1, duration, acked).await }).await??;
+            let f = client_rt.spawn(async move { drive(&h, &url, b, clients, 1, duration, acked).await }).await??;
             let after = cpu::sample();
             let used = after.since(&before);
             let server_cores = after.cores(&before, &[cpu::SERVERS, cpu::POSTGRES]);

@@ -45,6 +45,18 @@ pub struct KafkaPoint {
     pub exported: Option<u64>,
 }
 
+/// The admin and consumer settings of backup and restore: no offsets committed, reads by offset.
+pub(super) fn client_config(servers: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", servers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("socket.timeout.ms", "20000");
+    config
+}
+
 pub(super) fn unreachable(servers: &str, e: impl std::fmt::Display) -> anyhow::Error {
     Unreachable { what: format!("Kafka at {servers}"), detail: e.to_string() }.into()
 }
@@ -57,13 +69,7 @@ pub async fn backup(ctx: &Ctx<'_>, args: &KafkaBackupArgs) -> anyhow::Result<Evi
         .ok_or_else(|| usage("no Kafka: the targets file (--targets FILE) needs a `kafka:` entry"))?;
     let servers = t.bootstrap_servers.join(",");
     let topic = args.topic.clone().unwrap_or(t.topic.clone());
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &servers)
-        .set("group.id", "audctl-backup")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("socket.timeout.ms", "20000");
+    let config = client_config(&servers, "audctl-backup");
     let admin: AdminClient<DefaultClientContext> = config.create().context("creating the Kafka admin client")?;
     let configs = tokio::time::timeout(
         TIMEOUT,

@@ -197,13 +197,7 @@ pub async fn restore(ctx: &Ctx<'_>, args: &KafkaRestoreArgs) -> anyhow::Result<E
     let topic = args.topic.clone().unwrap_or_else(|| point.topic.clone());
     let needed = point.partitions.keys().max().map_or(1, |p| p + 1);
 
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &servers)
-        .set("group.id", "audctl-restore")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("socket.timeout.ms", "20000");
+    let config = super::client_config(&servers, "audctl-restore");
     let admin: AdminClient<DefaultClientContext> = config.create().context("creating the Kafka admin client")?;
     let consumer: BaseConsumer = config.create().context("creating the Kafka consumer")?;
     let (existing, brokers) = tokio::task::block_in_place(|| describe(&consumer, &servers, &topic))?;
