@@ -208,6 +208,9 @@ async fn search_reindex(what: Reindex) -> std::process::ExitCode {
             );
             if done.refused > 0 { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
         }
+        Err(e) if e.downcast_ref::<audit_server::search::reindex::UnknownTenant>().is_some() => {
+            usage_error(&format!("search-reindex: {e:#}"))
+        }
         Err(e) => {
             eprintln!("audit-server search-reindex: {e:#}");
             std::process::ExitCode::FAILURE

@@ -296,6 +296,9 @@ async fn indexed_and_searched(product: Product, backend: Backend) -> Result<()> 
     // The index lost (a snapshot restored without the newest events, or search configured late):
     // `audit-server search-reindex` indexes the events again from the database.
     delete_indices(&search).await?;
+    let unknown = reindex_command(&db, &search, &["--tenant", "tenant-z"]).output().await?;
+    ensure!(unknown.status.code() == Some(2), "an unknown tenant: {unknown:?}");
+    ensure!(String::from_utf8_lossy(&unknown.stderr).contains("\"tenant-z\" has no events"), "{unknown:?}");
     let one = reindex(&db, &search, &["--tenant", "tenant-b"]).await?;
     ensure!(one["indexed"] == 12 && one["tenants"] == 1 && one["refused"] == 0, "{one}");
     ensure!(count_in_cluster(&search, "tenant-a").await? == 0 && count_in_cluster(&search, "tenant-b").await? == 12);
@@ -332,6 +335,15 @@ async fn delete_indices(search: &testbed::search::Search) -> Result<()> {
 
 /// Run `audit-server search-reindex ARGS` on `db` and `search`; its JSON summary.
 async fn reindex(db: &Db, search: &testbed::search::Search, args: &[&str]) -> Result<Value> {
+    let mut cmd = reindex_command(db, search, args);
+    let out = tokio::time::timeout(DEADLINE, cmd.output()).await.context("search-reindex did not finish")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "search-reindex {args:?}: {:?}\n{stderr}", out.status);
+    serde_json::from_slice(&out.stdout).with_context(|| format!("search-reindex {args:?} printed no JSON: {stderr}"))
+}
+
+/// `audit-server search-reindex ARGS` with the configuration of `db` and `search`.
+fn reindex_command(db: &Db, search: &testbed::search::Search, args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_audit-server"));
     cmd.arg("search-reindex")
         .args(args)
@@ -344,10 +356,7 @@ async fn reindex(db: &Db, search: &testbed::search::Search, args: &[&str]) -> Re
     if let Some(url) = &db.url {
         cmd.env("DATABASE_URL", url);
     }
-    let out = tokio::time::timeout(DEADLINE, cmd.output()).await.context("search-reindex did not finish")??;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "search-reindex {args:?}: {:?}\n{stderr}", out.status);
-    serde_json::from_slice(&out.stdout).with_context(|| format!("search-reindex {args:?} printed no JSON: {stderr}"))
+    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

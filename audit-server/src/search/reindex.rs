@@ -36,6 +36,18 @@ pub struct Reindexed {
     pub first_refusal: Option<String>,
 }
 
+/// A `--tenant` with no events in the database: a mistyped id, said before anything is indexed.
+#[derive(Debug)]
+pub struct UnknownTenant(pub String);
+
+impl std::fmt::Display for UnknownTenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tenant {:?} has no events in the database", self.0)
+    }
+}
+
+impl std::error::Error for UnknownTenant {}
+
 /// Attempts per bulk request, and per refused item, before giving up on it.
 const ATTEMPTS: u32 = 4;
 
@@ -54,8 +66,8 @@ pub async fn reindex(
     let tenants = if what.tenants.is_empty() {
         heads
     } else {
-        for t in &what.tenants {
-            anyhow::ensure!(heads.contains(t), "tenant {t:?} has no events in the database");
+        if let Some(t) = what.tenants.iter().find(|t| !heads.contains(t)) {
+            return Err(UnknownTenant(t.clone()).into());
         }
         what.tenants.clone()
     };
