@@ -92,7 +92,8 @@ fn reindex_args(args: &[String]) -> Result<Reindex, std::process::ExitCode> {
             return Err(usage_error(&format!("search-reindex {flag}: expected a value after it\n{REINDEX_USAGE}")));
         };
         match flag.as_str() {
-            "--tenant" if !value.is_empty() => r.tenants.push(value.clone()),
+            "--tenant" if value.is_empty() => return Err(usage_error("search-reindex --tenant: expected a tenant id")),
+            "--tenant" => r.tenants.push(value.clone()),
             "--since" => match chrono::DateTime::parse_from_rfc3339(value) {
                 Ok(t) => r.since = Some(t.with_timezone(&chrono::Utc)),
                 Err(e) => {
@@ -101,12 +102,11 @@ fn reindex_args(args: &[String]) -> Result<Reindex, std::process::ExitCode> {
                     )));
                 }
             },
-            "--batch" => match value.parse::<u32>() {
+            // --batch, the last of the flags checked above.
+            _ => match value.parse::<u32>() {
                 Ok(n) if (1..=10_000).contains(&n) => r.batch = n,
                 _ => return Err(usage_error(&format!("search-reindex --batch {value:?}: expected 1 to 10000"))),
             },
-            "--tenant" => return Err(usage_error("search-reindex --tenant: expected a tenant id")),
-            other => return Err(usage_error(&format!("search-reindex: unknown argument {other:?}"))),
         }
     }
     Ok(r)

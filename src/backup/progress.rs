@@ -18,15 +18,29 @@ pub struct Bytes {
 impl Bytes {
     /// A bar counting bytes of `label` (its total, when known, gives an ETA).
     pub fn new(label: impl Into<String>, total: Option<u64>) -> Bytes {
-        let label = label.into();
-        let target =
-            if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        let bar = ProgressBar::with_draw_target(total, target);
         let template = if total.is_some() {
             "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}"
         } else {
             "{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}"
         };
+        Bytes::shown(label.into(), total, template, None)
+    }
+
+    /// A bar counting items (`noun`: "records", "keys") rather than bytes.
+    pub fn count(label: impl Into<String>, total: Option<u64>, noun: &'static str) -> Bytes {
+        let template = if total.is_some() {
+            format!("{{spinner}} {{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {noun} {{per_sec}} {{eta}}")
+        } else {
+            format!("{{spinner}} {{msg}} {{human_pos}} {noun} {{per_sec}} {{elapsed}}")
+        };
+        Bytes::shown(label.into(), total, &template, Some(noun))
+    }
+
+    /// A bar drawn with `template` on stderr when it is a terminal.
+    fn shown(label: String, total: Option<u64>, template: &str, noun: Option<&'static str>) -> Bytes {
+        let target =
+            if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bar = ProgressBar::with_draw_target(total, target);
         bar.set_style(
             ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -34,28 +48,7 @@ impl Bytes {
         );
         bar.set_message(label.clone());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Bytes { bar, started: Instant::now(), label, quiet: false, noun: None }
-    }
-
-    /// A bar counting items (`noun`: "records", "keys") rather than bytes.
-    pub fn count(label: impl Into<String>, total: Option<u64>, noun: &'static str) -> Bytes {
-        let label = label.into();
-        let target =
-            if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        let bar = ProgressBar::with_draw_target(total, target);
-        let template = if total.is_some() {
-            format!("{{spinner}} {{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {noun} {{per_sec}} {{eta}}")
-        } else {
-            format!("{{spinner}} {{msg}} {{human_pos}} {noun} {{per_sec}} {{elapsed}}")
-        };
-        bar.set_style(
-            ProgressStyle::with_template(&template)
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.set_message(label.clone());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Bytes { bar, started: Instant::now(), label, quiet: false, noun: Some(noun) }
+        Bytes { bar, started: Instant::now(), label, quiet: false, noun }
     }
 
     /// Counts without showing or summarising anything.

@@ -61,6 +61,38 @@ pub(super) fn unreachable(servers: &str, e: impl std::fmt::Display) -> anyhow::E
     Unreachable { what: format!("Kafka at {servers}"), detail: e.to_string() }.into()
 }
 
+/// The topic as the target cluster has it now.
+pub(super) struct Existing {
+    /// partition -> [earliest, latest) offsets.
+    pub(super) partitions: BTreeMap<i32, (i64, i64)>,
+}
+
+impl Existing {
+    pub(super) fn records(&self) -> i64 {
+        self.partitions.values().map(|(low, high)| high - low).sum()
+    }
+}
+
+/// The topic's partitions, `None` when it does not exist; also the number of brokers.
+pub(super) fn describe(
+    consumer: &BaseConsumer,
+    servers: &str,
+    topic: &str,
+) -> anyhow::Result<(Option<Existing>, usize)> {
+    let md = consumer.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| unreachable(servers, e))?;
+    let brokers = md.brokers().len();
+    let Some(tm) = md.topics().iter().find(|t| t.name() == topic) else { return Ok((None, brokers)) };
+    if tm.error().is_some() || tm.partitions().is_empty() {
+        return Ok((None, brokers));
+    }
+    let mut partitions = BTreeMap::new();
+    for p in tm.partitions() {
+        let marks = consumer.fetch_watermarks(topic, p.id(), TIMEOUT).map_err(|e| unreachable(servers, e))?;
+        partitions.insert(p.id(), marks);
+    }
+    Ok((Some(Existing { partitions }), brokers))
+}
+
 pub async fn backup(ctx: &Ctx<'_>, args: &KafkaBackupArgs) -> anyhow::Result<Evidence> {
     let started = Utc::now();
     let t = ctx
@@ -92,21 +124,10 @@ pub async fn backup(ctx: &Ctx<'_>, args: &KafkaBackupArgs) -> anyhow::Result<Evi
     let retention_ok = !(0..REQUIRED_RETENTION_MS).contains(&retention_ms);
 
     let consumer: BaseConsumer = config.create().context("creating the Kafka consumer")?;
-    let (partitions, version) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
-        let md = consumer.fetch_metadata(Some(&topic), TIMEOUT).map_err(|e| unreachable(&servers, e))?;
-        let tm =
-            md.topics().iter().find(|x| x.name() == topic).with_context(|| format!("no metadata for topic {topic}"))?;
-        if let Some(err) = tm.error() {
-            bail!("topic {topic}: {err:?} (does the topic exist?)");
-        }
-        let mut partitions = BTreeMap::new();
-        for p in tm.partitions() {
-            let (low, high) =
-                consumer.fetch_watermarks(&topic, p.id(), TIMEOUT).map_err(|e| unreachable(&servers, e))?;
-            partitions.insert(p.id(), (low, high));
-        }
-        Ok((partitions, format!("{} brokers", md.brokers().len())))
-    })?;
+    let (partitions, version) = match tokio::task::block_in_place(|| describe(&consumer, &servers, &topic))? {
+        (Some(t), brokers) => (t.partitions, format!("{brokers} brokers")),
+        (None, _) => bail!("topic {topic}: not in the cluster's metadata (does the topic exist?)"),
+    };
 
     let mut staging = ctx.repo.begin(Component::Kafka, started)?;
     let mut exported = None;

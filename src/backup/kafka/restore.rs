@@ -22,7 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use super::{KafkaPoint, TIMEOUT, unreachable};
+use super::{KafkaPoint, TIMEOUT, describe, unreachable};
 use crate::backup::progress::Bytes;
 use crate::backup::{Check, Component, Ctx, RestoreReport, repo};
 use crate::cli::KafkaRestoreArgs;
@@ -132,33 +132,6 @@ pub(super) fn partition_files(stored: &repo::Stored, point: &KafkaPoint) -> anyh
         files.push(file);
     }
     Ok(files)
-}
-
-/// The topic as the target cluster has it now.
-struct Existing {
-    partitions: BTreeMap<i32, (i64, i64)>,
-}
-
-impl Existing {
-    fn records(&self) -> i64 {
-        self.partitions.values().map(|(low, high)| high - low).sum()
-    }
-}
-
-/// `None` when the topic does not exist; also the number of brokers.
-fn describe(consumer: &BaseConsumer, servers: &str, topic: &str) -> anyhow::Result<(Option<Existing>, usize)> {
-    let md = consumer.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| unreachable(servers, e))?;
-    let brokers = md.brokers().len();
-    let Some(tm) = md.topics().iter().find(|t| t.name() == topic) else { return Ok((None, brokers)) };
-    if tm.error().is_some() || tm.partitions().is_empty() {
-        return Ok((None, brokers));
-    }
-    let mut partitions = BTreeMap::new();
-    for p in tm.partitions() {
-        let marks = consumer.fetch_watermarks(topic, p.id(), TIMEOUT).map_err(|e| unreachable(servers, e))?;
-        partitions.insert(p.id(), marks);
-    }
-    Ok((Some(Existing { partitions }), brokers))
 }
 
 fn bootstrap(ctx: &Ctx<'_>, target: Option<&str>) -> anyhow::Result<String> {
