@@ -530,21 +530,33 @@ fn body_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// Where a mirror gets each acknowledged request (the body posted and the server's answer),
-/// counted until the mirror has handled it.
+/// Where a mirror gets each acknowledged request as the stored event (the body posted and the
+/// server's answer make it), counted until the mirror has handled it. The conversion runs on the
+/// caller's (load client) threads: a relay has the stored event in memory and does not pay it.
 #[derive(Clone)]
 struct Acked {
-    tx: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Vec<u8>)>,
+    tx: tokio::sync::mpsc::UnboundedSender<audit_api::StoredEvent>,
     pending: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Acked {
-    fn send(&self, acked: (Vec<u8>, Vec<u8>)) {
+    fn send(&self, posted: &[u8], receipt: &[u8]) {
+        let Some(event) = stored(posted, receipt) else { return };
         self.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if self.tx.send(acked).is_err() {
+        if self.tx.send(event).is_err() {
             self.pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// The stored event from what was posted and the receipt's id, sequence, timestamp and hashes.
+fn stored(posted: &[u8], receipt: &[u8]) -> Option<audit_api::StoredEvent> {
+    let mut event: serde_json::Value = serde_json::from_slice(posted).ok()?;
+    let receipt: serde_json::Value = serde_json::from_slice(receipt).ok()?;
+    for k in ["id", "sequence", "timestamp", "hash", "previousHash"] {
+        event[k] = receipt.get(k)?.clone();
+    }
+    serde_json::from_value(event).ok()
 }
 
 /// A closed loop: `clients` tasks each POST back to back, a 2 s warm-up then `duration` measured;
@@ -587,7 +599,7 @@ async fn drive(
                 if let Ok(r) = r {
                     let answer = r.bytes().await;
                     if let (true, Some(m), Some(posted), Ok(answer)) = (good, &mirror, posted, answer) {
-                        m.send((posted, answer.to_vec()));
+                        m.send(&posted, &answer);
                     }
                 }
                 if now >= measure_from {

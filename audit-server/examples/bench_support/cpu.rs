@@ -25,11 +25,14 @@ pub const POSTGRES: &str = "postgres";
 
 /// A runtime for the load clients alone, so that their CPU is told apart from the servers'.
 pub fn client_runtime() -> std::io::Result<ClientRuntime> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(CLIENT_THREAD)
-        .enable_all()
-        .build()?;
+    runtime(CLIENT_THREAD, 2)
+}
+
+/// A runtime of `threads` threads named `name`: threads not named [`CLIENT_THREAD`] count as
+/// the servers' (the ceiling's mirror runs on one, so that its encoding counts as the relay's).
+pub fn runtime(name: &str, threads: usize) -> std::io::Result<ClientRuntime> {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).thread_name(name).enable_all().build()?;
     Ok(ClientRuntime(Some(rt)))
 }
 
