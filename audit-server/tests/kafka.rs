@@ -1,9 +1,10 @@
 //! The Kafka event stream on the testbed's real Kafka (3 brokers, KRaft): every stored event is on
 //! the audit topic exactly once per tenant sequence, in chain order, with a value that re-hashes
 //! (checked by the Python verifier, which shares no code with the server), after a happy run, a
-//! broker stopped and started during ingest, and the server binary killed with -9 between a
-//! publish and its record (then restarted). The topic is read with rdkafka and compared with the
-//! events in the database, never with the relay's own bookkeeping.
+//! broker stopped and started during ingest, the server binary killed with -9 between a publish
+//! and its record (then restarted), and the leading relay of two replicas killed. The topic is read
+//! with rdkafka and compared with the events in the database, never with the relay's own
+//! bookkeeping.
 
 #[macro_use]
 mod common;
@@ -381,6 +382,77 @@ async fn killed_between_publish_and_record() -> Result<()> {
     restarted.stop();
     if skipped == 0.0 {
         bail!("the restarted relay found nothing to skip: the crash did not fall between publish and record");
+    }
+    Ok(())
+}
+
+/// Two replicas on one database, both running the relay and both taking events for the same
+/// tenants: one holds the lease and publishes, the other follows. The leader is killed with -9
+/// mid-ingest; the follower takes the lease once it has expired and publishes the rest: its own
+/// events, and those the dead leader committed but had not published (read from the database, not
+/// its memory). Every acknowledged event is on the topic exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_hand_the_relay_over() -> Result<()> {
+    const LEADER: &str = "audit_kafka_relay_leader";
+    let kafka = kafka_with_topic().await?;
+    let db = Arc::new(Db::new(Backend::Postgres, "kafka_replicas").await?);
+    let env = [
+        ("AUDIT_KAFKA_BOOTSTRAP_SERVERS".to_owned(), kafka.bootstrap_servers()),
+        ("AUDIT_KAFKA_LEASE_SECONDS".to_owned(), "4".to_owned()),
+    ];
+    let mut replicas =
+        vec![start_process_with(&db, "replica-a", &env).await?, start_process_with(&db, "replica-b", &env).await?];
+    let stop = Arc::new(Mutex::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> =
+        (0..8).map(|c| ingest(replicas[c % 2].1.clone(), TENANTS, c, stop.clone(), acked.clone())).collect();
+    let run = async {
+        wait_for_acks(&acked, 300, DEADLINE).await?;
+        // Exactly one of them leads, and has published.
+        let start = Instant::now();
+        let leader = loop {
+            let leading = [replicas[0].1.metric(LEADER).await?, replicas[1].1.metric(LEADER).await?];
+            let published = [
+                replicas[0].1.metric("audit_kafka_published_total").await?,
+                replicas[1].1.metric("audit_kafka_published_total").await?,
+            ];
+            match leading {
+                [1.0, 0.0] if published[0] > 0.0 => break 0,
+                [0.0, 1.0] if published[1] > 0.0 => break 1,
+                _ => ensure!(start.elapsed() < DEADLINE, "no single leader that published: {leading:?} {published:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let survivor = 1 - leader;
+        ensure!(
+            replicas[survivor].1.metric("audit_kafka_published_total").await? == 0.0,
+            "the follower published while the other replica led"
+        );
+        replicas[leader].0.kill_hard();
+        // Ingest goes on at the survivor (the dead replica's clients now fail and retry).
+        let before = acked.lock().unwrap_or_else(|p| p.into_inner()).len();
+        wait_for_acks(&acked, before + 300, DEADLINE).await?;
+        // The lease expires 4 s after the leader's last renewal: the follower takes over.
+        replicas[survivor].1.metric_reaches(LEADER, 1.0, Duration::from_secs(60)).await?;
+        Ok::<_, anyhow::Error>(survivor)
+    };
+    let outcome = run.await;
+    stop_clients(&stop);
+    for c in clients {
+        c.await?;
+    }
+    let survivor = outcome?;
+    let api = replicas[survivor].1.clone();
+    let on_topic = check_topic(&api, &db, &kafka.bootstrap_servers(), TENANTS).await?;
+    let acked = acked_ids(&acked);
+    let missing = acked.iter().filter(|id| !on_topic.contains(*id)).count();
+    ensure!(missing == 0, "{missing} of {} acknowledged events are not on the topic", acked.len());
+    // Some of what the survivor published was the dead replica's: not in its memory.
+    let from_database = api.metric(r#"audit_outbox_events_read_total{consumer="kafka",source="database"}"#).await?;
+    ensure!(from_database > 0.0, "the new leader read no event from the database");
+    eprintln!("leader killed, the follower took over: {} acknowledged events, each once and in order", acked.len());
+    for (mut process, _) in replicas {
+        process.stop();
     }
     Ok(())
 }
