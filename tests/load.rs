@@ -185,7 +185,8 @@ async fn an_unwritable_plot_path_is_refused_before_the_run() -> anyhow::Result<(
 }
 
 /// A key scoped to one tenant can be load-tested (`--tenant acme --tenants 1` writes to acme
-/// itself, not acme-0); no key at all is refused before the run (exit 2), not measured as 401s.
+/// itself, not acme-0); no key at all is refused before the run (exit 2), not measured as 401s,
+/// except for `--scenario get`, a plain GET of --url.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_key_and_no_key() -> anyhow::Result<()> {
     let server = Server::start_with(Backend::Sqlite, "", |c| {
@@ -204,6 +205,14 @@ async fn one_tenant_key_and_no_key() -> anyhow::Result<()> {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("no API key"), "{}", stderr(&out));
     assert!(out.stdout.is_empty(), "a report was printed");
+    // `get` fetches --url as given and needs no key (`cargo xtask bench load` runs it on the
+    // liveness endpoint, as wrk does).
+    let liveness = format!("{url}/actuator/health/liveness");
+    let get = ["load", "--url", &liveness, "--scenario", "get", "--rate", "20", "--duration", "1s", "-o", "json"];
+    let out = audctl(&get, None).await?;
+    let report = json(&out)?;
+    assert_eq!(code(&out), 0, "{report:#}\n{}", stderr(&out));
+    assert_eq!(report["ok"], 20, "{report:#}");
     server.stop().await
 }
 
