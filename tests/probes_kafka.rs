@@ -71,6 +71,11 @@ async fn topics_and_a_killed_broker() -> anyhow::Result<()> {
     let f = run(&context(targets(&kafka, "no-such-topic"), v.clone()), "kafka.topic").await;
     assert_status(&f, Status::Fail);
     assert!(f.message.contains("no-such-topic does not exist"), "{}", f.message);
+    // Its partitions are not "all writable": there are none.
+    let f = run(&context(targets(&kafka, "no-such-topic"), v.clone()), "kafka.partitions").await;
+    assert_status(&f, Status::Fail);
+    let r = row(&f, "no-such-topic partitions writable with acks=all");
+    assert_eq!((r.ok, r.actual.as_str()), (false, "none: the topic does not exist"), "{f:#?}");
 
     // A broker killed: it leaves the metadata once fenced and its replicas leave the ISR.
     kafka.kill_broker(2);

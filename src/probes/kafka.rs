@@ -118,7 +118,8 @@ async fn partitions(ctx: &Context) -> Outcome {
     let kafka = ctx.conns.kafka(&ctx.targets).await?;
     let name = topic_name(ctx);
     let md: KafkaMetadata = kafka.metadata().await?;
-    let min_isr: usize = match md.topics.contains_key(&name) {
+    let exists = md.topics.contains_key(&name);
+    let min_isr: usize = match exists {
         true => kafka.topic_config(&name).await?.get("min.insync.replicas").and_then(|v| v.parse().ok()).unwrap_or(1),
         false => 1,
     };
@@ -153,13 +154,21 @@ async fn partitions(ctx: &Context) -> Outcome {
         row(
             format!("{name} partitions writable with acks=all"),
             format!("all (ISR >= min.insync.replicas {min_isr})"),
-            &if not_writable.is_empty() { "all".to_owned() } else { format!("not {not_writable:?}") },
-            not_writable.is_empty(),
+            // A missing topic has no partition to write to: not a vacuous "all".
+            &match (exists, not_writable.is_empty()) {
+                (false, _) => "none: the topic does not exist".to_owned(),
+                (true, true) => "all".to_owned(),
+                (true, false) => format!("not {not_writable:?}"),
+            },
+            exists && not_writable.is_empty(),
         ),
     ];
     let mut f = Finding::from_comparisons(&format!("{total} partitions of {} topics", md.topics.len()), rows);
     if f.status == Status::Fail {
-        f = f.hint("a broker is down or lagging: its replicas left the ISR; bring it back and watch the ISR grow");
+        f = f.hint(match exists {
+            true => "a broker is down or lagging: its replicas left the ISR; bring it back and watch the ISR grow",
+            false => "create the topic (see kafka.topic): the chart's KafkaTopic, through the Strimzi topic operator",
+        });
     }
     Ok(f)
 }
