@@ -36,8 +36,9 @@ struct Shared {
     spec: Spec,
     start: Instant,
     next: AtomicU64,
-    /// Open model: one permit per arrival that is due (see [`pace`]).
-    due: Arc<Semaphore>,
+    /// Open model: one permit per arrival that is due (see [`pace`]). None: no pacer thread
+    /// could be started, and each connection sleeps on tokio's timer as before.
+    due: Option<Arc<Semaphore>>,
     current: Mutex<Interval>,
 }
 
@@ -57,19 +58,19 @@ pub async fn run(spec: Spec, seconds: UnboundedSender<(u64, Interval)>, mut stop
         Model::Open { .. } => spec.connections.max(1),
         Model::Closed { concurrency, .. } => (*concurrency).max(1),
     };
-    let due = Arc::new(Semaphore::new(0));
     let start = Instant::now();
-    if let Model::Open { .. } = &spec.model {
-        let (model, released) = (spec.model.clone(), due.clone());
-        let spawned = std::thread::Builder::new()
-            .name("load-pacer".into())
-            .spawn(move || pace(&model, start.into_std(), &released, tasks));
-        if spawned.is_err() {
-            // No thread to pace with (the process is at its thread limit): release every
-            // arrival at once; each is still measured from its intended time.
-            due.add_permits(Semaphore::MAX_PERMITS);
+    let due = match &spec.model {
+        Model::Open { .. } => {
+            let (model, due) = (spec.model.clone(), Arc::new(Semaphore::new(0)));
+            let released = due.clone();
+            std::thread::Builder::new()
+                .name("load-pacer".into())
+                .spawn(move || pace(&model, start.into_std(), &released, tasks))
+                .ok()
+                .map(|_| due)
         }
-    }
+        Model::Closed { .. } => None,
+    };
     let shared = Arc::new(Shared { spec, start, next: AtomicU64::new(0), due, current: Mutex::default() });
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..tasks {
@@ -104,7 +105,9 @@ pub async fn run(spec: Spec, seconds: UnboundedSender<(u64, Interval)>, mut stop
         }
     }
     // Ends the pacer (it checks between arrivals and at least every PACER_CHECK).
-    shared.due.close();
+    if let Some(due) = &shared.due {
+        due.close();
+    }
     let elapsed = shared.start.elapsed();
     let iv = std::mem::take(&mut *shared.current.lock().unwrap_or_else(|p| p.into_inner()));
     if iv.requests() > 0 || second == 0 {
@@ -159,15 +162,20 @@ async fn open_loop(shared: &Shared, rng: &mut Rng) {
     let mut conn: Option<Conn> = None;
     loop {
         // The n-th permit is released when arrival n is due, so the arrival taken below is due.
-        match shared.due.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return,
+        if let Some(due) = &shared.due {
+            match due.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return,
+            }
         }
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(at) = shared.spec.model.arrival_time(n) else { return };
         let intended = shared.start + at;
         let now = Instant::now();
-        if now > intended + shared.spec.timeout {
+        if intended > now {
+            // Only without a pacer (none could be started): tokio's timer, a millisecond late.
+            tokio::time::sleep_until(intended).await;
+        } else if now > intended + shared.spec.timeout {
             // Already a whole --timeout late before it could be sent (the service stalled and
             // every connection is busy): it is counted as failed, not sent, so that a stalled
             // service ends the run near its planned end plus one timeout instead of draining
