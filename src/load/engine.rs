@@ -2,7 +2,7 @@
 //! stalled connection's arrivals are taken by the others and every wait counts) or by the closed
 //! model's loop, recording into one interval that a ticker hands over every second.
 //!
-//! The open model's arrivals are released at their time by a thread of its own ([`pace`]), not by
+//! The open model's arrivals are released at their time by a thread of its own (`pace`), not by
 //! each connection's tokio sleep: tokio's timer rounds a sleep up to its next millisecond tick and
 //! wakes a little after it, and that lateness of the generator's own counted in every corrected
 //! latency (an idle local server at 50/s: corrected p50 3.0 ms against 1.7 ms of service time).
